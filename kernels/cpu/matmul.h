@@ -1,0 +1,103 @@
+// Quantized matrix multiply y[t, r] = W[r, :] · x[t, :] with W kept in its
+// ggml blocks, as llama.cpp's CPU backend computes ggml_mul_mat.
+//
+// Role in the data flow: every weight matmul of the single-process engine
+// (model/deepseek2/engine.h) runs here, on the bytes of the mmapped GGUF
+// tensor; nothing is dequantized to a float copy. Like ggml, the float
+// activations are first converted to the weight type's `vec_dot_type`
+// (QuantizeActivations), then each output is one vec_dot of a weight row with
+// an activation row:
+//
+//   weight type                  activation blocks
+//   F32                          F32 (plain float dot, double accumulator)
+//   F16 / BF16                   F16 / BF16
+//   Q4_0, Q5_0, Q8_0             Q8_0
+//   Q4_1, Q5_1                   Q8_1
+//   Q2_K, Q3_K, Q4_K, Q5_K, Q6_K Q8_K
+//
+// Reproducing llama.cpp's activation quantization is what makes quantized
+// files agree with llama.cpp's logits. Q8_0 / Q8_1 activations follow ggml's
+// x86 quantize_row_q8_0 / q8_1 (the path llama.cpp takes on AVX2/AVX-512
+// hosts): d = amax / 127, scaled by 127 / amax, rounded half to even. Q8_K
+// follows quantize_row_q8_K_ref (the x86 build uses it too).
+//
+// The scalar vec_dot of each pair reproduces ggml's generic
+// ggml_vec_dot_*_q8_* arithmetic: integer sums per (sub-)block, then the float
+// scale products in ggml's order. The AVX2 and AVX-512 (VNNI) variants of the
+// hot pairs (F32, Q8_0, Q5_0, Q4_K, Q6_K) compute the same integer sums
+// exactly but add the per-block float terms in a different order (as ggml's
+// own SIMD paths do), so they differ from the scalar result by a few ulp of
+// the sum of |terms|. The ISA is chosen at run time from CPUID; the
+// environment variable MOEFLOW_ISA=scalar|avx2|avx512 forces one (an ISA the
+// CPU lacks falls back to the best it has).
+//
+// Thread-safety: all functions are pure; Matmul splits rows over the given
+// pool. Failure: unsupported types and shapes are programmer errors here
+// (CHECK) — loaders call MatmulSupports first and report the tensor by name.
+#ifndef MOEFLOW_KERNELS_CPU_MATMUL_H_
+#define MOEFLOW_KERNELS_CPU_MATMUL_H_
+
+#include <cstdint>
+
+#include "kernels/cpu/thread_pool.h"
+#include "model/ggml_types.h"
+
+namespace moeflow {
+
+enum class CpuIsa { kScalar = 0, kAvx2 = 1, kAvx512 = 2 };
+
+const char* CpuIsaName(CpuIsa isa);
+// Whether this CPU (and OS) can run `isa`: AVX2 needs AVX2+FMA+F16C; AVX-512
+// needs F, BW, VL, DQ and VNNI.
+bool CpuSupportsIsa(CpuIsa isa);
+// The best ISA this CPU supports, or MOEFLOW_ISA when set (clamped to what
+// the CPU supports). Read once; later calls return the same value.
+CpuIsa SelectedIsa();
+
+// Whether Matmul handles weights of `type`.
+bool MatmulSupports(GgmlType weight_type);
+// ggml's vec_dot_type of a weight type (the table above).
+GgmlType ActivationType(GgmlType weight_type);
+// Bytes of one activation row of `cols` elements for weights of `weight_type`.
+int64_t ActivationRowBytes(GgmlType weight_type, int64_t cols);
+
+// Converts n_rows rows of `cols` floats (row i at x + i * x_stride) into
+// activation blocks for `weight_type`, row i at out + i * ActivationRowBytes.
+void QuantizeActivations(GgmlType weight_type, const float* x, int64_t n_rows, int64_t cols,
+                         int64_t x_stride, uint8_t* out);
+
+// One weight row (`cols` elements, blocks of `weight_type`) · one activation
+// row (as QuantizeActivations writes it).
+using VecDotFn = float (*)(int64_t cols, const void* weight_row, const void* activation_row);
+VecDotFn GetVecDot(GgmlType weight_type, CpuIsa isa);
+
+// A 2-D view of a ggml weight tensor {cols, rows}: row r is `row_bytes`
+// bytes at data + r * row_bytes.
+struct MatmulWeight {
+  GgmlType type = GgmlType::kF32;
+  const uint8_t* data = nullptr;
+  int64_t cols = 0;
+  int64_t rows = 0;
+  int64_t row_bytes = 0;
+
+  const uint8_t* row(int64_t r) const { return data + r * row_bytes; }
+  // Rows [first, first + n) as their own matrix (e.g. one expert or head).
+  MatmulWeight Slice(int64_t first, int64_t n) const;
+};
+
+// y[t * y_stride + r] = W[r] · act[t] for t < n_act_rows, r < W.rows, where
+// act holds rows of ActivationRowBytes(W.type, W.cols) bytes. Rows of W are
+// split evenly over `pool` (null: the calling thread alone). Results do not
+// depend on the number of threads.
+void MatmulQuantized(const MatmulWeight& w, const uint8_t* act, int64_t n_act_rows, float* y,
+                     int64_t y_stride, CpuIsa isa, ThreadPool* pool);
+
+// QuantizeActivations into `act_scratch` (at least
+// n_rows * ActivationRowBytes(w.type, w.cols) bytes), then MatmulQuantized.
+// x rows are w.cols floats at x + t * x_stride.
+void Matmul(const MatmulWeight& w, const float* x, int64_t n_rows, int64_t x_stride, float* y,
+            int64_t y_stride, uint8_t* act_scratch, CpuIsa isa, ThreadPool* pool);
+
+}  // namespace moeflow
+
+#endif  // MOEFLOW_KERNELS_CPU_MATMUL_H_

@@ -1,0 +1,660 @@
+#include "model/deepseek2/engine.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "base/check.h"
+#include "kernels/cpu/quants.h"
+#include "model/deepseek2/weights.h"
+
+namespace moeflow {
+namespace {
+
+// Upper bound of activation bytes per element over every vec_dot_type (F32).
+constexpr int64_t kMaxActBytesPerElement = 4;
+
+std::string Shape(const std::vector<int64_t>& ne) {
+  return absl::StrCat("{", absl::StrJoin(ne, ", "), "}");
+}
+
+// Checks presence, shape and type of a weight matrix and maps it.
+absl::Status MapMatrix(const GgufFile& file, const std::string& name,
+                       const std::vector<int64_t>& expected_ne, MatmulWeight* out) {
+  const GgufTensorInfo* info = file.FindTensor(name);
+  if (info == nullptr) {
+    return absl::InvalidArgumentError(absl::StrCat(file.path(), ": missing tensor ", name,
+                                                   " (expected shape ", Shape(expected_ne), ")"));
+  }
+  if (info->ne != expected_ne) {
+    return absl::InvalidArgumentError(absl::StrCat(file.path(), ": tensor ", name, " has shape ",
+                                                   Shape(info->ne), ", expected ",
+                                                   Shape(expected_ne)));
+  }
+  if (!MatmulSupports(info->type)) {
+    return absl::InvalidArgumentError(absl::StrCat(file.path(), ": tensor ", name, " has type ",
+                                                   Traits(info->type).name,
+                                                   ", which the engine's matmul does not support"));
+  }
+  absl::StatusOr<int64_t> row_bytes = RowBytes(info->type, info->ne[0]);
+  if (!row_bytes.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(file.path(), ": tensor ", name, ": ", row_bytes.status().message()));
+  }
+  out->type = info->type;
+  out->data = file.TensorData(*info);
+  out->cols = info->ne[0];
+  out->rows = info->rows();
+  out->row_bytes = *row_bytes;
+  return absl::OkStatus();
+}
+
+float Silu(float x) { return x / (1.0f + std::exp(-x)); }
+
+template <typename T>
+void GrowTo(std::vector<T>& v, int64_t n) {
+  if (static_cast<int64_t>(v.size()) < n) v.resize(static_cast<size_t>(n));
+}
+
+// Index of the largest value among those not yet taken (lower index on
+// ties), as a stable descending sort orders them.
+int64_t ArgmaxUntaken(const float* v, const uint8_t* taken, int64_t n) {
+  int64_t best = -1;
+  for (int64_t i = 0; i < n; ++i) {
+    if (taken[i]) continue;
+    if (best < 0 || v[i] > v[best]) best = i;
+  }
+  return best;
+}
+
+void SoftmaxInPlace(float* s, int64_t n) {
+  float max = -std::numeric_limits<float>::infinity();
+  for (int64_t i = 0; i < n; ++i) max = std::max(max, s[i]);
+  double sum = 0.0;
+  for (int64_t i = 0; i < n; ++i) {
+    s[i] = std::exp(s[i] - max);
+    sum += s[i];
+  }
+  const float inv = static_cast<float>(1.0 / sum);
+  for (int64_t i = 0; i < n; ++i) s[i] *= inv;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------
+// Weights.
+
+absl::StatusOr<EngineWeights> EngineWeights::Map(const GgufFile& file, const Deepseek2Config& c) {
+  const int64_t hidden = c.hidden;
+  const int64_t q_dim = c.n_heads * c.qk_head_dim();
+  const int64_t shared_ff = c.expert_ff * c.n_shared_experts;
+  EngineWeights w;
+
+  // token_embd is read row by row with Dequantize (ggml_get_rows).
+  const GgufTensorInfo* embd = file.FindTensor("token_embd.weight");
+  if (embd != nullptr && !CanDequantize(embd->type)) {
+    return absl::InvalidArgumentError(absl::StrCat(file.path(), ": tensor token_embd.weight has type ",
+                                                   Traits(embd->type).name,
+                                                   ", which moeflow cannot dequantize"));
+  }
+  if (embd != nullptr && embd->ne == std::vector<int64_t>{hidden, c.vocab_size} &&
+      !MatmulSupports(embd->type) && file.FindTensor("output.weight") != nullptr) {
+    // Not used as a matmul weight: only its shape and row size matter.
+    w.token_embd = MatmulWeight{embd->type, file.TensorData(*embd), hidden, c.vocab_size,
+                                RowBytes(embd->type, hidden).value()};
+  } else {
+    MOEFLOW_RETURN_IF_ERROR(MapMatrix(file, "token_embd.weight", {hidden, c.vocab_size},
+                                      &w.token_embd));
+  }
+  MOEFLOW_ASSIGN_OR_RETURN(w.output_norm, LoadTensorAsFloat(file, "output_norm.weight", {hidden}));
+  if (file.FindTensor("output.weight") != nullptr) {
+    MOEFLOW_RETURN_IF_ERROR(MapMatrix(file, "output.weight", {hidden, c.vocab_size}, &w.output));
+  } else {
+    w.output = w.token_embd;  // tied embeddings, as llama.cpp falls back
+  }
+
+  w.layers.resize(static_cast<size_t>(c.n_layers));
+  for (int64_t il = 0; il < c.n_layers; ++il) {
+    EngineLayerWeights& l = w.layers[static_cast<size_t>(il)];
+    auto vec = [&](const char* suffix, std::vector<int64_t> ne,
+                   std::vector<float>& dst) -> absl::Status {
+      MOEFLOW_ASSIGN_OR_RETURN(dst, LoadTensorAsFloat(file, LayerTensorName(il, suffix), ne));
+      return absl::OkStatus();
+    };
+    auto mat = [&](const char* suffix, std::vector<int64_t> ne, MatmulWeight& dst) {
+      return MapMatrix(file, LayerTensorName(il, suffix), ne, &dst);
+    };
+    MOEFLOW_RETURN_IF_ERROR(vec("attn_norm.weight", {hidden}, l.attn_norm));
+    if (c.q_lora_rank > 0) {
+      MOEFLOW_RETURN_IF_ERROR(mat("attn_q_a.weight", {hidden, c.q_lora_rank}, l.attn_q_a));
+      MOEFLOW_RETURN_IF_ERROR(vec("attn_q_a_norm.weight", {c.q_lora_rank}, l.attn_q_a_norm));
+      MOEFLOW_RETURN_IF_ERROR(mat("attn_q_b.weight", {c.q_lora_rank, q_dim}, l.attn_q_b));
+    } else {
+      MOEFLOW_RETURN_IF_ERROR(mat("attn_q.weight", {hidden, q_dim}, l.attn_q));
+    }
+    MOEFLOW_RETURN_IF_ERROR(
+        mat("attn_kv_a_mqa.weight", {hidden, c.kv_lora_rank + c.qk_rope_dim}, l.attn_kv_a_mqa));
+    MOEFLOW_RETURN_IF_ERROR(vec("attn_kv_a_norm.weight", {c.kv_lora_rank}, l.attn_kv_a_norm));
+    MOEFLOW_RETURN_IF_ERROR(
+        mat("attn_k_b.weight", {c.qk_nope_dim, c.kv_lora_rank, c.n_heads}, l.attn_k_b));
+    MOEFLOW_RETURN_IF_ERROR(
+        mat("attn_v_b.weight", {c.kv_lora_rank, c.v_head_dim, c.n_heads}, l.attn_v_b));
+    MOEFLOW_RETURN_IF_ERROR(
+        mat("attn_output.weight", {c.n_heads * c.v_head_dim, hidden}, l.attn_output));
+    MOEFLOW_RETURN_IF_ERROR(vec("ffn_norm.weight", {hidden}, l.ffn_norm));
+    if (!c.is_moe_layer(il)) {
+      MOEFLOW_RETURN_IF_ERROR(mat("ffn_gate.weight", {hidden, c.dense_ff}, l.ffn_gate));
+      MOEFLOW_RETURN_IF_ERROR(mat("ffn_up.weight", {hidden, c.dense_ff}, l.ffn_up));
+      MOEFLOW_RETURN_IF_ERROR(mat("ffn_down.weight", {c.dense_ff, hidden}, l.ffn_down));
+      continue;
+    }
+    MOEFLOW_RETURN_IF_ERROR(mat("ffn_gate_inp.weight", {hidden, c.n_experts}, l.ffn_gate_inp));
+    if (file.FindTensor(LayerTensorName(il, "exp_probs_b.bias")) != nullptr) {
+      MOEFLOW_RETURN_IF_ERROR(vec("exp_probs_b.bias", {c.n_experts}, l.exp_probs_b));
+    }
+    MOEFLOW_RETURN_IF_ERROR(
+        mat("ffn_gate_exps.weight", {hidden, c.expert_ff, c.n_experts}, l.ffn_gate_exps));
+    MOEFLOW_RETURN_IF_ERROR(
+        mat("ffn_up_exps.weight", {hidden, c.expert_ff, c.n_experts}, l.ffn_up_exps));
+    MOEFLOW_RETURN_IF_ERROR(
+        mat("ffn_down_exps.weight", {c.expert_ff, hidden, c.n_experts}, l.ffn_down_exps));
+    if (c.n_shared_experts > 0) {
+      MOEFLOW_RETURN_IF_ERROR(mat("ffn_gate_shexp.weight", {hidden, shared_ff}, l.ffn_gate_shexp));
+      MOEFLOW_RETURN_IF_ERROR(mat("ffn_up_shexp.weight", {hidden, shared_ff}, l.ffn_up_shexp));
+      MOEFLOW_RETURN_IF_ERROR(mat("ffn_down_shexp.weight", {shared_ff, hidden}, l.ffn_down_shexp));
+    }
+  }
+  return w;
+}
+
+// ---------------------------------------------------------------------------
+// Scratch.
+
+void EngineScratch::Reserve(const Deepseek2Config& c, int64_t k, int n_threads, int64_t tokens,
+                            int64_t kv_positions) {
+  if (tokens <= capacity && kv_positions <= kv_capacity &&
+      static_cast<int>(scores.size()) >= n_threads) {
+    return;
+  }
+  const int64_t n = std::max(tokens, capacity);
+  const int64_t n_kv = std::max(kv_positions, kv_capacity);
+  const int64_t h = c.n_heads;
+  const int64_t row_dim = c.kv_lora_rank + c.qk_rope_dim;
+  const int64_t shared_ff = c.expert_ff * c.n_shared_experts;
+  const int64_t ffn_width = std::max({c.dense_ff, shared_ff, c.expert_ff});
+  const int64_t max_cols = std::max({c.hidden, c.q_lora_rank, c.kv_lora_rank, c.qk_nope_dim,
+                                     h * c.v_head_dim, ffn_width});
+  GrowTo(x, n * c.hidden);
+  GrowTo(ffn_inp, n * c.hidden);
+  GrowTo(x_norm, n * c.hidden);
+  GrowTo(routed, n * c.hidden);
+  GrowTo(shared, n * c.hidden);
+  GrowTo(logits_norm, n * c.hidden);
+  GrowTo(q, n * h * c.qk_head_dim());
+  GrowTo(q_a, n * c.q_lora_rank);
+  GrowTo(kv_a, n * row_dim);
+  GrowTo(q_abs, n * h * row_dim);
+  GrowTo(ctx, n * h * c.kv_lora_rank);
+  GrowTo(heads_out, n * h * c.v_head_dim);
+  GrowTo(attn_out, n * c.hidden);
+  if (static_cast<int>(scores.size()) < n_threads) scores.resize(static_cast<size_t>(n_threads));
+  for (std::vector<float>& s : scores) GrowTo(s, n_kv);
+  GrowTo(gate, n * ffn_width);
+  GrowTo(up, n * ffn_width);
+  GrowTo(expert_out, n * k * c.hidden);
+  GrowTo(router_logits, n * c.n_experts);
+  GrowTo(probs, c.n_experts);
+  GrowTo(selection, c.n_experts);
+  GrowTo(group_score, c.n_expert_groups);
+  GrowTo(group_keep, c.n_expert_groups);
+  GrowTo(chosen, c.n_experts);
+  GrowTo(expert_ids, n * k);
+  GrowTo(expert_weights, n * k);
+  GrowTo(expert_order, n * k);
+  GrowTo(expert_count, c.n_experts);
+  GrowTo(expert_start, c.n_experts + 1);
+  GrowTo(act, n * max_cols * kMaxActBytesPerElement);
+  GrowTo(act_heads, n * h * std::max(c.qk_nope_dim, c.kv_lora_rank) * kMaxActBytesPerElement);
+  GrowTo(act_up, n * c.hidden * kMaxActBytesPerElement);
+  GrowTo(act_gather, n * c.hidden * kMaxActBytesPerElement);
+  GrowTo(act_gather2, n * c.hidden * kMaxActBytesPerElement);
+  GrowTo(act_down, n * c.expert_ff * kMaxActBytesPerElement);
+  GrowTo(expert_down, n * c.hidden);
+  capacity = n;
+  kv_capacity = n_kv;
+}
+
+// ---------------------------------------------------------------------------
+// Attention.
+
+void EngineAttentionBlock::Forward(const float* x, int64_t n, int64_t start_pos,
+                                   MlaLayerCache& cache, float* out) const {
+  const Deepseek2Config& c = *ctx_.config;
+  const Deepseek2RopeParams& rope = *ctx_.rope;
+  EngineScratch& s = *ctx_.scratch;
+  const CpuIsa isa = ctx_.isa;
+  ThreadPool* pool = ctx_.pool;
+  const int64_t hidden = c.hidden;
+  const int64_t n_heads = c.n_heads;
+  const int64_t nope = c.qk_nope_dim;
+  const int64_t rope_dim = c.qk_rope_dim;
+  const int64_t head_dim = c.qk_head_dim();
+  const int64_t kv_lora = c.kv_lora_rank;
+  const int64_t v_dim = c.v_head_dim;
+  const int64_t row_dim = kv_lora + rope_dim;
+  const int64_t q_width = n_heads * head_dim;
+  MOEFLOW_CHECK(cache.row_dim == row_dim);
+  MOEFLOW_CHECK(start_pos >= 0 && start_pos <= cache.n_tokens());
+  MOEFLOW_CHECK(x != out);
+  MOEFLOW_CHECK(n <= s.capacity && start_pos + n <= s.kv_capacity);
+  const int64_t n_kv = start_pos + n;
+  cache.rows.resize(static_cast<size_t>(n_kv * row_dim));  // within the reserved capacity
+
+  // 1. attn_norm, q (with roped q_pe), and the cache rows [norm(kv_cmpr), rope(k_pe)].
+  float* xn = s.x_norm.data();
+  for (int64_t t = 0; t < n; ++t) {
+    RmsNorm(x + t * hidden, w_.attn_norm.data(), hidden, c.rms_eps, xn + t * hidden);
+  }
+  float* q = s.q.data();
+  if (c.q_lora_rank > 0) {
+    float* q_a = s.q_a.data();
+    Matmul(w_.attn_q_a, xn, n, hidden, q_a, c.q_lora_rank, s.act.data(), isa, pool);
+    for (int64_t t = 0; t < n; ++t) {
+      float* row = q_a + t * c.q_lora_rank;
+      RmsNorm(row, w_.attn_q_a_norm.data(), c.q_lora_rank, c.rms_eps, row);
+    }
+    Matmul(w_.attn_q_b, q_a, n, c.q_lora_rank, q, q_width, s.act.data(), isa, pool);
+  } else {
+    Matmul(w_.attn_q, xn, n, hidden, q, q_width, s.act.data(), isa, pool);
+  }
+  float* kv_a = s.kv_a.data();
+  Matmul(w_.attn_kv_a_mqa, xn, n, hidden, kv_a, row_dim, s.act.data(), isa, pool);
+  for (int64_t t = 0; t < n; ++t) {
+    const int64_t pos = start_pos + t;
+    float* qt = q + t * q_width;
+    for (int64_t h = 0; h < n_heads; ++h) rope.Apply(pos, qt + h * head_dim + nope);
+    const float* kv = kv_a + t * row_dim;
+    float* row = cache.rows.data() + pos * row_dim;
+    RmsNorm(kv, w_.attn_kv_a_norm.data(), kv_lora, c.rms_eps, row);
+    std::copy(kv + kv_lora, kv + row_dim, row + kv_lora);
+    rope.Apply(pos, row + kv_lora);
+  }
+
+  // 2. Absorbed queries: q_abs[t][h] = [attn_k_b[h] · q_nope[t][h], q_pe[t][h]].
+  // q_nope rows (a quantized matmul in llama.cpp, so quantized here too) are
+  // laid out [h][t]; each head's matmul runs on one thread.
+  float* q_abs = s.q_abs.data();
+  const int64_t qn_bytes = ActivationRowBytes(w_.attn_k_b.type, nope);
+  for (int64_t h = 0; h < n_heads; ++h) {
+    QuantizeActivations(w_.attn_k_b.type, q + h * head_dim, n, nope, q_width,
+                        s.act_heads.data() + h * n * qn_bytes);
+  }
+  auto k_b_job = [&](int64_t h0, int64_t h1, int) {
+    for (int64_t h = h0; h < h1; ++h) {
+      MatmulQuantized(w_.attn_k_b.Slice(h * kv_lora, kv_lora), s.act_heads.data() + h * n * qn_bytes,
+                      n, q_abs + h * row_dim, n_heads * row_dim, isa, nullptr);
+    }
+  };
+  pool->ParallelFor(n_heads, k_b_job);
+  for (int64_t t = 0; t < n; ++t) {
+    for (int64_t h = 0; h < n_heads; ++h) {
+      const float* q_pe = q + t * q_width + h * head_dim + nope;
+      std::copy(q_pe, q_pe + rope_dim, q_abs + (t * n_heads + h) * row_dim + kv_lora);
+    }
+  }
+
+  // 3. Causal softmax attention per (token, head) against the cache rows;
+  // V is the kv_cmpr part of the rows. Pairs are dealt round-robin so that
+  // threads get the same mix of short and long prefixes.
+  float* ctx = s.ctx.data();  // [t][h][kv_lora]
+  const VecDotFn dot_f32 = GetVecDot(GgmlType::kF32, isa);
+  const int n_threads = pool->size();
+  auto attn_job = [&](int64_t th0, int64_t th1, int) {
+    for (int64_t th = th0; th < th1; ++th) {
+      float* scores = s.scores[static_cast<size_t>(th)].data();
+      for (int64_t i = th; i < n * n_heads; i += n_threads) {
+        const int64_t t = i / n_heads;
+        const int64_t n_seen = start_pos + t + 1;
+        const float* qh = q_abs + i * row_dim;
+        for (int64_t j = 0; j < n_seen; ++j) {
+          scores[j] = dot_f32(row_dim, qh, cache.row(j)) * rope.kq_scale;
+        }
+        SoftmaxInPlace(scores, n_seen);
+        float* o = ctx + i * kv_lora;
+        std::fill(o, o + kv_lora, 0.f);
+        for (int64_t j = 0; j < n_seen; ++j) {
+          const float p = scores[j];
+          const float* v = cache.row(j);
+          for (int64_t ci = 0; ci < kv_lora; ++ci) o[ci] += p * v[ci];
+        }
+      }
+    }
+  };
+  pool->ParallelFor(n_threads, attn_job);
+
+  // 4. Per head: attn_v_b[h] · context (quantized), then attn_output.
+  const int64_t ctx_bytes = ActivationRowBytes(w_.attn_v_b.type, kv_lora);
+  for (int64_t h = 0; h < n_heads; ++h) {
+    QuantizeActivations(w_.attn_v_b.type, ctx + h * kv_lora, n, kv_lora, n_heads * kv_lora,
+                        s.act_heads.data() + h * n * ctx_bytes);
+  }
+  float* heads_out = s.heads_out.data();
+  auto v_b_job = [&](int64_t h0, int64_t h1, int) {
+    for (int64_t h = h0; h < h1; ++h) {
+      MatmulQuantized(w_.attn_v_b.Slice(h * v_dim, v_dim), s.act_heads.data() + h * n * ctx_bytes,
+                      n, heads_out + h * v_dim, n_heads * v_dim, isa, nullptr);
+    }
+  };
+  pool->ParallelFor(n_heads, v_b_job);
+  float* attn = s.attn_out.data();
+  Matmul(w_.attn_output, heads_out, n, n_heads * v_dim, attn, hidden, s.act.data(), isa, pool);
+  for (int64_t i = 0; i < n * hidden; ++i) out[i] = attn[i] + x[i];
+}
+
+// ---------------------------------------------------------------------------
+// Router.
+
+void EngineRouter::Route(const float* x_norm, int64_t n, int32_t* expert_ids,
+                         float* expert_weights) const {
+  const Deepseek2Config& c = *ctx_.config;
+  EngineScratch& s = *ctx_.scratch;
+  const int64_t n_experts = c.n_experts;
+  float* logits = s.router_logits.data();
+  Matmul(w_.ffn_gate_inp, x_norm, n, c.hidden, logits, n_experts, s.act.data(), ctx_.isa,
+         ctx_.pool);
+  float* probs = s.probs.data();
+  float* selection = s.selection.data();
+  uint8_t* taken = s.chosen.data();
+  for (int64_t t = 0; t < n; ++t) {
+    std::copy(logits + t * n_experts, logits + (t + 1) * n_experts, probs);
+    if (c.gating == ExpertGating::kSigmoid) {
+      for (int64_t e = 0; e < n_experts; ++e) probs[e] = 1.0f / (1.0f + std::exp(-probs[e]));
+    } else {
+      SoftmaxInPlace(probs, n_experts);
+    }
+    // The selection bias (V3) steers which experts are chosen, not their weights.
+    std::copy(probs, probs + n_experts, selection);
+    if (!w_.exp_probs_b.empty()) {
+      for (int64_t e = 0; e < n_experts; ++e) selection[e] += w_.exp_probs_b[e];
+    }
+    if (c.n_expert_groups > 1) {
+      // Keep the n_expert_groups_used groups whose two best scores sum highest.
+      const int64_t per_group = n_experts / c.n_expert_groups;
+      for (int64_t g = 0; g < c.n_expert_groups; ++g) {
+        const float* members = selection + g * per_group;
+        std::fill(taken, taken + per_group, 0);
+        float sum = 0.f;
+        for (int64_t i = 0; i < std::min<int64_t>(2, per_group); ++i) {
+          const int64_t best = ArgmaxUntaken(members, taken, per_group);
+          taken[best] = 1;
+          sum += members[best];
+        }
+        s.group_score[g] = sum;
+      }
+      uint8_t* keep = s.group_keep.data();
+      std::fill(keep, keep + c.n_expert_groups, 0);
+      std::fill(taken, taken + c.n_expert_groups, 0);
+      for (int64_t i = 0; i < c.n_expert_groups_used; ++i) {
+        const int64_t g = ArgmaxUntaken(s.group_score.data(), taken, c.n_expert_groups);
+        taken[g] = 1;
+        keep[g] = 1;
+      }
+      for (int64_t e = 0; e < n_experts; ++e) {
+        if (!keep[e / per_group]) selection[e] = -std::numeric_limits<float>::infinity();
+      }
+    }
+    std::fill(taken, taken + n_experts, 0);
+    int32_t* ids = expert_ids + t * k_;
+    float* weights = expert_weights + t * k_;
+    float sum = 0.f;
+    for (int64_t j = 0; j < k_; ++j) {
+      const int64_t e = ArgmaxUntaken(selection, taken, n_experts);
+      taken[e] = 1;
+      ids[j] = static_cast<int32_t>(e);
+      weights[j] = probs[e];
+      sum += weights[j];
+    }
+    if (c.expert_weights_norm) {
+      // llama.cpp clamps the sum at the smallest normal F16 before dividing.
+      sum = std::max(sum, 6.103515625e-5f);
+      for (int64_t j = 0; j < k_; ++j) weights[j] /= sum;
+    }
+    if (c.expert_weights_scale != 0.0f && c.expert_weights_scale != 1.0f) {
+      for (int64_t j = 0; j < k_; ++j) weights[j] *= c.expert_weights_scale;
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// FFNs.
+
+void EngineRoutedExperts::Forward(const float* x_norm, int64_t n, const int32_t* expert_ids,
+                                  const float* expert_weights, int64_t k, float* out) const {
+  const Deepseek2Config& c = *ctx_.config;
+  EngineScratch& s = *ctx_.scratch;
+  const CpuIsa isa = ctx_.isa;
+  ThreadPool* pool = ctx_.pool;
+  const int64_t hidden = c.hidden;
+  const int64_t ff = c.expert_ff;
+  const int64_t n_experts = c.n_experts;
+
+  // Group the (token, slot) pairs p = t·k + j by expert (counting sort, so
+  // each expert's tokens stay in token order).
+  int32_t* count = s.expert_count.data();
+  int32_t* start = s.expert_start.data();
+  int32_t* order = s.expert_order.data();
+  std::fill(count, count + n_experts, 0);
+  for (int64_t p = 0; p < n * k; ++p) ++count[expert_ids[p]];
+  start[0] = 0;
+  for (int64_t e = 0; e < n_experts; ++e) start[e + 1] = start[e] + count[e];
+  std::fill(count, count + n_experts, 0);
+  for (int64_t p = 0; p < n * k; ++p) {
+    const int32_t e = expert_ids[p];
+    order[start[e] + count[e]++] = static_cast<int32_t>(p);
+  }
+
+  // Activations of x_norm, quantized once per token for gate and for up.
+  const GgmlType gate_type = w_.ffn_gate_exps.type, up_type = w_.ffn_up_exps.type;
+  const bool same_act = ActivationType(gate_type) == ActivationType(up_type);
+  const int64_t gate_bytes = ActivationRowBytes(gate_type, hidden);
+  const int64_t up_bytes = ActivationRowBytes(up_type, hidden);
+  uint8_t* act_gate = s.act.data();
+  uint8_t* act_up = same_act ? act_gate : s.act_up.data();
+  QuantizeActivations(gate_type, x_norm, n, hidden, hidden, act_gate);
+  if (!same_act) QuantizeActivations(up_type, x_norm, n, hidden, hidden, act_up);
+
+  float* g = s.gate.data();
+  float* u = s.up.data();
+  float* down_out = s.expert_down.data();
+  float* y_all = s.expert_out.data();  // [n·k × hidden], row p
+  for (int64_t e = 0; e < n_experts; ++e) {
+    const int64_t m = start[e + 1] - start[e];
+    if (m == 0) continue;
+    const int32_t* pairs = order + start[e];
+    // Gather the quantized rows of this expert's tokens.
+    uint8_t* ga = s.act_gather.data();
+    uint8_t* ua = same_act ? ga : s.act_gather2.data();
+    for (int64_t i = 0; i < m; ++i) {
+      const int64_t t = pairs[i] / k;
+      std::memcpy(ga + i * gate_bytes, act_gate + t * gate_bytes, static_cast<size_t>(gate_bytes));
+      if (!same_act) {
+        std::memcpy(ua + i * up_bytes, act_up + t * up_bytes, static_cast<size_t>(up_bytes));
+      }
+    }
+    MatmulQuantized(w_.ffn_gate_exps.Slice(e * ff, ff), ga, m, g, ff, isa, pool);
+    MatmulQuantized(w_.ffn_up_exps.Slice(e * ff, ff), ua, m, u, ff, isa, pool);
+    for (int64_t i = 0; i < m * ff; ++i) g[i] = Silu(g[i]) * u[i];
+    Matmul(w_.ffn_down_exps.Slice(e * hidden, hidden), g, m, ff, down_out, hidden,
+           s.act_down.data(), isa, pool);
+    for (int64_t i = 0; i < m; ++i) {
+      std::copy(down_out + i * hidden, down_out + (i + 1) * hidden, y_all + pairs[i] * hidden);
+    }
+  }
+
+  // out[t] = Σ_j w[t, j] · y[t, j], in j order (llama.cpp's chain of adds).
+  for (int64_t t = 0; t < n; ++t) {
+    float* o = out + t * hidden;
+    std::fill(o, o + hidden, 0.f);
+    for (int64_t j = 0; j < k; ++j) {
+      const float w = expert_weights[t * k + j];
+      const float* yr = y_all + (t * k + j) * hidden;
+      for (int64_t i = 0; i < hidden; ++i) o[i] += yr[i] * w;
+    }
+  }
+}
+
+void EngineSwigluFfn::Forward(const float* x_norm, int64_t n, float* out) const {
+  const Deepseek2Config& c = *ctx_.config;
+  EngineScratch& s = *ctx_.scratch;
+  const int64_t hidden = c.hidden;
+  const int64_t ff = gate_.rows;
+  float* g = s.gate.data();
+  float* u = s.up.data();
+  if (ActivationType(gate_.type) == ActivationType(up_.type)) {
+    QuantizeActivations(gate_.type, x_norm, n, hidden, hidden, s.act.data());
+    MatmulQuantized(gate_, s.act.data(), n, g, ff, ctx_.isa, ctx_.pool);
+    MatmulQuantized(up_, s.act.data(), n, u, ff, ctx_.isa, ctx_.pool);
+  } else {
+    Matmul(gate_, x_norm, n, hidden, g, ff, s.act.data(), ctx_.isa, ctx_.pool);
+    Matmul(up_, x_norm, n, hidden, u, ff, s.act.data(), ctx_.isa, ctx_.pool);
+  }
+  for (int64_t i = 0; i < n * ff; ++i) g[i] = Silu(g[i]) * u[i];
+  Matmul(down_, g, n, ff, out, hidden, s.act.data(), ctx_.isa, ctx_.pool);
+}
+
+void EngineOutputHead(const EngineContext& ctx, const EngineWeights& w, const float* x,
+                      int64_t n, float* logits) {
+  const Deepseek2Config& c = *ctx.config;
+  EngineScratch& s = *ctx.scratch;
+  float* xn = s.logits_norm.data();
+  for (int64_t t = 0; t < n; ++t) {
+    RmsNorm(x + t * c.hidden, w.output_norm.data(), c.hidden, c.rms_eps, xn + t * c.hidden);
+  }
+  Matmul(w.output, xn, n, c.hidden, logits, c.vocab_size, s.act.data(), ctx.isa, ctx.pool);
+}
+
+// ---------------------------------------------------------------------------
+// The engine.
+
+absl::StatusOr<std::unique_ptr<Deepseek2Engine>> Deepseek2Engine::Open(
+    const std::string& gguf_path, const Deepseek2EngineOptions& options) {
+  std::unique_ptr<Deepseek2Engine> e(new Deepseek2Engine());
+  e->options_ = options;
+  if (options.n_threads < 1 || options.n_threads > 1024) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("n_threads ", options.n_threads, " is outside [1, 1024]"));
+  }
+  if (options.max_batch < 1 || options.max_context < 1) {
+    return absl::InvalidArgumentError("max_batch and max_context must be positive");
+  }
+  MOEFLOW_ASSIGN_OR_RETURN(e->file_, GgufFile::Open(gguf_path));
+  MOEFLOW_ASSIGN_OR_RETURN(e->config_, Deepseek2Config::FromGguf(*e->file_));
+  const Deepseek2Config& c = e->config_;
+  if (options.active_experts < 0 || options.active_experts > c.n_experts_used) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("active_experts ", options.active_experts,
+                     " is outside [0, expert_used_count = ", c.n_experts_used, "]"));
+  }
+  e->k_ = options.active_experts == 0 ? c.n_experts_used : options.active_experts;
+  MOEFLOW_ASSIGN_OR_RETURN(e->weights_, EngineWeights::Map(*e->file_, c));
+  MOEFLOW_ASSIGN_OR_RETURN(double rope_attn_factor,
+                           e->file_->GetFloatOr("deepseek2.rope.scaling.attn_factor", 1.0));
+  e->rope_ = Deepseek2RopeParams::FromConfig(c, static_cast<float>(rope_attn_factor));
+  e->pool_ = std::make_unique<ThreadPool>(options.n_threads);
+  const int64_t max_context = std::min(options.max_context, c.context_length);
+  e->scratch_.Reserve(c, e->k_, options.n_threads, std::min(options.max_batch, max_context),
+                      max_context);
+  e->cache_ = MlaKvCache(c.n_layers, c.kv_lora_rank + c.qk_rope_dim);
+  for (MlaLayerCache& l : e->cache_.layers) {
+    l.rows.reserve(static_cast<size_t>(max_context * l.row_dim));
+  }
+  e->ctx_ = EngineContext{&e->config_, &e->rope_, SelectedIsa(), e->pool_.get(), &e->scratch_};
+  return e;
+}
+
+absl::StatusOr<std::vector<float>> Deepseek2Engine::Forward(absl::Span<const int32_t> tokens,
+                                                            int64_t start_pos) {
+  std::vector<float> logits(tokens.size() * static_cast<size_t>(config_.vocab_size));
+  MOEFLOW_RETURN_IF_ERROR(ForwardInto(tokens, start_pos, /*last_only=*/false,
+                                      absl::MakeSpan(logits)));
+  return logits;
+}
+
+absl::Status Deepseek2Engine::ForwardInto(absl::Span<const int32_t> tokens, int64_t start_pos,
+                                          bool last_only, absl::Span<float> logits) {
+  const Deepseek2Config& c = config_;
+  const int64_t n = static_cast<int64_t>(tokens.size());
+  if (n == 0) return absl::InvalidArgumentError("Forward: empty batch of tokens");
+  if (start_pos < 0 || start_pos > cache_.n_tokens()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("Forward: start_pos ", start_pos,
+                     " is outside [0, cached tokens = ", cache_.n_tokens(), "]"));
+  }
+  if (start_pos + n > c.context_length) {
+    return absl::InvalidArgumentError(absl::StrCat("Forward: positions up to ", start_pos + n,
+                                                   " exceed context_length ", c.context_length));
+  }
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    if (tokens[i] < 0 || tokens[i] >= c.vocab_size) {
+      return absl::InvalidArgumentError(absl::StrCat("token id ", tokens[i], " at index ", i,
+                                                     " is out of range [0, ", c.vocab_size, ")"));
+    }
+  }
+  const int64_t n_out = last_only ? 1 : n;
+  if (static_cast<int64_t>(logits.size()) != n_out * c.vocab_size) {
+    return absl::InvalidArgumentError(absl::StrCat("Forward: logits buffer has ", logits.size(),
+                                                   " floats, expected ", n_out * c.vocab_size));
+  }
+  // Grows only past the sizes reserved at Open.
+  scratch_.Reserve(c, k_, pool_->size(), n, start_pos + n);
+  for (MlaLayerCache& l : cache_.layers) {
+    if (static_cast<int64_t>(l.rows.capacity()) < (start_pos + n) * l.row_dim) {
+      l.rows.reserve(static_cast<size_t>(2 * (start_pos + n) * l.row_dim));
+    }
+  }
+
+  const int64_t hidden = c.hidden;
+  EngineScratch& s = scratch_;
+  float* x = s.x.data();
+  const MatmulWeight& embd = weights_.token_embd;
+  for (int64_t t = 0; t < n; ++t) {
+    MOEFLOW_CHECK_OK(Dequantize(embd.type, embd.row(tokens[t]), x + t * hidden, hidden));
+  }
+  float* ffn_inp = s.ffn_inp.data();
+  float* x_norm = s.x_norm.data();
+  float* routed = s.routed.data();
+  float* shared = s.shared.data();
+  for (int64_t il = 0; il < c.n_layers; ++il) {
+    const EngineLayerWeights& lw = weights_.layers[static_cast<size_t>(il)];
+    EngineAttentionBlock(ctx_, lw).Forward(x, n, start_pos, cache_.layers[static_cast<size_t>(il)],
+                                           ffn_inp);
+    for (int64_t t = 0; t < n; ++t) {
+      RmsNorm(ffn_inp + t * hidden, lw.ffn_norm.data(), hidden, c.rms_eps, x_norm + t * hidden);
+    }
+    if (!c.is_moe_layer(il)) {
+      EngineSwigluFfn(ctx_, lw.ffn_gate, lw.ffn_up, lw.ffn_down).Forward(x_norm, n, routed);
+      Combine(ffn_inp, routed, nullptr, n, hidden, x);
+      continue;
+    }
+    const EngineRouter router(ctx_, lw, k_);
+    router.Route(x_norm, n, s.expert_ids.data(), s.expert_weights.data());
+    EngineRoutedExperts(ctx_, lw).Forward(x_norm, n, s.expert_ids.data(), s.expert_weights.data(),
+                                          k_, routed);
+    if (c.n_shared_experts > 0) {
+      EngineSwigluFfn(ctx_, lw.ffn_gate_shexp, lw.ffn_up_shexp, lw.ffn_down_shexp)
+          .Forward(x_norm, n, shared);
+    }
+    Combine(ffn_inp, routed, c.n_shared_experts > 0 ? shared : nullptr, n, hidden, x);
+  }
+  EngineOutputHead(ctx_, weights_, last_only ? x + (n - 1) * hidden : x, n_out, logits.data());
+  return absl::OkStatus();
+}
+
+}  // namespace moeflow

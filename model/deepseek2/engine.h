@@ -1,0 +1,217 @@
+// The single-process CPU forward pass of DeepSeek-V2/V3 (llama.cpp's
+// `deepseek2`) on quantized GGUF weights.
+//
+// Role in the data flow: the same cut into components as the float32
+// reference (reference.h) — attention block, router, routed experts, shared
+// experts, dense FFN, combine, output head — but every weight matmul runs in
+// kernels/cpu/matmul on the bytes of the mmapped GGUF tensors (never a float
+// copy), with activations quantized to the weight type's vec_dot_type as
+// llama.cpp's CPU backend does. That is what makes quantized files agree with
+// llama.cpp's logits. Small F32 tensors (norms, exp_probs_b) are kept as
+// floats; ffn_gate_inp goes through the F32 matmul, as in llama.cpp.
+// Attention math is float32 over an F32 compressed (MLA) KV cache, in the
+// absorbed layout: q_nope·attn_k_b and context·attn_v_b are per-head matmuls
+// with the (quantized) 3-D tensors, as in llama.cpp's graph.
+//
+//   Open ─► Forward(prompt, 0) ─► Forward({t}, n) ─► Forward({t'}, n+1) ─► ...
+//   (start_pos may go back: positions >= start_pos are recomputed)
+//
+// Memory: scratch for `max_batch` tokens and a KV cache for `max_context`
+// positions are allocated at Open; a larger batch or a longer sequence grows
+// them once (so single-token decode steps allocate nothing, except the
+// returned vector of Forward; ForwardInto writes into the caller's buffer).
+//
+// Thread-safety: a Deepseek2Engine is not thread-safe (it owns the KV cache,
+// the scratch and a thread pool of n_threads). The component classes are
+// immutable and take their scratch and pool explicitly.
+// Failure: Open returns the errors of GgufFile::Open and
+// Deepseek2Config::FromGguf, and InvalidArgument naming the tensor that is
+// missing, mis-shaped or of a type the matmul does not support (naming the
+// type), or a bad option. Forward returns InvalidArgument for bad token ids,
+// positions or batch sizes, leaving the cache unchanged.
+#ifndef MOEFLOW_MODEL_DEEPSEEK2_ENGINE_H_
+#define MOEFLOW_MODEL_DEEPSEEK2_ENGINE_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "kernels/cpu/matmul.h"
+#include "kernels/cpu/thread_pool.h"
+#include "model/deepseek2/config.h"
+#include "model/deepseek2/reference.h"
+#include "model/gguf.h"
+
+namespace moeflow {
+
+// Views of one layer's tensors in the mapped file (shapes as in
+// Deepseek2LayerWeights; a 3-D tensor {cols, a, b} is a matrix of a·b rows).
+struct EngineLayerWeights {
+  std::vector<float> attn_norm, attn_q_a_norm, attn_kv_a_norm, ffn_norm, exp_probs_b;
+  MatmulWeight attn_q, attn_q_a, attn_q_b, attn_kv_a_mqa;
+  MatmulWeight attn_k_b;  // n_heads · kv_lora_rank rows of qk_nope_dim
+  MatmulWeight attn_v_b;  // n_heads · v_head_dim rows of kv_lora_rank
+  MatmulWeight attn_output;
+  MatmulWeight ffn_gate, ffn_up, ffn_down;     // dense layers
+  MatmulWeight ffn_gate_inp;                   // n_experts rows of hidden
+  MatmulWeight ffn_gate_exps, ffn_up_exps;     // n_experts · expert_ff rows of hidden
+  MatmulWeight ffn_down_exps;                  // n_experts · hidden rows of expert_ff
+  MatmulWeight ffn_gate_shexp, ffn_up_shexp, ffn_down_shexp;
+};
+
+struct EngineWeights {
+  MatmulWeight token_embd;  // rows dequantized one at a time (ggml_get_rows)
+  MatmulWeight output;      // token_embd when the file has no output.weight
+  std::vector<float> output_norm;
+  std::vector<EngineLayerWeights> layers;
+
+  // Checks every tensor `config` calls for (presence, shape, type) and maps
+  // it. The views point into `file`, which must outlive them.
+  static absl::StatusOr<EngineWeights> Map(const GgufFile& file, const Deepseek2Config& config);
+};
+
+// Buffers of one forward pass, sized for `capacity` tokens and `kv_capacity`
+// cached positions. Grows (allocates) only when asked for more.
+struct EngineScratch {
+  void Reserve(const Deepseek2Config& config, int64_t k, int n_threads, int64_t tokens,
+               int64_t kv_positions);
+
+  int64_t capacity = 0;
+  int64_t kv_capacity = 0;
+  std::vector<float> x, ffn_inp, x_norm, routed, shared, logits_norm;
+  // Attention.
+  std::vector<float> q, q_a, kv_a, q_abs, ctx, heads_out, attn_out;
+  std::vector<std::vector<float>> scores;  // per thread, kv_capacity
+  // FFNs.
+  std::vector<float> gate, up, expert_out, expert_down;
+  // Router.
+  std::vector<float> router_logits, probs, selection, group_score;
+  std::vector<int32_t> expert_ids, expert_order, expert_count, expert_start;
+  std::vector<float> expert_weights;
+  std::vector<uint8_t> group_keep, chosen;
+  // Quantized activations.
+  std::vector<uint8_t> act, act_up, act_heads, act_gather, act_gather2, act_down;
+};
+
+// Everything a component needs besides its weights.
+struct EngineContext {
+  const Deepseek2Config* config = nullptr;
+  const Deepseek2RopeParams* rope = nullptr;
+  CpuIsa isa = CpuIsa::kScalar;
+  ThreadPool* pool = nullptr;
+  EngineScratch* scratch = nullptr;
+};
+
+// attn_norm → MLA attention → attn_output → + residual (AttentionBlock's
+// contract): x [n × hidden] at positions start_pos.., out = x + attn(x).
+class EngineAttentionBlock {
+ public:
+  EngineAttentionBlock(const EngineContext& ctx, const EngineLayerWeights& w) : ctx_(ctx), w_(w) {}
+  void Forward(const float* x, int64_t n_tokens, int64_t start_pos, MlaLayerCache& cache,
+               float* out) const;
+
+ private:
+  const EngineContext& ctx_;
+  const EngineLayerWeights& w_;
+};
+
+// Router's contract: expert ids and weights per token, [n × k].
+class EngineRouter {
+ public:
+  EngineRouter(const EngineContext& ctx, const EngineLayerWeights& w, int64_t k)
+      : ctx_(ctx), w_(w), k_(k) {}
+  int64_t k() const { return k_; }
+  void Route(const float* x_norm, int64_t n_tokens, int32_t* expert_ids,
+             float* expert_weights) const;
+
+ private:
+  const EngineContext& ctx_;
+  const EngineLayerWeights& w_;
+  int64_t k_;
+};
+
+// RoutedExperts' contract. The batch's (token, expert) pairs are grouped by
+// expert and each expert's gate/up/down runs once over its tokens; outputs
+// are then summed per token in j order, weighted.
+class EngineRoutedExperts {
+ public:
+  EngineRoutedExperts(const EngineContext& ctx, const EngineLayerWeights& w) : ctx_(ctx), w_(w) {}
+  void Forward(const float* x_norm, int64_t n_tokens, const int32_t* expert_ids,
+               const float* expert_weights, int64_t k, float* out) const;
+
+ private:
+  const EngineContext& ctx_;
+  const EngineLayerWeights& w_;
+};
+
+// A SwiGLU FFN over the whole batch: the shared experts or a dense layer's FFN.
+class EngineSwigluFfn {
+ public:
+  EngineSwigluFfn(const EngineContext& ctx, const MatmulWeight& gate, const MatmulWeight& up,
+                  const MatmulWeight& down)
+      : ctx_(ctx), gate_(gate), up_(up), down_(down) {}
+  void Forward(const float* x_norm, int64_t n_tokens, float* out) const;
+
+ private:
+  const EngineContext& ctx_;
+  const MatmulWeight& gate_;
+  const MatmulWeight& up_;
+  const MatmulWeight& down_;
+};
+
+// output_norm then output: x [n × hidden] → logits [n × vocab].
+void EngineOutputHead(const EngineContext& ctx, const EngineWeights& w, const float* x,
+                      int64_t n_tokens, float* logits);
+
+struct Deepseek2EngineOptions {
+  // Routed experts used per token (K ≤ expert_used_count); 0 = the model's.
+  int64_t active_experts = 0;
+  // Threads of the engine's pool, the calling thread included.
+  int n_threads = 1;
+  // Scratch and KV cache allocated at Open (grown on demand beyond).
+  int64_t max_batch = 512;
+  int64_t max_context = 4096;
+};
+
+class Deepseek2Engine {
+ public:
+  static absl::StatusOr<std::unique_ptr<Deepseek2Engine>> Open(
+      const std::string& gguf_path, const Deepseek2EngineOptions& options = {});
+
+  const Deepseek2Config& config() const { return config_; }
+  CpuIsa isa() const { return ctx_.isa; }
+
+  // Deepseek2Reference::Forward's contract: logits of every position,
+  // [tokens.size() × vocab].
+  absl::StatusOr<std::vector<float>> Forward(absl::Span<const int32_t> tokens, int64_t start_pos);
+
+  // As Forward, into `logits`: [tokens.size() × vocab], or [vocab] for the
+  // last position only when `last_only` (what generation needs).
+  absl::Status ForwardInto(absl::Span<const int32_t> tokens, int64_t start_pos, bool last_only,
+                           absl::Span<float> logits);
+
+  int64_t cached_tokens() const { return cache_.n_tokens(); }
+  void ResetCache() { cache_.Truncate(0); }
+
+ private:
+  Deepseek2Engine() = default;
+
+  Deepseek2EngineOptions options_;
+  std::unique_ptr<GgufFile> file_;
+  Deepseek2Config config_;
+  Deepseek2RopeParams rope_;
+  EngineWeights weights_;
+  std::unique_ptr<ThreadPool> pool_;
+  EngineScratch scratch_;
+  EngineContext ctx_;
+  int64_t k_ = 0;
+  MlaKvCache cache_;
+};
+
+}  // namespace moeflow
+
+#endif  // MOEFLOW_MODEL_DEEPSEEK2_ENGINE_H_

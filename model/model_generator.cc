@@ -1,0 +1,530 @@
+#include "model/model_generator.h"
+
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <thread>
+#include <utility>
+
+#include "absl/status/status.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/types/span.h"
+#include "base/check.h"
+#include "kernels/cpu/quants.h"
+#include "model/gguf.h"
+#include "model/tokenizer_data.h"
+
+namespace moeflow {
+namespace {
+
+// Values generated (then quantized and written) per step; 4 M floats keep
+// the buffers at ~16 MB + the quantized bytes.
+constexpr int64_t kChunkValues = int64_t{1} << 22;
+
+// Hyper-parameters shared by the presets: YaRN as DeepSeek's config.json
+// sets it (factor 40 over the original 4096 context, β 32 / 1).
+Deepseek2Config BaseConfig() {
+  Deepseek2Config c;
+  c.context_length = 163840;
+  c.n_heads_kv = 1;
+  c.rms_eps = 1e-6f;
+  c.rope_freq_base = 10000.f;
+  c.rope_scaling_type = "yarn";
+  c.rope_scaling_factor = 40.f;
+  c.rope_orig_context = 4096;
+  c.yarn_beta_fast = 32.f;
+  c.yarn_beta_slow = 1.f;
+  return c;
+}
+
+// The tiny shapes of tests/data/llamacpp (tiny-v2 / tiny-v3).
+Deepseek2Config TinyConfig(bool v3) {
+  Deepseek2Config c = BaseConfig();
+  c.name = v3 ? "moeflow-random-tiny-v3" : "moeflow-random-tiny";
+  c.n_layers = 4;
+  c.hidden = 256;
+  c.dense_ff = 512;
+  c.n_heads = 4;
+  c.q_lora_rank = v3 ? 128 : 0;
+  c.kv_lora_rank = 128;
+  c.qk_nope_dim = 32;
+  c.qk_rope_dim = 32;
+  c.v_head_dim = 32;
+  c.n_dense_layers = 1;
+  c.n_experts = 16;
+  c.n_experts_used = 4;
+  c.n_shared_experts = 1;
+  c.expert_ff = 64;
+  c.vocab_size = 2048;
+  if (v3) {
+    c.yarn_log_multiplier = 0.1f;  // 0.1 * mscale_all_dim 1.0
+    c.gating = ExpertGating::kSigmoid;
+    c.expert_weights_norm = true;
+    c.expert_weights_scale = 2.5f;
+    c.n_expert_groups = 4;
+    c.n_expert_groups_used = 2;
+  } else {
+    c.yarn_log_multiplier = 0.0707f;  // 0.1 * mscale_all_dim 0.707
+  }
+  return c;
+}
+
+// DeepSeek-V2-Lite's config.json.
+Deepseek2Config V2LiteConfig() {
+  Deepseek2Config c = BaseConfig();
+  c.name = "moeflow-random-v2-lite";
+  c.n_layers = 27;
+  c.hidden = 2048;
+  c.dense_ff = 10944;
+  c.n_heads = 16;
+  c.q_lora_rank = 0;
+  c.kv_lora_rank = 512;
+  c.qk_nope_dim = 128;
+  c.qk_rope_dim = 64;
+  c.v_head_dim = 128;
+  c.yarn_log_multiplier = 0.0707f;
+  c.n_dense_layers = 1;
+  c.n_experts = 64;
+  c.n_experts_used = 6;
+  c.n_shared_experts = 2;
+  c.expert_ff = 1408;
+  c.vocab_size = 102400;
+  return c;
+}
+
+// DeepSeek-V3's config.json.
+Deepseek2Config V3Config() {
+  Deepseek2Config c = BaseConfig();
+  c.name = "moeflow-random-v3";
+  c.n_layers = 61;
+  c.hidden = 7168;
+  c.dense_ff = 18432;
+  c.n_heads = 128;
+  c.q_lora_rank = 1536;
+  c.kv_lora_rank = 512;
+  c.qk_nope_dim = 128;
+  c.qk_rope_dim = 64;
+  c.v_head_dim = 128;
+  c.yarn_log_multiplier = 0.1f;
+  c.n_dense_layers = 3;
+  c.n_experts = 256;
+  c.n_experts_used = 8;
+  c.n_shared_experts = 1;
+  c.expert_ff = 2048;
+  c.gating = ExpertGating::kSigmoid;
+  c.expert_weights_norm = true;
+  c.expert_weights_scale = 2.5f;
+  c.n_expert_groups = 8;
+  c.n_expert_groups_used = 4;
+  c.vocab_size = 129280;
+  return c;
+}
+
+struct FileTypeEntry {
+  const char* name;
+  LlamaFileType type;
+  GgmlType default_type;
+};
+constexpr FileTypeEntry kFileTypes[] = {
+    {"f32", LlamaFileType::kAllF32, GgmlType::kF32},
+    {"f16", LlamaFileType::kF16, GgmlType::kF16},
+    {"bf16", LlamaFileType::kBF16, GgmlType::kBF16},
+    {"q4_0", LlamaFileType::kQ4_0, GgmlType::kQ4_0},
+    {"q4_1", LlamaFileType::kQ4_1, GgmlType::kQ4_1},
+    {"q5_0", LlamaFileType::kQ5_0, GgmlType::kQ5_0},
+    {"q5_1", LlamaFileType::kQ5_1, GgmlType::kQ5_1},
+    {"q8_0", LlamaFileType::kQ8_0, GgmlType::kQ8_0},
+    {"q2_k", LlamaFileType::kQ2_K, GgmlType::kQ2_K},
+    {"q3_k_s", LlamaFileType::kQ3_K_S, GgmlType::kQ3_K},
+    {"q3_k_m", LlamaFileType::kQ3_K_M, GgmlType::kQ3_K},
+    {"q3_k_l", LlamaFileType::kQ3_K_L, GgmlType::kQ3_K},
+    {"q4_k_s", LlamaFileType::kQ4_K_S, GgmlType::kQ4_K},
+    {"q4_k_m", LlamaFileType::kQ4_K_M, GgmlType::kQ4_K},
+    {"q5_k_s", LlamaFileType::kQ5_K_S, GgmlType::kQ5_K},
+    {"q5_k_m", LlamaFileType::kQ5_K_M, GgmlType::kQ5_K},
+    {"q6_k", LlamaFileType::kQ6_K, GgmlType::kQ6_K},
+};
+// llama-quantize's aliases.
+constexpr std::pair<const char*, const char*> kFileTypeAliases[] = {
+    {"q3_k", "q3_k_m"}, {"q4_k", "q4_k_m"}, {"q5_k", "q5_k_m"}};
+
+const FileTypeEntry& FileTypeInfo(LlamaFileType type) {
+  for (const FileTypeEntry& e : kFileTypes) {
+    if (e.type == type) return e;
+  }
+  MOEFLOW_CHECK(false);
+  return kFileTypes[0];
+}
+
+bool IsQuantized(GgmlType type) {
+  return type != GgmlType::kF32 && type != GgmlType::kF16 && type != GgmlType::kBF16;
+}
+
+// Layer index from "blk.N.…", -1 for global tensors.
+int64_t LayerOf(absl::string_view name) {
+  if (!absl::StartsWith(name, "blk.")) return -1;
+  int64_t layer = 0;
+  size_t i = 4;
+  if (i >= name.size() || name[i] < '0' || name[i] > '9') return -1;
+  while (i < name.size() && name[i] >= '0' && name[i] <= '9')
+    layer = layer * 10 + (name[i++] - '0');
+  return layer;
+}
+
+uint64_t Mix64(uint64_t z) {
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+bool FileExists(const std::string& path) {
+  struct stat st;
+  return ::stat(path.c_str(), &st) == 0;
+}
+
+}  // namespace
+
+const std::vector<std::string>& ModelPresetNames() {
+  static const std::vector<std::string>* names =
+      new std::vector<std::string>{"tiny", "tiny-v3", "v2-lite", "v3"};
+  return *names;
+}
+
+absl::StatusOr<Deepseek2Config> PresetConfig(absl::string_view preset) {
+  if (preset == "tiny") return TinyConfig(/*v3=*/false);
+  if (preset == "tiny-v3") return TinyConfig(/*v3=*/true);
+  if (preset == "v2-lite") return V2LiteConfig();
+  if (preset == "v3") return V3Config();
+  return absl::InvalidArgumentError(absl::StrCat(
+      "unknown preset \"", preset, "\" (known: ", absl::StrJoin(ModelPresetNames(), ", "), ")"));
+}
+
+absl::StatusOr<LlamaFileType> ParseLlamaFileType(absl::string_view name) {
+  std::string lower = absl::AsciiStrToLower(name);
+  for (const auto& [alias, target] : kFileTypeAliases) {
+    if (lower == alias) lower = target;
+  }
+  for (const FileTypeEntry& e : kFileTypes) {
+    if (lower == e.name) return e.type;
+  }
+  return absl::InvalidArgumentError(absl::StrCat(
+      "unknown type \"", name, "\" (known: ", absl::StrJoin(LlamaFileTypeNames(), ", "), ")"));
+}
+
+std::string LlamaFileTypeName(LlamaFileType type) {
+  return absl::AsciiStrToUpper(FileTypeInfo(type).name);
+}
+
+std::vector<std::string> LlamaFileTypeNames() {
+  std::vector<std::string> names;
+  for (const FileTypeEntry& e : kFileTypes) names.push_back(e.name);
+  for (const auto& [alias, target] : kFileTypeAliases) names.push_back(alias);
+  return names;
+}
+
+GgmlType DefaultTensorType(LlamaFileType type) { return FileTypeInfo(type).default_type; }
+
+GgmlType ChooseTensorType(absl::string_view name, const std::vector<int64_t>& ne,
+                          LlamaFileType file_type, int64_t n_layers, int64_t n_experts, bool pure) {
+  // What llama-quantize never quantizes.
+  if (ne.size() < 2 || !absl::EndsWith(name, "weight") || absl::StrContains(name, "_norm.weight") ||
+      absl::StrContains(name, "ffn_gate_inp.weight")) {
+    return GgmlType::kF32;
+  }
+  const GgmlType default_type = DefaultTensorType(file_type);
+  if (!IsQuantized(default_type)) return default_type;
+  GgmlType type = default_type;
+  using F = LlamaFileType;
+  const F ft = file_type;
+  if (!pure) {
+    auto more_bits = [](int64_t i, int64_t n) {
+      return i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2;
+    };
+    const int64_t layer = LayerOf(name);
+    if (name == "output.weight") {
+      if (ne[0] % Traits(type).block_size != 0) {
+        type = GgmlType::kQ8_0;
+      } else if (type != GgmlType::kQ8_0) {
+        type = GgmlType::kQ6_K;
+      }
+    } else if (absl::StrContains(name, "ffn_down")) {
+      const int64_t n = n_layers;
+      if (ft == F::kQ2_K) {
+        type = GgmlType::kQ3_K;
+      } else if (ft == F::kQ3_K_M) {
+        type = layer < n / 16 ? GgmlType::kQ5_K : GgmlType::kQ4_K;
+      } else if (ft == F::kQ3_K_L) {
+        type = GgmlType::kQ5_K;
+      } else if (ft == F::kQ4_K_M) {
+        if (more_bits(layer, n)) type = GgmlType::kQ6_K;
+      } else if (ft == F::kQ5_K_M) {
+        if (more_bits(layer, n)) type = GgmlType::kQ6_K;
+      } else if (ft == F::kQ4_K_S) {
+        if (layer < n / 8) type = GgmlType::kQ5_K;
+      }
+    } else if (absl::StrContains(name, "attn_output.weight")) {
+      if (n_experts == 8) {
+        if (ft == F::kQ2_K || ft == F::kQ3_K_S || ft == F::kQ3_K_M || ft == F::kQ4_K_S ||
+            ft == F::kQ4_K_M) {
+          type = GgmlType::kQ5_K;
+        }
+      } else if (ft == F::kQ2_K) {
+        type = GgmlType::kQ3_K;
+      } else if (ft == F::kQ3_K_M) {
+        type = GgmlType::kQ4_K;
+      } else if (ft == F::kQ3_K_L) {
+        type = GgmlType::kQ5_K;
+      }
+    }
+  }
+  // Rows that do not fit the block.
+  if (ne[0] % Traits(type).block_size != 0) {
+    switch (type) {
+      case GgmlType::kQ2_K:
+      case GgmlType::kQ3_K:
+        type = GgmlType::kQ4_0;
+        break;
+      case GgmlType::kQ4_K:
+        type = GgmlType::kQ5_0;
+        break;
+      case GgmlType::kQ5_K:
+        type = GgmlType::kQ5_1;
+        break;
+      case GgmlType::kQ6_K:
+        type = GgmlType::kQ8_0;
+        break;
+      default:
+        break;
+    }
+    if (ne[0] % Traits(type).block_size != 0) type = GgmlType::kF16;
+  }
+  return type;
+}
+
+TensorInit TensorInitFor(absl::string_view name, const std::vector<int64_t>& ne, int64_t hidden) {
+  const float fan_in = static_cast<float>(ne.empty() ? 1 : ne[0]);
+  if (absl::EndsWith(name, "_norm.weight")) return {1.f, 0.1f};
+  if (absl::StrContains(name, "exp_probs_b")) return {0.f, 0.1f};
+  if (absl::StrContains(name, "ffn_gate_inp")) return {0.f, 1.6f / std::sqrt(float(hidden))};
+  if (name == "token_embd.weight") return {0.f, 0.64f / std::sqrt(float(hidden))};
+  if (name == "output.weight") return {0.f, 3.2f / std::sqrt(fan_in)};
+  if (absl::StrContains(name, "_exps.")) return {0.f, 0.48f / std::sqrt(fan_in)};
+  return {0.f, 0.64f / std::sqrt(fan_in)};
+}
+
+std::vector<PlannedTensor> PlanTensors(const Deepseek2Config& c, LlamaFileType file_type,
+                                       bool pure) {
+  std::vector<PlannedTensor> out;
+  auto add = [&](std::string name, std::vector<int64_t> ne) {
+    PlannedTensor t;
+    t.type = ChooseTensorType(name, ne, file_type, c.n_layers, c.n_experts, pure);
+    t.init = TensorInitFor(name, ne, c.hidden);
+    t.name = std::move(name);
+    t.ne = std::move(ne);
+    out.push_back(std::move(t));
+  };
+  const int64_t q_dim = c.n_heads * c.qk_head_dim();
+  add("token_embd.weight", {c.hidden, c.vocab_size});
+  for (int64_t l = 0; l < c.n_layers; ++l) {
+    auto name = [&](const char* suffix) { return LayerTensorName(l, suffix); };
+    add(name("attn_norm.weight"), {c.hidden});
+    if (c.q_lora_rank == 0) {
+      add(name("attn_q.weight"), {c.hidden, q_dim});
+    } else {
+      add(name("attn_q_a.weight"), {c.hidden, c.q_lora_rank});
+      add(name("attn_q_a_norm.weight"), {c.q_lora_rank});
+      add(name("attn_q_b.weight"), {c.q_lora_rank, q_dim});
+    }
+    add(name("attn_kv_a_mqa.weight"), {c.hidden, c.kv_lora_rank + c.qk_rope_dim});
+    add(name("attn_kv_a_norm.weight"), {c.kv_lora_rank});
+    add(name("attn_k_b.weight"), {c.qk_nope_dim, c.kv_lora_rank, c.n_heads});
+    add(name("attn_v_b.weight"), {c.kv_lora_rank, c.v_head_dim, c.n_heads});
+    add(name("attn_output.weight"), {c.n_heads * c.v_head_dim, c.hidden});
+    add(name("ffn_norm.weight"), {c.hidden});
+    if (!c.is_moe_layer(l)) {
+      add(name("ffn_gate.weight"), {c.hidden, c.dense_ff});
+      add(name("ffn_up.weight"), {c.hidden, c.dense_ff});
+      add(name("ffn_down.weight"), {c.dense_ff, c.hidden});
+      continue;
+    }
+    add(name("ffn_gate_inp.weight"), {c.hidden, c.n_experts});
+    if (c.gating == ExpertGating::kSigmoid) add(name("exp_probs_b.bias"), {c.n_experts});
+    add(name("ffn_gate_exps.weight"), {c.hidden, c.expert_ff, c.n_experts});
+    add(name("ffn_up_exps.weight"), {c.hidden, c.expert_ff, c.n_experts});
+    add(name("ffn_down_exps.weight"), {c.expert_ff, c.hidden, c.n_experts});
+    if (c.n_shared_experts > 0) {
+      const int64_t shared_ff = c.expert_ff * c.n_shared_experts;
+      add(name("ffn_gate_shexp.weight"), {c.hidden, shared_ff});
+      add(name("ffn_up_shexp.weight"), {c.hidden, shared_ff});
+      add(name("ffn_down_shexp.weight"), {shared_ff, c.hidden});
+    }
+  }
+  add("output_norm.weight", {c.hidden});
+  add("output.weight", {c.hidden, c.vocab_size});
+  return out;
+}
+
+uint64_t TensorKey(uint64_t seed, absl::string_view name) {
+  uint64_t h = 0xCBF29CE484222325ull;  // FNV-1a 64
+  for (unsigned char ch : name) h = (h ^ ch) * 0x100000001B3ull;
+  return Mix64(seed * 0x9E3779B97F4A7C15ull ^ h);
+}
+
+float RandomNormal(uint64_t tensor_key, uint64_t index) {
+  const uint64_t bits = Mix64(tensor_key + (index + 1) * 0x9E3779B97F4A7C15ull);
+  const uint32_t sum = static_cast<uint32_t>(bits & 0xFFFF) + ((bits >> 16) & 0xFFFF) +
+                       ((bits >> 32) & 0xFFFF) + ((bits >> 48) & 0xFFFF);
+  // Sum of four U{0..65535}: mean 2·65535, variance 4·(65536² − 1)/12.
+  constexpr float kMean = 2.f * 65535.f;
+  constexpr float kInvStd = 1.f / 37837.23f;  // 1 / sqrt(4 (65536² − 1) / 12)
+  return (static_cast<float>(sum) - kMean) * kInvStd;
+}
+
+namespace {
+
+// Fills rows [row_begin, row_end) of `tensor` (values then quantized) into
+// `out` (row_bytes per row, starting with row_begin's).
+absl::Status FillRows(const PlannedTensor& tensor, uint64_t key, int64_t row_begin, int64_t row_end,
+                      int64_t row_bytes, uint8_t* out) {
+  const int64_t n = tensor.ne[0];
+  std::vector<float> values(n);
+  for (int64_t row = row_begin; row < row_end; ++row) {
+    const uint64_t base = static_cast<uint64_t>(row) * n;
+    for (int64_t j = 0; j < n; ++j) {
+      values[j] = tensor.init.mean + tensor.init.std * RandomNormal(key, base + j);
+    }
+    uint8_t* dst = out + (row - row_begin) * row_bytes;
+    if (tensor.type == GgmlType::kF32) {
+      std::memcpy(dst, values.data(), n * sizeof(float));
+    } else {
+      MOEFLOW_RETURN_IF_ERROR(Quantize(tensor.type, values.data(), dst, n));
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<GeneratedModel> GenerateModel(const ModelGeneratorOptions& options) {
+  const auto start = std::chrono::steady_clock::now();
+  MOEFLOW_ASSIGN_OR_RETURN(Deepseek2Config config, PresetConfig(options.preset));
+  MOEFLOW_ASSIGN_OR_RETURN(LlamaFileType file_type, ParseLlamaFileType(options.type));
+  if (options.layers < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("layers must be >= 1, got ", options.layers));
+  }
+  if (options.threads < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("threads must be >= 1, got ", options.threads));
+  }
+  if (options.out_path.empty()) return absl::InvalidArgumentError("no output path given");
+  if (options.layers > 0) {
+    config.n_layers = options.layers;
+    config.n_dense_layers = std::min(config.n_dense_layers, options.layers);
+  }
+  if (!options.force && FileExists(options.out_path)) {
+    return absl::AlreadyExistsError(
+        absl::StrCat(options.out_path, " exists (pass --force to overwrite it)"));
+  }
+
+  TokenizerData tokenizer;
+  if (options.tokenizer_json_path.empty()) {
+    tokenizer = GenerateByteLevelBpe(config.vocab_size);
+  } else {
+    MOEFLOW_ASSIGN_OR_RETURN(tokenizer,
+                             LoadHfTokenizerJson(options.tokenizer_json_path, config.vocab_size));
+  }
+  config.vocab_size = tokenizer.vocab_size();
+  MOEFLOW_RETURN_IF_ERROR(config.Validate());
+
+  const std::vector<PlannedTensor> tensors = PlanTensors(config, file_type, options.pure);
+  for (const PlannedTensor& t : tensors) {
+    if (t.type != GgmlType::kF32 && !CanQuantize(t.type)) {
+      return absl::UnimplementedError(
+          absl::StrCat("tensor ", t.name, ": cannot quantize to ", Traits(t.type).name));
+    }
+  }
+
+  GgufWriter writer;
+  config.AddToGguf(writer);
+  writer.AddMetadata("general.file_type",
+                     GgufValue::Uint(GgufType::kUint32, static_cast<uint32_t>(file_type)));
+  writer.AddMetadata("general.quantization_version", GgufValue::Uint(GgufType::kUint32, 2));
+  tokenizer.AddToGguf(writer);
+  tokenizer = TokenizerData();  // the writer holds its own copy
+
+  GenerationProgress progress;
+  progress.tensors_total = static_cast<int64_t>(tensors.size());
+  GeneratedModel result;
+  for (const PlannedTensor& t : tensors) {
+    writer.AddTensor(t.name, t.type, t.ne);
+    int64_t elements = 1;
+    for (int64_t d : t.ne) elements *= d;
+    result.n_params += elements;
+    MOEFLOW_ASSIGN_OR_RETURN(int64_t row_bytes, RowBytes(t.type, t.ne[0]));
+    progress.bytes_total += static_cast<uint64_t>(row_bytes) * (elements / t.ne[0]);
+  }
+  MOEFLOW_RETURN_IF_ERROR(writer.Begin(options.out_path));
+
+  std::vector<uint8_t> out;
+  for (const PlannedTensor& t : tensors) {
+    const uint64_t key = TensorKey(options.seed, t.name);
+    const int64_t n = t.ne[0];
+    int64_t rows = 1;
+    for (size_t d = 1; d < t.ne.size(); ++d) rows *= t.ne[d];
+    MOEFLOW_ASSIGN_OR_RETURN(const int64_t row_bytes, RowBytes(t.type, n));
+    const int64_t chunk_rows = std::max<int64_t>(1, kChunkValues / n);
+    out.resize(std::min(chunk_rows, rows) * row_bytes);
+    for (int64_t r0 = 0; r0 < rows; r0 += chunk_rows) {
+      const int64_t r1 = std::min(rows, r0 + chunk_rows);
+      const int n_threads =
+          static_cast<int>(std::min<int64_t>(options.threads, (r1 - r0) * n / 65536 + 1));
+      std::vector<absl::Status> statuses(n_threads);
+      std::vector<std::thread> workers;
+      const int64_t per_thread = (r1 - r0 + n_threads - 1) / n_threads;
+      for (int w = 0; w < n_threads; ++w) {
+        const int64_t b = r0 + w * per_thread;
+        const int64_t e = std::min(r1, b + per_thread);
+        if (b >= e) continue;
+        uint8_t* dst = out.data() + (b - r0) * row_bytes;
+        if (w + 1 == n_threads || n_threads == 1) {
+          statuses[w] = FillRows(t, key, b, e, row_bytes, dst);
+        } else {
+          workers.emplace_back(
+              [&, w, b, e, dst] { statuses[w] = FillRows(t, key, b, e, row_bytes, dst); });
+        }
+      }
+      for (std::thread& worker : workers) worker.join();
+      for (const absl::Status& s : statuses) {
+        if (!s.ok())
+          return absl::Status(s.code(), absl::StrCat("tensor ", t.name, ": ", s.message()));
+      }
+      const uint64_t n_bytes = static_cast<uint64_t>(r1 - r0) * row_bytes;
+      MOEFLOW_RETURN_IF_ERROR(writer.WriteTensor(t.name, absl::MakeConstSpan(out.data(), n_bytes)));
+      progress.bytes_done += n_bytes;
+      if (r1 == rows) ++progress.tensors_done;
+      if (options.on_progress) {
+        progress.elapsed_s =
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+        options.on_progress(progress);
+      }
+    }
+  }
+  MOEFLOW_RETURN_IF_ERROR(writer.Finish());
+
+  result.path = options.out_path;
+  result.config = config;
+  result.file_type = file_type;
+  result.n_tensors = static_cast<int64_t>(tensors.size());
+  result.file_bytes = writer.planned_size();
+  result.elapsed_s =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return result;
+}
+
+}  // namespace moeflow

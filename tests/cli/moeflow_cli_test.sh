@@ -1,0 +1,107 @@
+#!/bin/bash
+# Runs the real `moeflow` binary: help, mkmodel, inspect (text, simulated
+# dual-socket NUMA, JSON) and the exit codes of the error paths.
+# Usage: moeflow_cli_test.sh PATH/TO/moeflow
+set -u
+
+MOEFLOW="$1"
+TMP="${TEST_TMPDIR:-$(mktemp -d)}"
+FAILURES=0
+
+fail() {
+  echo "FAIL: $*" >&2
+  FAILURES=$((FAILURES + 1))
+}
+
+# expect_rc WANT DESCRIPTION -- COMMAND...: runs COMMAND, output in $TMP/out.
+expect_rc() {
+  local want="$1" what="$2"
+  shift 3
+  "$@" >"$TMP/out" 2>"$TMP/err"
+  local rc=$?
+  if [[ $rc -ne $want ]]; then
+    fail "$what: exit $rc, want $want"
+    sed 's/^/  | /' "$TMP/out" "$TMP/err" | head -20 >&2
+  fi
+}
+
+expect_in() {  # expect_in FILE PATTERN DESCRIPTION
+  grep -q -- "$2" "$1" || fail "$3: no \"$2\" in $(basename "$1")"
+}
+
+expect_rc 0 "moeflow --help" -- "$MOEFLOW" --help
+expect_in "$TMP/out" "inspect" "moeflow --help lists inspect"
+expect_in "$TMP/out" "mkmodel" "moeflow --help lists mkmodel"
+
+expect_rc 0 "mkmodel --help" -- "$MOEFLOW" mkmodel --help
+expect_in "$TMP/out" "--preset" "mkmodel --help shows --preset"
+expect_in "$TMP/out" "--tokenizer-json" "mkmodel --help shows --tokenizer-json"
+grep -q -- "--numa-nodes" "$TMP/out" && fail "mkmodel --help shows inspect's flags"
+
+expect_rc 0 "inspect --help" -- "$MOEFLOW" inspect --help
+expect_in "$TMP/out" "--numa-nodes" "inspect --help shows --numa-nodes"
+
+expect_rc 2 "unknown command" -- "$MOEFLOW" frobnicate
+expect_in "$TMP/err" "unknown command" "unknown command message"
+expect_rc 2 "no command" -- "$MOEFLOW"
+expect_rc 2 "flag of another command" -- "$MOEFLOW" inspect --seed=3 x.gguf
+expect_in "$TMP/err" "unknown flag --seed" "flag of another command message"
+expect_rc 2 "bad flag value" -- "$MOEFLOW" mkmodel --layers=many --out "$TMP/x.gguf"
+expect_in "$TMP/err" "--layers=many" "bad flag value message"
+[[ $(wc -l <"$TMP/err") -eq 1 ]] || fail "bad flag value: error is not one line"
+expect_rc 2 "bad preset" -- "$MOEFLOW" mkmodel --preset=huge --out "$TMP/x.gguf"
+expect_in "$TMP/err" "huge" "bad preset message"
+expect_rc 2 "bad type" -- "$MOEFLOW" mkmodel --type=q9_9 --out "$TMP/x.gguf"
+expect_in "$TMP/err" "q9_9" "bad type message"
+expect_rc 2 "missing --out" -- "$MOEFLOW" mkmodel
+
+MODEL="$TMP/t.gguf"
+expect_rc 0 "mkmodel tiny" -- "$MOEFLOW" mkmodel --preset tiny --out "$MODEL"
+[[ -s "$MODEL" ]] || fail "mkmodel wrote no file"
+expect_rc 1 "mkmodel refuses to overwrite" -- "$MOEFLOW" mkmodel --preset tiny --out "$MODEL"
+expect_in "$TMP/err" "--force" "overwrite refusal names --force"
+expect_rc 0 "mkmodel --force" -- "$MOEFLOW" mkmodel --preset tiny-v3 --type q4_k_m --force --out "$MODEL"
+
+expect_rc 0 "inspect" -- "$MOEFLOW" inspect "$MODEL"
+for want in "architecture: deepseek2" "q_lora_rank" "gpt2" "tokenizer.ggml.merges" \
+    "blk.3.ffn_down_exps.weight" "routed experts" "replicate" "slice" "shard"; do
+  expect_in "$TMP/out" "$want" "inspect output"
+done
+expect_rc 0 "inspect --notensors" -- "$MOEFLOW" inspect --notensors "$MODEL"
+grep -q "blk.3.ffn_down_exps.weight" "$TMP/out" && fail "--notensors still prints tensors"
+
+expect_rc 0 "inspect on 2 simulated NUMA nodes" -- \
+  env HWLOC_SYNTHETIC="package:2 numa:1 core:32 pu:1" "$MOEFLOW" inspect "$MODEL"
+expect_in "$TMP/out" "over 2 NUMA nodes" "synthetic topology has 2 nodes"
+expect_in "$TMP/out" "node 1" "synthetic topology shows node 1"
+expect_rc 0 "inspect --numa-nodes=4" -- "$MOEFLOW" inspect --numa-nodes=4 "$MODEL"
+expect_in "$TMP/out" "over 4 NUMA nodes" "--numa-nodes=4"
+
+expect_rc 0 "inspect --json" -- \
+  env HWLOC_SYNTHETIC="package:2 numa:1 core:32 pu:1" "$MOEFLOW" inspect --json "$MODEL"
+python3 - "$TMP/out" <<'PY' || fail "inspect --json content"
+import json, sys
+j = json.load(open(sys.argv[1]))
+assert j["architecture"] == "deepseek2", j["architecture"]
+assert j["hyperparameters"]["n_experts"] == 16
+assert j["hyperparameters"]["q_lora_rank"] == 128
+assert j["tokenizer"]["vocab_size"] == 2048
+assert j["numa_nodes"] == 2
+shard = j["placement"]["shard"]["nodes"]
+assert [n["experts"] for n in shard] == [8, 8], shard
+rep = j["placement"]["replicate"]
+assert rep["total_expert_bytes"] == 2 * j["bytes"]["routed_experts"]
+assert j["bytes"]["total"] == sum(t["bytes"] for t in j["tensors"])
+PY
+
+echo "not a gguf" >"$TMP/bad.gguf"
+expect_rc 1 "inspect a bad file" -- "$MOEFLOW" inspect "$TMP/bad.gguf"
+expect_in "$TMP/err" "bad.gguf" "bad file message names the file"
+expect_rc 1 "inspect a missing file" -- "$MOEFLOW" inspect "$TMP/missing.gguf"
+expect_rc 2 "inspect without a file" -- "$MOEFLOW" inspect
+
+if [[ $FAILURES -ne 0 ]]; then
+  echo "$FAILURES failure(s)" >&2
+  exit 1
+fi
+echo "PASS"

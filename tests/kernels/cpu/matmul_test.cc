@@ -1,0 +1,313 @@
+// kernels/cpu/matmul: the scalar reference against dequantized weights and
+// activations, every SIMD variant this CPU runs against the scalar reference
+// (exactly on data whose float arithmetic is exact, within a few ulp of
+// Σ|w·a| on realistic data), and independence from the thread count.
+#include "kernels/cpu/matmul.h"
+
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "kernels/cpu/quant_blocks.h"
+#include "kernels/cpu/quants.h"
+#include "kernels/cpu/thread_pool.h"
+#include "model/ggml_types.h"
+
+namespace moeflow {
+namespace {
+
+const GgmlType kAllTypes[] = {GgmlType::kF32,  GgmlType::kF16,  GgmlType::kBF16, GgmlType::kQ4_0,
+                              GgmlType::kQ4_1, GgmlType::kQ5_0, GgmlType::kQ5_1, GgmlType::kQ8_0,
+                              GgmlType::kQ2_K, GgmlType::kQ3_K, GgmlType::kQ4_K, GgmlType::kQ5_K,
+                              GgmlType::kQ6_K};
+const GgmlType kSimdTypes[] = {GgmlType::kF32, GgmlType::kQ8_0, GgmlType::kQ5_0, GgmlType::kQ4_K,
+                               GgmlType::kQ6_K};
+
+std::vector<CpuIsa> SimdIsas() {
+  std::vector<CpuIsa> out;
+  for (CpuIsa isa : {CpuIsa::kAvx2, CpuIsa::kAvx512}) {
+    if (CpuSupportsIsa(isa)) out.push_back(isa);
+  }
+  return out;
+}
+
+// Random non-zero floats: N(0, 1) with a few larger outliers, as activations are.
+std::vector<float> RandomFloats(int64_t n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> dist(0.f, 1.f);
+  std::vector<float> v(static_cast<size_t>(n));
+  for (float& x : v) {
+    x = dist(rng);
+    if (x == 0.f) x = 0.5f;
+  }
+  for (int64_t i = 0; i < n; i += 37) v[i] *= 6.f;
+  return v;
+}
+
+struct Quantized {
+  MatmulWeight w;
+  std::vector<uint8_t> bytes;
+};
+
+Quantized QuantizeMatrix(GgmlType type, const std::vector<float>& values, int64_t rows,
+                         int64_t cols) {
+  Quantized q;
+  const int64_t row_bytes = RowBytes(type, cols).value();
+  q.bytes.resize(static_cast<size_t>(rows * row_bytes));
+  for (int64_t r = 0; r < rows; ++r) {
+    EXPECT_TRUE(
+        Quantize(type, values.data() + r * cols, q.bytes.data() + r * row_bytes, cols).ok());
+  }
+  q.w = MatmulWeight{type, q.bytes.data(), cols, rows, row_bytes};
+  return q;
+}
+
+// Σ dequant(w)·dequant(a) in double, and Σ |dequant(w)·dequant(a)|.
+void DequantizedDot(GgmlType type, int64_t cols, const uint8_t* w_row, const uint8_t* a_row,
+                    double* dot, double* abs_sum) {
+  std::vector<float> w(static_cast<size_t>(cols)), a(static_cast<size_t>(cols));
+  ASSERT_TRUE(Dequantize(type, w_row, w.data(), cols).ok());
+  const GgmlType at = ActivationType(type);
+  if (at == GgmlType::kQ8_1) {
+    // Q8_1 has no dequantizer in quants.h: d * qs.
+    for (int64_t b = 0; b < cols / 32; ++b) {
+      const uint8_t* blk = a_row + b * 36;
+      uint16_t d;
+      std::memcpy(&d, blk, 2);
+      for (int j = 0; j < 32; ++j) {
+        a[b * 32 + j] = Fp16ToFp32(d) * static_cast<float>(static_cast<int8_t>(blk[4 + j]));
+      }
+    }
+  } else {
+    ASSERT_TRUE(Dequantize(at, a_row, a.data(), cols).ok());
+  }
+  *dot = 0;
+  *abs_sum = 0;
+  for (int64_t i = 0; i < cols; ++i) {
+    const double p = static_cast<double>(w[i]) * a[i];
+    *dot += p;
+    *abs_sum += std::fabs(p);
+  }
+  if (at == GgmlType::kQ8_1) {
+    // ggml's Q4_1 / Q5_1 dot takes the min term as m · s with s = fp16(d · Σq)
+    // stored in the activation block, not m · Σ a: use that definition.
+    const int64_t w_block = Traits(type).type_size;
+    for (int64_t b = 0; b < cols / 32; ++b) {
+      uint16_t m, s;
+      std::memcpy(&m, w_row + b * w_block + 2, 2);
+      std::memcpy(&s, a_row + b * 36 + 2, 2);
+      double sum_a = 0;
+      for (int j = 0; j < 32; ++j) sum_a += a[b * 32 + j];
+      *dot += static_cast<double>(Fp16ToFp32(m)) * (Fp16ToFp32(s) - sum_a);
+    }
+  }
+}
+
+constexpr int64_t kCols = 512;  // two K-quant super-blocks, 16 legacy blocks
+constexpr int64_t kRows = 13;
+constexpr int64_t kTokens = 5;
+
+TEST(MatmulTest, ScalarReferenceMatchesDequantizedDot) {
+  for (GgmlType type : kAllTypes) {
+    SCOPED_TRACE(Traits(type).name);
+    ASSERT_TRUE(MatmulSupports(type));
+    const Quantized q =
+        QuantizeMatrix(type, RandomFloats(kRows * kCols, 1), kRows, kCols);
+    const std::vector<float> x = RandomFloats(kTokens * kCols, 2);
+    const int64_t act_bytes = ActivationRowBytes(type, kCols);
+    std::vector<uint8_t> act(static_cast<size_t>(kTokens * act_bytes));
+    std::vector<float> y(static_cast<size_t>(kTokens * kRows));
+    Matmul(q.w, x.data(), kTokens, kCols, y.data(), kRows, act.data(), CpuIsa::kScalar, nullptr);
+    for (int64_t t = 0; t < kTokens; ++t) {
+      for (int64_t r = 0; r < kRows; ++r) {
+        double dot, abs_sum;
+        DequantizedDot(type, kCols, q.w.row(r), act.data() + t * act_bytes, &dot, &abs_sum);
+        // The scalar kernels add kCols / block float terms in float: a few
+        // ulp (2^-24) of Σ|terms| per addition at most.
+        EXPECT_NEAR(y[t * kRows + r], dot, 64 * abs_sum * std::ldexp(1.0, -24) + 1e-30)
+            << "t " << t << " r " << r;
+      }
+    }
+  }
+}
+
+// Activation quantization: every value within half a step of x, and the scale
+// from the block's absolute max as ggml computes it.
+TEST(MatmulTest, ActivationQuantizationFollowsGgml) {
+  const std::vector<float> x = RandomFloats(kCols, 3);
+  for (GgmlType type : {GgmlType::kQ8_0, GgmlType::kQ4_K}) {
+    const GgmlType at = ActivationType(type);
+    std::vector<uint8_t> act(static_cast<size_t>(ActivationRowBytes(type, kCols)));
+    QuantizeActivations(type, x.data(), 1, kCols, kCols, act.data());
+    std::vector<float> back(static_cast<size_t>(kCols));
+    ASSERT_TRUE(Dequantize(at, act.data(), back.data(), kCols).ok());
+    const int block = at == GgmlType::kQ8_0 ? 32 : 256;
+    for (int64_t b = 0; b < kCols / block; ++b) {
+      float amax = 0;
+      for (int j = 0; j < block; ++j) amax = std::max(amax, std::fabs(x[b * block + j]));
+      float d;
+      if (at == GgmlType::kQ8_0) {
+        const auto* blk = reinterpret_cast<const BlockQ8_0*>(act.data()) + b;
+        d = Fp16ToFp32(blk->d);
+        EXPECT_EQ(blk->d, Fp32ToFp16(amax / 127.f));
+      } else {
+        const auto* blk = reinterpret_cast<const BlockQ8_K*>(act.data()) + b;
+        d = blk->d;
+        EXPECT_NEAR(std::fabs(d), amax / 127.f, amax * 1e-6f);
+        for (int g = 0; g < 16; ++g) {
+          int sum = 0;
+          for (int l = 0; l < 16; ++l) sum += blk->qs[g * 16 + l];
+          EXPECT_EQ(blk->bsums[g], sum);
+        }
+      }
+      for (int j = 0; j < block; ++j) {
+        EXPECT_NEAR(back[b * block + j], x[b * block + j], std::fabs(d) * 0.5f + amax * 2e-3f);
+      }
+    }
+  }
+}
+
+// Realistic data (weights and activations from the quantizers): SIMD within
+// a few ulp of Σ|w·a| of the scalar reference.
+TEST(MatmulTest, SimdVariantsMatchScalarOnQuantizedData) {
+  const std::vector<CpuIsa> isas = SimdIsas();
+  std::printf("SIMD ISAs on this CPU:");
+  for (CpuIsa isa : isas) std::printf(" %s", CpuIsaName(isa));
+  std::printf(" (selected: %s)\n", CpuIsaName(SelectedIsa()));
+  for (GgmlType type : kAllTypes) {
+    SCOPED_TRACE(Traits(type).name);
+    const int64_t cols = 1024;
+    const Quantized q = QuantizeMatrix(type, RandomFloats(kRows * cols, 4), kRows, cols);
+    const std::vector<float> x = RandomFloats(kTokens * cols, 5);
+    const int64_t act_bytes = ActivationRowBytes(type, cols);
+    std::vector<uint8_t> act(static_cast<size_t>(kTokens * act_bytes));
+    QuantizeActivations(type, x.data(), kTokens, cols, cols, act.data());
+    std::vector<float> ref(static_cast<size_t>(kTokens * kRows));
+    MatmulQuantized(q.w, act.data(), kTokens, ref.data(), kRows, CpuIsa::kScalar, nullptr);
+    for (CpuIsa isa : isas) {
+      std::vector<float> y(ref.size());
+      MatmulQuantized(q.w, act.data(), kTokens, y.data(), kRows, isa, nullptr);
+      for (int64_t t = 0; t < kTokens; ++t) {
+        for (int64_t r = 0; r < kRows; ++r) {
+          double dot, abs_sum;
+          DequantizedDot(type, cols, q.w.row(r), act.data() + t * act_bytes, &dot, &abs_sum);
+          EXPECT_NEAR(y[t * kRows + r], ref[t * kRows + r],
+                      64 * abs_sum * std::ldexp(1.0, -24) + 1e-30)
+              << CpuIsaName(isa) << " t " << t << " r " << r;
+        }
+      }
+    }
+  }
+}
+
+// Random raw blocks (every bit pattern of the quants, including Q8_0's -128)
+// with power-of-two scales: every partial sum is then exact in float, so the
+// SIMD result must equal the scalar one bit for bit — a check of the integer
+// parts.
+void FillRawWeights(GgmlType type, uint8_t* row, int64_t cols, std::mt19937& rng) {
+  const int64_t bytes = RowBytes(type, cols).value();
+  for (int64_t i = 0; i < bytes; ++i) row[i] = static_cast<uint8_t>(rng());
+  const uint16_t two_m4 = Fp32ToFp16(0.0625f), two_m5 = Fp32ToFp16(0.03125f);
+  switch (type) {
+    case GgmlType::kQ8_0:
+      for (int64_t b = 0; b < cols / 32; ++b) reinterpret_cast<BlockQ8_0*>(row)[b].d = two_m4;
+      break;
+    case GgmlType::kQ5_0:
+      for (int64_t b = 0; b < cols / 32; ++b) reinterpret_cast<BlockQ5_0*>(row)[b].d = two_m4;
+      break;
+    case GgmlType::kQ4_K:
+      for (int64_t b = 0; b < cols / 256; ++b) {
+        reinterpret_cast<BlockQ4_K*>(row)[b].d = two_m4;
+        reinterpret_cast<BlockQ4_K*>(row)[b].dmin = two_m5;
+      }
+      break;
+    case GgmlType::kQ6_K:
+      for (int64_t b = 0; b < cols / 256; ++b) reinterpret_cast<BlockQ6_K*>(row)[b].d = two_m4;
+      break;
+    default:
+      FAIL();
+  }
+}
+
+void FillRawActivations(GgmlType type, uint8_t* row, int64_t cols, std::mt19937& rng) {
+  std::uniform_int_distribution<int> q(-127, 127);
+  if (ActivationType(type) == GgmlType::kQ8_0) {
+    for (int64_t b = 0; b < cols / 32; ++b) {
+      BlockQ8_0& blk = reinterpret_cast<BlockQ8_0*>(row)[b];
+      blk.d = Fp32ToFp16(0.0078125f);
+      for (int j = 0; j < 32; ++j) blk.qs[j] = static_cast<int8_t>(q(rng));
+    }
+  } else {
+    for (int64_t b = 0; b < cols / 256; ++b) {
+      BlockQ8_K& blk = reinterpret_cast<BlockQ8_K*>(row)[b];
+      blk.d = 0.0078125f;
+      for (int j = 0; j < 256; ++j) blk.qs[j] = static_cast<int8_t>(q(rng));
+      for (int g = 0; g < 16; ++g) {
+        int sum = 0;
+        for (int l = 0; l < 16; ++l) sum += blk.qs[g * 16 + l];
+        blk.bsums[g] = static_cast<int16_t>(sum);
+      }
+    }
+  }
+}
+
+TEST(MatmulTest, SimdIntegerPartsAreExact) {
+  const int64_t cols = 2048;
+  std::mt19937 rng(7);
+  for (GgmlType type : kSimdTypes) {
+    if (type == GgmlType::kF32) continue;
+    SCOPED_TRACE(Traits(type).name);
+    const int64_t w_bytes = RowBytes(type, cols).value();
+    const int64_t a_bytes = ActivationRowBytes(type, cols);
+    std::vector<uint8_t> w(static_cast<size_t>(w_bytes)), a(static_cast<size_t>(a_bytes));
+    for (int trial = 0; trial < 50; ++trial) {
+      FillRawWeights(type, w.data(), cols, rng);
+      FillRawActivations(type, a.data(), cols, rng);
+      const float ref = GetVecDot(type, CpuIsa::kScalar)(cols, w.data(), a.data());
+      for (CpuIsa isa : SimdIsas()) {
+        EXPECT_EQ(GetVecDot(type, isa)(cols, w.data(), a.data()), ref)
+            << CpuIsaName(isa) << " trial " << trial;
+      }
+    }
+  }
+}
+
+TEST(MatmulTest, ThreadCountDoesNotChangeResults) {
+  const int64_t rows = 67, cols = 512, tokens = 9;
+  for (GgmlType type : {GgmlType::kQ4_K, GgmlType::kQ8_0, GgmlType::kF32}) {
+    const Quantized q = QuantizeMatrix(type, RandomFloats(rows * cols, 8), rows, cols);
+    const std::vector<float> x = RandomFloats(tokens * cols, 9);
+    std::vector<uint8_t> act(static_cast<size_t>(tokens * ActivationRowBytes(type, cols)));
+    std::vector<float> single(static_cast<size_t>(tokens * rows));
+    Matmul(q.w, x.data(), tokens, cols, single.data(), rows, act.data(), SelectedIsa(), nullptr);
+    for (int threads = 1; threads <= 3; ++threads) {
+      ThreadPool pool(threads);
+      for (int rep = 0; rep < 3; ++rep) {
+        std::vector<float> y(single.size(), -1.f);
+        Matmul(q.w, x.data(), tokens, cols, y.data(), rows, act.data(), SelectedIsa(), &pool);
+        EXPECT_EQ(y, single) << threads << " threads";
+      }
+    }
+  }
+}
+
+TEST(MatmulTest, ThreadPoolCoversEveryIndexOnce) {
+  for (int threads = 1; threads <= 3; ++threads) {
+    ThreadPool pool(threads);
+    for (int64_t n : {1, 2, 3, 7, 100}) {
+      std::vector<int> hits(static_cast<size_t>(n), 0);
+      pool.ParallelFor(n, [&](int64_t b, int64_t e, int thread) {
+        EXPECT_LT(thread, threads);
+        for (int64_t i = b; i < e; ++i) ++hits[i];
+      });
+      for (int h : hits) EXPECT_EQ(h, 1);
+    }
+  }
+}
+
+}  // namespace
+}  // namespace moeflow

@@ -1,0 +1,425 @@
+// The quantized-matmul engine against llama.cpp's logits on the tiny fixture
+// models (tests/data/llamacpp/README.md), against the float32 reference, and
+// against itself (incremental decode, thread counts).
+#include "model/deepseek2/engine.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "gtest/gtest.h"
+#include "kernels/cpu/matmul.h"
+#include "model/deepseek2/logits_file.h"
+#include "model/deepseek2/reference.h"
+#include "model/gguf.h"
+
+namespace moeflow {
+namespace {
+
+std::string FixturePath(const std::string& model, const std::string& file) {
+  return absl::StrCat("tests/data/llamacpp/", model, "/", model, ".", file);
+}
+
+std::string ReadText(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+std::vector<double> NumbersAfterKey(const std::string& text, const std::string& key) {
+  std::vector<double> out;
+  const std::string needle = absl::StrCat("\"", key, "\": ");
+  for (size_t p = text.find(needle); p != std::string::npos; p = text.find(needle, p + 1)) {
+    out.push_back(std::strtod(text.c_str() + p + needle.size(), nullptr));
+  }
+  return out;
+}
+
+std::vector<int32_t> IntArrayAfterKey(const std::string& text, const std::string& key) {
+  std::vector<int32_t> out;
+  const std::string needle = absl::StrCat("\"", key, "\": [");
+  size_t p = text.find(needle);
+  if (p == std::string::npos) return out;
+  const char* s = text.c_str() + p + needle.size();
+  while (*s != ']' && *s != '\0') {
+    char* end;
+    const long v = std::strtol(s, &end, 10);
+    if (end == s) {
+      ++s;
+      continue;
+    }
+    out.push_back(static_cast<int32_t>(v));
+    s = end;
+  }
+  return out;
+}
+
+int64_t Argmax(const float* row, int64_t n) {
+  int64_t best = 0;
+  for (int64_t i = 1; i < n; ++i) {
+    if (row[i] > row[best]) best = i;
+  }
+  return best;
+}
+
+std::unique_ptr<Deepseek2Engine> OpenEngine(const std::string& model, const std::string& quant,
+                                            int n_threads = 2, int64_t active_experts = 0) {
+  Deepseek2EngineOptions options;
+  options.n_threads = n_threads;
+  options.active_experts = active_experts;
+  options.max_batch = 64;
+  options.max_context = 256;
+  auto e = Deepseek2Engine::Open(FixturePath(model, quant + ".gguf"), options);
+  EXPECT_TRUE(e.ok()) << e.status();
+  return e.ok() ? std::move(e).value() : nullptr;
+}
+
+struct Comparison {
+  double max_abs = 0;
+  double mean_abs = 0;
+  double logit_std = 0;  // of llama.cpp's logits
+  int positions = 0;
+  int top1_equal = 0;
+  int confident = 0;  // positions with llama.cpp margin >= 0.2
+  int confident_top1_equal = 0;
+};
+
+Comparison CompareSequence(Deepseek2Engine& engine, const std::string& name,
+                           const std::string& quant, const std::string& seq) {
+  Comparison cmp;
+  auto ref = ReadLogitsFile(FixturePath(name, absl::StrCat(quant, ".", seq, ".logits.bin")));
+  EXPECT_TRUE(ref.ok()) << ref.status();
+  if (!ref.ok()) return cmp;
+  const std::vector<double> margins = NumbersAfterKey(
+      ReadText(FixturePath(name, absl::StrCat(quant, ".", seq, ".top5.json"))), "margin");
+  EXPECT_EQ(static_cast<int64_t>(margins.size()), ref->n_tokens());
+  std::vector<int32_t> tokens(ref->tokens.begin(), ref->tokens.end());
+  engine.ResetCache();
+  auto logits = engine.Forward(tokens, 0);
+  EXPECT_TRUE(logits.ok()) << logits.status();
+  if (!logits.ok()) return cmp;
+  const int64_t vocab = ref->n_vocab;
+  double sum = 0, ref_sum = 0, ref_sq = 0;
+  for (int64_t t = 0; t < ref->n_tokens(); ++t) {
+    const float* ours = logits->data() + t * vocab;
+    const float* theirs = ref->row(t);
+    for (int64_t v = 0; v < vocab; ++v) {
+      const double d = std::fabs(static_cast<double>(ours[v]) - theirs[v]);
+      cmp.max_abs = std::max(cmp.max_abs, d);
+      sum += d;
+      ref_sum += theirs[v];
+      ref_sq += static_cast<double>(theirs[v]) * theirs[v];
+    }
+    const bool same = Argmax(ours, vocab) == Argmax(theirs, vocab);
+    cmp.top1_equal += same;
+    if (t < static_cast<int64_t>(margins.size()) && margins[t] >= 0.2) {
+      ++cmp.confident;
+      cmp.confident_top1_equal += same;
+    }
+  }
+  const double count = static_cast<double>(ref->n_tokens() * vocab);
+  cmp.positions = static_cast<int>(ref->n_tokens());
+  cmp.mean_abs = sum / count;
+  cmp.logit_std = std::sqrt(std::max(0.0, ref_sq / count - (ref_sum / count) * (ref_sum / count)));
+  std::printf(
+      "%s.%s.%s: max |d| %.3g, mean |d| %.3g (%.2f%% of logit std %.2f), top-1 %d/%d, "
+      "top-1 at margin >= 0.2: %d/%d\n",
+      name.c_str(), quant.c_str(), seq.c_str(), cmp.max_abs, cmp.mean_abs,
+      100 * cmp.mean_abs / cmp.logit_std, cmp.logit_std, cmp.top1_equal, cmp.positions,
+      cmp.confident_top1_equal, cmp.confident);
+  return cmp;
+}
+
+// Greedy generation as the fixture: prompt in one batch, then one token per
+// step. Returns how many leading tokens equal llama.cpp's, and the first step
+// whose recorded margin is < 0.2 (32 if none).
+void Greedy(Deepseek2Engine& engine, const std::string& name, const std::string& quant,
+            int* equal_prefix, int* first_low_margin) {
+  const std::string json = ReadText(FixturePath(name, quant + ".greedy32.json"));
+  const std::vector<int32_t> prompt = IntArrayAfterKey(json, "prompt");
+  const std::vector<int32_t> expected = IntArrayAfterKey(json, "generated");
+  const std::vector<double> margins = NumbersAfterKey(json, "margin");
+  ASSERT_EQ(prompt.size(), 7u);
+  ASSERT_EQ(expected.size(), 32u);
+  ASSERT_EQ(margins.size(), 32u);
+  const int64_t vocab = engine.config().vocab_size;
+  engine.ResetCache();
+  std::vector<float> logits(static_cast<size_t>(vocab));
+  ASSERT_TRUE(engine.ForwardInto(prompt, 0, /*last_only=*/true, absl::MakeSpan(logits)).ok());
+  std::vector<int32_t> generated;
+  int64_t pos = static_cast<int64_t>(prompt.size());
+  while (true) {
+    generated.push_back(static_cast<int32_t>(Argmax(logits.data(), vocab)));
+    if (generated.size() == expected.size()) break;
+    ASSERT_TRUE(
+        engine.ForwardInto({generated.back()}, pos++, /*last_only=*/true, absl::MakeSpan(logits))
+            .ok());
+  }
+  *equal_prefix = 0;
+  while (*equal_prefix < 32 && generated[*equal_prefix] == expected[*equal_prefix]) ++*equal_prefix;
+  *first_low_margin = 0;
+  while (*first_low_margin < 32 && margins[*first_low_margin] >= 0.2) ++*first_low_margin;
+  std::printf("%s.%s greedy32: equal prefix %d, first step with margin < 0.2: %d\n", name.c_str(),
+              quant.c_str(), *equal_prefix, *first_low_margin);
+}
+
+TEST(EngineTest, MatchesLlamaCppOnF32Files) {
+  for (const char* name : {"tiny-v2", "tiny-v3"}) {
+    auto engine = OpenEngine(name, "f32");
+    ASSERT_NE(engine, nullptr);
+    std::printf("ISA: %s\n", CpuIsaName(engine->isa()));
+    for (const char* seq : {"seq7", "seq64"}) {
+      const Comparison cmp = CompareSequence(*engine, name, "f32", seq);
+      EXPECT_GT(cmp.positions, 0);
+      EXPECT_EQ(cmp.top1_equal, cmp.positions) << name << " " << seq;
+      EXPECT_LT(cmp.max_abs, 1e-3) << name << " " << seq;
+    }
+    int equal = 0, low = 0;
+    Greedy(*engine, name, "f32", &equal, &low);
+    EXPECT_EQ(equal, 32) << name;
+  }
+}
+
+// Quantized files: llama.cpp is chaotic against itself there (README), so
+// the bar is top-1 where its margin is >= 0.2, and the greedy continuation
+// up to the first step whose recorded margin is below that.
+TEST(EngineTest, QuantizedFilesAgreeWithLlamaCpp) {
+  struct Case {
+    const char* quant;
+    double min_confident_agreement;
+  };
+  for (const char* name : {"tiny-v2", "tiny-v3"}) {
+    for (const Case& c : {Case{"q8_0", 0.98}, Case{"q4_k_m", 0.95}}) {
+      auto engine = OpenEngine(name, c.quant);
+      ASSERT_NE(engine, nullptr);
+      int confident = 0, agree = 0;
+      for (const char* seq : {"seq7", "seq64"}) {
+        const Comparison cmp = CompareSequence(*engine, name, c.quant, seq);
+        confident += cmp.confident;
+        agree += cmp.confident_top1_equal;
+      }
+      ASSERT_GT(confident, 0);
+      const double share = static_cast<double>(agree) / confident;
+      std::printf("%s.%s: top-1 agreement at margin >= 0.2: %.3f (%d/%d)\n", name, c.quant, share,
+                  agree, confident);
+      EXPECT_GE(share, c.min_confident_agreement) << name << " " << c.quant;
+      int equal = 0, low = 0;
+      Greedy(*engine, name, c.quant, &equal, &low);
+      EXPECT_GE(equal, low) << name << " " << c.quant;
+    }
+  }
+}
+
+TEST(EngineTest, MatchesReferenceOnF32Files) {
+  for (const char* name : {"tiny-v2", "tiny-v3"}) {
+    auto engine = OpenEngine(name, "f32");
+    auto reference = Deepseek2Reference::Open(FixturePath(name, "f32.gguf"));
+    ASSERT_NE(engine, nullptr);
+    ASSERT_TRUE(reference.ok()) << reference.status();
+    auto ref = ReadLogitsFile(FixturePath(name, "f32.seq64.logits.bin"));
+    ASSERT_TRUE(ref.ok()) << ref.status();
+    const std::vector<int32_t> tokens(ref->tokens.begin(), ref->tokens.end());
+    auto a = engine->Forward(tokens, 0);
+    auto b = (*reference)->Forward(tokens, 0);
+    ASSERT_TRUE(a.ok() && b.ok());
+    double max_abs = 0;
+    for (size_t i = 0; i < a->size(); ++i) {
+      max_abs = std::max(max_abs, std::fabs(static_cast<double>((*a)[i]) - (*b)[i]));
+    }
+    std::printf("%s engine vs reference (F32): max |d| %.3g\n", name, max_abs);
+    EXPECT_LT(max_abs, 1e-4) << name;
+  }
+}
+
+// Prompt in two chunks, then single tokens, against the whole sequence in one
+// batch; then a rewind. F32: close. Q4_K_M: activations are quantized per
+// row, so only the attention's float sums differ: top-1 equal, close.
+TEST(EngineTest, IncrementalDecodeMatchesOneBatch) {
+  struct Case {
+    const char* name;
+    const char* quant;
+    double tolerance;
+  };
+  for (const Case& c : {Case{"tiny-v2", "f32", 1e-4}, Case{"tiny-v3", "f32", 1e-4},
+                        Case{"tiny-v3", "q4_k_m", 0.5}}) {
+    auto engine = OpenEngine(c.name, c.quant);
+    ASSERT_NE(engine, nullptr);
+    auto ref = ReadLogitsFile(FixturePath(c.name, "f32.seq64.logits.bin"));
+    ASSERT_TRUE(ref.ok()) << ref.status();
+    const std::vector<int32_t> tokens(ref->tokens.begin(), ref->tokens.end());
+    const int64_t vocab = engine->config().vocab_size;
+    auto batch = engine->Forward(tokens, 0);
+    ASSERT_TRUE(batch.ok()) << batch.status();
+    engine->ResetCache();
+    std::vector<float> incremental;
+    auto first = engine->Forward(absl::MakeConstSpan(tokens).subspan(0, 5), 0);
+    ASSERT_TRUE(first.ok());
+    incremental.insert(incremental.end(), first->begin(), first->end());
+    auto second = engine->Forward(absl::MakeConstSpan(tokens).subspan(5, 11), 5);
+    ASSERT_TRUE(second.ok());
+    incremental.insert(incremental.end(), second->begin(), second->end());
+    for (size_t t = 16; t < tokens.size(); ++t) {
+      auto step = engine->Forward({tokens[t]}, static_cast<int64_t>(t));
+      ASSERT_TRUE(step.ok());
+      incremental.insert(incremental.end(), step->begin(), step->end());
+    }
+    ASSERT_EQ(incremental.size(), batch->size());
+    double max_abs = 0;
+    int top1_equal = 0;
+    for (size_t t = 0; t < tokens.size(); ++t) {
+      top1_equal += Argmax(incremental.data() + t * vocab, vocab) ==
+                    Argmax(batch->data() + t * vocab, vocab);
+      for (int64_t v = 0; v < vocab; ++v) {
+        max_abs = std::max(max_abs, std::fabs(static_cast<double>(incremental[t * vocab + v]) -
+                                              (*batch)[t * vocab + v]));
+      }
+    }
+    std::printf("%s.%s incremental vs one batch: max |d| %.3g, top-1 %d/%zu\n", c.name, c.quant,
+                max_abs, top1_equal, tokens.size());
+    EXPECT_LT(max_abs, c.tolerance) << c.name << " " << c.quant;
+    EXPECT_EQ(top1_equal, static_cast<int>(tokens.size())) << c.name << " " << c.quant;
+    EXPECT_EQ(engine->cached_tokens(), static_cast<int64_t>(tokens.size()));
+
+    auto tail = engine->Forward(absl::MakeConstSpan(tokens).subspan(54), 54);
+    ASSERT_TRUE(tail.ok());
+    double tail_max = 0;
+    for (size_t i = 0; i < tail->size(); ++i) {
+      tail_max =
+          std::max(tail_max, std::fabs(static_cast<double>((*tail)[i]) - (*batch)[54 * vocab + i]));
+    }
+    EXPECT_LT(tail_max, c.tolerance) << c.name << " " << c.quant;
+  }
+}
+
+TEST(EngineTest, ThreadCountDoesNotChangeLogits) {
+  const std::vector<int32_t> tokens = {2046, 17, 401, 95, 1200, 33, 7};
+  std::vector<float> first;
+  for (int threads = 1; threads <= 3; ++threads) {
+    auto engine = OpenEngine("tiny-v3", "q4_k_m", threads);
+    ASSERT_NE(engine, nullptr);
+    auto logits = engine->Forward(tokens, 0);
+    ASSERT_TRUE(logits.ok());
+    if (threads == 1) {
+      first = *logits;
+    } else {
+      EXPECT_EQ(*logits, first) << threads << " threads";
+    }
+  }
+}
+
+TEST(EngineTest, LastOnlyLogitsEqualLastRow) {
+  auto engine = OpenEngine("tiny-v2", "q8_0");
+  ASSERT_NE(engine, nullptr);
+  const std::vector<int32_t> tokens = {2046, 17, 401, 95, 1200, 33, 7};
+  const int64_t vocab = engine->config().vocab_size;
+  auto all = engine->Forward(tokens, 0);
+  ASSERT_TRUE(all.ok());
+  std::vector<float> last(static_cast<size_t>(vocab));
+  ASSERT_TRUE(engine->ForwardInto(tokens, 0, true, absl::MakeSpan(last)).ok());
+  EXPECT_EQ(last, std::vector<float>(all->end() - vocab, all->end()));
+  std::vector<float> wrong(5);
+  EXPECT_EQ(engine->ForwardInto(tokens, 0, true, absl::MakeSpan(wrong)).code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+TEST(EngineTest, ActiveExpertsOverride) {
+  const std::vector<int32_t> tokens = {2046, 17, 401, 95, 1200, 33, 7};
+  auto full = OpenEngine("tiny-v3", "q8_0");
+  auto explicit_k = OpenEngine("tiny-v3", "q8_0", 2, 4);
+  auto reduced = OpenEngine("tiny-v3", "q8_0", 2, 2);
+  ASSERT_TRUE(full && explicit_k && reduced);
+  auto a = full->Forward(tokens, 0);
+  auto b = explicit_k->Forward(tokens, 0);
+  auto c = reduced->Forward(tokens, 0);
+  ASSERT_TRUE(a.ok() && b.ok() && c.ok());
+  EXPECT_EQ(*a, *b);
+  EXPECT_NE(*a, *c);
+  Deepseek2EngineOptions too_many;
+  too_many.active_experts = 5;
+  EXPECT_EQ(Deepseek2Engine::Open(FixturePath("tiny-v3", "q8_0.gguf"), too_many).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+TEST(EngineTest, RejectsBadInputAndKeepsCache) {
+  auto engine = OpenEngine("tiny-v2", "q4_k_m");
+  ASSERT_NE(engine, nullptr);
+  ASSERT_TRUE(engine->Forward({2046, 17}, 0).ok());
+  auto bad = engine->Forward({5, 2048, 7}, 2);
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(bad.status().message().find("2048"), absl::string_view::npos) << bad.status();
+  EXPECT_EQ(engine->cached_tokens(), 2);
+  EXPECT_EQ(engine->Forward({-1}, 2).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(engine->Forward({}, 2).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(engine->Forward({5}, 3).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+// Copies a fixture GGUF, leaving out, reshaping or retyping one tensor (a
+// retyped tensor gets zero bytes of the new type's size).
+std::string WriteModifiedCopy(const std::string& src, const std::string& drop,
+                              const std::string& reshape, const std::string& retype,
+                              GgmlType new_type) {
+  auto file = GgufFile::Open(src);
+  EXPECT_TRUE(file.ok()) << file.status();
+  const char* tmp = std::getenv("TEST_TMPDIR");
+  const std::string path = absl::StrCat(tmp != nullptr ? tmp : "/tmp", "/engine_modified_", drop,
+                                        reshape, retype, ".gguf");
+  GgufWriter writer((*file)->version(), (*file)->alignment());
+  for (const GgufKeyValue& kv : (*file)->metadata()) {
+    if (kv.key != "general.alignment") writer.AddMetadata(kv.key, kv.value);
+  }
+  for (const GgufTensorInfo& t : (*file)->tensors()) {
+    if (t.name == drop) continue;
+    std::vector<int64_t> ne = t.ne;
+    if (t.name == reshape) std::swap(ne[0], ne[1]);
+    writer.AddTensor(t.name, t.name == retype ? new_type : t.type, ne);
+  }
+  EXPECT_TRUE(writer.Begin(path).ok());
+  for (const GgufTensorInfo& t : (*file)->tensors()) {
+    if (t.name == drop) continue;
+    if (t.name == retype) {
+      const int64_t bytes = RowBytes(new_type, t.ne[0]).value() * t.rows();
+      const std::vector<uint8_t> zeros(static_cast<size_t>(bytes), 0);
+      EXPECT_TRUE(writer.WriteTensor(t.name, zeros).ok());
+      continue;
+    }
+    EXPECT_TRUE(writer
+                    .WriteTensor(t.name, absl::MakeConstSpan((*file)->TensorData(t),
+                                                             static_cast<size_t>(t.n_bytes)))
+                    .ok());
+  }
+  EXPECT_TRUE(writer.Finish().ok());
+  return path;
+}
+
+TEST(EngineTest, MissingMisShapedAndUnsupportedTensorsAreNamed) {
+  struct Case {
+    std::string drop, reshape, retype;
+    std::string expect_name;
+    std::string expect_text;
+  };
+  const std::string up = "blk.2.ffn_up_exps.weight";
+  const std::string out = "blk.1.attn_output.weight";
+  for (const Case& c : {Case{up, "", "", up, "missing"}, Case{"", out, "", out, "shape"},
+                        Case{"", "", up, up, "iq4_xs"}}) {
+    const std::string path =
+        WriteModifiedCopy(FixturePath("tiny-v3", "q8_0.gguf"), c.drop, c.reshape, c.retype,
+                          GgmlType::kIQ4_XS);
+    auto engine = Deepseek2Engine::Open(path);
+    ASSERT_EQ(engine.status().code(), absl::StatusCode::kInvalidArgument) << c.expect_name;
+    const std::string msg(engine.status().message());
+    EXPECT_NE(msg.find(c.expect_name), std::string::npos) << msg;
+    EXPECT_NE(msg.find(c.expect_text), std::string::npos) << msg;
+  }
+}
+
+}  // namespace
+}  // namespace moeflow
