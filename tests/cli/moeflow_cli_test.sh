@@ -6,6 +6,8 @@ set -u
 
 MOEFLOW="$1"
 TMP="${TEST_TMPDIR:-$(mktemp -d)}"
+# llama.cpp fixtures (runfiles are rooted at the workspace).
+FIXTURES="${FIXTURES:-tests/data/llamacpp}"
 FAILURES=0
 
 fail() {
@@ -99,6 +101,44 @@ expect_rc 1 "inspect a bad file" -- "$MOEFLOW" inspect "$TMP/bad.gguf"
 expect_in "$TMP/err" "bad.gguf" "bad file message names the file"
 expect_rc 1 "inspect a missing file" -- "$MOEFLOW" inspect "$TMP/missing.gguf"
 expect_rc 2 "inspect without a file" -- "$MOEFLOW" inspect
+
+# `moeflow logits` on a llama.cpp fixture: the MFLG file it writes agrees with
+# llama.cpp's (same tokens, top-1 everywhere, max |dlogit| < 1e-3 on F32).
+for fixture in tiny-v2.f32 tiny-v3.q8_0; do
+  dir="$FIXTURES/${fixture%%.*}"
+  for engine in engine reference; do
+    flag=""
+    [[ $engine == reference ]] && flag="--reference"
+    expect_rc 0 "logits $fixture ($engine)" -- "$MOEFLOW" logits --model "$dir/$fixture.gguf" \
+      --tokens 2046,17,401,95,1200,33,7 --out "$TMP/$fixture.$engine.bin" --threads 2 $flag
+    python3 - "$TMP/$fixture.$engine.bin" "$dir/$fixture.seq7.logits.bin" "$fixture" <<'PY' ||
+import array, struct, sys
+def read(path):
+    b = open(path, "rb").read()
+    magic, version, n, vocab = struct.unpack("<4sIII", b[:16])
+    assert magic == b"MFLG" and version == 1, (magic, version)
+    ids = list(struct.unpack("<%dI" % n, b[16:16 + 4 * n]))
+    logits = array.array("f", b[16 + 4 * n:])
+    assert len(logits) == n * vocab
+    return ids, vocab, logits
+ids, vocab, got = read(sys.argv[1])
+want_ids, want_vocab, want = read(sys.argv[2])
+assert ids == want_ids and vocab == want_vocab
+bound = 1e-3 if ".f32" in sys.argv[3] else 2.0
+for t in range(len(ids)):
+    g = got[t * vocab:(t + 1) * vocab]
+    w = want[t * vocab:(t + 1) * vocab]
+    assert max(range(vocab), key=g.__getitem__) == max(range(vocab), key=w.__getitem__), t
+    assert max(abs(a - b) for a, b in zip(g, w)) < bound, t
+PY
+      fail "logits $fixture ($engine) disagrees with llama.cpp"
+  done
+done
+expect_rc 1 "logits with an out-of-range token" -- "$MOEFLOW" logits \
+  --model "$FIXTURES/tiny-v2/tiny-v2.q8_0.gguf" --tokens 1,99999 --out "$TMP/x.bin"
+expect_in "$TMP/err" "99999" "out-of-range token id is named"
+expect_rc 2 "logits with a non-numeric token" -- "$MOEFLOW" logits \
+  --model "$FIXTURES/tiny-v2/tiny-v2.q8_0.gguf" --tokens 1,x --out "$TMP/x.bin"
 
 if [[ $FAILURES -ne 0 ]]; then
   echo "$FAILURES failure(s)" >&2
