@@ -635,8 +635,40 @@ MatmulWeight MatmulWeight::Slice(int64_t first, int64_t n) const {
   return s;
 }
 
+GemmFn SimdGemm(GgmlType type, CpuIsa isa) {
+  if (isa != CpuIsa::kAvx512) return nullptr;
+  const SimdVecDots& t = Avx512VecDots();
+  switch (type) {
+    case GgmlType::kQ8_0:
+      return t.gemm_q8_0;
+    case GgmlType::kQ5_0:
+      return t.gemm_q5_0;
+    case GgmlType::kQ4_K:
+      return t.gemm_q4_k;
+    case GgmlType::kQ6_K:
+      return t.gemm_q6_k;
+    default:
+      return nullptr;
+  }
+}
+
 void MatmulQuantized(const MatmulWeight& w, const uint8_t* act, int64_t n_act_rows, float* y,
                      int64_t y_stride, CpuIsa isa, ThreadPool* pool) {
+  if (const GemmFn gemm = SimdGemm(w.type, isa)) {
+    const int64_t act_bytes = ActivationRowBytes(w.type, w.cols);
+    // Rows in multiples of 8 per thread (the decode tile height).
+    const int64_t units = (w.rows + 7) / 8;
+    auto job = [&](int64_t u0, int64_t u1, int /*thread*/) {
+      const int64_t r0 = u0 * 8, r1 = std::min(w.rows, u1 * 8);
+      gemm(w.cols, w.row(r0), w.row_bytes, r1 - r0, act, act_bytes, n_act_rows, y + r0, y_stride);
+    };
+    if (pool == nullptr) {
+      job(0, units, 0);
+    } else {
+      pool->ParallelFor(units, job);
+    }
+    return;
+  }
   const VecDotFn dot = GetVecDot(w.type, isa);
   const int64_t act_bytes = ActivationRowBytes(w.type, w.cols);
   const int64_t cols = w.cols;

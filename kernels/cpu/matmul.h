@@ -27,7 +27,15 @@
 // hot pairs (F32, Q8_0, Q5_0, Q4_K, Q6_K) compute the same integer sums
 // exactly but add the per-block float terms in a different order (as ggml's
 // own SIMD paths do), so they differ from the scalar result by a few ulp of
-// the sum of |terms|. The ISA is chosen at run time from CPUID; the
+// the sum of |terms|. On AVX-512 VNNI, MatmulQuantized of Q4_K, Q6_K, Q5_0
+// and Q8_0 weights runs register-blocked tiles instead of one vec_dot per
+// (row, token) (matmul_simd.inc): 4 rows × 1 token with software prefetch for
+// decode (≤ 2 tokens: GEMV, bandwidth-bound), 2 rows × 4 tokens in chunks of
+// 64 tokens for prefill (GEMM: each unpacked weight block serves 4 tokens).
+// Integer sums stay exact (vpdpbusd / vpmaddubsw + vpdpwssd with biased
+// operands), so they too differ from the scalar result only in float
+// summation order, and a (row, token) result never depends on the tile it
+// falls in. The ISA is chosen at run time from CPUID; the
 // environment variable MOEFLOW_ISA=scalar|avx2|avx512 forces one (an ISA the
 // CPU lacks falls back to the best it has).
 //

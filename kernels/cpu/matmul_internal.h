@@ -23,7 +23,21 @@ struct BlockQ8_1 {
 #pragma pack(pop)
 static_assert(sizeof(BlockQ8_1) == 36, "ggml block_q8_1");
 
+// Many rows × many tokens at once: y[t * y_stride + r] for r < n_rows,
+// t < n_tokens; row r of W at w + r * w_row_bytes, token t's activation row
+// at act + t * act_row_bytes. Register-blocked tiles reuse each unpacked
+// weight block across several tokens (prefill) and each activation block
+// across several rows (decode). The result of (r, t) does not depend on the
+// tile it falls in, so the thread split never changes results.
+using GemmFn = void (*)(int64_t cols, const uint8_t* w, int64_t w_row_bytes, int64_t n_rows,
+                        const uint8_t* act, int64_t act_row_bytes, int64_t n_tokens, float* y,
+                        int64_t y_stride);
+
 struct SimdVecDots {
+  GemmFn gemm_q8_0 = nullptr;
+  GemmFn gemm_q5_0 = nullptr;
+  GemmFn gemm_q4_k = nullptr;
+  GemmFn gemm_q6_k = nullptr;
   VecDotFn f32 = nullptr;
   VecDotFn q8_0 = nullptr;
   VecDotFn q5_0 = nullptr;

@@ -276,6 +276,62 @@ TEST(MatmulTest, SimdIntegerPartsAreExact) {
   }
 }
 
+// The register-blocked GEMM tiles (many rows × many tokens at once) on raw
+// blocks with power-of-two scales: bit-equal to the scalar reference for
+// every tile shape and leftover (rows not a multiple of the tile height,
+// token counts 1..9); Q6_K within a few ulp.
+TEST(MatmulTest, SimdGemmTilesAreExact) {
+  const int64_t cols = 1536, rows = 19;
+  std::mt19937 rng(11);
+  for (GgmlType type : kSimdTypes) {
+    if (type == GgmlType::kF32) continue;
+    SCOPED_TRACE(Traits(type).name);
+    const int64_t w_bytes = RowBytes(type, cols).value();
+    const int64_t a_bytes = ActivationRowBytes(type, cols);
+    std::vector<uint8_t> w(static_cast<size_t>(rows * w_bytes));
+    for (int64_t r = 0; r < rows; ++r) FillRawWeights(type, w.data() + r * w_bytes, cols, rng);
+    const MatmulWeight mw{type, w.data(), cols, rows, w_bytes};
+    for (int64_t tokens : {1, 2, 3, 4, 5, 9}) {
+      std::vector<uint8_t> a(static_cast<size_t>(tokens * a_bytes));
+      for (int64_t t = 0; t < tokens; ++t) FillRawActivations(type, a.data() + t * a_bytes, cols, rng);
+      std::vector<float> ref(static_cast<size_t>(tokens * rows));
+      MatmulQuantized(mw, a.data(), tokens, ref.data(), rows, CpuIsa::kScalar, nullptr);
+      for (CpuIsa isa : SimdIsas()) {
+        std::vector<float> y(ref.size(), -1.f);
+        MatmulQuantized(mw, a.data(), tokens, y.data(), rows, isa, nullptr);
+        // Q6_K's signed 8-bit sub-block scales let partial sums pass 2^24
+        // units of the last place, so its float sums may round (a few ulp).
+        const double tol = type == GgmlType::kQ6_K ? std::ldexp(1.0, -9) : 0.0;
+        for (size_t i = 0; i < y.size(); ++i) {
+          EXPECT_NEAR(y[i], ref[i], tol) << CpuIsaName(isa) << " tokens " << tokens << " index " << i;
+        }
+      }
+    }
+  }
+}
+
+// Odd block counts (Q8_0 / Q5_0 tiles take two blocks per step).
+TEST(MatmulTest, SimdGemmOddBlockCount) {
+  const int64_t cols = 96, rows = 11, tokens = 6;
+  for (GgmlType type : {GgmlType::kQ8_0, GgmlType::kQ5_0}) {
+    SCOPED_TRACE(Traits(type).name);
+    const Quantized q = QuantizeMatrix(type, RandomFloats(rows * cols, 21), rows, cols);
+    const std::vector<float> x = RandomFloats(tokens * cols, 22);
+    const int64_t act_bytes = ActivationRowBytes(type, cols);
+    std::vector<uint8_t> act(static_cast<size_t>(tokens * act_bytes));
+    QuantizeActivations(type, x.data(), tokens, cols, cols, act.data());
+    std::vector<float> ref(static_cast<size_t>(tokens * rows));
+    MatmulQuantized(q.w, act.data(), tokens, ref.data(), rows, CpuIsa::kScalar, nullptr);
+    for (CpuIsa isa : SimdIsas()) {
+      std::vector<float> y(ref.size());
+      MatmulQuantized(q.w, act.data(), tokens, y.data(), rows, isa, nullptr);
+      for (size_t i = 0; i < y.size(); ++i) {
+        EXPECT_NEAR(y[i], ref[i], 1e-4 * (1 + std::fabs(ref[i]))) << CpuIsaName(isa) << " " << i;
+      }
+    }
+  }
+}
+
 TEST(MatmulTest, ThreadCountDoesNotChangeResults) {
   const int64_t rows = 67, cols = 512, tokens = 9;
   for (GgmlType type : {GgmlType::kQ4_K, GgmlType::kQ8_0, GgmlType::kF32}) {

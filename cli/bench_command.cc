@@ -1,0 +1,250 @@
+// `moeflow bench`: prefill and decode speed of the CPU engine on one model
+// file, like llama-bench:
+//
+//   moeflow bench -m F.gguf -p 512 -n 128 -r 5 -t 2 [--active-experts K] [--json]
+//
+// Each repetition times a prompt of p tokens from an empty cache (prefill:
+// p / time to the first token's logits) and, separately, n single-token
+// decode steps from an empty cache (decode: n / time), as llama-bench's pp
+// and tg tests do; one untimed warm-up run comes first. Token ids are fixed
+// pseudo-random ones. Reports mean ± sd tokens/s over the repetitions, the
+// peak RSS of the process, the memory bandwidth measured just before and just
+// after the decode runs (kernels/cpu/membw) and the decode "floor": bytes of
+// weights one decode token must stream (every matrix but the embedding, the
+// routed experts at K / n_experts of their size) divided by that bandwidth.
+// Kernel micro-benchmarks: //kernels/cpu:kernel_bench.
+#include <sys/resource.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "absl/flags/declare.h"
+#include "absl/flags/flag.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "cli/commands.h"
+#include "cli/common_flags.h"
+#include "kernels/cpu/matmul.h"
+#include "kernels/cpu/membw.h"
+#include "kernels/cpu/thread_pool.h"
+#include "model/deepseek2/engine.h"
+#include "model/gguf.h"
+
+ABSL_DECLARE_FLAG(bool, json);
+ABSL_FLAG(int64_t, prompt_tokens, 512, "prefill test: prompt length in tokens (0: skip)");
+ABSL_FLAG(int64_t, p, -1, "short for --prompt-tokens");
+ABSL_FLAG(int64_t, gen_tokens, 128, "decode test: tokens generated one at a time (0: skip)");
+ABSL_FLAG(int64_t, n, -1, "short for --gen-tokens");
+ABSL_FLAG(int32_t, repetitions, 5, "timed repetitions of each test (after one warm-up)");
+ABSL_FLAG(int32_t, r, -1, "short for --repetitions");
+ABSL_FLAG(int32_t, t, -1, "short for --threads");
+ABSL_FLAG(std::string, m, "", "short for --model");
+
+namespace moeflow {
+namespace {
+
+double Now() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+struct Stats {
+  double mean = 0, sd = 0;
+};
+
+Stats MeanSd(const std::vector<double>& v) {
+  Stats s;
+  if (v.empty()) return s;
+  for (double x : v) s.mean += x;
+  s.mean /= static_cast<double>(v.size());
+  if (v.size() > 1) {
+    double ss = 0;
+    for (double x : v) ss += (x - s.mean) * (x - s.mean);
+    s.sd = std::sqrt(ss / static_cast<double>(v.size() - 1));
+  }
+  return s;
+}
+
+int64_t PeakRssBytes() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return static_cast<int64_t>(u.ru_maxrss) * 1024;
+}
+
+// Weight bytes one decode token reads: every matrix but token_embd (one row
+// is gathered), the routed experts' tensors at k / n_experts.
+double DecodeBytesPerToken(const GgufFile& file, const Deepseek2Config& c, int64_t k) {
+  double bytes = 0;
+  for (const GgufTensorInfo& t : file.tensors()) {
+    if (t.name == "token_embd.weight") continue;
+    if (absl::StrContains(t.name, "_exps.")) {
+      bytes += static_cast<double>(t.n_bytes) * static_cast<double>(k) /
+               static_cast<double>(c.n_experts);
+    } else {
+      bytes += static_cast<double>(t.n_bytes);
+    }
+  }
+  return bytes;
+}
+
+int RunBench(const std::vector<std::string>& args) {
+  std::string model = absl::GetFlag(FLAGS_m).empty() ? absl::GetFlag(FLAGS_model)
+                                                      : absl::GetFlag(FLAGS_m);
+  if (model.empty() && args.size() == 1) model = args[0];
+  if (model.empty() || args.size() > 1) {
+    std::fprintf(stderr, "moeflow bench: give the model as -m / --model FILE.gguf\n");
+    return kExitUsage;
+  }
+  const int64_t prompt =
+      absl::GetFlag(FLAGS_p) >= 0 ? absl::GetFlag(FLAGS_p) : absl::GetFlag(FLAGS_prompt_tokens);
+  const int64_t gen =
+      absl::GetFlag(FLAGS_n) >= 0 ? absl::GetFlag(FLAGS_n) : absl::GetFlag(FLAGS_gen_tokens);
+  const int reps =
+      absl::GetFlag(FLAGS_r) >= 0 ? absl::GetFlag(FLAGS_r) : absl::GetFlag(FLAGS_repetitions);
+  const int threads =
+      absl::GetFlag(FLAGS_t) >= 0 ? absl::GetFlag(FLAGS_t) : absl::GetFlag(FLAGS_threads);
+  const bool json = absl::GetFlag(FLAGS_json);
+  if (prompt < 0 || gen < 0 || reps < 1 || threads < 1 || prompt + gen == 0) {
+    std::fprintf(stderr,
+                 "moeflow bench: need -p >= 0, -n >= 0 (not both 0), -r >= 1, -t >= 1\n");
+    return kExitUsage;
+  }
+  Deepseek2EngineOptions options;
+  options.n_threads = threads;
+  options.active_experts = absl::GetFlag(FLAGS_active_experts);
+  options.max_batch = std::max<int64_t>(prompt, 1);
+  options.max_context = std::max<int64_t>(prompt, gen) + 1;
+  auto engine_or = Deepseek2Engine::Open(model, options);
+  if (!engine_or.ok()) {
+    std::fprintf(stderr, "moeflow bench: %s\n", std::string(engine_or.status().message()).c_str());
+    return kExitFailure;
+  }
+  Deepseek2Engine& e = **engine_or;
+  const Deepseek2Config& c = e.config();
+  const int64_t k = options.active_experts == 0 ? c.n_experts_used : options.active_experts;
+  auto file_or = GgufFile::Open(model);  // metadata only (shares the page cache)
+  if (!file_or.ok()) {
+    std::fprintf(stderr, "moeflow bench: %s\n", std::string(file_or.status().message()).c_str());
+    return kExitFailure;
+  }
+  const double model_bytes = static_cast<double>((*file_or)->file_size());
+  const double bytes_per_token = DecodeBytesPerToken(**file_or, c, k);
+  file_or->reset();
+
+  std::vector<int32_t> tokens(static_cast<size_t>(std::max(prompt, gen)));
+  uint32_t state = 12345;
+  for (int32_t& t : tokens) {
+    state = state * 1664525u + 1013904223u;
+    t = static_cast<int32_t>((state >> 8) % static_cast<uint32_t>(c.vocab_size));
+  }
+  std::vector<float> logits(static_cast<size_t>(c.vocab_size));
+  auto fail = [&](const absl::Status& s) {
+    std::fprintf(stderr, "moeflow bench: %s\n", std::string(s.message()).c_str());
+    return kExitFailure;
+  };
+  auto run_prefill = [&]() -> absl::StatusOr<double> {
+    e.ResetCache();
+    const double t0 = Now();
+    absl::Status s = e.ForwardInto(absl::MakeConstSpan(tokens.data(), static_cast<size_t>(prompt)),
+                                   0, /*last_only=*/true, absl::MakeSpan(logits));
+    if (!s.ok()) return s;
+    return static_cast<double>(prompt) / (Now() - t0);
+  };
+  auto run_decode = [&]() -> absl::StatusOr<double> {
+    e.ResetCache();
+    const double t0 = Now();
+    for (int64_t i = 0; i < gen; ++i) {
+      absl::Status s = e.ForwardInto({tokens[static_cast<size_t>(i)]}, i, /*last_only=*/true,
+                                     absl::MakeSpan(logits));
+      if (!s.ok()) return s;
+    }
+    return static_cast<double>(gen) / (Now() - t0);
+  };
+
+  std::vector<double> pp, tg;
+  if (prompt > 0) {
+    if (auto w = run_prefill(); !w.ok()) return fail(w.status());  // warm-up
+    for (int i = 0; i < reps; ++i) {
+      auto v = run_prefill();
+      if (!v.ok()) return fail(v.status());
+      pp.push_back(*v);
+    }
+  }
+  MemoryBandwidth bw_before, bw_after;
+  if (gen > 0) {
+    ThreadPool pool(threads);
+    bw_before = MeasureMemoryBandwidth(&pool);
+    if (auto w = run_decode(); !w.ok()) return fail(w.status());  // warm-up
+    for (int i = 0; i < reps; ++i) {
+      auto v = run_decode();
+      if (!v.ok()) return fail(v.status());
+      tg.push_back(*v);
+    }
+    bw_after = MeasureMemoryBandwidth(&pool);
+  }
+  const Stats sp = MeanSd(pp), st = MeanSd(tg);
+  const double bw = 0.5 * (bw_before.read_gbps + bw_after.read_gbps);
+  const double floor_tps = bw > 0 ? bw * 1e9 / bytes_per_token : 0;
+  const int64_t rss = PeakRssBytes();
+  const char* isa = CpuIsaName(e.isa());
+  if (json) {
+    std::printf(
+        "{\"model\": \"%s\", \"model_bytes\": %.0f, \"isa\": \"%s\", \"threads\": %d, "
+        "\"active_experts\": %lld, \"prompt_tokens\": %lld, \"gen_tokens\": %lld, "
+        "\"repetitions\": %d, \"prefill_tokens_per_s\": %.3f, \"prefill_tokens_per_s_sd\": %.3f, "
+        "\"decode_tokens_per_s\": %.3f, \"decode_tokens_per_s_sd\": %.3f, "
+        "\"peak_rss_bytes\": %lld, \"peak_rss_over_model\": %.4f, "
+        "\"bandwidth_read_gb_per_s_before\": %.2f, \"bandwidth_read_gb_per_s_after\": %.2f, "
+        "\"bandwidth_triad_gb_per_s_before\": %.2f, \"bandwidth_triad_gb_per_s_after\": %.2f, "
+        "\"decode_bytes_per_token\": %.0f, \"decode_floor_tokens_per_s\": %.3f, "
+        "\"decode_fraction_of_floor\": %.4f}\n",
+        model.c_str(), model_bytes, isa, threads, static_cast<long long>(k),
+        static_cast<long long>(prompt), static_cast<long long>(gen), reps, sp.mean, sp.sd, st.mean,
+        st.sd, static_cast<long long>(rss), static_cast<double>(rss) / model_bytes,
+        bw_before.read_gbps, bw_after.read_gbps, bw_before.triad_gbps, bw_after.triad_gbps,
+        bytes_per_token, floor_tps, floor_tps > 0 ? st.mean / floor_tps : 0.0);
+    return kExitOk;
+  }
+  std::printf("model %s (%s), isa %s, %d threads, %lld of %lld routed experts\n", model.c_str(),
+              HumanBytes(model_bytes).c_str(), isa, threads, static_cast<long long>(k),
+              static_cast<long long>(c.n_experts_used));
+  std::printf("%-8s %10s %20s\n", "test", "reps", "tokens/s");
+  if (prompt > 0) {
+    std::printf("%-8s %10d %12.2f ± %5.2f\n", absl::StrCat("pp", prompt).c_str(), reps, sp.mean,
+                sp.sd);
+  }
+  if (gen > 0) {
+    std::printf("%-8s %10d %12.2f ± %5.2f\n", absl::StrCat("tg", gen).c_str(), reps, st.mean,
+                st.sd);
+    std::printf(
+        "memory bandwidth (read) %.1f GB/s before, %.1f after decode; %s of weights per decode "
+        "token -> floor %.1f tok/s; decode at %.0f%% of the floor\n",
+        bw_before.read_gbps, bw_after.read_gbps, HumanBytes(bytes_per_token).c_str(), floor_tps,
+        floor_tps > 0 ? 100 * st.mean / floor_tps : 0.0);
+  }
+  std::printf("peak RSS %s (%.2fx the model file)\n", HumanBytes(static_cast<double>(rss)).c_str(),
+              static_cast<double>(rss) / model_bytes);
+  return kExitOk;
+}
+
+}  // namespace
+
+Command BenchCommand() {
+  return Command{
+      "bench",
+      "prefill / decode tokens per second of the CPU engine (like llama-bench)",
+      "moeflow bench -m FILE.gguf [-p 512] [-n 128] [-r 5] [-t 2] [--active-experts K] [--json]",
+      "pp: prompt tokens / time to the first token's logits; tg: generated tokens / time, one\n"
+      "token per step; both from an empty cache, mean ± sd over -r repetitions after a warm-up.\n"
+      "Also prints peak RSS and the decode bandwidth floor. Kernel micro-benchmarks:\n"
+      "bazel run -c opt //kernels/cpu:kernel_bench.",
+      {"model", "m", "prompt_tokens", "p", "gen_tokens", "n", "repetitions", "r", "threads", "t",
+       "active_experts", "json"},
+      RunBench,
+  };
+}
+
+}  // namespace moeflow
