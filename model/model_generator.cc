@@ -17,6 +17,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/types/span.h"
 #include "base/check.h"
+#include "chat/chat_template_text.h"
 #include "kernels/cpu/quants.h"
 #include "model/gguf.h"
 #include "model/tokenizer_data.h"
@@ -435,6 +436,10 @@ absl::StatusOr<GeneratedModel> GenerateModel(const ModelGeneratorOptions& option
   TokenizerData tokenizer;
   if (options.tokenizer_json_path.empty()) {
     tokenizer = GenerateByteLevelBpe(config.vocab_size);
+    // So that `moeflow chat` works on the file. Its role markers are not in
+    // the generated vocabulary and are tokenized as text: fine for random
+    // weights. A tokenizer.json brings its own (tokenizer_config.json).
+    tokenizer.chat_template = std::string(chat::DeepseekV3ChatTemplateText());
   } else {
     MOEFLOW_ASSIGN_OR_RETURN(tokenizer,
                              LoadHfTokenizerJson(options.tokenizer_json_path, config.vocab_size));

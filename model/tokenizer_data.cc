@@ -173,6 +173,9 @@ void TokenizerData::AddToGguf(GgufWriter& writer) const {
   }
   writer.AddMetadata("tokenizer.ggml.add_bos_token", GgufValue::Uint(GgufType::kBool, add_bos));
   writer.AddMetadata("tokenizer.ggml.add_eos_token", GgufValue::Uint(GgufType::kBool, add_eos));
+  if (!chat_template.empty()) {
+    writer.AddMetadata("tokenizer.chat_template", GgufValue::String(chat_template));
+  }
 }
 
 TokenizerData GenerateByteLevelBpe(int64_t vocab_size) {
@@ -381,6 +384,20 @@ absl::StatusOr<TokenizerData> LoadHfTokenizerJson(const std::string& path, int64
     if (config.is_object() && config.contains("add_eos_token") &&
         config["add_eos_token"].is_boolean()) {
       data.add_eos = config["add_eos_token"].get<bool>();
+    }
+    if (config.is_object() && config.contains("chat_template")) {
+      const nlohmann::json& tmpl = config["chat_template"];
+      if (tmpl.is_string()) {
+        data.chat_template = tmpl.get<std::string>();
+      } else if (tmpl.is_array()) {
+        // Newer configs: [{"name": "default", "template": "..."}, ...].
+        for (const nlohmann::json& entry : tmpl) {
+          if (entry.is_object() && entry.value("name", "") == "default" &&
+              entry.contains("template") && entry["template"].is_string()) {
+            data.chat_template = entry["template"].get<std::string>();
+          }
+        }
+      }
     }
   }
   auto find_id = [&](const std::string& text) -> int64_t {

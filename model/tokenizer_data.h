@@ -44,6 +44,8 @@ struct TokenizerData {
   int64_t padding_id = -1;  // -1: not written
   bool add_bos = true;
   bool add_eos = false;
+  // tokenizer.chat_template (Jinja text); empty: not written.
+  std::string chat_template;
 
   int64_t vocab_size() const { return static_cast<int64_t>(tokens.size()); }
   // Appends the tokenizer.ggml.* keys.
@@ -70,6 +72,8 @@ TokenizerData GenerateByteLevelBpe(int64_t vocab_size);
 // ["a", "b"] pairs. BOS/EOS come from tokenizer_config.json in the same
 // folder when present, else from the added tokens named
 // <｜begin▁of▁sentence｜> / <｜end▁of▁sentence｜>. pre = "deepseek-v3".
+// chat_template is that file's "chat_template" (a string, or the "default"
+// entry of a list of {name, template}); empty when absent.
 absl::StatusOr<TokenizerData> LoadHfTokenizerJson(const std::string& path,
                                                   int64_t min_vocab_size = 0);
 

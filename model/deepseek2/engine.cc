@@ -91,7 +91,9 @@ void SoftmaxInPlace(float* s, int64_t n) {
 // ---------------------------------------------------------------------------
 // Weights.
 
-absl::StatusOr<EngineWeights> EngineWeights::Map(const GgufFile& file, const Deepseek2Config& c) {
+absl::StatusOr<EngineWeights> EngineWeights::Map(
+    const GgufFile& file, const Deepseek2Config& c,
+    const std::function<void(int64_t done, int64_t total)>& progress) {
   const int64_t hidden = c.hidden;
   const int64_t q_dim = c.n_heads * c.qk_head_dim();
   const int64_t shared_ff = c.expert_ff * c.n_shared_experts;
@@ -122,6 +124,7 @@ absl::StatusOr<EngineWeights> EngineWeights::Map(const GgufFile& file, const Dee
 
   w.layers.resize(static_cast<size_t>(c.n_layers));
   for (int64_t il = 0; il < c.n_layers; ++il) {
+    if (progress) progress(il, c.n_layers);
     EngineLayerWeights& l = w.layers[static_cast<size_t>(il)];
     auto vec = [&](const char* suffix, std::vector<int64_t> ne,
                    std::vector<float>& dst) -> absl::Status {
@@ -171,6 +174,7 @@ absl::StatusOr<EngineWeights> EngineWeights::Map(const GgufFile& file, const Dee
       MOEFLOW_RETURN_IF_ERROR(mat("ffn_down_shexp.weight", {shared_ff, hidden}, l.ffn_down_shexp));
     }
   }
+  if (progress) progress(c.n_layers, c.n_layers);
   return w;
 }
 
@@ -563,7 +567,7 @@ absl::StatusOr<std::unique_ptr<Deepseek2Engine>> Deepseek2Engine::Open(
                      " is outside [0, expert_used_count = ", c.n_experts_used, "]"));
   }
   e->k_ = options.active_experts == 0 ? c.n_experts_used : options.active_experts;
-  MOEFLOW_ASSIGN_OR_RETURN(e->weights_, EngineWeights::Map(*e->file_, c));
+  MOEFLOW_ASSIGN_OR_RETURN(e->weights_, EngineWeights::Map(*e->file_, c, options.progress));
   MOEFLOW_ASSIGN_OR_RETURN(double rope_attn_factor,
                            e->file_->GetFloatOr("deepseek2.rope.scaling.attn_factor", 1.0));
   e->rope_ = Deepseek2RopeParams::FromConfig(c, static_cast<float>(rope_attn_factor));

@@ -33,6 +33,7 @@
 #define MOEFLOW_MODEL_DEEPSEEK2_ENGINE_H_
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -71,7 +72,11 @@ struct EngineWeights {
 
   // Checks every tensor `config` calls for (presence, shape, type) and maps
   // it. The views point into `file`, which must outlive them.
-  static absl::StatusOr<EngineWeights> Map(const GgufFile& file, const Deepseek2Config& config);
+  // `progress` (may be empty) is called with (layers done, n_layers) before
+  // each layer and once at the end.
+  static absl::StatusOr<EngineWeights> Map(
+      const GgufFile& file, const Deepseek2Config& config,
+      const std::function<void(int64_t done, int64_t total)>& progress = nullptr);
 };
 
 // Buffers of one forward pass, sized for `capacity` tokens and `kv_capacity`
@@ -175,6 +180,9 @@ struct Deepseek2EngineOptions {
   // Scratch and KV cache allocated at Open (grown on demand beyond).
   int64_t max_batch = 512;
   int64_t max_context = 4096;
+  // Called from Open's thread as loading advances, (done, total) in layers
+  // (at least once per layer and once with done == total); may be empty.
+  std::function<void(int64_t done, int64_t total)> progress;
 };
 
 class Deepseek2Engine {

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "absl/strings/ascii.h"
+#include "chat/chat_template_text.h"
 #include "gtest/gtest.h"
 #include "kernels/cpu/quants.h"
 #include "model/deepseek2/config.h"
@@ -160,8 +161,14 @@ TEST(ModelGeneratorTest, MetadataKeysAndValuesMatchLlamaCppFixtures) {
         EXPECT_EQ(value->as_string(), want.get<std::string>()) << key;
       }
     }
+    // moeflow adds DeepSeek-V3's chat template (the fixtures have none).
+    const GgufValue* chat_template = file->Find("tokenizer.chat_template");
+    ASSERT_NE(chat_template, nullptr);
+    EXPECT_EQ(chat_template->as_string(), chat::DeepseekV3ChatTemplateText());
     for (const GgufKeyValue& kv : file->metadata()) {
-      if (kv.key == "deepseek2.expert_weights_norm") continue;
+      if (kv.key == "deepseek2.expert_weights_norm" || kv.key == "tokenizer.chat_template") {
+        continue;
+      }
       EXPECT_TRUE(expected.contains(kv.key)) << "extra key " << kv.key;
     }
   }

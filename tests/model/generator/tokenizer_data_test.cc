@@ -69,7 +69,8 @@ TEST(TokenizerDataTest, LoadsHfTokenizerJsonWithPairMergesAndConfig) {
       {"id": 7, "content": "<tool>", "special": false}
     ]})");
   WriteFile(dir + "/tokenizer_config.json",
-            R"({"bos_token": {"content": "<s>"}, "eos_token": "</s>", "add_bos_token": true})");
+            R"({"bos_token": {"content": "<s>"}, "eos_token": "</s>", "add_bos_token": true,
+                "chat_template": "{{ bos_token }}{% for m in messages %}{{ m['content'] }}{% endfor %}"})");
   auto data = LoadHfTokenizerJson(dir + "/tokenizer.json", /*min_vocab_size=*/10);
   ASSERT_TRUE(data.ok()) << data.status();
   ASSERT_EQ(data->vocab_size(), 10);
@@ -85,6 +86,8 @@ TEST(TokenizerDataTest, LoadsHfTokenizerJsonWithPairMergesAndConfig) {
   EXPECT_EQ(data->bos_id, 5);
   EXPECT_EQ(data->eos_id, 6);
   EXPECT_EQ(data->pre, "deepseek-v3");
+  EXPECT_EQ(data->chat_template,
+            "{{ bos_token }}{% for m in messages %}{{ m['content'] }}{% endfor %}");
 }
 
 TEST(TokenizerDataTest, FallsBackToDeepseekMarkersAndStringMerges) {
