@@ -1,0 +1,324 @@
+#include "coordinator/control_service.h"
+
+#include <cstring>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "sampling/sampler.h"
+#include "sampling/stop_condition.h"
+
+namespace moeflow {
+namespace {
+
+grpc::Status ToGrpc(const absl::Status& s) {
+  if (s.ok()) return grpc::Status::OK;
+  return grpc::Status(static_cast<grpc::StatusCode>(s.code()), std::string(s.message()));
+}
+
+// Proto strings must be UTF-8: bytes a (random-weight) model produced that
+// do not form UTF-8 become U+FFFD, as in a text decoder's "replace" mode.
+std::string ValidUtf8(absl::string_view in) {
+  std::string out;
+  out.reserve(in.size());
+  size_t i = 0;
+  while (i < in.size()) {
+    const unsigned char c = static_cast<unsigned char>(in[i]);
+    size_t len = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xE ? 3 : (c >> 3) == 0x1E ? 4 : 0;
+    bool ok = len > 0 && i + len <= in.size();
+    for (size_t j = 1; ok && j < len; ++j) {
+      ok = (static_cast<unsigned char>(in[i + j]) & 0xC0) == 0x80;
+    }
+    if (ok && len > 1) {
+      uint32_t cp = c & (0xFF >> (len + 1));
+      for (size_t j = 1; j < len; ++j) cp = (cp << 6) | (static_cast<unsigned char>(in[i + j]) & 0x3F);
+      const uint32_t min_cp[] = {0, 0, 0x80, 0x800, 0x10000};
+      ok = cp >= min_cp[len] && cp <= 0x10FFFF && !(cp >= 0xD800 && cp <= 0xDFFF);
+    }
+    if (ok) {
+      out.append(in.data() + i, len);
+      i += len;
+    } else {
+      out.append("\xEF\xBF\xBD");
+      ++i;
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+ControlServiceImpl::ControlServiceImpl(Coordinator& coordinator, std::string token,
+                                       std::function<void()> on_shutdown)
+    : coordinator_(coordinator), token_(std::move(token)), on_shutdown_(std::move(on_shutdown)) {
+  auto tokenizer = BpeTokenizer::FromGguf(coordinator_.model_file());
+  if (tokenizer.ok()) {
+    tokenizer_ = std::move(*tokenizer);
+  } else {
+    tokenizer_error_ = std::string(tokenizer.status().message());
+  }
+}
+
+grpc::Status ControlServiceImpl::Authorize(grpc::ServerContext* context) const {
+  if (token_.empty()) return grpc::Status::OK;
+  const auto& metadata = context->client_metadata();
+  auto it = metadata.find("authorization");
+  if (it == metadata.end() ||
+      std::string(it->second.data(), it->second.size()) != "Bearer " + token_) {
+    return grpc::Status(grpc::UNAUTHENTICATED,
+                        "this control service requires 'authorization: Bearer TOKEN' "
+                        "(moeflowctl --token)");
+  }
+  return grpc::Status::OK;
+}
+
+proto::CoordinatorState ControlServiceImpl::State() {
+  bool draining, stopping;
+  int active;
+  {
+    absl::MutexLock lock(&mu_);
+    draining = draining_;
+    stopping = stopping_;
+    active = active_;
+  }
+  if (stopping) return proto::COORDINATOR_STATE_STOPPING;
+  if (draining) return active > 0 ? proto::COORDINATOR_STATE_DRAINING
+                                  : proto::COORDINATOR_STATE_DRAINED;
+  return coordinator_.AllServing() ? proto::COORDINATOR_STATE_SERVING
+                                   : proto::COORDINATOR_STATE_DEGRADED;
+}
+
+grpc::Status ControlServiceImpl::Status(grpc::ServerContext* context, const proto::StatusRequest*,
+                                        proto::StatusResponse* response) {
+  if (grpc::Status s = Authorize(context); !s.ok()) return s;
+  coordinator_.FillStatus(response);
+  response->set_state(State());
+  absl::MutexLock lock(&mu_);
+  response->set_active_requests(active_);
+  response->set_queued_requests(queued_);
+  return grpc::Status::OK;
+}
+
+grpc::Status ControlServiceImpl::Generate(grpc::ServerContext* context,
+                                          const proto::GenerateRequest* request,
+                                          grpc::ServerWriter<proto::GenerateResponse>* writer) {
+  if (grpc::Status s = Authorize(context); !s.ok()) return s;
+  const proto::CoordinatorState state = State();
+  if (state != proto::COORDINATOR_STATE_SERVING) {
+    return grpc::Status(grpc::UNAVAILABLE, absl::StrCat("coordinator is ",
+                                                        proto::CoordinatorState_Name(state),
+                                                        ", not SERVING"));
+  }
+  if (request->input_case() != proto::GenerateRequest::kPrompt) {
+    return grpc::Status(grpc::UNIMPLEMENTED, "chat input is not supported yet; send prompt");
+  }
+  if (tokenizer_ == nullptr) {
+    return grpc::Status(grpc::FAILED_PRECONDITION,
+                        absl::StrCat("the model has no usable tokenizer: ", tokenizer_error_));
+  }
+  std::vector<int32_t> prompt = tokenizer_->Encode(request->prompt(), tokenizer_->add_bos());
+  if (prompt.empty()) return grpc::Status(grpc::INVALID_ARGUMENT, "prompt: empty");
+  const int64_t context_tokens = coordinator_.context_tokens();
+  if (static_cast<int64_t>(prompt.size()) >= context_tokens) {
+    return grpc::Status(grpc::INVALID_ARGUMENT,
+                        absl::StrCat("prompt: ", prompt.size(), " tokens leave no room in the ",
+                                     context_tokens, "-token context (kv_cache_tokens)"));
+  }
+  if (request->max_tokens() < 0) {
+    return grpc::Status(grpc::INVALID_ARGUMENT, "max_tokens: must be >= 0");
+  }
+  sampling::SamplerOptions so;
+  so.temperature = request->sampling().temperature();
+  so.top_k = request->sampling().top_k();
+  so.top_p = request->sampling().top_p() == 0.f ? 1.f : request->sampling().top_p();
+  so.seed = request->sampling().seed();
+  auto sampler = sampling::Sampler::Create(so);
+  if (!sampler.ok()) return grpc::Status(grpc::INVALID_ARGUMENT, std::string(sampler.status().message()));
+  sampling::StopOptions stop_options;
+  for (const std::string& s : request->stop()) {
+    if (s.empty()) return grpc::Status(grpc::INVALID_ARGUMENT, "stop: empty string");
+    stop_options.stop_strings.push_back(s);
+  }
+  if (tokenizer_->eos_id() >= 0) stop_options.stop_tokens.push_back(tokenizer_->eos_id());
+  const int64_t room = context_tokens - static_cast<int64_t>(prompt.size());
+  stop_options.max_tokens = request->max_tokens() > 0 ? std::min<int64_t>(request->max_tokens(), room)
+                                                      : room;
+  auto stop = sampling::StopCondition::Create(stop_options);
+  if (!stop.ok()) return grpc::Status(grpc::INVALID_ARGUMENT, std::string(stop.status().message()));
+
+  {
+    absl::MutexLock lock(&mu_);
+    ++queued_;
+    ++requests_total_;
+  }
+  absl::MutexLock run(&run_mu_);
+  {
+    absl::MutexLock lock(&mu_);
+    --queued_;
+    ++active_;
+    prompt_tokens_ += static_cast<int64_t>(prompt.size());
+  }
+  auto finish = [&](const grpc::Status& s) {
+    absl::MutexLock lock(&mu_);
+    --active_;
+    if (!s.ok()) ++requests_failed_;
+    return s;
+  };
+  const absl::Time start = absl::Now();
+  std::vector<float> logits;
+  absl::Status s = coordinator_.Forward(prompt, 0, /*last_only=*/true, &logits);
+  if (!s.ok()) return finish(ToGrpc(s));
+  const absl::Time first = absl::Now();
+  int64_t pos = static_cast<int64_t>(prompt.size());
+  int32_t generated = 0;
+  proto::FinishReason reason = proto::FINISH_REASON_MAX_TOKENS;
+  while (true) {
+    if (context->IsCancelled()) {
+      reason = proto::FINISH_REASON_CANCELLED;
+      break;
+    }
+    absl::StatusOr<int32_t> token = sampler->Sample(logits);
+    if (!token.ok()) return finish(ToGrpc(token.status()));
+    sampler->Accept(*token);
+    ++generated;
+    sampling::StopStep step = stop->Append(*token, tokenizer_->TokenBytes(*token));
+    if (!step.text.empty()) {
+      proto::GenerateResponse piece;
+      piece.mutable_piece()->set_text(ValidUtf8(step.text));
+      piece.mutable_piece()->add_token_ids(*token);
+      writer->Write(piece);
+    }
+    if (step.finished()) {
+      reason = step.matched_stop_token >= 0        ? proto::FINISH_REASON_EOS
+               : !step.matched_stop_string.empty() ? proto::FINISH_REASON_STOP_STRING
+               : pos + 1 >= context_tokens         ? proto::FINISH_REASON_CONTEXT_FULL
+                                                   : proto::FINISH_REASON_MAX_TOKENS;
+      break;
+    }
+    const int32_t next[1] = {*token};
+    s = coordinator_.Forward(absl::MakeConstSpan(next, 1), pos, true, &logits);
+    if (!s.ok()) return finish(ToGrpc(s));
+    ++pos;
+  }
+  if (std::string rest = stop->Flush(); !rest.empty()) {
+    proto::GenerateResponse piece;
+    piece.mutable_piece()->set_text(ValidUtf8(rest));
+    writer->Write(piece);
+  }
+  const absl::Time end = absl::Now();
+  proto::GenerateResponse final_message;
+  proto::GenerateFinal* f = final_message.mutable_final();
+  f->set_finish_reason(reason);
+  f->mutable_usage()->set_prompt_tokens(static_cast<int32_t>(prompt.size()));
+  f->mutable_usage()->set_completion_tokens(generated);
+  f->mutable_usage()->set_time_to_first_token_ms(absl::ToInt64Milliseconds(first - start));
+  f->mutable_usage()->set_total_time_ms(absl::ToInt64Milliseconds(end - start));
+  writer->Write(final_message);
+  {
+    absl::MutexLock lock(&mu_);
+    completion_tokens_ += generated;
+    const double prefill_s = absl::ToDoubleSeconds(first - start);
+    const double decode_s = absl::ToDoubleSeconds(end - first);
+    if (prefill_s > 0) prefill_tps_ = static_cast<double>(prompt.size()) / prefill_s;
+    if (decode_s > 0 && generated > 1) decode_tps_ = (generated - 1) / decode_s;
+  }
+  return finish(grpc::Status::OK);
+}
+
+grpc::Status ControlServiceImpl::Drain(grpc::ServerContext* context,
+                                       const proto::DrainRequest* request,
+                                       proto::DrainResponse* response) {
+  if (grpc::Status s = Authorize(context); !s.ok()) return s;
+  absl::MutexLock lock(&mu_);
+  draining_ = true;
+  const int before = active_ + queued_;
+  auto idle = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return active_ == 0 && queued_ == 0; };
+  if (request->timeout_ms() > 0) {
+    if (!mu_.AwaitWithTimeout(absl::Condition(&idle), absl::Milliseconds(request->timeout_ms()))) {
+      return grpc::Status(grpc::DEADLINE_EXCEEDED,
+                          absl::StrCat(active_ + queued_, " requests still running after ",
+                                       request->timeout_ms(), " ms"));
+    }
+  } else {
+    mu_.Await(absl::Condition(&idle));
+  }
+  response->set_requests_finished(before);
+  return grpc::Status::OK;
+}
+
+grpc::Status ControlServiceImpl::Shutdown(grpc::ServerContext* context,
+                                          const proto::CoordinatorShutdownRequest*,
+                                          proto::CoordinatorShutdownResponse*) {
+  if (grpc::Status s = Authorize(context); !s.ok()) return s;
+  {
+    absl::MutexLock lock(&mu_);
+    if (stopping_) return grpc::Status::OK;
+    stopping_ = true;
+  }
+  // After this call's reply has gone out.
+  std::thread([cb = on_shutdown_] {
+    absl::SleepFor(absl::Milliseconds(100));
+    cb();
+  }).detach();
+  return grpc::Status::OK;
+}
+
+grpc::Status ControlServiceImpl::Metrics(grpc::ServerContext* context,
+                                         const proto::MetricsRequest* request,
+                                         proto::MetricsResponse* response) {
+  if (grpc::Status s = Authorize(context); !s.ok()) return s;
+  {
+    absl::MutexLock lock(&mu_);
+    response->set_requests_total(requests_total_);
+    response->set_requests_failed(requests_failed_);
+    response->set_prompt_tokens_total(prompt_tokens_);
+    response->set_completion_tokens_total(completion_tokens_);
+    response->set_decode_tokens_per_second(decode_tps_);
+    response->set_prefill_tokens_per_second(prefill_tps_);
+  }
+  int64_t p50, p99;
+  int32_t b50;
+  coordinator_.StepTimePercentiles(&p50, &p99, &b50);
+  response->set_step_time_p50_us(p50);
+  response->set_step_time_p99_us(p99);
+  response->set_batch_tokens_p50(b50);
+  coordinator_.FillWorkerMetrics(response, request->reset());
+  return grpc::Status::OK;
+}
+
+grpc::Status ControlServiceImpl::SetExpertPolicy(grpc::ServerContext* context,
+                                                 const proto::SetExpertPolicyRequest* request,
+                                                 proto::SetExpertPolicyResponse* response) {
+  if (grpc::Status s = Authorize(context); !s.ok()) return s;
+  auto previous = coordinator_.SetActiveExperts(request->active_experts_per_token());
+  if (!previous.ok()) return ToGrpc(previous.status());
+  response->set_previous_active_experts_per_token(*previous);
+  response->set_active_experts_per_token(coordinator_.active_experts());
+  return grpc::Status::OK;
+}
+
+grpc::Status ControlServiceImpl::ComputeLogits(grpc::ServerContext* context,
+                                               const proto::ComputeLogitsRequest* request,
+                                               proto::ComputeLogitsResponse* response) {
+  if (grpc::Status s = Authorize(context); !s.ok()) return s;
+  const proto::CoordinatorState state = State();
+  if (state != proto::COORDINATOR_STATE_SERVING) {
+    return grpc::Status(grpc::UNAVAILABLE, absl::StrCat("coordinator is ",
+                                                        proto::CoordinatorState_Name(state)));
+  }
+  if (request->tokens_size() == 0) return grpc::Status(grpc::INVALID_ARGUMENT, "tokens: empty");
+  if (request->tokens_size() > coordinator_.context_tokens()) {
+    return grpc::Status(grpc::INVALID_ARGUMENT, "tokens: longer than the context");
+  }
+  std::vector<int32_t> tokens(request->tokens().begin(), request->tokens().end());
+  std::vector<float> logits;
+  absl::MutexLock run(&run_mu_);
+  absl::Status s = coordinator_.Forward(tokens, 0, /*last_only=*/false, &logits);
+  if (!s.ok()) return ToGrpc(s);
+  response->set_n_vocab(static_cast<int32_t>(coordinator_.config().vocab_size));
+  response->set_logits(std::string(reinterpret_cast<const char*>(logits.data()),
+                                   logits.size() * sizeof(float)));
+  return grpc::Status::OK;
+}
+
+}  // namespace moeflow

@@ -1,0 +1,79 @@
+// ControlService (proto/control.proto) served by the coordinator process:
+// status, text generation (tokenizer from the GGUF, sampling/sampler.h),
+// drain, shutdown, metrics, expert policy, and ComputeLogits for checking the
+// deployment against the single-process engine.
+//
+// Requests run one at a time on the Coordinator (no continuous batching yet):
+// a Generate waits for the one before it.
+//
+// Thread-safety: gRPC calls it from many threads; state is behind mu_.
+// Failure: as control.proto says; UNAUTHENTICATED when a token is required
+// (control bound to a non-loopback address) and the call lacks
+// "authorization: Bearer TOKEN".
+#ifndef MOEFLOW_COORDINATOR_CONTROL_SERVICE_H_
+#define MOEFLOW_COORDINATOR_CONTROL_SERVICE_H_
+
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
+#include "coordinator/coordinator.h"
+#include "proto/control.grpc.pb.h"
+#include "tokenizer/bpe_tokenizer.h"
+
+namespace moeflow {
+
+class ControlServiceImpl final : public proto::ControlService::Service {
+ public:
+  // `on_shutdown` is called (once) after a Shutdown RPC has been answered.
+  ControlServiceImpl(Coordinator& coordinator, std::string token,
+                     std::function<void()> on_shutdown);
+
+  grpc::Status Status(grpc::ServerContext* context, const proto::StatusRequest* request,
+                      proto::StatusResponse* response) override;
+  grpc::Status Generate(grpc::ServerContext* context, const proto::GenerateRequest* request,
+                        grpc::ServerWriter<proto::GenerateResponse>* writer) override;
+  grpc::Status Drain(grpc::ServerContext* context, const proto::DrainRequest* request,
+                     proto::DrainResponse* response) override;
+  grpc::Status Shutdown(grpc::ServerContext* context,
+                        const proto::CoordinatorShutdownRequest* request,
+                        proto::CoordinatorShutdownResponse* response) override;
+  grpc::Status Metrics(grpc::ServerContext* context, const proto::MetricsRequest* request,
+                       proto::MetricsResponse* response) override;
+  grpc::Status SetExpertPolicy(grpc::ServerContext* context,
+                               const proto::SetExpertPolicyRequest* request,
+                               proto::SetExpertPolicyResponse* response) override;
+  grpc::Status ComputeLogits(grpc::ServerContext* context,
+                             const proto::ComputeLogitsRequest* request,
+                             proto::ComputeLogitsResponse* response) override;
+
+ private:
+  grpc::Status Authorize(grpc::ServerContext* context) const;
+  proto::CoordinatorState State();
+
+  Coordinator& coordinator_;
+  const std::string token_;
+  std::function<void()> on_shutdown_;
+  std::unique_ptr<BpeTokenizer> tokenizer_;
+  std::string tokenizer_error_;
+
+  // Serializes model passes: one sequence in the KV cache at a time.
+  absl::Mutex run_mu_;
+  absl::Mutex mu_;
+  bool draining_ ABSL_GUARDED_BY(mu_) = false;
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  int active_ ABSL_GUARDED_BY(mu_) = 0;
+  int queued_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t requests_total_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t requests_failed_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t prompt_tokens_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t completion_tokens_ ABSL_GUARDED_BY(mu_) = 0;
+  double decode_tps_ ABSL_GUARDED_BY(mu_) = 0;
+  double prefill_tps_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+}  // namespace moeflow
+
+#endif  // MOEFLOW_COORDINATOR_CONTROL_SERVICE_H_

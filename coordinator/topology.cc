@@ -1,0 +1,252 @@
+#include "coordinator/topology.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <fstream>
+#include <map>
+#include <set>
+#include <sstream>
+#include <string>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+
+namespace moeflow {
+namespace {
+
+class TopologyParser {
+ public:
+  explicit TopologyParser(absl::string_view filename) : filename_(filename) {}
+
+  absl::Status Error(const YAML::Node& node, const std::string& field, const std::string& what) {
+    const int line = node.IsDefined() ? node.Mark().line + 1 : 0;
+    return absl::InvalidArgumentError(
+        absl::StrCat(filename_, line > 0 ? absl::StrCat(":", line) : "", ": ", field, ": ", what));
+  }
+
+  absl::Status CheckKeys(const YAML::Node& map, const std::string& where,
+                         const std::set<std::string>& allowed) {
+    if (!map.IsMap()) return Error(map, where, "must be a mapping of key: value");
+    for (const auto& kv : map) {
+      const std::string key = kv.first.as<std::string>();
+      if (allowed.count(key) == 0) {
+        return Error(kv.first, where.empty() ? key : absl::StrCat(where, ".", key),
+                     absl::StrCat("unknown key (expected one of: ", absl::StrJoin(allowed, ", "),
+                                  ")"));
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<std::string> String(const YAML::Node& node, const std::string& field) {
+    if (!node.IsScalar()) return Error(node, field, "must be a string");
+    return node.as<std::string>();
+  }
+
+  absl::StatusOr<int64_t> Int(const YAML::Node& node, const std::string& field, int64_t min,
+                              int64_t max) {
+    int64_t v = 0;
+    if (!node.IsScalar() || !absl::SimpleAtoi(node.Scalar(), &v)) {
+      return Error(node, field, absl::StrCat("'", node.IsScalar() ? node.Scalar() : "<not a scalar>",
+                                             "' is not an integer"));
+    }
+    if (v < min || v > max) {
+      return Error(node, field, absl::StrCat(v, " is outside [", min, ", ", max, "]"));
+    }
+    return v;
+  }
+
+  absl::Status HostPort(const YAML::Node& node, const std::string& field, std::string* out) {
+    auto s = String(node, field);
+    if (!s.ok()) return s.status();
+    const size_t colon = s->rfind(':');
+    int port = 0;
+    if (colon == std::string::npos || colon == 0 ||
+        !absl::SimpleAtoi(s->substr(colon + 1), &port) || port < 0 || port > 65535) {
+      return Error(node, field, absl::StrCat("'", *s, "' is not host:port (port in [0, 65535])"));
+    }
+    *out = *s;
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<proto::Topology> Parse(absl::string_view yaml) {
+    YAML::Node root;
+    try {
+      root = YAML::Load(std::string(yaml));
+    } catch (const YAML::Exception& e) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(filename_, ":", e.mark.line + 1, ": YAML syntax: ", e.msg));
+    }
+    if (!root.IsMap()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(filename_, ": the topology must be a mapping (model_path:, ...)"));
+    }
+    proto::Topology t;
+    const std::set<std::string> top_keys = {
+        "model_path",   "control_address", "http_address",    "gpu_workers",
+        "expert_workers", "placement",     "ucx_transports",  "ucx_net_devices",
+        "max_batch_tokens"};
+    if (absl::Status s = CheckKeys(root, "", top_keys); !s.ok()) return s;
+    try {
+      return ParseFields(root, t);
+    } catch (const YAML::Exception& e) {
+      return absl::InvalidArgumentError(absl::StrCat(filename_, ":", e.mark.line + 1, ": ", e.msg));
+    }
+  }
+
+ private:
+  absl::StatusOr<proto::Topology> ParseFields(const YAML::Node& root, proto::Topology& t) {
+#define TOPO_ASSIGN(lhs, expr)        \
+  {                                   \
+    auto v_ = (expr);                 \
+    if (!v_.ok()) return v_.status(); \
+    lhs(*v_);                         \
+  }
+    if (root["model_path"]) {
+      TOPO_ASSIGN(t.set_model_path, String(root["model_path"], "model_path"));
+    }
+    t.set_control_address("127.0.0.1:50051");
+    if (root["control_address"]) {
+      std::string a;
+      if (auto s = HostPort(root["control_address"], "control_address", &a); !s.ok()) return s;
+      t.set_control_address(a);
+    }
+    if (root["http_address"]) {
+      std::string a;
+      if (auto s = HostPort(root["http_address"], "http_address", &a); !s.ok()) return s;
+      t.set_http_address(a);
+    }
+    t.set_placement(proto::EXPERT_PLACEMENT_AUTO);
+    if (const YAML::Node p = root["placement"]) {
+      auto s = String(p, "placement");
+      if (!s.ok()) return s.status();
+      if (*s == "auto") t.set_placement(proto::EXPERT_PLACEMENT_AUTO);
+      else if (*s == "replicate") t.set_placement(proto::EXPERT_PLACEMENT_REPLICATE);
+      else if (*s == "slice") t.set_placement(proto::EXPERT_PLACEMENT_SLICE);
+      else if (*s == "shard") t.set_placement(proto::EXPERT_PLACEMENT_SHARD);
+      else return Error(p, "placement", absl::StrCat("'", *s, "' is not one of auto, replicate, slice, shard"));
+    }
+    t.set_ucx_transports("sm,self");
+    if (root["ucx_transports"]) {
+      auto s = String(root["ucx_transports"], "ucx_transports");
+      if (!s.ok()) return s.status();
+      if (s->empty()) return Error(root["ucx_transports"], "ucx_transports", "empty");
+      for (char c : *s) {
+        if (!(isalnum(static_cast<unsigned char>(c)) || c == ',' || c == '_' || c == '^')) {
+          return Error(root["ucx_transports"], "ucx_transports",
+                       absl::StrCat("'", *s, "' is not a UCX_TLS list (e.g. sm,self or tcp)"));
+        }
+      }
+      t.set_ucx_transports(*s);
+    }
+    if (root["ucx_net_devices"]) {
+      TOPO_ASSIGN(t.set_ucx_net_devices, String(root["ucx_net_devices"], "ucx_net_devices"));
+    }
+    t.set_max_batch_tokens(64);
+    if (root["max_batch_tokens"]) {
+      TOPO_ASSIGN(t.set_max_batch_tokens, Int(root["max_batch_tokens"], "max_batch_tokens", 1, 65536));
+    }
+    const YAML::Node gpus = root["gpu_workers"];
+    if (!gpus || !gpus.IsSequence() || gpus.size() == 0) {
+      return Error(gpus ? gpus : root, "gpu_workers", "a list of at least one gpu worker is required");
+    }
+    for (size_t i = 0; i < gpus.size(); ++i) {
+      const YAML::Node g = gpus[i];
+      const std::string where = absl::StrCat("gpu_workers[", i, "]");
+      if (auto s = CheckKeys(g, where, {"device_ids", "backend", "kv_cache_tokens", "address", "threads"}); !s.ok()) return s;
+      proto::GpuWorkerSpec* spec = t.add_gpu_workers();
+      const YAML::Node b = g["backend"];
+      if (!b) return Error(g, where + ".backend", "required (cuda or cpu)");
+      auto backend = String(b, where + ".backend");
+      if (!backend.ok()) return backend.status();
+      if (*backend == "cuda") spec->set_backend(proto::GPU_BACKEND_CUDA);
+      else if (*backend == "cpu") spec->set_backend(proto::GPU_BACKEND_CPU);
+      else return Error(b, where + ".backend", absl::StrCat("'", *backend, "' is not one of cuda, cpu"));
+      if (const YAML::Node d = g["device_ids"]) {
+        if (!d.IsSequence()) return Error(d, where + ".device_ids", "must be a list of CUDA device ordinals");
+        std::set<int64_t> seen;
+        for (size_t j = 0; j < d.size(); ++j) {
+          auto id = Int(d[j], absl::StrCat(where, ".device_ids[", j, "]"), 0, 63);
+          if (!id.ok()) return id.status();
+          if (!seen.insert(*id).second) return Error(d[j], absl::StrCat(where, ".device_ids[", j, "]"), absl::StrCat("device ", *id, " is listed twice"));
+          spec->add_device_ids(static_cast<int32_t>(*id));
+        }
+      }
+      if (spec->backend() == proto::GPU_BACKEND_CUDA && spec->device_ids_size() == 0) {
+        return Error(g, where + ".device_ids", "backend cuda needs at least one device id");
+      }
+      if (spec->backend() == proto::GPU_BACKEND_CPU && spec->device_ids_size() > 0) {
+        return Error(g["device_ids"], where + ".device_ids", "backend cpu takes no device ids");
+      }
+      if (g["kv_cache_tokens"]) TOPO_ASSIGN(spec->set_kv_cache_tokens, Int(g["kv_cache_tokens"], where + ".kv_cache_tokens", 1, int64_t{1} << 32));
+      if (g["threads"]) TOPO_ASSIGN(spec->set_threads, Int(g["threads"], where + ".threads", 0, 4096));
+      if (g["address"]) {
+        std::string a;
+        if (auto s = HostPort(g["address"], where + ".address", &a); !s.ok()) return s;
+        spec->set_address(a);
+      }
+    }
+    const YAML::Node experts = root["expert_workers"];
+    if (!experts || !experts.IsSequence() || experts.size() == 0) {
+      return Error(experts ? experts : root, "expert_workers", "a list of at least one expert worker is required");
+    }
+    if (experts.size() > 14) return Error(experts, "expert_workers", "at most 14 expert workers");
+    std::map<int64_t, size_t> nodes;
+    for (size_t i = 0; i < experts.size(); ++i) {
+      const YAML::Node e = experts[i];
+      const std::string where = absl::StrCat("expert_workers[", i, "]");
+      if (auto s = CheckKeys(e, where, {"numa_node", "threads", "host", "address"}); !s.ok()) return s;
+      proto::ExpertWorkerSpec* spec = t.add_expert_workers();
+      if (!e["numa_node"]) return Error(e, where + ".numa_node", "required (hwloc NUMA node index)");
+      auto node = Int(e["numa_node"], where + ".numa_node", 0, 1023);
+      if (!node.ok()) return node.status();
+      spec->set_numa_node(static_cast<int32_t>(*node));
+      if (e["threads"]) TOPO_ASSIGN(spec->set_threads, Int(e["threads"], where + ".threads", 0, 4096));
+      if (e["host"]) TOPO_ASSIGN(spec->set_host, String(e["host"], where + ".host"));
+      if (e["address"]) {
+        std::string a;
+        if (auto s = HostPort(e["address"], where + ".address", &a); !s.ok()) return s;
+        spec->set_address(a);
+      }
+      const std::string host_key = spec->host().empty() ? "localhost" : spec->host();
+      const int64_t key = *node + (static_cast<int64_t>(std::hash<std::string>()(host_key) & 0xffff) << 16);
+      auto [it, inserted] = nodes.emplace(key, i);
+      if (!inserted) {
+        return Error(e["numa_node"], where + ".numa_node",
+                     absl::StrCat(*node, " is already used by expert_workers[", it->second, "] on the same host"));
+      }
+    }
+#undef TOPO_ASSIGN
+    return t;
+  }
+
+  std::string filename_;
+};
+
+}  // namespace
+
+absl::StatusOr<proto::Topology> ParseTopologyYaml(absl::string_view yaml,
+                                                  absl::string_view filename) {
+  return TopologyParser(filename).Parse(yaml);
+}
+
+absl::StatusOr<proto::Topology> LoadTopologyFile(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return absl::NotFoundError(absl::StrCat(path, ": cannot open topology file"));
+  std::stringstream text;
+  text << in.rdbuf();
+  return ParseTopologyYaml(text.str(), path);
+}
+
+std::string ExpertPlacementYamlName(proto::ExpertPlacement placement) {
+  switch (placement) {
+    case proto::EXPERT_PLACEMENT_AUTO: return "auto";
+    case proto::EXPERT_PLACEMENT_REPLICATE: return "replicate";
+    case proto::EXPERT_PLACEMENT_SLICE: return "slice";
+    case proto::EXPERT_PLACEMENT_SHARD: return "shard";
+    default: return "unspecified";
+  }
+}
+
+}  // namespace moeflow

@@ -1,0 +1,42 @@
+// Topology files: the YAML that `moeflow launch` reads, parsed into
+// proto::Topology (proto/topology.proto; the YAML keys are its field names).
+//
+//   model_path: /models/DeepSeek-V3-Q4_K_M.gguf
+//   control_address: 127.0.0.1:50051
+//   placement: replicate            # auto | replicate | slice | shard
+//   ucx_transports: sm,self
+//   max_batch_tokens: 64
+//   gpu_workers:
+//     - {backend: cpu, kv_cache_tokens: 4096, threads: 2}
+//   expert_workers:
+//     - {numa_node: 0, threads: 16}
+//     - {numa_node: 1, threads: 16}
+//
+// Every field is validated; an error names the file, the line and the field
+// ("x.yaml:7: expert_workers[1].numa_node: 0 is already used by
+// expert_workers[0]"); unknown keys are errors, not ignored.
+//
+// Thread-safety: pure functions. Failure: NOT_FOUND (file), INVALID_ARGUMENT
+// (YAML syntax or a field, as above).
+#ifndef MOEFLOW_COORDINATOR_TOPOLOGY_H_
+#define MOEFLOW_COORDINATOR_TOPOLOGY_H_
+
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "proto/topology.pb.h"
+
+namespace moeflow {
+
+// Parses YAML text; `filename` prefixes the errors.
+absl::StatusOr<proto::Topology> ParseTopologyYaml(absl::string_view yaml,
+                                                  absl::string_view filename);
+absl::StatusOr<proto::Topology> LoadTopologyFile(const std::string& path);
+
+// "auto", "replicate", ... (the YAML spelling).
+std::string ExpertPlacementYamlName(proto::ExpertPlacement placement);
+
+}  // namespace moeflow
+
+#endif  // MOEFLOW_COORDINATOR_TOPOLOGY_H_

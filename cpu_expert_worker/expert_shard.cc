@@ -1,0 +1,237 @@
+#include "cpu_expert_worker/expert_shard.h"
+
+#include <hwloc.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "base/check.h"
+#include "kernels/cpu/matmul.h"
+#include "model/ggml_types.h"
+
+namespace moeflow {
+
+using dataflow::DataflowOp;
+using dataflow::RequestHeader;
+
+std::string ExpertShard::BindToNode(int numa_node, int* node_cores) {
+  *node_cores = 0;
+  if (numa_node < 0) return "not bound (numa_node -1)";
+  hwloc_topology_t topology;
+  if (hwloc_topology_init(&topology) != 0) return "not bound (hwloc_topology_init failed)";
+  std::string result;
+  if (hwloc_topology_load(topology) != 0) {
+    result = "not bound (hwloc_topology_load failed)";
+  } else {
+    hwloc_obj_t node = hwloc_get_obj_by_type(topology, HWLOC_OBJ_NUMANODE,
+                                             static_cast<unsigned>(numa_node));
+    if (node == nullptr) {
+      result = absl::StrCat("not bound (hwloc sees no NUMA node ", numa_node, ")");
+    } else {
+      *node_cores = hwloc_get_nbobjs_inside_cpuset_by_type(topology, node->cpuset,
+                                                           HWLOC_OBJ_CORE);
+      if (!hwloc_topology_is_thissystem(topology)) {
+        // HWLOC_SYNTHETIC and friends describe another machine: binding
+        // calls would act on this one with meaningless masks.
+        result = absl::StrCat("simulated NUMA node ", numa_node, " (", *node_cores,
+                              " cores; synthetic topology, not bound)");
+      } else {
+        const int cpu = hwloc_set_cpubind(topology, node->cpuset, HWLOC_CPUBIND_PROCESS);
+        const int mem = hwloc_set_membind(topology, node->nodeset, HWLOC_MEMBIND_BIND,
+                                          HWLOC_MEMBIND_PROCESS | HWLOC_MEMBIND_BYNODESET);
+        result = absl::StrCat("NUMA node ", numa_node, " (", *node_cores, " cores): cpu bind ",
+                              cpu == 0 ? "ok" : "failed", ", memory bind ",
+                              mem == 0 ? "ok" : "failed");
+      }
+    }
+  }
+  hwloc_topology_destroy(topology);
+  return result;
+}
+
+absl::Status ExpertShard::Configure(const proto::ConfigureRequest& request) {
+  if (request.role() != proto::WORKER_ROLE_CPU_EXPERT) {
+    return absl::InvalidArgumentError(
+        "role: cpu_expert_worker must be configured with WORKER_ROLE_CPU_EXPERT");
+  }
+  if (request.model_path().empty()) return absl::InvalidArgumentError("model_path: empty");
+  const proto::ShardSpec& shard = request.shard();
+  if (shard.slice_count() < 0 || (shard.slice_count() > 1 && (shard.slice_index() < 0 ||
+                                                              shard.slice_index() >=
+                                                                  shard.slice_count()))) {
+    return absl::InvalidArgumentError(absl::StrCat("shard.slice_index ", shard.slice_index(),
+                                                   " is outside [0, slice_count = ",
+                                                   shard.slice_count(), ")"));
+  }
+  if (shard.slice_count() > 1 && shard.expert_ids_size() > 0) {
+    return absl::InvalidArgumentError("shard: expert_ids and slice_count > 1 are exclusive");
+  }
+  for (int id : shard.expert_ids()) {
+    if (id < 0) return absl::InvalidArgumentError(absl::StrCat("shard.expert_ids: ", id, " < 0"));
+  }
+  if (request.compute_threads() < 0) {
+    return absl::InvalidArgumentError("compute_threads: must be >= 0");
+  }
+  request_ = request;
+  std::fprintf(stderr, "cpu_expert_worker %s: %s\n", request.worker_name().c_str(),
+               BindToNode(request.numa_node(), &node_cores_).c_str());
+  return absl::OkStatus();
+}
+
+absl::Status ExpertShard::Load(const std::function<void(const proto::LoadProgress&)>& progress) {
+  proto::LoadProgress p;
+  p.set_phase(proto::LOAD_PHASE_MAPPING);
+  p.set_tensor_name(request_.model_path());
+  progress(p);
+  MOEFLOW_ASSIGN_OR_RETURN(file_, GgufFile::Open(request_.model_path()));
+  MOEFLOW_ASSIGN_OR_RETURN(config_, Deepseek2Config::FromGguf(*file_));
+  MOEFLOW_ASSIGN_OR_RETURN(weights_, EngineWeights::Map(*file_, config_));
+  rope_ = Deepseek2RopeParams::FromConfig(config_, 1.f);  // unused by experts
+  const proto::ShardSpec& shard = request_.shard();
+  holds_expert_.assign(static_cast<size_t>(config_.n_experts), shard.expert_ids_size() == 0);
+  for (int id : shard.expert_ids()) {
+    if (id >= config_.n_experts) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "shard.expert_ids: expert ", id, " is outside the model's ", config_.n_experts,
+          " experts (", request_.model_path(), ")"));
+    }
+    holds_expert_[static_cast<size_t>(id)] = 1;
+  }
+  const int64_t held = std::count(holds_expert_.begin(), holds_expert_.end(), 1);
+  shard_config_ = config_;
+  shard_layers_ = weights_.layers;
+  const int64_t slices = std::max(1, shard.slice_count());
+  const int64_t ff = config_.expert_ff;
+  const int64_t hidden = config_.hidden;
+  shard_bytes_ = 0;
+  if (slices > 1) {
+    if (ff % slices != 0) {
+      return absl::InvalidArgumentError(absl::StrCat("shard.slice_count ", slices,
+                                                     " does not divide expert_ff ", ff));
+    }
+    const int64_t ffs = ff / slices;
+    const int64_t s0 = shard.slice_index() * ffs;
+    shard_config_.expert_ff = ffs;
+    slice_bytes_.resize(static_cast<size_t>(config_.n_layers));
+    p.set_phase(proto::LOAD_PHASE_REPACKING);
+    for (int64_t il = config_.n_dense_layers; il < config_.n_layers; ++il) {
+      EngineLayerWeights& lw = shard_layers_[static_cast<size_t>(il)];
+      const MatmulWeight gate = lw.ffn_gate_exps, up = lw.ffn_up_exps, down = lw.ffn_down_exps;
+      const GgmlTypeTraits& dt = Traits(down.type);
+      if (ffs % dt.block_size != 0) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "placement slice: blk.", il, ".ffn_down_exps is ", dt.name, " (blocks of ",
+            dt.block_size, "); a slice of ", ffs, " of expert_ff ", ff,
+            " does not fall on block boundaries (use replicate or shard)"));
+      }
+      const int64_t down_row_bytes = ffs / dt.block_size * dt.type_size;
+      const int64_t E = config_.n_experts;
+      const size_t gate_total = static_cast<size_t>(E * ffs * gate.row_bytes);
+      const size_t up_total = static_cast<size_t>(E * ffs * up.row_bytes);
+      const size_t down_total = static_cast<size_t>(E * hidden * down_row_bytes);
+      std::vector<uint8_t>& buf = slice_bytes_[static_cast<size_t>(il)];
+      buf.resize(gate_total + up_total + down_total);
+      uint8_t* g = buf.data();
+      uint8_t* u = g + gate_total;
+      uint8_t* d = u + up_total;
+      for (int64_t e = 0; e < E; ++e) {
+        std::memcpy(g + e * ffs * gate.row_bytes, gate.row(e * ff + s0),
+                    static_cast<size_t>(ffs * gate.row_bytes));
+        std::memcpy(u + e * ffs * up.row_bytes, up.row(e * ff + s0),
+                    static_cast<size_t>(ffs * up.row_bytes));
+        for (int64_t r = 0; r < hidden; ++r) {
+          std::memcpy(d + (e * hidden + r) * down_row_bytes,
+                      down.row(e * hidden + r) + s0 / dt.block_size * dt.type_size,
+                      static_cast<size_t>(down_row_bytes));
+        }
+      }
+      lw.ffn_gate_exps = MatmulWeight{gate.type, g, gate.cols, E * ffs, gate.row_bytes};
+      lw.ffn_up_exps = MatmulWeight{up.type, u, up.cols, E * ffs, up.row_bytes};
+      lw.ffn_down_exps = MatmulWeight{down.type, d, ffs, E * hidden, down_row_bytes};
+      shard_bytes_ += static_cast<int64_t>(buf.size());
+      // The file's pages of this layer's experts are no longer needed.
+      file_->ReleasePages(gate.data, static_cast<uint64_t>(gate.rows * gate.row_bytes));
+      file_->ReleasePages(up.data, static_cast<uint64_t>(up.rows * up.row_bytes));
+      file_->ReleasePages(down.data, static_cast<uint64_t>(down.rows * down.row_bytes));
+      p.set_tensor_name(LayerTensorName(il, "ffn_*_exps"));
+      p.set_bytes_done(shard_bytes_);
+      progress(p);
+    }
+  } else {
+    for (int64_t il = config_.n_dense_layers; il < config_.n_layers; ++il) {
+      const EngineLayerWeights& lw = weights_.layers[static_cast<size_t>(il)];
+      shard_bytes_ += held * (ff * (lw.ffn_gate_exps.row_bytes + lw.ffn_up_exps.row_bytes) +
+                              hidden * lw.ffn_down_exps.row_bytes);
+    }
+  }
+  int threads = request_.compute_threads();
+  if (threads <= 0) threads = node_cores_ > 0 ? node_cores_ : 1;
+  threads = std::min<int>(threads, std::max(1u, std::thread::hardware_concurrency()));
+  pool_ = std::make_unique<ThreadPool>(threads);
+  max_rows_ = request_.max_batch_tokens();
+  max_pairs_ = max_rows_ * config_.n_experts_used;
+  scratch_.Reserve(shard_config_, 1, threads, max_pairs_, 1);
+  ctx_ = EngineContext{&shard_config_, &rope_, SelectedIsa(), pool_.get(), &scratch_};
+  expanded_.resize(static_cast<size_t>(max_pairs_ * hidden));
+  ones_.assign(static_cast<size_t>(max_pairs_), 1.f);
+  ids_.resize(static_cast<size_t>(max_pairs_));
+  p.set_phase(proto::LOAD_PHASE_READING);
+  p.set_bytes_done(shard_bytes_);
+  p.set_bytes_total(shard_bytes_);
+  progress(p);
+  return absl::OkStatus();
+}
+
+size_t ExpertShard::MaxRequestBytes() const {
+  return static_cast<size_t>(max_rows_ * config_.hidden) * sizeof(float) +
+         static_cast<size_t>(2 * max_pairs_) * sizeof(int32_t);
+}
+
+std::vector<size_t> ExpertShard::ReplyPartBytes() const {
+  return {static_cast<size_t>(max_pairs_ * config_.hidden) * sizeof(float)};
+}
+
+absl::Status ExpertShard::Handle(const RequestHeader& header, absl::Span<const uint8_t> payload,
+                                 dataflow::ReplyWriter& reply, proto::LayerStats& stats) {
+  if (static_cast<DataflowOp>(header.op) != DataflowOp::kExperts) {
+    return absl::InvalidArgumentError(absl::StrCat("cpu_expert_worker: unknown op ", header.op));
+  }
+  const int64_t il = header.layer;
+  if (il < config_.n_dense_layers || il >= config_.n_layers) {
+    return absl::InvalidArgumentError(absl::StrCat("layer ", il, " is not a MoE layer"));
+  }
+  const int64_t rows = header.n_rows, pairs = header.n_pairs, h = config_.hidden;
+  if (rows < 1 || rows > max_rows_ || pairs < 1 || pairs > max_pairs_) {
+    return absl::InvalidArgumentError(absl::StrCat("n_rows ", rows, " / n_pairs ", pairs,
+                                                   " outside [1, ", max_rows_, "] / [1, ",
+                                                   max_pairs_, "]"));
+  }
+  const size_t row_bytes = static_cast<size_t>(rows * h) * sizeof(float);
+  if (payload.size() != row_bytes + static_cast<size_t>(2 * pairs) * sizeof(int32_t)) {
+    return absl::InvalidArgumentError("kExperts: payload size does not match n_rows / n_pairs");
+  }
+  const float* x = reinterpret_cast<const float*>(payload.data());
+  const int32_t* row_of_pair = reinterpret_cast<const int32_t*>(payload.data() + row_bytes);
+  const int32_t* expert_of_pair = row_of_pair + pairs;
+  for (int64_t p = 0; p < pairs; ++p) {
+    const int32_t r = row_of_pair[p], e = expert_of_pair[p];
+    if (r < 0 || r >= rows || e < 0 || e >= config_.n_experts ||
+        !holds_expert_[static_cast<size_t>(e)]) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          request_.worker_name(), ": pair ", p, " (row ", r, ", expert ", e,
+          ") is out of range or its expert is not held by this shard"));
+    }
+    std::memcpy(expanded_.data() + p * h, x + r * h, static_cast<size_t>(h) * sizeof(float));
+    ids_[static_cast<size_t>(p)] = e;
+  }
+  float* out = reinterpret_cast<float*>(reply.Payload(0));
+  EngineRoutedExperts(ctx_, shard_layers_[static_cast<size_t>(il)])
+      .Forward(expanded_.data(), pairs, ids_.data(), ones_.data(), 1, out);
+  stats.set_rows_computed(pairs);
+  return reply.Send(0, static_cast<size_t>(pairs * h) * sizeof(float));
+}
+
+}  // namespace moeflow

@@ -1,0 +1,75 @@
+// cpu_expert_worker's compute: the routed experts of one NUMA node, for the
+// (token, expert) pairs the coordinator sends it.
+//
+// Role in the data flow: Load maps the GGUF and keeps the node's part of
+// every MoE layer's routed experts — placement replicate (all experts),
+// shard (ShardSpec.expert_ids), or slice (ShardSpec.slice_index of
+// slice_count parts of every expert's intermediate dimension: gate/up rows
+// and the matching columns of down, repacked into memory first touched by
+// this process, i.e. on its node). Each kExperts request is computed with
+// the engine's EngineRoutedExperts with one pair per row and weight 1, which
+// yields each pair's unweighted expert output; the coordinator weights and
+// sums them in the engine's order, so replicate/shard results are
+// bit-identical to Deepseek2Engine (slice: equal up to float summation).
+//
+// NUMA: when the hwloc topology is the real machine, the process binds its
+// threads and memory to the node; HWLOC_SYNTHETIC topologies are only
+// simulated (nothing is bound).
+//
+// Thread-safety: as WorkerCompute. Failure: Configure INVALID_ARGUMENT names
+// the bad ShardSpec field; Load INVALID_ARGUMENT for expert ids outside the
+// model or a slice that does not fall on quant-block boundaries; Handle
+// INVALID_ARGUMENT for a pair whose expert this shard does not hold.
+#ifndef MOEFLOW_CPU_EXPERT_WORKER_EXPERT_SHARD_H_
+#define MOEFLOW_CPU_EXPERT_WORKER_EXPERT_SHARD_H_
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "coordinator/worker_runtime.h"
+#include "kernels/cpu/thread_pool.h"
+#include "model/deepseek2/config.h"
+#include "model/deepseek2/engine.h"
+#include "model/gguf.h"
+
+namespace moeflow {
+
+class ExpertShard final : public dataflow::WorkerCompute {
+ public:
+  absl::Status Configure(const proto::ConfigureRequest& request) override;
+  absl::Status Load(const std::function<void(const proto::LoadProgress&)>& progress) override;
+  size_t MaxRequestBytes() const override;
+  std::vector<size_t> ReplyPartBytes() const override;
+  absl::Status Handle(const dataflow::RequestHeader& header, absl::Span<const uint8_t> payload,
+                      dataflow::ReplyWriter& reply, proto::LayerStats& stats) override;
+  int64_t ShardBytes() const override { return shard_bytes_; }
+
+  // Binds the process to `numa_node` when hwloc describes the real machine.
+  // Returns a line for the log saying what was done.
+  static std::string BindToNode(int numa_node, int* node_cores);
+
+ private:
+  proto::ConfigureRequest request_;
+  std::unique_ptr<GgufFile> file_;
+  Deepseek2Config config_;        // the file's
+  Deepseek2Config shard_config_;  // expert_ff divided by slice_count
+  Deepseek2RopeParams rope_;
+  EngineWeights weights_;
+  // Slice placement: per layer, the repacked gate/up/down of this slice.
+  std::vector<std::vector<uint8_t>> slice_bytes_;
+  std::vector<EngineLayerWeights> shard_layers_;
+  std::vector<uint8_t> holds_expert_;
+  std::unique_ptr<ThreadPool> pool_;
+  EngineScratch scratch_;
+  EngineContext ctx_;
+  int64_t max_rows_ = 0, max_pairs_ = 0;
+  int64_t shard_bytes_ = 0;
+  int node_cores_ = 0;
+  std::vector<float> expanded_, ones_;
+  std::vector<int32_t> ids_;
+};
+
+}  // namespace moeflow
+
+#endif  // MOEFLOW_CPU_EXPERT_WORKER_EXPERT_SHARD_H_

@@ -1,0 +1,58 @@
+// gpu_worker's CPU backend: everything of a DeepSeek-V2/V3 layer except the
+// routed experts — embeddings, attention with its MLA KV cache, the FFN norm,
+// dense FFNs, the router and the shared experts — plus the output head, run
+// with the single-process engine's components (model/deepseek2/engine.h) so
+// the multi-process logits are bit-identical to Deepseek2Engine's.
+//
+// Role in the data flow: the coordinator sends it kEmbed / kLayer / kOutput
+// requests (coordinator/dataflow_messages.h); for a MoE layer it answers the
+// router output first (part 0) and the shared experts after (part 1), so the
+// expert workers start while it computes the shared experts.
+//
+// Thread-safety: as WorkerCompute (Handle on the data-plane thread only).
+// Failure: Configure fails FAILED_PRECONDITION for backend "cuda" (not in
+// this build); Load returns the model's open/map errors; Handle returns
+// INVALID_ARGUMENT for a request that does not fit the model or the cache.
+#ifndef MOEFLOW_GPU_WORKER_CPU_BACKEND_H_
+#define MOEFLOW_GPU_WORKER_CPU_BACKEND_H_
+
+#include <memory>
+#include <vector>
+
+#include "coordinator/worker_runtime.h"
+#include "kernels/cpu/thread_pool.h"
+#include "model/deepseek2/config.h"
+#include "model/deepseek2/engine.h"
+#include "model/gguf.h"
+
+namespace moeflow {
+
+class CpuGpuWorkerBackend final : public dataflow::WorkerCompute {
+ public:
+  absl::Status Configure(const proto::ConfigureRequest& request) override;
+  absl::Status Load(const std::function<void(const proto::LoadProgress&)>& progress) override;
+  size_t MaxRequestBytes() const override;
+  std::vector<size_t> ReplyPartBytes() const override;
+  absl::Status Handle(const dataflow::RequestHeader& header, absl::Span<const uint8_t> payload,
+                      dataflow::ReplyWriter& reply, proto::LayerStats& stats) override;
+  int64_t ShardBytes() const override { return shard_bytes_; }
+
+ private:
+  proto::ConfigureRequest config_request_;
+  std::unique_ptr<GgufFile> file_;
+  Deepseek2Config config_;
+  Deepseek2RopeParams rope_;
+  EngineWeights weights_;
+  std::unique_ptr<ThreadPool> pool_;
+  EngineScratch scratch_;
+  EngineContext ctx_;
+  MlaKvCache cache_;
+  int64_t max_batch_ = 0;
+  int64_t kv_tokens_ = 0;
+  int64_t shard_bytes_ = 0;
+  std::vector<float> x_norm_, ffn_out_;
+};
+
+}  // namespace moeflow
+
+#endif  // MOEFLOW_GPU_WORKER_CPU_BACKEND_H_

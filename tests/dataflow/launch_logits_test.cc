@@ -1,0 +1,196 @@
+// End to end with real processes: `moeflow launch` (coordinator + CPU-backend
+// gpu_worker + 2 cpu_expert_workers on a simulated 2-NUMA hwloc topology)
+// must give the single-process Deepseek2Engine's logits: bit-identical for
+// placement replicate and shard, within 1e-4 (top-1 equal) for slice.
+#include <sys/wait.h>
+
+#include <algorithm>
+#include <cmath>
+#include <fstream>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/time/clock.h"
+#include "absl/strings/str_split.h"
+#include "gtest/gtest.h"
+#include "model/deepseek2/engine.h"
+#include "tests/dataflow/launch_process.h"
+
+namespace moeflow {
+namespace {
+
+using testing::LaunchProcess;
+using testing::LaunchSpec;
+
+std::vector<int32_t> Sequence64(const std::string& model_dir) {
+  std::ifstream in("tests/data/llamacpp/" + model_dir + "/sequences.txt");
+  std::string line;
+  std::getline(in, line);
+  std::getline(in, line);  // the 64-token sequence
+  std::vector<int32_t> tokens;
+  for (absl::string_view p : absl::StrSplit(line, ',', absl::SkipWhitespace())) {
+    int32_t t = 0;
+    if (absl::SimpleAtoi(p, &t)) tokens.push_back(t);
+  }
+  return tokens;
+}
+
+std::vector<float> EngineLogits(const std::string& model, const std::vector<int32_t>& tokens) {
+  Deepseek2EngineOptions options;
+  options.n_threads = 1;
+  options.max_batch = static_cast<int64_t>(tokens.size());
+  options.max_context = 512;
+  auto engine = Deepseek2Engine::Open(model, options);
+  EXPECT_TRUE(engine.ok()) << engine.status();
+  if (!engine.ok()) return {};
+  auto logits = (*engine)->Forward(tokens, 0);
+  EXPECT_TRUE(logits.ok()) << logits.status();
+  return logits.ok() ? *logits : std::vector<float>{};
+}
+
+struct Case {
+  const char* model_dir;
+  const char* quant;
+  const char* placement;
+  bool exact;
+};
+
+class LaunchLogitsTest : public ::testing::TestWithParam<Case> {};
+
+void ExpectLaunchMatchesEngine(const Case& c, const std::string& tls) {
+  const std::string model = std::string("tests/data/llamacpp/") + c.model_dir + "/" + c.model_dir +
+                            "." + c.quant + ".gguf";
+  const std::vector<int32_t> tokens = Sequence64(c.model_dir);
+  ASSERT_EQ(tokens.size(), 64u);
+  const std::vector<float> expected = EngineLogits(model, tokens);
+  ASSERT_FALSE(expected.empty());
+
+  LaunchSpec spec;
+  spec.model_path = model;
+  spec.placement = c.placement;
+  spec.ucx_transports = tls;
+  LaunchProcess launch(spec);
+  ASSERT_TRUE(launch.ok()) << launch.error();
+  ASSERT_TRUE(launch.WaitServing(20000));
+
+  grpc::ClientContext ctx;
+  ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(30)));
+  proto::ComputeLogitsRequest request;
+  for (int32_t t : tokens) request.add_tokens(t);
+  proto::ComputeLogitsResponse response;
+  grpc::Status s = launch.stub().ComputeLogits(&ctx, request, &response);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  ASSERT_EQ(response.logits().size(), expected.size() * sizeof(float));
+  std::vector<float> got(expected.size());
+  std::memcpy(got.data(), response.logits().data(), response.logits().size());
+  const int64_t vocab = response.n_vocab();
+  if (c.exact) {
+    EXPECT_EQ(std::memcmp(got.data(), expected.data(), got.size() * sizeof(float)), 0)
+        << "logits differ from the single-process engine's";
+  }
+  float max_diff = 0.f;
+  for (size_t i = 0; i < got.size(); ++i) max_diff = std::max(max_diff, std::fabs(got[i] - expected[i]));
+  EXPECT_LT(max_diff, 1e-4f);
+  for (size_t t = 0; t < tokens.size(); ++t) {
+    const float* g = got.data() + t * vocab;
+    const float* e = expected.data() + t * vocab;
+    EXPECT_EQ(std::max_element(g, g + vocab) - g, std::max_element(e, e + vocab) - e)
+        << "top-1 differs at position " << t;
+  }
+  // A clean stop: SIGTERM -> exit 0.
+  const int status = launch.Stop(10000);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
+}
+
+TEST_P(LaunchLogitsTest, MatchesSingleProcessEngine) { ExpectLaunchMatchesEngine(GetParam(), "sm,self"); }
+
+// The same data plane over UCX tcp (loopback; the test environment sets
+// UCX_NET_DEVICES=lo), as expert workers on another host would use it.
+TEST(LaunchLogitsTcpTest, ShardOverTcpMatchesSingleProcessEngine) {
+  ExpectLaunchMatchesEngine(Case{"tiny-v3", "q8_0", "shard", true}, "tcp");
+}
+
+// Bound to a non-loopback address, the control service wants the token.
+TEST(LaunchControlTokenTest, NonLoopbackControlRequiresToken) {
+  LaunchSpec spec;
+  spec.model_path = "tests/data/llamacpp/tiny-v2/tiny-v2.q8_0.gguf";
+  spec.control_address = "0.0.0.0:0";
+  spec.extra_flags = {"--control_token=s3cret"};
+  LaunchProcess launch(spec);
+  ASSERT_TRUE(launch.ok()) << launch.error();
+  {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
+    proto::StatusResponse status;
+    EXPECT_EQ(launch.stub().Status(&ctx, {}, &status).error_code(), grpc::UNAUTHENTICATED);
+  }
+  {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
+    ctx.AddMetadata("authorization", "Bearer s3cret");
+    proto::StatusResponse status;
+    grpc::Status s = launch.stub().Status(&ctx, {}, &status);
+    EXPECT_TRUE(s.ok()) << s.error_message();
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Placements, LaunchLogitsTest,
+    ::testing::Values(Case{"tiny-v2", "q8_0", "replicate", true},
+                      Case{"tiny-v2", "q8_0", "shard", true},
+                      Case{"tiny-v2", "q4_k_m", "shard", true},
+                      Case{"tiny-v2", "f32", "slice", false},
+                      Case{"tiny-v2", "q8_0", "slice", false},
+                      Case{"tiny-v3", "q8_0", "replicate", true},
+                      Case{"tiny-v3", "q4_k_m", "replicate", true},
+                      Case{"tiny-v3", "q8_0", "shard", true},
+                      Case{"tiny-v3", "f32", "slice", false},
+                      Case{"tiny-v3", "q8_0", "slice", false}),
+    [](const ::testing::TestParamInfo<Case>& info) {
+      std::string name = std::string(info.param.model_dir) + "_" + info.param.quant + "_" +
+                         info.param.placement;
+      for (char& ch : name) {
+        if (!isalnum(static_cast<unsigned char>(ch))) ch = '_';
+      }
+      return name;
+    });
+
+// Prefill longer than max_batch_tokens runs in chunks; the KV cache carries
+// across them.
+TEST(LaunchLogitsChunkedTest, ChunkedPrefillMatchesEngineChunkByChunk) {
+  const std::string model = "tests/data/llamacpp/tiny-v2/tiny-v2.q8_0.gguf";
+  const std::vector<int32_t> tokens = Sequence64("tiny-v2");
+  Deepseek2EngineOptions options;
+  options.max_batch = 16;
+  options.max_context = 512;
+  auto engine = Deepseek2Engine::Open(model, options);
+  ASSERT_TRUE(engine.ok()) << engine.status();
+  std::vector<float> expected;
+  for (size_t c0 = 0; c0 < tokens.size(); c0 += 16) {
+    auto part = (*engine)->Forward(absl::MakeConstSpan(tokens).subspan(c0, 16),
+                                   static_cast<int64_t>(c0));
+    ASSERT_TRUE(part.ok()) << part.status();
+    expected.insert(expected.end(), part->begin(), part->end());
+  }
+  LaunchSpec spec;
+  spec.model_path = model;
+  spec.placement = "shard";
+  spec.max_batch_tokens = 16;
+  LaunchProcess launch(spec);
+  ASSERT_TRUE(launch.ok()) << launch.error();
+  ASSERT_TRUE(launch.WaitServing(20000));
+  grpc::ClientContext ctx;
+  ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(30)));
+  proto::ComputeLogitsRequest request;
+  for (int32_t t : tokens) request.add_tokens(t);
+  proto::ComputeLogitsResponse response;
+  grpc::Status s = launch.stub().ComputeLogits(&ctx, request, &response);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  ASSERT_EQ(response.logits().size(), expected.size() * sizeof(float));
+  EXPECT_EQ(std::memcmp(response.logits().data(), expected.data(), response.logits().size()), 0);
+}
+
+}  // namespace
+}  // namespace moeflow

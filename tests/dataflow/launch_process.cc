@@ -1,0 +1,152 @@
+#include "tests/dataflow/launch_process.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+
+namespace moeflow::testing {
+namespace {
+
+std::string Runfile(const std::string& path) {
+  const char* srcdir = std::getenv("TEST_SRCDIR");
+  return srcdir != nullptr ? absl::StrCat(srcdir, "/moeflow/", path) : path;
+}
+
+}  // namespace
+
+LaunchProcess::LaunchProcess(const LaunchSpec& spec) {
+  const char* tmp = std::getenv("TEST_TMPDIR");
+  static int counter = 0;
+  const std::string topo = absl::StrCat(tmp != nullptr ? tmp : "/tmp", "/topology_", getpid(), "_",
+                                        counter++, ".yaml");
+  {
+    std::ofstream out(topo);
+    out << "model_path: " << spec.model_path << "\n"
+        << "control_address: " << spec.control_address << "\n"
+        << "placement: " << spec.placement << "\n"
+        << "ucx_transports: " << spec.ucx_transports << "\n"
+        << "max_batch_tokens: " << spec.max_batch_tokens << "\n"
+        << "gpu_workers:\n  - {backend: cpu, kv_cache_tokens: " << spec.kv_cache_tokens
+        << ", threads: 1}\nexpert_workers:\n";
+    for (int i = 0; i < spec.expert_workers; ++i) {
+      out << "  - {numa_node: " << i << ", threads: 1}\n";
+    }
+  }
+  std::vector<std::string> args = {Runfile("cli/moeflow"), "launch", topo,
+                                   "--gpu_worker_binary=" + Runfile("gpu_worker/gpu_worker"),
+                                   "--expert_worker_binary=" +
+                                       Runfile("cpu_expert_worker/cpu_expert_worker")};
+  for (const std::string& f : spec.extra_flags) args.push_back(f);
+  std::vector<char*> argv;
+  for (std::string& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  int fds[2];
+  if (pipe2(fds, O_CLOEXEC) != 0) {
+    error_ = "pipe2";
+    return;
+  }
+  pid_ = fork();
+  if (pid_ == 0) {
+    setenv("HWLOC_SYNTHETIC", "package:2 numa:1 core:32 pu:1", 1);
+    dup2(fds[1], STDOUT_FILENO);
+    execv(argv[0], argv.data());
+    _exit(127);
+  }
+  close(fds[1]);
+  std::string line;
+  const absl::Time deadline = absl::Now() + absl::Seconds(30);
+  while (line.find('\n') == std::string::npos) {
+    pollfd p{fds[0], POLLIN, 0};
+    const int left = static_cast<int>(absl::ToInt64Milliseconds(deadline - absl::Now()));
+    if (left <= 0 || poll(&p, 1, left) <= 0) break;
+    char buf[128];
+    const ssize_t n = read(fds[0], buf, sizeof(buf));
+    if (n <= 0) break;
+    line.append(buf, static_cast<size_t>(n));
+  }
+  close(fds[0]);
+  char address[128] = {};
+  if (std::sscanf(line.c_str(), "CONTROL %127s", address) != 1) {
+    error_ = absl::StrCat("launch did not print its control address (got '", line, "')");
+    return;
+  }
+  address_ = address;
+  // A wildcard bind is reached through loopback.
+  if (address_.rfind("0.0.0.0:", 0) == 0) address_ = "127.0.0.1:" + address_.substr(8);
+  grpc::ChannelArguments channel_args;
+  channel_args.SetMaxReceiveMessageSize(256 << 20);
+  stub_ = proto::ControlService::NewStub(
+      grpc::CreateCustomChannel(address_, grpc::InsecureChannelCredentials(), channel_args));
+}
+
+LaunchProcess::~LaunchProcess() { Stop(5000); }
+
+int LaunchProcess::Stop(int timeout_ms) {
+  if (pid_ <= 0) return -1;
+  kill(pid_, SIGTERM);
+  const absl::Time deadline = absl::Now() + absl::Milliseconds(timeout_ms);
+  int status = 0;
+  while (absl::Now() < deadline) {
+    if (waitpid(pid_, &status, WNOHANG) == pid_) {
+      pid_ = -1;
+      return status;
+    }
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  kill(pid_, SIGKILL);
+  waitpid(pid_, &status, 0);
+  pid_ = -1;
+  return -1;
+}
+
+std::vector<pid_t> LaunchProcess::Children(const std::string& name) const {
+  std::vector<pid_t> result;
+  DIR* proc = opendir("/proc");
+  if (proc == nullptr) return result;
+  while (dirent* e = readdir(proc)) {
+    const pid_t pid = static_cast<pid_t>(std::atoi(e->d_name));
+    if (pid <= 0) continue;
+    std::ifstream stat(absl::StrCat("/proc/", pid, "/stat"));
+    std::string text((std::istreambuf_iterator<char>(stat)), std::istreambuf_iterator<char>());
+    const size_t close_paren = text.rfind(')');
+    if (close_paren == std::string::npos) continue;
+    std::istringstream rest(text.substr(close_paren + 2));
+    char state;
+    pid_t ppid = 0;
+    rest >> state >> ppid;
+    if (ppid != pid_ || state == 'Z') continue;
+    std::ifstream cmd(absl::StrCat("/proc/", pid, "/cmdline"));
+    std::string cmdline((std::istreambuf_iterator<char>(cmd)), std::istreambuf_iterator<char>());
+    if (cmdline.find(name) != std::string::npos) result.push_back(pid);
+  }
+  closedir(proc);
+  return result;
+}
+
+bool LaunchProcess::WaitServing(int timeout_ms) {
+  const absl::Time deadline = absl::Now() + absl::Milliseconds(timeout_ms);
+  while (absl::Now() < deadline) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(2)));
+    proto::StatusResponse status;
+    if (stub_->Status(&ctx, {}, &status).ok() &&
+        status.state() == proto::COORDINATOR_STATE_SERVING) {
+      return true;
+    }
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  return false;
+}
+
+}  // namespace moeflow::testing

@@ -1,0 +1,58 @@
+// A `moeflow launch` child process for end-to-end tests: writes a topology
+// file, starts the launcher (with a simulated 2-NUMA hwloc topology), reads
+// the control address it prints, and stops it (SIGTERM, then SIGKILL) on
+// destruction. Also finds the launcher's worker children by /proc.
+#ifndef MOEFLOW_TESTS_DATAFLOW_LAUNCH_PROCESS_H_
+#define MOEFLOW_TESTS_DATAFLOW_LAUNCH_PROCESS_H_
+
+#include <grpcpp/grpcpp.h>
+#include <sys/types.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "proto/control.grpc.pb.h"
+
+namespace moeflow::testing {
+
+struct LaunchSpec {
+  std::string model_path;
+  std::string placement = "replicate";
+  int expert_workers = 2;
+  int max_batch_tokens = 64;
+  int kv_cache_tokens = 512;
+  std::string ucx_transports = "sm,self";
+  std::string control_address = "127.0.0.1:0";
+  std::vector<std::string> extra_flags;
+};
+
+class LaunchProcess {
+ public:
+  // Starts the launcher; check ok() (and error()) before use.
+  explicit LaunchProcess(const LaunchSpec& spec);
+  ~LaunchProcess();
+
+  bool ok() const { return stub_ != nullptr; }
+  const std::string& error() const { return error_; }
+  const std::string& address() const { return address_; }
+  proto::ControlService::Stub& stub() { return *stub_; }
+  pid_t pid() const { return pid_; }
+
+  // Pids of the launcher's children whose command line contains `name`.
+  std::vector<pid_t> Children(const std::string& name) const;
+  // Polls Status until every worker serves (true) or timeout_ms passes.
+  bool WaitServing(int timeout_ms);
+  // SIGTERM and wait; returns the exit status (or -1 after SIGKILL).
+  int Stop(int timeout_ms);
+
+ private:
+  pid_t pid_ = -1;
+  std::string address_;
+  std::string error_;
+  std::unique_ptr<proto::ControlService::Stub> stub_;
+};
+
+}  // namespace moeflow::testing
+
+#endif  // MOEFLOW_TESTS_DATAFLOW_LAUNCH_PROCESS_H_

@@ -1,0 +1,163 @@
+// End to end with real processes: an expert worker killed mid-generation.
+// The in-flight request fails UNAVAILABLE within 2 s, Status shows the
+// worker down, `launch` restarts it (when allowed) and the next request
+// succeeds; nothing is left in /dev/shm.
+#include <dirent.h>
+#include <signal.h>
+#include <sys/wait.h>
+
+#include <cstdio>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "absl/time/clock.h"
+#include "gtest/gtest.h"
+#include "tests/dataflow/launch_process.h"
+
+namespace moeflow {
+namespace {
+
+using testing::LaunchProcess;
+using testing::LaunchSpec;
+
+constexpr char kModel[] = "tests/data/llamacpp/tiny-v2/tiny-v2.q8_0.gguf";
+
+std::set<std::string> ShmFiles() {
+  std::set<std::string> names;
+  if (DIR* d = opendir("/dev/shm")) {
+    while (dirent* e = readdir(d)) names.insert(e->d_name);
+    closedir(d);
+  }
+  return names;
+}
+
+proto::GenerateRequest LongRequest() {
+  proto::GenerateRequest request;
+  request.set_prompt("The quick brown fox");
+  request.set_max_tokens(3000);
+  return request;
+}
+
+// Starts a long generation, kills expert worker 0 after the first piece, and
+// returns the stream's final status and how long after the kill it ended.
+grpc::Status KillDuringGeneration(LaunchProcess& launch, absl::Duration* after_kill) {
+  grpc::ClientContext ctx;
+  ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(30)));
+  auto reader = launch.stub().Generate(&ctx, LongRequest());
+  proto::GenerateResponse r;
+  bool killed = false;
+  absl::Time kill_time = absl::Now();
+  while (reader->Read(&r)) {
+    if (!killed) {
+      std::vector<pid_t> experts = launch.Children("cpu_expert_worker");
+      EXPECT_EQ(experts.size(), 2u);
+      if (experts.empty()) break;
+      kill(experts[0], SIGKILL);
+      kill_time = absl::Now();
+      killed = true;
+    }
+  }
+  grpc::Status s = reader->Finish();
+  *after_kill = absl::Now() - kill_time;
+  EXPECT_TRUE(killed) << "the generation ended before a piece arrived";
+  std::printf("request ended %.0f ms after the kill: %s\n",
+              absl::ToDoubleMilliseconds(*after_kill), s.error_message().c_str());
+  return s;
+}
+
+TEST(WorkerFailureTest, KilledExpertWorkerFailsRequestAndStaysDownWithoutRestart) {
+  const std::set<std::string> shm_before = ShmFiles();
+  {
+    LaunchSpec spec;
+    spec.model_path = kModel;
+    spec.placement = "shard";
+    spec.kv_cache_tokens = 4096;
+    spec.extra_flags = {"--restart_workers=false"};
+    LaunchProcess launch(spec);
+    ASSERT_TRUE(launch.ok()) << launch.error();
+    ASSERT_TRUE(launch.WaitServing(20000));
+
+    absl::Duration after_kill;
+    grpc::Status s = KillDuringGeneration(launch, &after_kill);
+    EXPECT_EQ(s.error_code(), grpc::UNAVAILABLE) << s.error_message();
+    EXPECT_LT(after_kill, absl::Seconds(2));
+
+    absl::SleepFor(absl::Milliseconds(300));
+    grpc::ClientContext ctx;
+    ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
+    proto::StatusResponse status;
+    ASSERT_TRUE(launch.stub().Status(&ctx, {}, &status).ok());
+    EXPECT_EQ(status.state(), proto::COORDINATOR_STATE_DEGRADED);
+    int down = 0;
+    for (const proto::WorkerStatus& w : status.workers()) {
+      if (w.state() != proto::WORKER_STATE_SERVING) {
+        ++down;
+        EXPECT_EQ(w.role(), proto::WORKER_ROLE_CPU_EXPERT);
+        EXPECT_NE(w.last_error().find("signal 9"), std::string::npos) << w.last_error();
+      }
+    }
+    EXPECT_EQ(down, 1);
+
+    // New requests are refused while degraded, at once.
+    grpc::ClientContext ctx2;
+    ctx2.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
+    auto reader = launch.stub().Generate(&ctx2, LongRequest());
+    proto::GenerateResponse r;
+    while (reader->Read(&r)) {
+    }
+    EXPECT_EQ(reader->Finish().error_code(), grpc::UNAVAILABLE);
+  }
+  EXPECT_EQ(ShmFiles(), shm_before) << "shared memory files leaked";
+}
+
+TEST(WorkerFailureTest, KilledExpertWorkerIsRestartedAndNextRequestSucceeds) {
+  const std::set<std::string> shm_before = ShmFiles();
+  {
+    LaunchSpec spec;
+    spec.model_path = kModel;
+    spec.placement = "replicate";
+    spec.kv_cache_tokens = 4096;
+    LaunchProcess launch(spec);
+    ASSERT_TRUE(launch.ok()) << launch.error();
+    ASSERT_TRUE(launch.WaitServing(20000));
+
+    absl::Duration after_kill;
+    grpc::Status s = KillDuringGeneration(launch, &after_kill);
+    EXPECT_EQ(s.error_code(), grpc::UNAVAILABLE) << s.error_message();
+    EXPECT_LT(after_kill, absl::Seconds(2));
+    EXPECT_NE(s.error_message().find("expert"), std::string::npos) << s.error_message();
+
+    ASSERT_TRUE(launch.WaitServing(10000)) << "the killed worker was not restarted";
+    grpc::ClientContext ctx;
+    ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
+    proto::StatusResponse status;
+    ASSERT_TRUE(launch.stub().Status(&ctx, {}, &status).ok());
+    int restarts = 0;
+    for (const proto::WorkerStatus& w : status.workers()) {
+      restarts += w.restarts();
+      if (w.restarts() > 0) {
+        EXPECT_NE(w.last_error().find("signal 9"), std::string::npos) << w.last_error();
+      }
+    }
+    EXPECT_EQ(restarts, 1);
+
+    grpc::ClientContext ctx2;
+    ctx2.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
+    proto::GenerateRequest request;
+    request.set_prompt("Hello");
+    request.set_max_tokens(8);
+    auto reader = launch.stub().Generate(&ctx2, request);
+    proto::GenerateResponse r;
+    bool final_seen = false;
+    while (reader->Read(&r)) final_seen |= r.has_final();
+    grpc::Status s2 = reader->Finish();
+    EXPECT_TRUE(s2.ok()) << s2.error_message();
+    EXPECT_TRUE(final_seen);
+    EXPECT_EQ(launch.Stop(10000), 0);
+  }
+  EXPECT_EQ(ShmFiles(), shm_before) << "shared memory files leaked";
+}
+
+}  // namespace
+}  // namespace moeflow
