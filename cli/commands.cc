@@ -1,7 +1,10 @@
 #include "cli/commands.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <cmath>
+#include <utility>
 
 #include "absl/flags/commandlineflag.h"
 #include "absl/flags/reflection.h"
@@ -31,6 +34,7 @@ absl::StatusOr<std::vector<std::string>> ParseCommandFlags(const Command& comman
                                                            bool* help) {
   *help = false;
   std::vector<std::string> positional;
+  std::vector<std::string> seen;  // list flags given so far: a repeat appends
   auto listed = [&](const std::string& name) {
     return std::any_of(command.flags.begin(), command.flags.end(),
                        [&](const char* f) { return name == f; });
@@ -85,6 +89,12 @@ absl::StatusOr<std::vector<std::string>> ParseCommandFlags(const Command& comman
     } else {
       return absl::InvalidArgumentError(absl::StrCat(shown, " needs a value"));
     }
+    if (flag->IsOfType<std::vector<std::string>>()) {
+      if (std::find(seen.begin(), seen.end(), name) != seen.end()) {
+        value = flag->CurrentValue() + "," + value;
+      }
+      seen.push_back(name);
+    }
     std::string error;
     if (!flag->ParseFrom(value, &error)) {
       return absl::InvalidArgumentError(
@@ -123,6 +133,34 @@ std::string HumanBytes(double bytes) {
                          : bytes < 100 ? "%.1f %s"
                                        : "%.0f %s",
                          bytes, kUnits[unit]);
+}
+
+StderrProgress::StderrProgress(std::string what, std::string unit)
+    : what_(std::move(what)), unit_(std::move(unit)), tty_(isatty(STDERR_FILENO) != 0) {}
+
+void StderrProgress::Update(int64_t done, int64_t total) {
+  const double fraction = total <= 0 ? 1.0 : std::min(1.0, static_cast<double>(done) / total);
+  if (tty_) {
+    constexpr int kWidth = 30;
+    const int filled = static_cast<int>(fraction * kWidth);
+    std::fprintf(stderr, "\r%s [%s%s] %3d%%  (%lld/%lld %s) ", what_.c_str(),
+                 std::string(filled, '#').c_str(), std::string(kWidth - filled, '.').c_str(),
+                 static_cast<int>(fraction * 100), static_cast<long long>(done),
+                 static_cast<long long>(total), unit_.c_str());
+    std::fflush(stderr);
+    drawn_ = true;
+    return;
+  }
+  const int decile = static_cast<int>(fraction * 10);
+  if (decile <= last_decile_) return;
+  last_decile_ = decile;
+  std::fprintf(stderr, "%s: %3d%%  (%lld/%lld %s)\n", what_.c_str(), decile * 10,
+               static_cast<long long>(done), static_cast<long long>(total), unit_.c_str());
+}
+
+void StderrProgress::Finish() {
+  if (drawn_) std::fprintf(stderr, "\n");
+  drawn_ = false;
 }
 
 }  // namespace moeflow

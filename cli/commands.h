@@ -16,6 +16,7 @@
 #ifndef MOEFLOW_CLI_COMMANDS_H_
 #define MOEFLOW_CLI_COMMANDS_H_
 
+#include <cstdint>
 #include <cstdio>
 #include <string>
 #include <vector>
@@ -41,13 +42,19 @@ struct Command {
 Command InspectCommand();
 Command MkmodelCommand();
 Command LogitsCommand();
+Command GenerateCommand();
+Command ChatCommand();
+Command BenchCommand();
+Command ServeCommand();
+Command LaunchCommand();
 
 // Every command, in the order `moeflow --help` lists them.
 const std::vector<Command>& AllCommands();
 
 // Parses `args` (argv after the command word): --flag=value, --flag value,
 // --flag / --noflag for booleans, "--" ends the flags; dashes and
-// underscores in flag names are the same. Sets *help when --help or -h is
+// underscores in flag names are the same; a list flag (std::vector<std::string>)
+// given twice gets both values. Sets *help when --help or -h is
 // given. Returns the positional arguments, or InvalidArgument naming the
 // flag: not one of the command's, missing or unparsable value.
 absl::StatusOr<std::vector<std::string>> ParseCommandFlags(const Command& command,
@@ -59,6 +66,24 @@ void PrintCommandHelp(const Command& command, FILE* out);
 
 // "1.50 MiB", "2.82 GiB": binary units with 3 significant digits.
 std::string HumanBytes(double bytes);
+
+// Progress of a long step on stderr: a one-line bar redrawn with \r when
+// stderr is a terminal, else a line at every 10 %.
+//   "loading model [############..................]  40%  (12/30 layers)"
+class StderrProgress {
+ public:
+  // `what`: "loading model"; `unit`: "layers".
+  StderrProgress(std::string what, std::string unit);
+  void Update(int64_t done, int64_t total);
+  // Ends the bar's line (terminal only).
+  void Finish();
+
+ private:
+  std::string what_, unit_;
+  bool tty_;
+  bool drawn_ = false;
+  int last_decile_ = -1;
+};
 
 }  // namespace moeflow
 

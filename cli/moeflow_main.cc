@@ -17,6 +17,11 @@ const std::vector<Command>& AllCommands() {
       InspectCommand(),
       MkmodelCommand(),
       LogitsCommand(),
+      GenerateCommand(),
+      ChatCommand(),
+      BenchCommand(),
+      ServeCommand(),
+      LaunchCommand(),
   };
   return *commands;
 }

@@ -1,0 +1,200 @@
+// A small HTTP/1.1 server on POSIX sockets: keep-alive, pipelining,
+// Content-Length and chunked request bodies, size limits, timeouts, and
+// streamed (chunked) responses for SSE / NDJSON with a flush per write.
+//
+// Threads:
+//   * one I/O thread: epoll over the listening socket, every connection and
+//     an eventfd; it accepts, reads, parses (http_message.h), writes queued
+//     output and enforces timeouts. It never runs handlers.
+//   * a pool of `worker_threads` handler threads: each complete request is
+//     handed to the handler on one of them. A handler answers through its
+//     HttpResponder, either at once or later from any thread (the generation
+//     scheduler's thread streams tokens through it), so a worker is never
+//     held by a long generation.
+// Requests on one connection are answered in order: the next pipelined
+// request is dispatched only after the previous response has ended.
+//
+// Client disconnect: when the peer closes (EOF, RST, EPOLLRDHUP) while a
+// response is outstanding, the responder becomes closed(), its Write()s
+// return false, and its on-close callback runs once (on the I/O thread) so
+// the request can be cancelled.
+//
+// Lifecycle:
+//   Create ─► Start() ─► serving ─► Stop(): stop accepting, let outstanding
+//   responses finish up to drain_timeout_ms, close every connection, join.
+//
+// Thread-safety: Start/Stop from one thread; HttpResponder is thread-safe.
+// Failure: Start returns UNAVAILABLE when the address cannot be bound
+// (naming host:port and errno); bad requests are answered with 4xx/5xx and
+// the connection is closed; the server itself keeps running.
+#ifndef MOEFLOW_SERVER_HTTP_SERVER_H_
+#define MOEFLOW_SERVER_HTTP_SERVER_H_
+
+#include <atomic>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
+#include "server/http_message.h"
+
+namespace moeflow::server {
+
+struct HttpServerOptions {
+  std::string host = "127.0.0.1";
+  // 0: pick a free port (see HttpServer::port()).
+  int port = 0;
+  HttpLimits limits;
+  int worker_threads = 2;
+  // A request (head and body) must arrive within this time of its first byte.
+  int64_t request_timeout_ms = 30000;
+  // An idle keep-alive connection is closed after this long.
+  int64_t idle_timeout_ms = 60000;
+  // Stop() waits this long for outstanding responses.
+  int64_t drain_timeout_ms = 5000;
+  // Queued response bytes of one connection past which the client counts as
+  // gone (it stopped reading).
+  int64_t max_output_bytes = 16 * 1024 * 1024;
+  int max_connections = 1024;
+};
+
+using HttpHeaders = std::vector<std::pair<std::string, std::string>>;
+
+class HttpServer;
+
+namespace internal {
+// Output handed from responders (any thread) to the I/O thread. Shared with
+// the responders, so a responder that outlives the server only sees
+// `accepting == false`.
+struct PendingOutput {
+  uint64_t connection_id;
+  std::string data;
+  bool end_of_response;
+  bool close_after;
+};
+struct OutputQueue {
+  absl::Mutex mu;
+  std::vector<PendingOutput> pending ABSL_GUARDED_BY(mu);
+  bool accepting ABSL_GUARDED_BY(mu) = true;
+  int wake_fd = -1;  // eventfd of the I/O thread
+  // Returns false when the server is gone.
+  bool Push(PendingOutput output);
+};
+}  // namespace internal
+
+// The answer to one request. Either Send() once, or StartStream() then
+// Write()* then EndStream(). Thread-safe; may outlive the connection.
+class HttpResponder {
+ public:
+  // A complete response.
+  void Send(int status, HttpHeaders headers, std::string body);
+  // A chunked response; Write() sends one chunk at once (a flush per event).
+  void StartStream(int status, HttpHeaders headers);
+  // Returns false when the client is gone (the data is dropped).
+  bool Write(std::string data);
+  void EndStream();
+
+  // The client went away before the response ended.
+  bool closed() const { return closed_.load(); }
+  // Runs `callback` once when the client goes away before the response ends
+  // (at once if it already has). Not called after the response ended.
+  void SetOnClose(std::function<void()> callback);
+
+  // A responder dropped without ending its response ends it (500 when
+  // nothing was sent, else the chunked body is closed) so the connection
+  // does not hang.
+  ~HttpResponder();
+
+  // Headers added to every response (CORS); set by the server.
+  const HttpHeaders& extra_headers() const { return extra_headers_; }
+
+ private:
+  friend class HttpServer;
+  HttpResponder(std::shared_ptr<internal::OutputQueue> queue, uint64_t connection_id,
+                bool keep_alive, HttpHeaders extra)
+      : queue_(std::move(queue)),
+        connection_id_(connection_id),
+        keep_alive_(keep_alive),
+        extra_headers_(std::move(extra)) {}
+  void MarkClosed();
+  bool Push(std::string data, bool end_of_response, bool close_after);
+
+  std::shared_ptr<internal::OutputQueue> queue_;
+  const uint64_t connection_id_;
+  const bool keep_alive_;
+  const HttpHeaders extra_headers_;
+  std::atomic<bool> closed_{false};
+  absl::Mutex mu_;
+  bool started_ ABSL_GUARDED_BY(mu_) = false;
+  bool ended_ ABSL_GUARDED_BY(mu_) = false;
+  std::function<void()> on_close_ ABSL_GUARDED_BY(mu_);
+};
+
+using HttpHandler =
+    std::function<void(const HttpRequest& request, std::shared_ptr<HttpResponder> responder)>;
+
+class HttpServer {
+ public:
+  HttpServer(HttpServerOptions options, HttpHandler handler);
+  ~HttpServer();  // Stop()s
+
+  // Headers added to every response (e.g. Access-Control-Allow-Origin).
+  void SetExtraHeaders(HttpHeaders headers) { extra_headers_ = std::move(headers); }
+
+  absl::Status Start();
+  void Stop();
+  int port() const { return port_; }
+
+  // Open connections and responses not yet ended (for /metrics and tests).
+  int64_t open_connections() const { return open_connections_.load(); }
+
+ private:
+  friend class HttpResponder;
+  struct Connection;
+
+  void IoLoop();
+  void WorkerLoop();
+  void Accept();
+  void OnReadable(Connection& c);
+  void OnWritable(Connection& c);
+  void TryDispatch(Connection& c);
+  void SendErrorAndClose(Connection& c, int status, const std::string& message);
+  void CloseConnection(uint64_t id);
+  void UpdateEvents(Connection& c);
+  void DrainPending();
+  void CheckTimeouts();
+
+  const HttpServerOptions options_;
+  const HttpHandler handler_;
+  HttpHeaders extra_headers_;
+  int listen_fd_ = -1;
+  int epoll_fd_ = -1;
+  int port_ = 0;
+  std::atomic<bool> stopping_{false};
+  std::atomic<int64_t> open_connections_{0};
+  std::thread io_thread_;
+  std::vector<std::thread> workers_;
+
+  // Connections, touched by the I/O thread only.
+  absl::flat_hash_map<uint64_t, std::unique_ptr<Connection>> connections_;
+  uint64_t next_id_ = 1;
+
+  std::shared_ptr<internal::OutputQueue> queue_;
+
+  // Work for the handler threads.
+  absl::Mutex work_mu_;
+  std::deque<std::function<void()>> work_ ABSL_GUARDED_BY(work_mu_);
+  bool workers_stop_ ABSL_GUARDED_BY(work_mu_) = false;
+};
+
+}  // namespace moeflow::server
+
+#endif  // MOEFLOW_SERVER_HTTP_SERVER_H_

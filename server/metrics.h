@@ -1,0 +1,86 @@
+// Serving metrics in Prometheus' text format (GET /metrics).
+//
+// Role in the data flow: the scheduler records queue depth, running requests,
+// token counts, prefill/decode time, time to first token and inter-token
+// latency; the API layer records requests by endpoint and status; /metrics
+// renders them all.
+//
+//   moeflow_queue_depth                      gauge    requests waiting
+//   moeflow_running_requests                 gauge    requests generating
+//   moeflow_requests_total{endpoint,code}    counter  answered requests
+//   moeflow_prompt_tokens_total              counter
+//   moeflow_prompt_cached_tokens_total       counter  prompt tokens reused from the KV cache
+//   moeflow_completion_tokens_total          counter
+//   moeflow_prefill_seconds_total / moeflow_decode_seconds_total
+//   moeflow_prefill_tokens_per_second / moeflow_decode_tokens_per_second
+//                                            gauge    of the last finished request
+//   moeflow_kv_cache_tokens                  gauge    positions held in the KV cache
+//   moeflow_time_to_first_token_seconds      histogram (queue wait included)
+//   moeflow_inter_token_latency_seconds      histogram
+//
+// Thread-safety: every method is thread-safe. Failure: none.
+#ifndef MOEFLOW_SERVER_METRICS_H_
+#define MOEFLOW_SERVER_METRICS_H_
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
+
+namespace moeflow::server {
+
+class Histogram {
+ public:
+  explicit Histogram(std::vector<double> upper_bounds);
+  void Observe(double value);
+  // Appends the _bucket/_sum/_count lines of `name`.
+  void Render(const std::string& name, std::string* out) const;
+
+ private:
+  const std::vector<double> bounds_;
+  mutable absl::Mutex mu_;
+  std::vector<uint64_t> counts_ ABSL_GUARDED_BY(mu_);  // per bound, then +Inf
+  double sum_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t count_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+class ServerMetrics {
+ public:
+  ServerMetrics();
+
+  void SetQueueDepth(int64_t n);
+  void SetRunning(int64_t n);
+  void SetKvCacheTokens(int64_t n);
+  void RecordRequest(const std::string& endpoint, int code);
+  // One finished generation.
+  void RecordGeneration(int64_t prompt_tokens, int64_t cached_tokens, int64_t completion_tokens,
+                        double prefill_s, double decode_s);
+  void ObserveTimeToFirstToken(double seconds) { ttft_.Observe(seconds); }
+  void ObserveInterTokenLatency(double seconds) { itl_.Observe(seconds); }
+
+  std::string RenderPrometheus() const;
+
+ private:
+  mutable absl::Mutex mu_;
+  int64_t queue_depth_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t running_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t kv_cache_tokens_ ABSL_GUARDED_BY(mu_) = 0;
+  std::map<std::pair<std::string, int>, uint64_t> requests_ ABSL_GUARDED_BY(mu_);
+  uint64_t prompt_tokens_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t cached_tokens_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t completion_tokens_ ABSL_GUARDED_BY(mu_) = 0;
+  double prefill_s_ ABSL_GUARDED_BY(mu_) = 0;
+  double decode_s_ ABSL_GUARDED_BY(mu_) = 0;
+  double last_prefill_tps_ ABSL_GUARDED_BY(mu_) = 0;
+  double last_decode_tps_ ABSL_GUARDED_BY(mu_) = 0;
+  Histogram ttft_;
+  Histogram itl_;
+};
+
+}  // namespace moeflow::server
+
+#endif  // MOEFLOW_SERVER_METRICS_H_
