@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The README's first command: installs what moeflow needs (Debian packages),
 # builds `moeflow`, makes a small random-weight DeepSeek-V3-style model with
-# the project's own generator and runs the engine on it.
+# the project's own generator, inspects it, generates text with the engine and
+# benchmarks it.
 # Usage: deploy/quickstart.sh [--preset tiny-v3] [--type q4_k_m]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,15 +32,13 @@ echo "quickstart: $moeflow inspect --notensors $model"
 "$moeflow" inspect --notensors "$model"
 
 echo
-echo "quickstart: $moeflow logits (one forward pass of 7 tokens)"
-"$moeflow" logits --model "$model" --tokens 0,17,401,95,1200,33,7 --out out/logits.bin
-python3 - out/logits.bin <<'PY'
-import array, struct, sys
-b = open(sys.argv[1], "rb").read()
-_, _, n, vocab = struct.unpack("<4sIII", b[:16])
-logits = array.array("f", b[16 + 4 * n:])
-for t in range(n):
-    row = logits[t * vocab:(t + 1) * vocab]
-    top = sorted(range(vocab), key=row.__getitem__, reverse=True)[:3]
-    print("  position %d: top-3 %s" % (t, ", ".join("%d (%.2f)" % (i, row[i]) for i in top)))
-PY
+echo "quickstart: $moeflow generate (greedy, 48 tokens; random weights, so the text is noise)"
+"$moeflow" generate --model "$model" --prompt "Write a haiku about mixture-of-experts models." \
+  --chat --max-tokens 48 --temperature 0 --threads 2
+echo
+echo
+echo "quickstart: $moeflow bench -p 64 -n 32 -r 2 (prefill / decode tokens per second)"
+"$moeflow" bench -m "$model" -p 64 -n 32 -r 2 -t 2
+echo
+echo "quickstart: done. Next: moeflow chat --model $model, moeflow serve --model $model --port 8080,"
+echo "  or a bigger model: moeflow mkmodel --preset v2-lite --layers 8 --type q4_k_m --out out/models/v2l8.gguf"
