@@ -20,56 +20,16 @@
 #include "model/deepseek2/logits_file.h"
 #include "model/deepseek2/reference.h"
 #include "model/gguf.h"
+#include "tests/model/deepseek2/llamacpp_fixture.h"
 
 namespace moeflow {
 namespace {
 
-std::string FixturePath(const std::string& model, const std::string& file) {
-  return absl::StrCat("tests/data/llamacpp/", model, "/", model, ".", file);
-}
-
-std::string ReadText(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-std::vector<double> NumbersAfterKey(const std::string& text, const std::string& key) {
-  std::vector<double> out;
-  const std::string needle = absl::StrCat("\"", key, "\": ");
-  for (size_t p = text.find(needle); p != std::string::npos; p = text.find(needle, p + 1)) {
-    out.push_back(std::strtod(text.c_str() + p + needle.size(), nullptr));
-  }
-  return out;
-}
-
-std::vector<int32_t> IntArrayAfterKey(const std::string& text, const std::string& key) {
-  std::vector<int32_t> out;
-  const std::string needle = absl::StrCat("\"", key, "\": [");
-  size_t p = text.find(needle);
-  if (p == std::string::npos) return out;
-  const char* s = text.c_str() + p + needle.size();
-  while (*s != ']' && *s != '\0') {
-    char* end;
-    const long v = std::strtol(s, &end, 10);
-    if (end == s) {
-      ++s;
-      continue;
-    }
-    out.push_back(static_cast<int32_t>(v));
-    s = end;
-  }
-  return out;
-}
-
-int64_t Argmax(const float* row, int64_t n) {
-  int64_t best = 0;
-  for (int64_t i = 1; i < n; ++i) {
-    if (row[i] > row[best]) best = i;
-  }
-  return best;
-}
+using ::moeflow::fixtures::Argmax;
+using ::moeflow::fixtures::FixturePath;
+using ::moeflow::fixtures::IntArrayAfterKey;
+using ::moeflow::fixtures::NumbersAfterKey;
+using ::moeflow::fixtures::ReadText;
 
 std::unique_ptr<Deepseek2Engine> OpenEngine(const std::string& model, const std::string& quant,
                                             int n_threads = 2, int64_t active_experts = 0) {
@@ -276,8 +236,8 @@ TEST(EngineTest, IncrementalDecodeMatchesOneBatch) {
     double max_abs = 0;
     int top1_equal = 0;
     for (size_t t = 0; t < tokens.size(); ++t) {
-      top1_equal += Argmax(incremental.data() + t * vocab, vocab) ==
-                    Argmax(batch->data() + t * vocab, vocab);
+      top1_equal +=
+          Argmax(incremental.data() + t * vocab, vocab) == Argmax(batch->data() + t * vocab, vocab);
       for (int64_t v = 0; v < vocab; ++v) {
         max_abs = std::max(max_abs, std::fabs(static_cast<double>(incremental[t * vocab + v]) -
                                               (*batch)[t * vocab + v]));
@@ -410,9 +370,8 @@ TEST(EngineTest, MissingMisShapedAndUnsupportedTensorsAreNamed) {
   const std::string out = "blk.1.attn_output.weight";
   for (const Case& c : {Case{up, "", "", up, "missing"}, Case{"", out, "", out, "shape"},
                         Case{"", "", up, up, "iq4_xs"}}) {
-    const std::string path =
-        WriteModifiedCopy(FixturePath("tiny-v3", "q8_0.gguf"), c.drop, c.reshape, c.retype,
-                          GgmlType::kIQ4_XS);
+    const std::string path = WriteModifiedCopy(FixturePath("tiny-v3", "q8_0.gguf"), c.drop,
+                                               c.reshape, c.retype, GgmlType::kIQ4_XS);
     auto engine = Deepseek2Engine::Open(path);
     ASSERT_EQ(engine.status().code(), absl::StatusCode::kInvalidArgument) << c.expect_name;
     const std::string msg(engine.status().message());
