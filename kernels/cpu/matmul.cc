@@ -691,6 +691,38 @@ void MatmulQuantized(const MatmulWeight& w, const uint8_t* act, int64_t n_act_ro
   }
 }
 
+void MatmulQuantizedBatch(const MatmulJob* jobs, int64_t n_jobs, CpuIsa isa, ThreadPool* pool) {
+  bool all_simd = true;
+  for (int64_t j = 0; j < n_jobs; ++j) all_simd = all_simd && SimdGemm(jobs[j].w.type, isa) != nullptr;
+  constexpr int64_t kMaxJobs = 128;
+  if (!all_simd || pool == nullptr || pool->size() == 1 || n_jobs > kMaxJobs) {
+    for (int64_t j = 0; j < n_jobs; ++j) {
+      const MatmulJob& b = jobs[j];
+      MatmulQuantized(b.w, b.act, b.n_act_rows, b.y, b.y_stride, isa, pool);
+    }
+    return;
+  }
+  // Units of 8 rows (the decode tile height), numbered across all jobs.
+  int64_t first_unit[kMaxJobs + 1];
+  first_unit[0] = 0;
+  for (int64_t j = 0; j < n_jobs; ++j) first_unit[j + 1] = first_unit[j] + (jobs[j].w.rows + 7) / 8;
+  auto job = [&](int64_t u0, int64_t u1, int /*thread*/) {
+    int64_t j = 0;
+    while (first_unit[j + 1] <= u0) ++j;
+    for (; j < n_jobs && first_unit[j] < u1; ++j) {
+      const MatmulJob& b = jobs[j];
+      const int64_t a0 = std::max(u0, first_unit[j]) - first_unit[j];
+      const int64_t a1 = std::min(u1, first_unit[j + 1]) - first_unit[j];
+      const int64_t r0 = a0 * 8, r1 = std::min(b.w.rows, a1 * 8);
+      if (r0 >= r1) continue;
+      SimdGemm(b.w.type, isa)(b.w.cols, b.w.row(r0), b.w.row_bytes, r1 - r0, b.act,
+                              ActivationRowBytes(b.w.type, b.w.cols), b.n_act_rows, b.y + r0,
+                              b.y_stride);
+    }
+  };
+  pool->ParallelFor(first_unit[n_jobs], job);
+}
+
 void Matmul(const MatmulWeight& w, const float* x, int64_t n_rows, int64_t x_stride, float* y,
             int64_t y_stride, uint8_t* act_scratch, CpuIsa isa, ThreadPool* pool) {
   QuantizeActivations(w.type, x, n_rows, w.cols, x_stride, act_scratch);

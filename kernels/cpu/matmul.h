@@ -30,7 +30,8 @@
 // the sum of |terms|. On AVX-512 VNNI, MatmulQuantized of Q4_K, Q6_K, Q5_0
 // and Q8_0 weights runs register-blocked tiles instead of one vec_dot per
 // (row, token) (matmul_simd.inc): 4 rows × 1 token with software prefetch for
-// decode (≤ 2 tokens: GEMV, bandwidth-bound), 2 rows × 4 tokens in chunks of
+// decode (≤ 2 tokens: GEMV, bandwidth-bound; each block prefetched into L2
+// one tile — 4 rows — ahead, since rows are contiguous), 2 rows × 4 tokens in chunks of
 // 64 tokens for prefill (GEMM: each unpacked weight block serves 4 tokens).
 // Integer sums stay exact (vpdpbusd / vpmaddubsw + vpdpwssd with biased
 // operands), so they too differ from the scalar result only in float
@@ -99,6 +100,22 @@ struct MatmulWeight {
 // depend on the number of threads.
 void MatmulQuantized(const MatmulWeight& w, const uint8_t* act, int64_t n_act_rows, float* y,
                      int64_t y_stride, CpuIsa isa, ThreadPool* pool);
+
+// One matrix of a MatmulQuantizedBatch: y[t * y_stride + r] = w[r] · act[t].
+struct MatmulJob {
+  MatmulWeight w;
+  const uint8_t* act = nullptr;
+  int64_t n_act_rows = 0;
+  float* y = nullptr;
+  int64_t y_stride = 0;
+};
+
+// MatmulQuantized of every job, with the rows of all jobs split over `pool`
+// in one parallel loop (one synchronisation in all, instead of one per
+// matrix: the many small expert matrices of a decode step). Each output is
+// computed exactly as MatmulQuantized computes it, so results equal those of
+// calling MatmulQuantized per job, for any number of threads.
+void MatmulQuantizedBatch(const MatmulJob* jobs, int64_t n_jobs, CpuIsa isa, ThreadPool* pool);
 
 // QuantizeActivations into `act_scratch` (at least
 // n_rows * ActivationRowBytes(w.type, w.cols) bytes), then MatmulQuantized.

@@ -20,6 +20,8 @@ namespace {
 
 // Upper bound of activation bytes per element over every vec_dot_type (F32).
 constexpr int64_t kMaxActBytesPerElement = 4;
+// Up to this many (token, expert) pairs, the routed experts run batched.
+constexpr int64_t kBatchedExpertPairs = 64;
 
 std::string Shape(const std::vector<int64_t>& ne) {
   return absl::StrCat("{", absl::StrJoin(ne, ", "), "}");
@@ -210,8 +212,11 @@ void EngineScratch::Reserve(const Deepseek2Config& c, int64_t k, int n_threads, 
   GrowTo(attn_out, n * c.hidden);
   if (static_cast<int>(scores.size()) < n_threads) scores.resize(static_cast<size_t>(n_threads));
   for (std::vector<float>& s : scores) GrowTo(s, n_kv);
-  GrowTo(gate, n * ffn_width);
-  GrowTo(up, n * ffn_width);
+  // The batched expert path (EngineRoutedExperts::Forward) keeps all
+  // n·k ≤ kBatchedExpertPairs (token, expert) rows at once.
+  const int64_t bp = std::min(n * k, kBatchedExpertPairs);
+  GrowTo(gate, std::max(n * ffn_width, bp * c.expert_ff));
+  GrowTo(up, std::max(n * ffn_width, bp * c.expert_ff));
   GrowTo(expert_out, n * k * c.hidden);
   GrowTo(router_logits, n * c.n_experts);
   GrowTo(probs, c.n_experts);
@@ -227,10 +232,10 @@ void EngineScratch::Reserve(const Deepseek2Config& c, int64_t k, int n_threads, 
   GrowTo(act, n * max_cols * kMaxActBytesPerElement);
   GrowTo(act_heads, n * h * std::max(c.qk_nope_dim, c.kv_lora_rank) * kMaxActBytesPerElement);
   GrowTo(act_up, n * c.hidden * kMaxActBytesPerElement);
-  GrowTo(act_gather, n * c.hidden * kMaxActBytesPerElement);
-  GrowTo(act_gather2, n * c.hidden * kMaxActBytesPerElement);
-  GrowTo(act_down, n * c.expert_ff * kMaxActBytesPerElement);
-  GrowTo(expert_down, n * c.hidden);
+  GrowTo(act_gather, std::max(n, bp) * c.hidden * kMaxActBytesPerElement);
+  GrowTo(act_gather2, std::max(n, bp) * c.hidden * kMaxActBytesPerElement);
+  GrowTo(act_down, std::max(n, bp) * c.expert_ff * kMaxActBytesPerElement);
+  GrowTo(expert_down, std::max(n, bp) * c.hidden);
   capacity = n;
   kv_capacity = n_kv;
 }
@@ -478,7 +483,50 @@ void EngineRoutedExperts::Forward(const float* x_norm, int64_t n, const int32_t*
   float* u = s.up.data();
   float* down_out = s.expert_down.data();
   float* y_all = s.expert_out.data();  // [n·k × hidden], row p
-  for (int64_t e = 0; e < n_experts; ++e) {
+  if (n * k <= kBatchedExpertPairs) {
+    // Few tokens (decode): every selected expert's gate and up in one
+    // parallel loop, then all downs in another. Each output is the same
+    // vec_dot of the same rows as below, so results do not change.
+    const int64_t pairs_n = n * k;
+    uint8_t* ga = s.act_gather.data();
+    uint8_t* ua = same_act ? ga : s.act_gather2.data();
+    for (int64_t i = 0; i < pairs_n; ++i) {
+      const int64_t t = order[i] / k;
+      std::memcpy(ga + i * gate_bytes, act_gate + t * gate_bytes, static_cast<size_t>(gate_bytes));
+      if (!same_act) {
+        std::memcpy(ua + i * up_bytes, act_up + t * up_bytes, static_cast<size_t>(up_bytes));
+      }
+    }
+    MatmulJob jobs[2 * kBatchedExpertPairs];
+    int64_t n_jobs = 0;
+    for (int64_t e = 0; e < n_experts; ++e) {
+      const int64_t m = start[e + 1] - start[e];
+      if (m == 0) continue;
+      jobs[n_jobs++] = MatmulJob{w_.ffn_gate_exps.Slice(e * ff, ff), ga + start[e] * gate_bytes, m,
+                                 g + start[e] * ff, ff};
+      jobs[n_jobs++] = MatmulJob{w_.ffn_up_exps.Slice(e * ff, ff), ua + start[e] * up_bytes, m,
+                                 u + start[e] * ff, ff};
+    }
+    MatmulQuantizedBatch(jobs, n_jobs, isa, pool);
+    for (int64_t i = 0; i < pairs_n * ff; ++i) g[i] = Silu(g[i]) * u[i];
+    const GgmlType down_type = w_.ffn_down_exps.type;
+    const int64_t down_bytes = ActivationRowBytes(down_type, ff);
+    uint8_t* da = s.act_down.data();
+    QuantizeActivations(down_type, g, pairs_n, ff, ff, da);
+    n_jobs = 0;
+    for (int64_t e = 0; e < n_experts; ++e) {
+      const int64_t m = start[e + 1] - start[e];
+      if (m == 0) continue;
+      jobs[n_jobs++] = MatmulJob{w_.ffn_down_exps.Slice(e * hidden, hidden),
+                                 da + start[e] * down_bytes, m, down_out + start[e] * hidden,
+                                 hidden};
+    }
+    MatmulQuantizedBatch(jobs, n_jobs, isa, pool);
+    for (int64_t i = 0; i < pairs_n; ++i) {
+      std::copy(down_out + i * hidden, down_out + (i + 1) * hidden, y_all + order[i] * hidden);
+    }
+  }
+  for (int64_t e = 0; e < n_experts && n * k > kBatchedExpertPairs; ++e) {
     const int64_t m = start[e + 1] - start[e];
     if (m == 0) continue;
     const int32_t* pairs = order + start[e];
@@ -523,8 +571,9 @@ void EngineSwigluFfn::Forward(const float* x_norm, int64_t n, float* out) const 
   float* u = s.up.data();
   if (ActivationType(gate_.type) == ActivationType(up_.type)) {
     QuantizeActivations(gate_.type, x_norm, n, hidden, hidden, s.act.data());
-    MatmulQuantized(gate_, s.act.data(), n, g, ff, ctx_.isa, ctx_.pool);
-    MatmulQuantized(up_, s.act.data(), n, u, ff, ctx_.isa, ctx_.pool);
+    const MatmulJob jobs[2] = {MatmulJob{gate_, s.act.data(), n, g, ff},
+                               MatmulJob{up_, s.act.data(), n, u, ff}};
+    MatmulQuantizedBatch(jobs, 2, ctx_.isa, ctx_.pool);
   } else {
     Matmul(gate_, x_norm, n, hidden, g, ff, s.act.data(), ctx_.isa, ctx_.pool);
     Matmul(up_, x_norm, n, hidden, u, ff, s.act.data(), ctx_.isa, ctx_.pool);

@@ -351,6 +351,46 @@ TEST(MatmulTest, ThreadCountDoesNotChangeResults) {
   }
 }
 
+// MatmulQuantizedBatch: one parallel loop over the rows of several matrices
+// (of several types and token counts) gives exactly the per-matrix results.
+TEST(MatmulTest, BatchMatchesSeparateMatmuls) {
+  const int64_t cols = 512;
+  struct Spec {
+    GgmlType type;
+    int64_t rows, tokens;
+  };
+  const Spec specs[] = {{GgmlType::kQ4_K, 67, 1}, {GgmlType::kQ6_K, 16, 2},
+                        {GgmlType::kQ8_0, 33, 1}, {GgmlType::kQ5_0, 8, 3},
+                        {GgmlType::kQ4_K, 5, 1},  {GgmlType::kF32, 9, 2}};
+  std::vector<Quantized> qs;
+  std::vector<std::vector<uint8_t>> acts;
+  std::vector<std::vector<float>> expected;
+  int seed = 20;
+  for (const Spec& sp : specs) {
+    qs.push_back(QuantizeMatrix(sp.type, RandomFloats(sp.rows * cols, seed++), sp.rows, cols));
+    const std::vector<float> x = RandomFloats(sp.tokens * cols, seed++);
+    acts.emplace_back(static_cast<size_t>(sp.tokens * ActivationRowBytes(sp.type, cols)));
+    QuantizeActivations(sp.type, x.data(), sp.tokens, cols, cols, acts.back().data());
+    expected.emplace_back(static_cast<size_t>(sp.tokens * sp.rows));
+    MatmulQuantized(qs.back().w, acts.back().data(), sp.tokens, expected.back().data(), sp.rows,
+                    SelectedIsa(), nullptr);
+  }
+  for (size_t n_jobs : {size_t{4}, size_t{6}}) {  // all SIMD tiles; with an F32 matrix
+    for (int threads = 1; threads <= 3; ++threads) {
+      ThreadPool pool(threads);
+      std::vector<std::vector<float>> ys;
+      std::vector<MatmulJob> jobs;
+      for (size_t j = 0; j < n_jobs; ++j) ys.emplace_back(expected[j].size(), -1.f);
+      for (size_t j = 0; j < n_jobs; ++j) {
+        jobs.push_back(MatmulJob{qs[j].w, acts[j].data(), specs[j].tokens, ys[j].data(),
+                                 specs[j].rows});
+      }
+      MatmulQuantizedBatch(jobs.data(), static_cast<int64_t>(jobs.size()), SelectedIsa(), &pool);
+      for (size_t j = 0; j < n_jobs; ++j) EXPECT_EQ(ys[j], expected[j]) << j << " " << threads;
+    }
+  }
+}
+
 TEST(MatmulTest, ThreadPoolCoversEveryIndexOnce) {
   for (int threads = 1; threads <= 3; ++threads) {
     ThreadPool pool(threads);
