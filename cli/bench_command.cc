@@ -126,8 +126,8 @@ double DecodeBytesPerToken(const GgufFile& file, const Deepseek2Config& c, int64
 }
 
 int RunBench(const std::vector<std::string>& args) {
-  std::string model = absl::GetFlag(FLAGS_m).empty() ? absl::GetFlag(FLAGS_model)
-                                                      : absl::GetFlag(FLAGS_m);
+  std::string model =
+      absl::GetFlag(FLAGS_m).empty() ? absl::GetFlag(FLAGS_model) : absl::GetFlag(FLAGS_m);
   if (model.empty() && args.size() == 1) model = args[0];
   if (model.empty() || args.size() > 1) {
     std::fprintf(stderr, "moeflow bench: give the model as -m / --model FILE.gguf\n");
@@ -143,8 +143,7 @@ int RunBench(const std::vector<std::string>& args) {
       absl::GetFlag(FLAGS_t) >= 0 ? absl::GetFlag(FLAGS_t) : absl::GetFlag(FLAGS_threads);
   const bool json = absl::GetFlag(FLAGS_json);
   if (prompt < 0 || gen < 0 || reps < 1 || threads < 1 || prompt + gen == 0) {
-    std::fprintf(stderr,
-                 "moeflow bench: need -p >= 0, -n >= 0 (not both 0), -r >= 1, -t >= 1\n");
+    std::fprintf(stderr, "moeflow bench: need -p >= 0, -n >= 0 (not both 0), -r >= 1, -t >= 1\n");
     return kExitUsage;
   }
   Deepseek2EngineOptions options;

@@ -29,6 +29,7 @@
 #include "chat/chat_template.h"
 #include "cli/commands.h"
 #include "cli/common_flags.h"
+#include "cli/open_generator.h"
 #include "generation/text_generator.h"
 
 ABSL_FLAG(std::string, system, "", "system prompt of the conversation (empty: none)");
@@ -186,15 +187,7 @@ int RunChat(const std::vector<std::string>& args) {
   absl::StatusOr<sampling::StopOptions> stop = StopOptionsFromFlags();
   if (!stop.ok()) return Usage(std::string(stop.status().message()));
 
-  TextGeneratorOptions options;
-  options.engine.n_threads = threads;
-  options.engine.active_experts = absl::GetFlag(FLAGS_active_experts);
-  StderrProgress progress("loading model", "layers");
-  options.engine.progress = [&progress](int64_t done, int64_t total) {
-    progress.Update(done, total);
-  };
-  auto generator = TextGenerator::Open(model, options);
-  progress.Finish();
+  auto generator = OpenGeneratorFromFlags(model);
   if (!generator.ok()) return Failure(generator.status());
 
   ChatSessionOptions chat_options;

@@ -19,6 +19,7 @@
 #include "absl/strings/str_format.h"
 #include "cli/commands.h"
 #include "cli/common_flags.h"
+#include "cli/open_generator.h"
 #include "generation/text_generator.h"
 
 ABSL_FLAG(std::string, prompt, "", "the prompt text");
@@ -67,15 +68,7 @@ int RunGenerate(const std::vector<std::string>& args) {
   absl::StatusOr<sampling::StopOptions> stop = StopOptionsFromFlags();
   if (!stop.ok()) return Usage(std::string(stop.status().message()));
 
-  TextGeneratorOptions options;
-  options.engine.n_threads = threads;
-  options.engine.active_experts = absl::GetFlag(FLAGS_active_experts);
-  StderrProgress progress("loading model", "layers");
-  options.engine.progress = [&progress](int64_t done, int64_t total) {
-    progress.Update(done, total);
-  };
-  auto generator = TextGenerator::Open(model, options);
-  progress.Finish();
+  auto generator = OpenGeneratorFromFlags(model);
   if (!generator.ok()) return Failure(generator.status());
   std::vector<int32_t> tokens;
   if (absl::GetFlag(FLAGS_chat)) {

@@ -103,7 +103,8 @@ int RunLaunch(const std::vector<std::string>& args) {
 
   CoordinatorOptions options;
   options.topology = *topology;
-  options.gpu_worker_binary = FindWorkerBinary(absl::GetFlag(FLAGS_gpu_worker_binary), "gpu_worker");
+  options.gpu_worker_binary =
+      FindWorkerBinary(absl::GetFlag(FLAGS_gpu_worker_binary), "gpu_worker");
   options.expert_worker_binary =
       FindWorkerBinary(absl::GetFlag(FLAGS_expert_worker_binary), "cpu_expert_worker");
   options.restart_workers = absl::GetFlag(FLAGS_restart_workers);

@@ -14,14 +14,8 @@ namespace moeflow {
 
 const std::vector<Command>& AllCommands() {
   static const std::vector<Command>* commands = new std::vector<Command>{
-      InspectCommand(),
-      MkmodelCommand(),
-      LogitsCommand(),
-      GenerateCommand(),
-      ChatCommand(),
-      BenchCommand(),
-      ServeCommand(),
-      LaunchCommand(),
+      InspectCommand(), MkmodelCommand(), LogitsCommand(), GenerateCommand(),
+      ChatCommand(),    BenchCommand(),   ServeCommand(),  LaunchCommand(),
   };
   return *commands;
 }

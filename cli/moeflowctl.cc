@@ -65,8 +65,9 @@ int Main(int argc, char** argv) {
       "moeflowctl [--addr host:port] status|generate|drain|shutdown|set-experts N|stats|logits");
   std::vector<char*> positional = absl::ParseCommandLine(argc, argv);
   if (positional.size() < 2) {
-    std::fprintf(stderr, "usage: moeflowctl [--addr host:port] "
-                         "status|generate|drain|shutdown|set-experts N|stats|logits\n");
+    std::fprintf(stderr,
+                 "usage: moeflowctl [--addr host:port] "
+                 "status|generate|drain|shutdown|set-experts N|stats|logits\n");
     return kUsage;
   }
   const std::string command = positional[1];
@@ -106,7 +107,8 @@ int Main(int argc, char** argv) {
     proto::GenerateRequest request;
     request.set_prompt(absl::GetFlag(FLAGS_prompt));
     request.set_max_tokens(absl::GetFlag(FLAGS_max_tokens));
-    request.mutable_sampling()->set_temperature(static_cast<float>(absl::GetFlag(FLAGS_temperature)));
+    request.mutable_sampling()->set_temperature(
+        static_cast<float>(absl::GetFlag(FLAGS_temperature)));
     request.mutable_sampling()->set_top_p(static_cast<float>(absl::GetFlag(FLAGS_top_p)));
     request.mutable_sampling()->set_top_k(absl::GetFlag(FLAGS_top_k));
     request.mutable_sampling()->set_seed(absl::GetFlag(FLAGS_seed));
@@ -180,13 +182,12 @@ int Main(int argc, char** argv) {
                 "transport_us", "compute_us", "bytes_sent", "bytes_recv", "rows");
     for (const proto::WorkerLayerMetrics& w : r.workers()) {
       for (const proto::LayerStats& l : w.layers()) {
-        std::printf("%-12s %5d %8lld %14lld %14lld %12lld %12lld %10lld\n",
-                    w.worker_name().c_str(), l.layer(), static_cast<long long>(l.steps()),
-                    static_cast<long long>(l.transport_time_us()),
-                    static_cast<long long>(l.compute_time_us()),
-                    static_cast<long long>(l.bytes_sent()),
-                    static_cast<long long>(l.bytes_received()),
-                    static_cast<long long>(l.rows_computed()));
+        std::printf(
+            "%-12s %5d %8lld %14lld %14lld %12lld %12lld %10lld\n", w.worker_name().c_str(),
+            l.layer(), static_cast<long long>(l.steps()),
+            static_cast<long long>(l.transport_time_us()),
+            static_cast<long long>(l.compute_time_us()), static_cast<long long>(l.bytes_sent()),
+            static_cast<long long>(l.bytes_received()), static_cast<long long>(l.rows_computed()));
       }
     }
     return kOk;

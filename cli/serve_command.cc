@@ -22,6 +22,7 @@
 #include "absl/strings/str_cat.h"
 #include "cli/commands.h"
 #include "cli/common_flags.h"
+#include "cli/open_generator.h"
 #include "generation/text_generator.h"
 #include "server/engine_sequence_model.h"
 #include "server/http_server.h"
@@ -78,16 +79,8 @@ int RunServe(const std::vector<std::string>& args) {
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   signal(SIGPIPE, SIG_IGN);
 
-  TextGeneratorOptions options;
-  options.engine.n_threads = absl::GetFlag(FLAGS_threads);
-  options.engine.active_experts = absl::GetFlag(FLAGS_active_experts);
-  options.context_tokens = context_tokens;
-  StderrProgress progress("loading model", "layers");
-  options.engine.progress = [&progress](int64_t done, int64_t total) {
-    progress.Update(done, total);
-  };
-  absl::StatusOr<std::unique_ptr<TextGenerator>> generator = TextGenerator::Open(model, options);
-  progress.Finish();
+  absl::StatusOr<std::unique_ptr<TextGenerator>> generator =
+      OpenGeneratorFromFlags(model, context_tokens);
   if (!generator.ok()) {
     std::fprintf(stderr, "moeflow serve: %s\n", std::string(generator.status().message()).c_str());
     return kExitFailure;
