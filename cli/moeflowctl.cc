@@ -11,6 +11,8 @@
 // not every worker is ready.
 #include <grpcpp/grpcpp.h>
 
+#include <algorithm>
+#include <cctype>
 #include <cstdio>
 #include <cstring>
 #include <memory>
@@ -63,7 +65,25 @@ void Prepare(grpc::ClientContext& ctx) {
 int Main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "moeflowctl [--addr host:port] status|generate|drain|shutdown|set-experts N|stats|logits");
-  std::vector<char*> positional = absl::ParseCommandLine(argc, argv);
+  // Flag names may be written with dashes (--max-tokens), as `moeflow` accepts
+  // them; absl spells them with underscores.
+  std::vector<std::string> normalized(argv, argv + argc);
+  for (size_t i = 1; i < normalized.size(); ++i) {
+    std::string& arg = normalized[i];
+    if (arg == "--") break;
+    if (arg.size() < 3 || arg.compare(0, 2, "--") != 0) continue;
+    const size_t end = std::min(arg.find('='), arg.size());
+    // Only names made of flag characters: a prompt value like "--a b" stays.
+    const bool flag_like = std::all_of(arg.begin() + 2, arg.begin() + end, [](char c) {
+      return std::islower(c) || std::isdigit(c) || c == '-' || c == '_';
+    });
+    if (!flag_like) continue;
+    std::replace(arg.begin() + 2, arg.begin() + end, '-', '_');
+  }
+  std::vector<char*> normalized_argv;
+  for (std::string& arg : normalized) normalized_argv.push_back(arg.data());
+  std::vector<char*> positional =
+      absl::ParseCommandLine(static_cast<int>(normalized_argv.size()), normalized_argv.data());
   if (positional.size() < 2) {
     std::fprintf(stderr,
                  "usage: moeflowctl [--addr host:port] "
