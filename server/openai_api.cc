@@ -77,6 +77,22 @@ json OpenAiErrorJson(const ApiError& e) {
 
 HttpHeaders JsonHeaders() { return {{"Content-Type", "application/json"}}; }
 
+// Reports a generation that failed after the request was accepted: inside the
+// stream when the response has started (`streaming`), else as a plain JSON
+// error response. `close_sse_stream` also sends OpenAI's `[DONE]` marker.
+void SendGenerationError(HttpResponder& r, bool streaming, bool ollama, const ApiError& error,
+                         bool close_sse_stream) {
+  if (streaming) {
+    r.Write(ollama ? Dump(json{{"error", error.message}}) + "\n"
+                   : "data: " + Dump(OpenAiErrorJson(error)) + "\n\n" +
+                         (close_sse_stream ? "data: [DONE]\n\n" : ""));
+    r.EndStream();
+  } else {
+    r.Send(error.status, JsonHeaders(),
+           ollama ? Dump(json{{"error", error.message}}) : Dump(OpenAiErrorJson(error)));
+  }
+}
+
 std::string JsonTypeName(const json& v) {
   if (v.is_null()) return "null";
   if (v.is_boolean()) return "a boolean";
@@ -1030,29 +1046,17 @@ void OpenAiApi::OnDone(Exchange& e, const GenerationSummary& s) {
     }
     // Shutdown cancelled it while the client still waits: say so.
     LogRequest(e, 503, note);
-    ApiError error{503, "the server is shutting down", "", "unavailable", "server_error"};
-    if (e.role_sent) {
-      r.Write(ollama ? Dump(json{{"error", error.message}}) + "\n"
-                     : "data: " + Dump(OpenAiErrorJson(error)) + "\n\ndata: [DONE]\n\n");
-      r.EndStream();
-    } else {
-      r.Send(503, JsonHeaders(),
-             ollama ? Dump(json{{"error", error.message}}) : Dump(OpenAiErrorJson(error)));
-    }
+    SendGenerationError(r, e.role_sent, ollama,
+                        {503, "the server is shutting down", "", "unavailable", "server_error"},
+                        /*close_sse_stream=*/true);
     return;
   }
   if (!s.status.ok()) {
     LogRequest(e, 500, std::string(s.status.message()));
-    ApiError error{500, absl::StrCat("generation failed: ", s.status.message()), "",
-                   "internal_error", "server_error"};
-    if (e.role_sent) {
-      r.Write(ollama ? Dump(json{{"error", error.message}}) + "\n"
-                     : "data: " + Dump(OpenAiErrorJson(error)) + "\n\n");
-      r.EndStream();
-    } else {
-      r.Send(500, JsonHeaders(),
-             ollama ? Dump(json{{"error", error.message}}) : Dump(OpenAiErrorJson(error)));
-    }
+    SendGenerationError(r, e.role_sent, ollama,
+                        {500, absl::StrCat("generation failed: ", s.status.message()), "",
+                         "internal_error", "server_error"},
+                        /*close_sse_stream=*/false);
     return;
   }
   e.text += s.flushed_text;
