@@ -166,15 +166,9 @@ Input ReadInput(bool interactive) {
   }
 }
 
-int Usage(const std::string& message) {
-  std::fprintf(stderr, "moeflow chat: %s\n", message.c_str());
-  return kExitUsage;
-}
+int Usage(const std::string& message) { return ReportUsageError("chat", message); }
 
-int Failure(const absl::Status& status) {
-  std::fprintf(stderr, "moeflow chat: %s\n", std::string(status.message()).c_str());
-  return kExitFailure;
-}
+int Failure(const absl::Status& status) { return ReportFailure("chat", status); }
 
 int RunChat(const std::vector<std::string>& args) {
   if (!args.empty()) return Usage("unexpected argument \"" + args[0] + "\"");

@@ -104,6 +104,16 @@ absl::StatusOr<std::vector<std::string>> ParseCommandFlags(const Command& comman
   return positional;
 }
 
+int ReportUsageError(const char* command, const std::string& message) {
+  std::fprintf(stderr, "moeflow %s: %s\n", command, message.c_str());
+  return kExitUsage;
+}
+
+int ReportFailure(const char* command, const absl::Status& status) {
+  std::fprintf(stderr, "moeflow %s: %s\n", command, std::string(status.message()).c_str());
+  return kExitFailure;
+}
+
 void PrintCommandHelp(const Command& command, FILE* out) {
   std::fprintf(out, "%s\n\nusage: %s\n", command.summary, command.usage);
   if (command.details != nullptr && command.details[0] != '\0') {

@@ -21,6 +21,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
 
 namespace moeflow {
@@ -60,6 +61,12 @@ const std::vector<Command>& AllCommands();
 absl::StatusOr<std::vector<std::string>> ParseCommandFlags(const Command& command,
                                                            const std::vector<std::string>& args,
                                                            bool* help);
+
+// One-line errors on stderr, "moeflow COMMAND: message"; they return the exit
+// code to use (kExitUsage for bad flags or arguments, kExitFailure when the
+// work itself failed).
+int ReportUsageError(const char* command, const std::string& message);
+int ReportFailure(const char* command, const absl::Status& status);
 
 // Prints the command's usage, details and flags (name, type, default, doc).
 void PrintCommandHelp(const Command& command, FILE* out);

@@ -30,15 +30,9 @@ ABSL_FLAG(bool, chat, false,
 namespace moeflow {
 namespace {
 
-int Usage(const std::string& message) {
-  std::fprintf(stderr, "moeflow generate: %s\n", message.c_str());
-  return kExitUsage;
-}
+int Usage(const std::string& message) { return ReportUsageError("generate", message); }
 
-int Failure(const absl::Status& status) {
-  std::fprintf(stderr, "moeflow generate: %s\n", std::string(status.message()).c_str());
-  return kExitFailure;
-}
+int Failure(const absl::Status& status) { return ReportFailure("generate", status); }
 
 int RunGenerate(const std::vector<std::string>& args) {
   if (!args.empty()) return Usage("unexpected argument \"" + args[0] + "\"");

@@ -50,10 +50,7 @@ ABSL_FLAG(std::string, model_name, "",
 namespace moeflow {
 namespace {
 
-int Usage(const std::string& message) {
-  std::fprintf(stderr, "moeflow serve: %s\n", message.c_str());
-  return kExitUsage;
-}
+int Usage(const std::string& message) { return ReportUsageError("serve", message); }
 
 int RunServe(const std::vector<std::string>& args) {
   if (!args.empty()) return Usage("unexpected argument \"" + args[0] + "\"");
