@@ -12,7 +12,12 @@
 // after the decode runs (kernels/cpu/membw) and the decode "floor": bytes of
 // weights one decode token must stream (every matrix but the embedding, the
 // routed experts at K / n_experts of their size) divided by that bandwidth.
-// Kernel micro-benchmarks: //kernels/cpu:kernel_bench.
+//
+//   moeflow bench --kernels [-t 2] [--kernel-isas avx512,amx] [--json]
+//
+// runs the kernel micro-benchmarks instead (no model): GEMV GB/s and GEMM
+// GOP/s per weight type and ISA variant on expert shapes, next to the
+// measured memory bandwidth and int8 peak (kernels/cpu/kernel_benchmarks).
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -30,6 +35,8 @@
 #include "absl/strings/str_cat.h"
 #include "cli/commands.h"
 #include "cli/common_flags.h"
+#include "absl/strings/str_split.h"
+#include "kernels/cpu/kernel_benchmarks.h"
 #include "kernels/cpu/matmul.h"
 #include "kernels/cpu/membw.h"
 #include "kernels/cpu/thread_pool.h"
@@ -45,6 +52,12 @@ ABSL_FLAG(int32_t, repetitions, 5, "timed repetitions of each test (after one wa
 ABSL_FLAG(int32_t, r, -1, "short for --repetitions");
 ABSL_FLAG(int32_t, t, -1, "short for --threads");
 ABSL_FLAG(std::string, m, "", "short for --model");
+ABSL_FLAG(bool, kernels, false,
+          "bench: run the kernel micro-benchmarks (GEMV GB/s, GEMM GOP/s per ISA variant) "
+          "instead of a model");
+ABSL_FLAG(std::string, kernel_isas, "",
+          "bench --kernels: comma-separated variants to time (scalar, avx2, avx512f, avx512, "
+          "avx512bf16, amx); empty: every variant this CPU runs");
 
 namespace moeflow {
 namespace {
@@ -125,7 +138,106 @@ double DecodeBytesPerToken(const GgufFile& file, const Deepseek2Config& c, int64
   return bytes;
 }
 
+// `moeflow bench --kernels`.
+int RunKernelBench(int threads, bool json) {
+  KernelBenchOptions options;
+  const std::string wanted = absl::GetFlag(FLAGS_kernel_isas);
+  if (!wanted.empty()) {
+    for (absl::string_view name : absl::StrSplit(wanted, ',', absl::SkipEmpty())) {
+      bool found = false;
+      for (CpuIsa isa : {CpuIsa::kScalar, CpuIsa::kAvx2, CpuIsa::kAvx512NoVnni, CpuIsa::kAvx512,
+                         CpuIsa::kAvx512Bf16, CpuIsa::kAmx}) {
+        if (name != CpuIsaName(isa)) continue;
+        found = true;
+        if (CpuSupportsIsa(isa)) {
+          options.isas.push_back(isa);
+        } else {
+          std::fprintf(stderr, "moeflow bench: this CPU cannot run %s; skipping it\n",
+                       CpuIsaName(isa));
+        }
+      }
+      if (!found) {
+        std::fprintf(stderr,
+                     "moeflow bench: --kernel-isas: unknown variant \"%s\" (scalar, avx2, avx512f, "
+                     "avx512, avx512bf16, amx)\n",
+                     std::string(name).c_str());
+        return kExitUsage;
+      }
+    }
+    if (options.isas.empty()) {
+      std::fprintf(stderr, "moeflow bench: --kernel-isas: none of \"%s\" runs on this CPU\n",
+                   wanted.c_str());
+      return kExitUsage;
+    }
+  }
+  ThreadPool pool(threads);
+  const KernelBenchReport r = RunKernelBenchmarks(options, &pool);
+  auto type_name = [](GgmlType t) {
+    return std::string(Traits(t).name.data(), Traits(t).name.size());
+  };
+  // Integer-dot types are compared with the int8 peak; BF16 is not.
+  auto int8_type = [](GgmlType t) { return t != GgmlType::kBF16 && t != GgmlType::kF16; };
+  if (json) {
+    std::printf("{\"threads\": %d, \"selected_isa\": \"%s\", \"read_gb_per_s\": %.2f, "
+                "\"triad_gb_per_s\": %.2f, \"int8_peak_gops\": %.1f, \"kernels\": [",
+                r.threads, CpuIsaName(SelectedIsa()), r.bandwidth.read_gbps, r.bandwidth.triad_gbps,
+                r.int8_peak_gops);
+    for (size_t i = 0; i < r.rows.size(); ++i) {
+      const KernelBenchRow& k = r.rows[i];
+      std::printf("%s{\"type\": \"%s\", \"isa\": \"%s\", \"rows\": %lld, \"cols\": %lld, "
+                  "\"gemv_gb_per_s\": %.3f, \"gemv_fraction_of_read_bandwidth\": %.4f",
+                  i ? ", " : "", type_name(k.type).c_str(), CpuIsaName(k.isa),
+                  static_cast<long long>(k.rows), static_cast<long long>(k.cols), k.gemv_gb_per_s,
+                  r.bandwidth.read_gbps > 0 ? k.gemv_gb_per_s / r.bandwidth.read_gbps : 0.0);
+      for (size_t j = 0; j < r.gemm_tokens.size(); ++j) {
+        std::printf(", \"gemm%lld_gops\": %.2f", static_cast<long long>(r.gemm_tokens[j]),
+                    k.gemm_gops[j]);
+      }
+      std::printf("}");
+    }
+    std::printf("]}\n");
+    return kExitOk;
+  }
+  std::printf(
+      "kernel micro-benchmarks, %d threads (selected isa %s)\n"
+      "memory bandwidth: read %.1f GB/s, triad %.1f GB/s; int8 peak (vpdpbusd loop): %.0f GOP/s\n"
+      "GEMV: 1 token, every weight byte streamed from memory (%% of read bandwidth); GEMM: one\n"
+      "expert, cache-resident, T tokens (2·rows·cols·T ops; %% of the int8 peak for quantized types)\n",
+      r.threads, CpuIsaName(SelectedIsa()), r.bandwidth.read_gbps, r.bandwidth.triad_gbps,
+      r.int8_peak_gops);
+  std::printf("%-5s %-10s %-11s %9s %6s", "type", "rows×cols", "isa", "GEMV GB/s", "of bw");
+  for (int64_t t : r.gemm_tokens) {
+    std::printf(" %11s %7s", absl::StrCat("GEMM", t, " GOP/s").c_str(), "of peak");
+  }
+  std::printf("\n");
+  for (const KernelBenchRow& k : r.rows) {
+    const std::string shape = absl::StrCat(k.rows, "x", k.cols);
+    std::printf("%-5s %-10s %-11s %9.2f %5.0f%%", type_name(k.type).c_str(), shape.c_str(),
+                CpuIsaName(k.isa), k.gemv_gb_per_s,
+                r.bandwidth.read_gbps > 0 ? 100 * k.gemv_gb_per_s / r.bandwidth.read_gbps : 0.0);
+    for (size_t j = 0; j < r.gemm_tokens.size(); ++j) {
+      if (int8_type(k.type) && r.int8_peak_gops > 0) {
+        std::printf(" %11.1f %6.0f%%", k.gemm_gops[j], 100 * k.gemm_gops[j] / r.int8_peak_gops);
+      } else {
+        std::printf(" %11.1f %7s", k.gemm_gops[j], "-");
+      }
+    }
+    std::printf("\n");
+  }
+  std::printf("(K-quants need 256-column blocks: no q4_K / q6_K row for 2048x1408)\n");
+  return kExitOk;
+}
+
 int RunBench(const std::vector<std::string>& args) {
+  if (absl::GetFlag(FLAGS_kernels)) {
+    const int threads =
+        absl::GetFlag(FLAGS_t) >= 0 ? absl::GetFlag(FLAGS_t) : absl::GetFlag(FLAGS_threads);
+    if (threads < 1 || !args.empty()) {
+      std::fprintf(stderr, "moeflow bench --kernels: takes no model; needs -t >= 1\n");
+      return kExitUsage;
+    }
+    return RunKernelBench(threads, absl::GetFlag(FLAGS_json));
+  }
   std::string model =
       absl::GetFlag(FLAGS_m).empty() ? absl::GetFlag(FLAGS_model) : absl::GetFlag(FLAGS_m);
   if (model.empty() && args.size() == 1) model = args[0];
@@ -269,13 +381,17 @@ Command BenchCommand() {
   return Command{
       "bench",
       "prefill / decode tokens per second of the CPU engine (like llama-bench)",
-      "moeflow bench -m FILE.gguf [-p 512] [-n 128] [-r 5] [-t 2] [--active-experts K] [--json]",
+      "moeflow bench -m FILE.gguf [-p 512] [-n 128] [-r 5] [-t 2] [--active-experts K] [--json]\n"
+      "moeflow bench --kernels [-t 2] [--kernel-isas LIST] [--json]",
       "pp: prompt tokens / time to the first token's logits; tg: generated tokens / time, one\n"
       "token per step; both from an empty cache, mean ± sd over -r repetitions after a warm-up.\n"
-      "Also prints peak RSS and the decode bandwidth floor. Kernel micro-benchmarks:\n"
-      "bazel run -c opt //kernels/cpu:kernel_bench.",
+      "Also prints peak RSS and the decode bandwidth floor.\n"
+      "--kernels: kernel micro-benchmarks instead of a model: per weight type (q4_K, q6_K, q8_0,\n"
+      "bf16) and ISA variant, GEMV GB/s (1 token, expert shapes 1408x2048 and 2048x1408, weights\n"
+      "streamed from memory) and GEMM GOP/s (64 and 512 tokens on one expert), next to the\n"
+      "measured memory bandwidth and int8 peak.",
       {"model", "m", "prompt_tokens", "p", "gen_tokens", "n", "repetitions", "r", "threads", "t",
-       "active_experts", "json"},
+       "active_experts", "json", "kernels", "kernel_isas"},
       RunBench,
   };
 }

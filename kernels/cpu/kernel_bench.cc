@@ -1,12 +1,15 @@
 // Kernel micro-benchmarks of kernels/cpu on this machine:
 //
-//   kernel_bench [--threads N] [--isa scalar|avx2|avx512] [--json]
+//   kernel_bench [--threads N] [--isa scalar|avx2|avx512f|avx512] [--tokens 64] [--quick] [--json]
 //
 // Prints the machine's measured memory bandwidth (read and STREAM triad,
 // kernels/cpu/membw), its measured int8 peak (a vpdpbusd loop), then for each
 // weight type the achieved GEMV bandwidth (1 token, a matrix larger than the
 // caches: bytes of weights streamed per second) and GEMM throughput (64
-// tokens: 2·rows·cols·tokens operations per second). Wall-clock numbers,
+// tokens by default, --tokens N: 2·rows·cols·tokens operations per second).
+// --quick skips the bandwidth and peak measurements (for tuning the tiles).
+// Then the fused MoE operator (kernels/cpu/moe) on one v2-lite-shaped
+// layer: 512 tokens (prefill) and 1 token (decode). Wall-clock numbers,
 // best of several repetitions.
 #include <algorithm>
 #include <chrono>
@@ -19,6 +22,7 @@
 
 #include "kernels/cpu/matmul.h"
 #include "kernels/cpu/membw.h"
+#include "kernels/cpu/moe.h"
 #include "kernels/cpu/quants.h"
 #include "kernels/cpu/thread_pool.h"
 #include "model/ggml_types.h"
@@ -35,7 +39,7 @@ struct Result {
   double gemv_gbps = 0, gemm_gops = 0;
 };
 
-Result BenchType(GgmlType type, CpuIsa isa, ThreadPool* pool) {
+Result BenchType(GgmlType type, CpuIsa isa, int64_t tokens, ThreadPool* pool) {
   const int64_t cols = 2048;
   // ~100+ MB of weights for GEMV (past every cache).
   const int64_t row_bytes = RowBytes(type, cols).value();
@@ -53,7 +57,6 @@ Result BenchType(GgmlType type, CpuIsa isa, ThreadPool* pool) {
                   static_cast<size_t>(row_bytes));
     }
   }
-  const int64_t tokens = 64;
   std::vector<float> x(static_cast<size_t>(tokens * cols));
   for (float& v : x) v = dist(rng);
   std::vector<uint8_t> act(static_cast<size_t>(tokens * ActivationRowBytes(type, cols)));
@@ -72,7 +75,7 @@ Result BenchType(GgmlType type, CpuIsa isa, ThreadPool* pool) {
   // GEMM on an expert-sized slice (1408 rows) that stays in cache.
   const MatmulWeight slice = mw.Slice(0, 1408);
   best = 1e30;
-  for (int rep = 0; rep < 5; ++rep) {
+  for (int rep = 0; rep < 7; ++rep) {
     const double t0 = Now();
     MatmulQuantized(slice, act.data(), tokens, y.data(), 1408, isa, pool);
     best = std::min(best, Now() - t0);
@@ -81,37 +84,122 @@ Result BenchType(GgmlType type, CpuIsa isa, ThreadPool* pool) {
   return res;
 }
 
+// The fused MoE operator on one v2-lite-shaped layer (64 experts, hidden
+// 2048, expert ff 1408, top-6; Q4_K gate/up and Q5_0 down, as a Q4_K_M file
+// has them) for `tokens` tokens with random routes: GOP/s counted as
+// 2 · 3 · hidden · ff per (token, slot) pair, best of several calls.
+struct MoeResult {
+  double prefill_gops = 0, prefill_ms = 0, decode_ms = 0;
+};
+
+MoeResult BenchMoe(CpuIsa isa, int64_t tokens, ThreadPool* pool) {
+  const int64_t n_experts = 64, hidden = 2048, ff = 1408, k = 6;
+  std::mt19937 rng(3);
+  std::normal_distribution<float> dist(0.f, 0.05f);
+  auto matrix = [&](GgmlType type, int64_t rows, int64_t cols, std::vector<uint8_t>* bytes) {
+    const int64_t row_bytes = RowBytes(type, cols).value();
+    bytes->resize(static_cast<size_t>(rows * row_bytes));
+    std::vector<float> src(static_cast<size_t>(cols));
+    // 64 distinct random rows, repeated (quantizing 200k rows would dominate).
+    for (int64_t r = 0; r < rows; ++r) {
+      if (r < 64) {
+        for (float& v : src) v = dist(rng);
+        (void)Quantize(type, src.data(), bytes->data() + r * row_bytes, cols);
+      } else {
+        std::memcpy(bytes->data() + r * row_bytes, bytes->data() + (r % 64) * row_bytes,
+                    static_cast<size_t>(row_bytes));
+      }
+    }
+    return MatmulWeight{type, bytes->data(), cols, rows, row_bytes};
+  };
+  std::vector<uint8_t> gb, ub, db;
+  const MoeExperts experts{matrix(GgmlType::kQ4_K, n_experts * ff, hidden, &gb),
+                           matrix(GgmlType::kQ4_K, n_experts * ff, hidden, &ub),
+                           matrix(GgmlType::kQ5_0, n_experts * hidden, ff, &db),
+                           n_experts,
+                           ff,
+                           hidden};
+  std::vector<float> x(static_cast<size_t>(tokens * hidden)), out(x.size());
+  std::normal_distribution<float> xd(0.f, 1.f);
+  for (float& v : x) v = xd(rng);
+  std::vector<int32_t> ids;
+  std::vector<float> weights;
+  for (int64_t t = 0; t < tokens; ++t) {
+    std::vector<int32_t> all(static_cast<size_t>(n_experts));
+    for (int64_t e = 0; e < n_experts; ++e) all[static_cast<size_t>(e)] = static_cast<int32_t>(e);
+    std::shuffle(all.begin(), all.end(), rng);
+    for (int64_t j = 0; j < k; ++j) {
+      ids.push_back(all[static_cast<size_t>(j)]);
+      weights.push_back(1.f / k);
+    }
+  }
+  MoeScratch scratch;
+  MoeResult res;
+  double best = 1e30;
+  for (int rep = 0; rep < 4; ++rep) {
+    const double t0 = Now();
+    MoeForward(experts, x.data(), tokens, ids.data(), weights.data(), k, out.data(), scratch, isa,
+               pool);
+    best = std::min(best, Now() - t0);
+  }
+  res.prefill_ms = 1e3 * best;
+  res.prefill_gops = 2.0 * 3 * hidden * ff * tokens * k / best / 1e9;
+  best = 1e30;
+  for (int rep = 0; rep < 20; ++rep) {
+    const double t0 = Now();
+    MoeForward(experts, x.data() + (rep % tokens) * hidden, 1, ids.data() + (rep % tokens) * k,
+               weights.data(), k, out.data(), scratch, isa, pool);
+    best = std::min(best, Now() - t0);
+  }
+  res.decode_ms = 1e3 * best;
+  return res;
+}
+
 }  // namespace
 }  // namespace moeflow
 
 int main(int argc, char** argv) {
   int threads = 2;
-  bool json = false;
+  int64_t tokens = 64;
+  bool json = false, quick = false;
   moeflow::CpuIsa isa = moeflow::SelectedIsa();
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--json") {
       json = true;
+    } else if (a == "--quick") {
+      quick = true;
+    } else if (a == "--tokens" && i + 1 < argc) {
+      tokens = std::max<int64_t>(1, std::atoll(argv[++i]));
     } else if (a == "--threads" && i + 1 < argc) {
       threads = std::atoi(argv[++i]);
     } else if (a == "--isa" && i + 1 < argc) {
       const std::string v = argv[++i];
-      isa = v == "scalar" ? moeflow::CpuIsa::kScalar
-            : v == "avx2" ? moeflow::CpuIsa::kAvx2
-                          : moeflow::CpuIsa::kAvx512;
+      isa = v == "scalar"    ? moeflow::CpuIsa::kScalar
+            : v == "avx2"    ? moeflow::CpuIsa::kAvx2
+            : v == "avx512f" ? moeflow::CpuIsa::kAvx512NoVnni
+                             : moeflow::CpuIsa::kAvx512;
       if (!moeflow::CpuSupportsIsa(isa)) isa = moeflow::SelectedIsa();
     } else {
-      std::fprintf(stderr, "usage: kernel_bench [--threads N] [--isa NAME] [--json]\n");
+      std::fprintf(stderr,
+                   "usage: kernel_bench [--threads N] [--isa NAME] [--tokens N] [--quick] [--json]\n");
       return 2;
     }
   }
   moeflow::ThreadPool pool(threads);
-  const moeflow::MemoryBandwidth bw = moeflow::MeasureMemoryBandwidth(&pool);
-  const double peak = moeflow::MeasureInt8PeakGops(&pool);
+  moeflow::MemoryBandwidth bw;
+  bw.read_gbps = bw.triad_gbps = 0;
+  double peak = 0;
+  if (!quick) {
+    bw = moeflow::MeasureMemoryBandwidth(&pool);
+    peak = moeflow::MeasureInt8PeakGops(&pool);
+  }
   const moeflow::GgmlType types[] = {moeflow::GgmlType::kQ4_K, moeflow::GgmlType::kQ6_K,
                                      moeflow::GgmlType::kQ5_0, moeflow::GgmlType::kQ8_0};
   std::vector<moeflow::Result> results;
-  for (moeflow::GgmlType t : types) results.push_back(moeflow::BenchType(t, isa, &pool));
+  for (moeflow::GgmlType t : types) results.push_back(moeflow::BenchType(t, isa, tokens, &pool));
+  const int64_t moe_tokens = 512;
+  const moeflow::MoeResult moe = moeflow::BenchMoe(isa, moe_tokens, &pool);
   if (json) {
     std::printf("{\"isa\": \"%s\", \"threads\": %d, \"read_gb_per_s\": %.2f, \"triad_gb_per_s\": %.2f, "
                 "\"int8_peak_gops\": %.1f, \"kernels\": [",
@@ -121,7 +209,10 @@ int main(int argc, char** argv) {
                   i ? ", " : "", results[i].type.c_str(), results[i].gemv_gbps,
                   results[i].gemm_gops);
     }
-    std::printf("]}\n");
+    std::printf("], \"moe_prefill_tokens\": %lld, \"moe_prefill_gops\": %.1f, "
+                "\"moe_prefill_ms\": %.2f, \"moe_decode_ms\": %.3f}\n",
+                static_cast<long long>(moe_tokens), moe.prefill_gops, moe.prefill_ms,
+                moe.decode_ms);
   } else {
     std::printf("isa %s, %d threads\n", moeflow::CpuIsaName(isa), threads);
     std::printf("memory bandwidth: read %.1f GB/s, triad %.1f GB/s; int8 peak (vpdpbusd) %.0f GOP/s\n",
@@ -130,8 +221,13 @@ int main(int argc, char** argv) {
                 "of peak");
     for (const auto& r : results) {
       std::printf("%-6s %14.1f %9.0f%% %14.1f %9.0f%%\n", r.type.c_str(), r.gemv_gbps,
-                  100 * r.gemv_gbps / bw.read_gbps, r.gemm_gops, 100 * r.gemm_gops / peak);
+                  bw.read_gbps > 0 ? 100 * r.gemv_gbps / bw.read_gbps : 0.0, r.gemm_gops,
+                  peak > 0 ? 100 * r.gemm_gops / peak : 0.0);
     }
+    std::printf("fused MoE layer (64 experts, top-6, Q4_K gate/up, Q5_0 down): %lld tokens "
+                "%.1f ms = %.1f GOP/s; 1 token %.3f ms\n",
+                static_cast<long long>(moe_tokens), moe.prefill_ms, moe.prefill_gops,
+                moe.decode_ms);
   }
   return 0;
 }

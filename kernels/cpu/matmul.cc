@@ -28,6 +28,9 @@ uint64_t Xgetbv0() {
 struct CpuFeatures {
   bool avx2 = false;
   bool avx512 = false;
+  bool avx512_no_vnni = false;  // F, BW, VL, DQ (VNNI or not)
+  bool avx512bf16 = false;
+  bool amx = false;  // AMX-TILE + AMX-INT8, enabled in XCR0, permitted by the kernel
 };
 
 CpuFeatures DetectFeatures() {
@@ -50,7 +53,14 @@ CpuFeatures DetectFeatures() {
   const bool avx512vl = (b >> 31) & 1;
   const bool avx512vnni = (c >> 11) & 1;
   f.avx2 = os_avx && avx2 && fma && f16c;
-  f.avx512 = f.avx2 && os_avx512 && avx512f && avx512dq && avx512bw && avx512vl && avx512vnni;
+  f.avx512_no_vnni = f.avx2 && os_avx512 && avx512f && avx512dq && avx512bw && avx512vl;
+  f.avx512 = f.avx512_no_vnni && avx512vnni;
+  const bool amx_tile = (d >> 24) & 1;
+  const bool amx_int8 = (d >> 25) & 1;
+  __cpuid_count(7, 1, a, b, c, d);
+  f.avx512bf16 = f.avx512 && ((a >> 5) & 1);
+  const bool os_amx = (xcr0 & 0x60000) == 0x60000;  // XTILECFG, XTILEDATA
+  f.amx = f.avx512bf16 && amx_tile && amx_int8 && os_amx && AmxRequestPermission();
   return f;
 }
 
@@ -60,7 +70,10 @@ const CpuFeatures& Features() {
 }
 
 CpuIsa BestIsa() {
+  if (Features().amx) return CpuIsa::kAmx;
+  if (Features().avx512bf16) return CpuIsa::kAvx512Bf16;
   if (Features().avx512) return CpuIsa::kAvx512;
+  if (Features().avx512_no_vnni) return CpuIsa::kAvx512NoVnni;
   if (Features().avx2) return CpuIsa::kAvx2;
   return CpuIsa::kScalar;
 }
@@ -74,8 +87,31 @@ CpuIsa IsaFromEnvironment() {
   if (v == "scalar") wanted = CpuIsa::kScalar;
   if (v == "avx2") wanted = CpuIsa::kAvx2;
   if (v == "avx512") wanted = CpuIsa::kAvx512;
+  if (v == "avx512f") wanted = CpuIsa::kAvx512NoVnni;
+  if (v == "avx512bf16") wanted = CpuIsa::kAvx512Bf16;
+  if (v == "amx") wanted = CpuIsa::kAmx;
   // An ISA the CPU lacks falls back to the best it has.
-  return static_cast<int>(wanted) <= static_cast<int>(isa) ? wanted : isa;
+  return CpuSupportsIsa(wanted) ? wanted : isa;
+}
+
+// The ISAs whose kernels include the AVX-512 VNNI tables.
+bool IsAvx512Vnni(CpuIsa isa) {
+  return isa == CpuIsa::kAvx512 || isa == CpuIsa::kAvx512Bf16 || isa == CpuIsa::kAmx;
+}
+
+// kAmx's Q8_0 GEMM: AMX tiles from 16 tokens on (a 16-token tile column is
+// the AMX unit of work), the AVX-512 VNNI tiles below that (decode).
+constexpr int64_t kAmxMinTokens = 16;
+
+void GemmQ8_0Amx(int64_t cols, const uint8_t* w, int64_t w_row_bytes, int64_t n_rows,
+                 const uint8_t* act, int64_t act_row_bytes, int64_t n_tokens, float* y,
+                 int64_t y_stride) {
+  if (n_tokens < kAmxMinTokens) {
+    Avx512VecDots().gemm_q8_0(cols, w, w_row_bytes, n_rows, act, act_row_bytes, n_tokens, y,
+                              y_stride);
+  } else {
+    AmxGemmQ8_0(cols, w, w_row_bytes, n_rows, act, act_row_bytes, n_tokens, y, y_stride);
+  }
 }
 
 // ---------------------------------------------------------------------------
@@ -528,6 +564,12 @@ const char* CpuIsaName(CpuIsa isa) {
       return "avx2";
     case CpuIsa::kAvx512:
       return "avx512";
+    case CpuIsa::kAvx512NoVnni:
+      return "avx512f";
+    case CpuIsa::kAvx512Bf16:
+      return "avx512bf16";
+    case CpuIsa::kAmx:
+      return "amx";
   }
   return "?";
 }
@@ -540,6 +582,12 @@ bool CpuSupportsIsa(CpuIsa isa) {
       return Features().avx2;
     case CpuIsa::kAvx512:
       return Features().avx512;
+    case CpuIsa::kAvx512NoVnni:
+      return Features().avx512_no_vnni;
+    case CpuIsa::kAvx512Bf16:
+      return Features().avx512bf16;
+    case CpuIsa::kAmx:
+      return Features().amx;
   }
   return false;
 }
@@ -620,7 +668,11 @@ void QuantizeActivations(GgmlType weight_type, const float* x, int64_t n_rows, i
 
 VecDotFn GetVecDot(GgmlType weight_type, CpuIsa isa) {
   VecDotFn fn = nullptr;
-  if (isa == CpuIsa::kAvx512) fn = SimdVecDot(Avx512VecDots(), weight_type);
+  if ((isa == CpuIsa::kAvx512Bf16 || isa == CpuIsa::kAmx) && weight_type == GgmlType::kBF16) {
+    fn = Avx512Bf16VecDots().bf16;
+  }
+  if (fn == nullptr && IsAvx512Vnni(isa)) fn = SimdVecDot(Avx512VecDots(), weight_type);
+  if (isa == CpuIsa::kAvx512NoVnni) fn = SimdVecDot(Avx512NoVnniVecDots(), weight_type);
   if (isa == CpuIsa::kAvx2) fn = SimdVecDot(Avx2VecDots(), weight_type);
   if (fn == nullptr) fn = ScalarVecDot(weight_type);
   MOEFLOW_CHECK(fn != nullptr);
@@ -635,9 +687,15 @@ MatmulWeight MatmulWeight::Slice(int64_t first, int64_t n) const {
   return s;
 }
 
+VecDotFn F16ViaBf16VecDot() {
+  return Features().avx512bf16 ? Avx512Bf16VecDots().f16_via_bf16 : nullptr;
+}
+
 GemmFn SimdGemm(GgmlType type, CpuIsa isa) {
-  if (isa != CpuIsa::kAvx512) return nullptr;
-  const SimdVecDots& t = Avx512VecDots();
+  if (isa == CpuIsa::kAmx && type == GgmlType::kQ8_0) return GemmQ8_0Amx;
+  if (!IsAvx512Vnni(isa) && isa != CpuIsa::kAvx512NoVnni) return nullptr;
+  const SimdVecDots& t =
+      isa == CpuIsa::kAvx512NoVnni ? Avx512NoVnniVecDots() : Avx512VecDots();
   switch (type) {
     case GgmlType::kQ8_0:
       return t.gemm_q8_0;

@@ -27,17 +27,18 @@
 // hot pairs (F32, Q8_0, Q5_0, Q4_K, Q6_K) compute the same integer sums
 // exactly but add the per-block float terms in a different order (as ggml's
 // own SIMD paths do), so they differ from the scalar result by a few ulp of
-// the sum of |terms|. On AVX-512 VNNI, MatmulQuantized of Q4_K, Q6_K, Q5_0
-// and Q8_0 weights runs register-blocked tiles instead of one vec_dot per
+// the sum of |terms|. On AVX-512 (with or without VNNI), MatmulQuantized of
+// Q4_K, Q6_K, Q5_0 and Q8_0 weights runs register-blocked tiles instead of one vec_dot per
 // (row, token) (matmul_simd.inc): 4 rows × 1 token with software prefetch for
 // decode (≤ 2 tokens: GEMV, bandwidth-bound; each block prefetched into L2
-// one tile — 4 rows — ahead, since rows are contiguous), 2 rows × 4 tokens in chunks of
-// 64 tokens for prefill (GEMM: each unpacked weight block serves 4 tokens).
+// one tile — 4 rows — ahead, since rows are contiguous), 4 rows × 4 tokens
+// (Q6_K: 2 × 4) in chunks of 64 tokens for prefill (GEMM: each unpacked
+// weight block serves 4 tokens, each activation block 4 rows).
 // Integer sums stay exact (vpdpbusd / vpmaddubsw + vpdpwssd with biased
 // operands), so they too differ from the scalar result only in float
 // summation order, and a (row, token) result never depends on the tile it
 // falls in. The ISA is chosen at run time from CPUID; the
-// environment variable MOEFLOW_ISA=scalar|avx2|avx512 forces one (an ISA the
+// environment variable MOEFLOW_ISA=scalar|avx2|avx512f|avx512|avx512bf16|amx forces one (an ISA the
 // CPU lacks falls back to the best it has).
 //
 // Thread-safety: all functions are pure; Matmul splits rows over the given
@@ -53,14 +54,44 @@
 
 namespace moeflow {
 
-enum class CpuIsa { kScalar = 0, kAvx2 = 1, kAvx512 = 2 };
+// kAvx512Bf16 is kAvx512 plus AVX-512 BF16: BF16 weights use vdpbf16ps
+// (matmul_bf16.cc) with ggml's BF16 activations; every other type runs as on
+// kAvx512. vdpbf16ps multiplies BF16 pairs exactly and adds in fp32 (round to
+// nearest even; BF16 denormals read as zero), as ggml's own AVX512_BF16
+// vec_dot_bf16 does, so the result differs from the scalar reference (exact
+// products, double sum) only by fp32 summation: the tests allow
+// (n / 16 + 16) · 2^-24 · Σ|w·a|. F16 weights keep ggml's F16 arithmetic
+// here; F16ViaBf16VecDot below is the converting variant, opt-in.
+// kAmx is kAvx512Bf16 plus AMX-INT8: Q8_0 weights × Q8_0 activations of
+// calls with ≥ 16 tokens run as 16 × 16 int8 tiles (matmul_amx.cc), whose
+// integer sums are exact and whose float terms are added in the scalar
+// reference's order (bit-equal to it); fewer tokens use the AVX-512 tiles.
+// Explicit values: the numbers are not an order of capability.
+// kAvx512NoVnni is AVX-512 F/BW/VL/DQ without VNNI (matmul_avx512f.cc): the
+// same 512-bit tiles as kAvx512 with vpdpbusd / vpdpwssd emulated by
+// vpmaddubsw / vpmaddwd (same exact integer sums); selected on CPUs with
+// AVX-512 but no VNNI, forced with MOEFLOW_ISA=avx512f.
+enum class CpuIsa {
+  kScalar = 0,
+  kAvx2 = 1,
+  kAvx512 = 2,
+  kAvx512Bf16 = 3,
+  kAmx = 4,
+  kAvx512NoVnni = 5
+};
 
 const char* CpuIsaName(CpuIsa isa);
 // Whether this CPU (and OS) can run `isa`: AVX2 needs AVX2+FMA+F16C; AVX-512
-// needs F, BW, VL, DQ and VNNI.
+// needs F, BW, VL, DQ and VNNI; AVX-512 BF16 needs that and AVX512_BF16;
+// AMX needs that, AMX-TILE, AMX-INT8, XCR0's tile state and the kernel's
+// permission (arch_prctl ARCH_REQ_XCOMP_PERM for XTILEDATA, requested once);
+// AVX-512 without VNNI (avx512f) needs F, BW, VL and DQ.
 bool CpuSupportsIsa(CpuIsa isa);
-// The best ISA this CPU supports, or MOEFLOW_ISA when set (clamped to what
-// the CPU supports). Read once; later calls return the same value.
+// The best ISA this CPU supports (amx > avx512bf16 > avx512 > avx512f >
+// avx2 > scalar), or MOEFLOW_ISA=scalar|avx2|avx512f|avx512|avx512bf16|amx
+// when set (an ISA
+// the CPU lacks falls back to the best it has). Read once; later calls
+// return the same value.
 CpuIsa SelectedIsa();
 
 // Whether Matmul handles weights of `type`.
@@ -80,6 +111,15 @@ void QuantizeActivations(GgmlType weight_type, const float* x, int64_t n_rows, i
 using VecDotFn = float (*)(int64_t cols, const void* weight_row, const void* activation_row);
 VecDotFn GetVecDot(GgmlType weight_type, CpuIsa isa);
 
+// The F16-via-BF16 dot, or null when the CPU lacks AVX-512 BF16: F16 weights
+// · ggml's F16 activations, each value rounded to BF16 (nearest even) and
+// multiplied with vdpbf16ps. Faster per instruction than the F16 path but
+// lossy where ggml is not (ggml's F16 vec_dot multiplies the F16 values
+// exactly in fp32): BF16 keeps 8 significant bits, so each rounding is off
+// by ≤ 2^-8 relative and a product by ≤ 2^-7 + 2^-16 — the tests allow that
+// plus the summation bound above, times Σ|w·a|. Not used by Matmul; for callers that accept the precision.
+VecDotFn F16ViaBf16VecDot();
+
 // A 2-D view of a ggml weight tensor {cols, rows}: row r is `row_bytes`
 // bytes at data + r * row_bytes.
 struct MatmulWeight {
@@ -96,8 +136,8 @@ struct MatmulWeight {
 
 // y[t * y_stride + r] = W[r] · act[t] for t < n_act_rows, r < W.rows, where
 // act holds rows of ActivationRowBytes(W.type, W.cols) bytes. Rows of W are
-// split evenly over `pool` (null: the calling thread alone). Results do not
-// depend on the number of threads.
+// split over `pool` in dynamically claimed chunks (null: the calling thread
+// alone). Results do not depend on the number of threads or the split.
 void MatmulQuantized(const MatmulWeight& w, const uint8_t* act, int64_t n_act_rows, float* y,
                      int64_t y_stride, CpuIsa isa, ThreadPool* pool);
 

@@ -47,6 +47,26 @@ struct SimdVecDots {
 
 const SimdVecDots& Avx2VecDots();
 const SimdVecDots& Avx512VecDots();
+// matmul_avx512f.cc: the AVX-512 tables without VNNI (CpuIsa::kAvx512NoVnni).
+const SimdVecDots& Avx512NoVnniVecDots();
+
+// matmul_bf16.cc (-mavx512bf16): vdpbf16ps dots of BF16 weights · BF16
+// activations, and of F16 weights · F16 activations rounded to BF16.
+struct Bf16VecDots {
+  VecDotFn bf16 = nullptr;
+  VecDotFn f16_via_bf16 = nullptr;
+};
+const Bf16VecDots& Avx512Bf16VecDots();
+
+// matmul_amx.cc (-mamx-tile -mamx-int8): Q8_0 weights · Q8_0 activations in
+// 16 × 16 int8 tiles (_tile_dpbssd). Needs a thread that may use AMX state
+// (AmxRequestPermission has succeeded in this process).
+void AmxGemmQ8_0(int64_t cols, const uint8_t* w, int64_t w_row_bytes, int64_t n_rows,
+                 const uint8_t* act, int64_t act_row_bytes, int64_t n_tokens, float* y,
+                 int64_t y_stride);
+// arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA): true when the kernel
+// lets this process use AMX tile data (Linux ≥ 5.16).
+bool AmxRequestPermission();
 
 }  // namespace moeflow
 

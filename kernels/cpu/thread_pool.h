@@ -1,26 +1,46 @@
 // A fixed-size pool of CPU threads that runs parallel-for loops over index
-// ranges (matrix rows, attention heads).
+// ranges (matrix rows, attention heads, expert tiles).
 //
-// Role in the data flow: the engine creates one pool with its n_threads and
-// passes it explicitly to every kernel that splits work (kernels/cpu/matmul,
-// the attention loop); there is no global pool. The calling thread takes part
-// as thread 0, so a pool of N threads starts N - 1 workers.
+// Role in the data flow: the engine (and each cpu_expert_worker) creates one
+// pool with its n_threads and passes it explicitly to every kernel that
+// splits work (kernels/cpu/matmul, the attention loop); there is no global
+// pool. The calling thread takes part as thread 0, so a pool of N threads
+// starts N - 1 workers. kernels/cpu/numa builds pools whose workers are
+// pinned to the cores of one NUMA node (a start hook, below).
 //
-// Waiting: after a job, workers spin briefly (a few microseconds, so that the
-// next matmul of a decode step starts at once) and then sleep on a condition
-// variable; they never busy-wait for long. The caller waits for the others the
-// same way.
+// Work splitting is dynamic: threads claim chunks of the index range from a
+// shared atomic counter (guided scheduling — each claim takes
+// remaining / (2 · threads) indices, never fewer than one), so a thread that
+// is slowed down (another process on its core, a cold cache) simply claims
+// fewer chunks and all threads finish within one small chunk of each other.
+// A worker that has not woken up by the time the work is gone is not waited
+// for: the caller closes the job once every index is claimed and waits only
+// for the threads that are actually inside it, so an oversubscribed machine
+// degrades to the caller doing the work instead of stalling on a descheduled
+// worker.
+//
+// Which thread runs which chunk is not deterministic. Callers must make each
+// index's result independent of the chunk it falls in and of the thread that
+// runs it (the matmul kernels do: a (row, token) result never depends on the
+// tile or the thread). `thread` is only meant to pick per-thread scratch.
+//
+// Waiting: idle workers spin briefly (an adaptive budget of `pause`s that
+// grows while jobs keep arriving during the spin and shrinks when they do
+// not, at most a few tens of microseconds), then sleep on a condition
+// variable; the caller waits for the last chunks the same way. Nothing
+// busy-waits for long.
 //
 // Thread-safety: ParallelFor may be called from one thread at a time (the
-// owner); it is not reentrant (a job must not call ParallelFor on the same
-// pool — CHECKed). Failure: none at run time; a thread that cannot be started
-// aborts (std::thread throws).
+// owner; CHECKed). Called from inside a job of the same pool (nesting), it
+// runs the whole range inline on the calling thread. Failure: none at run
+// time; a thread that cannot be started aborts (std::thread throws).
 #ifndef MOEFLOW_KERNELS_CPU_THREAD_POOL_H_
 #define MOEFLOW_KERNELS_CPU_THREAD_POOL_H_
 
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
+#include <functional>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -31,57 +51,81 @@ class ThreadPool {
  public:
   // n_threads >= 1 threads in all, the caller's included.
   explicit ThreadPool(int n_threads);
+  // As above; each worker thread (1 .. n_threads - 1) first runs
+  // on_worker_start(thread) — e.g. to pin itself to a core — and the
+  // constructor returns once every worker has done so.
+  ThreadPool(int n_threads, const std::function<void(int thread)>& on_worker_start);
   ~ThreadPool();
   ThreadPool(const ThreadPool&) = delete;
   ThreadPool& operator=(const ThreadPool&) = delete;
 
   int size() const { return n_threads_; }
 
-  // Splits [0, n) into size() contiguous ranges of n / size() (± 1) indices
-  // and calls fn(begin, end, thread_index) for each non-empty one, one per
-  // thread; returns when all are done. No heap allocation.
+  // Calls fn(begin, end, thread) on disjoint chunks [begin, end) that cover
+  // [0, n) exactly once, on up to size() threads (thread < size()); returns
+  // when all chunks are done. No heap allocation.
   template <typename Fn>
   void ParallelFor(int64_t n, const Fn& fn) {
     if (n <= 0) return;
+    if (tls_pool_ == this) {  // nested call from a job of this pool: its thread runs it all
+      fn(int64_t{0}, n, tls_thread_);
+      return;
+    }
     if (n_threads_ == 1 || n == 1) {
       fn(int64_t{0}, n, 0);
       return;
     }
     struct Job {
+      ThreadPool* pool;
       const Fn* fn;
       int64_t n;
-      int threads;
-    } job{&fn, n, n_threads_};
+    } job{this, &fn, n};
     Run(
         [](void* p, int thread) {
           const Job& j = *static_cast<const Job*>(p);
-          const int64_t begin = j.n * thread / j.threads;
-          const int64_t end = j.n * (thread + 1) / j.threads;
-          if (begin < end) (*j.fn)(begin, end, thread);
+          int64_t begin, end;
+          while (j.pool->ClaimChunk(j.n, &begin, &end)) (*j.fn)(begin, end, thread);
         },
         &job);
   }
 
  private:
   using JobFn = void (*)(void*, int);
-  // Calls job(ctx, i) on thread i for every i in [0, size()), the caller
-  // being thread 0, and waits for all.
+  // Runs job(ctx, thread) on the caller (thread 0) and on every worker that
+  // joins before the job closes; returns when all who joined are done.
   void Run(JobFn job, void* ctx);
   void WorkerLoop(int thread);
+  void StartWorkers(const std::function<void(int)>* on_worker_start);
+  // Claims the next chunk of [0, n) (guided size); false when none is left.
+  bool ClaimChunk(int64_t n, int64_t* begin, int64_t* end);
+  // Called by a worker that leaves the current job.
+  void LeaveJob();
+
+  // state_: generation (bits 32..63) | closed (bit 31) | threads inside the
+  // job (bits 0..30). A new generation is an open job with nobody inside.
+  static constexpr uint64_t kClosed = uint64_t{1} << 31;
+  static constexpr uint64_t kCountMask = kClosed - 1;
+  static constexpr int kMinSpin = 64;
+  static constexpr int kMaxSpin = 4096;
+
+  static thread_local const ThreadPool* tls_pool_;
+  static thread_local int tls_thread_;
 
   const int n_threads_;
   std::vector<std::thread> workers_;
   std::mutex mu_;
-  std::condition_variable work_cv_;
-  std::condition_variable done_cv_;
-  // Written under mu_ before generation_ is bumped; read by workers after
-  // they observe the new generation (acquire).
+  std::condition_variable work_cv_;  // workers sleep here between jobs
+  std::condition_variable done_cv_;  // the caller sleeps here for the last workers
+  // Written by the caller before it publishes a new generation (release);
+  // read by workers only after they have entered that generation.
   JobFn job_ = nullptr;
   void* job_ctx_ = nullptr;
-  std::atomic<uint64_t> generation_{0};
-  std::atomic<int> pending_{0};
+  alignas(64) std::atomic<uint64_t> state_{0};
+  alignas(64) std::atomic<int64_t> next_{0};  // first unclaimed index
+  alignas(64) std::atomic<int> sleepers_{0};  // workers blocked on work_cv_ (changed under mu_)
   std::atomic<bool> running_{false};
   bool stop_ = false;  // guarded by mu_
+  int started_ = 0;    // workers past on_worker_start, guarded by mu_
 };
 
 }  // namespace moeflow

@@ -29,7 +29,7 @@ const GgmlType kSimdTypes[] = {GgmlType::kF32, GgmlType::kQ8_0, GgmlType::kQ5_0,
 
 std::vector<CpuIsa> SimdIsas() {
   std::vector<CpuIsa> out;
-  for (CpuIsa isa : {CpuIsa::kAvx2, CpuIsa::kAvx512}) {
+  for (CpuIsa isa : {CpuIsa::kAvx2, CpuIsa::kAvx512NoVnni, CpuIsa::kAvx512}) {
     if (CpuSupportsIsa(isa)) out.push_back(isa);
   }
   return out;
@@ -327,6 +327,36 @@ TEST(MatmulTest, SimdGemmOddBlockCount) {
       MatmulQuantized(q.w, act.data(), tokens, y.data(), rows, isa, nullptr);
       for (size_t i = 0; i < y.size(); ++i) {
         EXPECT_NEAR(y[i], ref[i], 1e-4 * (1 + std::fabs(ref[i]))) << CpuIsaName(isa) << " " << i;
+      }
+    }
+  }
+}
+
+// A (row, token) result never depends on the tile it falls in: each token of
+// a batch (R×T tiles, the t < T leftover tiles, one-row tiles for leftover
+// rows) gives bit for bit what it gives alone (the 4-row GEMV tiles), for
+// every SIMD variant and every batch size up to two token chunks.
+TEST(MatmulTest, BatchResultsEqualSingleTokenResults) {
+  const int64_t rows = 23, cols = 512;
+  for (GgmlType type : kSimdTypes) {
+    SCOPED_TRACE(Traits(type).name);
+    const Quantized q = QuantizeMatrix(type, RandomFloats(rows * cols, 30), rows, cols);
+    const int64_t act_bytes = ActivationRowBytes(type, cols);
+    for (int64_t tokens : {3, 7, 13, 70, 131}) {
+      const std::vector<float> x = RandomFloats(tokens * cols, 31 + static_cast<uint32_t>(tokens));
+      std::vector<uint8_t> act(static_cast<size_t>(tokens * act_bytes));
+      QuantizeActivations(type, x.data(), tokens, cols, cols, act.data());
+      for (CpuIsa isa : SimdIsas()) {
+        std::vector<float> batch(static_cast<size_t>(tokens * rows), -1.f);
+        MatmulQuantized(q.w, act.data(), tokens, batch.data(), rows, isa, nullptr);
+        std::vector<float> one(static_cast<size_t>(rows));
+        for (int64_t t = 0; t < tokens; ++t) {
+          MatmulQuantized(q.w, act.data() + t * act_bytes, 1, one.data(), rows, isa, nullptr);
+          for (int64_t r = 0; r < rows; ++r) {
+            ASSERT_EQ(batch[t * rows + r], one[r])
+                << CpuIsaName(isa) << " tokens " << tokens << " t " << t << " r " << r;
+          }
+        }
       }
     }
   }

@@ -1,0 +1,73 @@
+// kernels/cpu/kernel_benchmarks on a tiny budget: one row per (type, valid
+// shape, variant with its own kernel), positive throughputs, K-quants
+// skipping the 1408-column shape, and only the requested variants.
+#include "kernels/cpu/kernel_benchmarks.h"
+
+#include <set>
+#include <utility>
+
+#include "gtest/gtest.h"
+
+namespace moeflow {
+namespace {
+
+KernelBenchOptions Tiny() {
+  KernelBenchOptions o;
+  o.gemv_bytes = 1 << 20;
+  o.gemm_tokens = {4, 16};
+  o.repetitions = 1;
+  o.max_seconds = 0.01;
+  o.measure_machine = false;
+  return o;
+}
+
+TEST(KernelBenchmarksTest, RowsForEveryValidShapeAndVariant) {
+  KernelBenchOptions o = Tiny();
+  o.isas = {CpuIsa::kScalar, SelectedIsa()};
+  o.types = {GgmlType::kQ4_K, GgmlType::kQ8_0};
+  ThreadPool pool(2);
+  const KernelBenchReport r = RunKernelBenchmarks(o, &pool);
+  EXPECT_EQ(r.threads, 2);
+  std::set<std::pair<int, int>> seen;  // (type, rows)
+  for (const KernelBenchRow& row : r.rows) {
+    EXPECT_TRUE(row.isa == CpuIsa::kScalar || row.isa == SelectedIsa());
+    EXPECT_GT(row.gemv_gb_per_s, 0);
+    ASSERT_EQ(row.gemm_gops.size(), 2u);
+    EXPECT_GT(row.gemm_gops[0], 0);
+    EXPECT_GT(row.gemm_gops[1], 0);
+    // Q4_K needs cols % 256 == 0: only the 1408 × 2048 shape.
+    if (row.type == GgmlType::kQ4_K) EXPECT_EQ(row.cols, 2048);
+    seen.insert({static_cast<int>(row.type), static_cast<int>(row.rows)});
+  }
+  EXPECT_EQ(seen.count({static_cast<int>(GgmlType::kQ4_K), 1408}), 1u);
+  EXPECT_EQ(seen.count({static_cast<int>(GgmlType::kQ4_K), 2048}), 0u);
+  EXPECT_EQ(seen.count({static_cast<int>(GgmlType::kQ8_0), 1408}), 1u);
+  EXPECT_EQ(seen.count({static_cast<int>(GgmlType::kQ8_0), 2048}), 1u);
+}
+
+TEST(KernelBenchmarksTest, VariantsThatRepeatAnotherKernelAreSkipped) {
+  if (!CpuSupportsIsa(CpuIsa::kAvx512Bf16)) GTEST_SKIP() << "no AVX-512 BF16 on this CPU";
+  KernelBenchOptions o = Tiny();
+  o.isas = {CpuIsa::kScalar, CpuIsa::kAvx512, CpuIsa::kAvx512Bf16};
+  o.types = {GgmlType::kQ8_0, GgmlType::kBF16};
+  const KernelBenchReport r = RunKernelBenchmarks(o, nullptr);
+  std::multiset<std::pair<int, int>> seen;  // (type, isa)
+  for (const KernelBenchRow& row : r.rows) {
+    seen.insert({static_cast<int>(row.type), static_cast<int>(row.isa)});
+  }
+  auto count = [&](GgmlType t, CpuIsa i) {
+    return seen.count({static_cast<int>(t), static_cast<int>(i)});
+  };
+  // Two shapes each. avx512bf16 repeats avx512 on Q8_0; avx512 runs the
+  // scalar dot on BF16.
+  EXPECT_EQ(count(GgmlType::kQ8_0, CpuIsa::kScalar), 2u);
+  EXPECT_EQ(count(GgmlType::kQ8_0, CpuIsa::kAvx512), 2u);
+  EXPECT_EQ(count(GgmlType::kQ8_0, CpuIsa::kAvx512Bf16), 0u);
+  EXPECT_EQ(count(GgmlType::kBF16, CpuIsa::kScalar), 2u);
+  EXPECT_EQ(count(GgmlType::kBF16, CpuIsa::kAvx512), 0u);
+  EXPECT_EQ(count(GgmlType::kBF16, CpuIsa::kAvx512Bf16), 2u);
+  EXPECT_EQ(r.rows.size(), 8u);
+}
+
+}  // namespace
+}  // namespace moeflow
