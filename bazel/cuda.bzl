@@ -21,6 +21,15 @@ def cuda_compatible_with():
         "//conditions:default": [],
     })
 
+def if_cuda(items):
+    """`items` when CUDA targets are built (nvcc found, not --config=nocuda), else []."""
+    if not CUDA_FOUND:
+        return []
+    return select({
+        "//:cuda_off": [],
+        "//conditions:default": items,
+    })
+
 def cuda_library(name, srcs, hdrs = [], deps = [], copts = [], **kwargs):
     archive = "lib%s_cu.a" % name
     hdr_locations = " ".join(["-I$$(dirname $(location %s))" % h for h in hdrs])

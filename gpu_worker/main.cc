@@ -1,11 +1,19 @@
 // gpu_worker: the process that runs everything but the routed experts
-// (gpu_worker/cpu_backend.h; the CUDA backend is not in this build). Started
+// (gpu_worker/cpu_backend.h, and gpu_worker/cuda_backend.h when built with
+// CUDA: MOEFLOW_WITH_CUDA). Started
 // by the coordinator (`moeflow launch`), which drives it over gRPC
 // (proto/worker.proto) and UCX.
 #include "coordinator/worker_runtime.h"
 #include "gpu_worker/cpu_backend.h"
+#ifdef MOEFLOW_WITH_CUDA
+#include "gpu_worker/cuda_backend_selector.h"  // backend: cuda or cpu, picked at Configure
+#endif
 
 int main(int argc, char** argv) {
+#ifdef MOEFLOW_WITH_CUDA
+  moeflow::GpuWorkerBackendSelector backend;
+#else
   moeflow::CpuGpuWorkerBackend backend;
+#endif
   return moeflow::dataflow::RunWorkerProcess(argc, argv, "gpu_worker", backend);
 }

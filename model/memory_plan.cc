@@ -4,6 +4,8 @@
 #include <map>
 
 #include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "base/check.h"
 #include "model/ggml_types.h"
 
@@ -196,6 +198,157 @@ PlacementPlan PlanExpertPlacement(const std::vector<GgufTensorInfo>& tensors,
     }
   }
   return plan;
+}
+
+// ---------------------------------------------------------------------------
+// GPU memory.
+
+namespace {
+
+// Bytes of `n` values in a type whose blocks hold `block` values in `bytes`
+// bytes; partial blocks (a split that does not fall on a block boundary)
+// count as whole ones.
+uint64_t BlockBytes(int64_t n, int64_t block, int64_t bytes) {
+  return static_cast<uint64_t>((n + block - 1) / block) * static_cast<uint64_t>(bytes);
+}
+
+// How a tensor is cut for tensor parallelism: which dimension (ggml order),
+// and in units of how many entries of it (a head's rows, ...).
+struct TensorSplit {
+  int dim = -1;  // -1: replicated
+  int64_t units = 1;
+  int64_t unit_size = 1;
+};
+
+TensorSplit SplitOf(absl::string_view name, const std::vector<int64_t>& ne,
+                    const Deepseek2Config& c) {
+  TensorSplit s;
+  auto split = [&](int dim, int64_t units) {
+    if (dim < static_cast<int>(ne.size()) && units > 0 && ne[dim] % units == 0) {
+      s.dim = dim;
+      s.units = units;
+      s.unit_size = ne[dim] / units;
+    }
+  };
+  const TensorPart part = PartOf(name);
+  if (part == TensorPart::kAttention) {
+    if (absl::StrContains(name, ".attn_q.") || absl::StrContains(name, ".attn_q_b.")) {
+      split(1, c.n_heads);
+    } else if (absl::StrContains(name, ".attn_k_b.") || absl::StrContains(name, ".attn_v_b.")) {
+      split(2, c.n_heads);
+    } else if (absl::StrContains(name, ".attn_output.")) {
+      split(0, c.n_heads);
+    }
+  } else if ((part == TensorPart::kDenseFfn || part == TensorPart::kSharedExperts) &&
+             ne.size() == 2) {
+    // gate/up {hidden, ff}: output rows; down {ff, hidden}: input columns.
+    split(absl::StrContains(name, "ffn_down") ? 0 : 1,
+          absl::StrContains(name, "ffn_down") ? ne[0] : ne[1]);
+  } else if ((part == TensorPart::kEmbeddings || part == TensorPart::kOutput) && ne.size() == 2) {
+    split(1, ne[1]);
+  }
+  return s;
+}
+
+// "23.60 GiB", "548.2 MiB", "160.0 KiB".
+std::string Gib(uint64_t bytes) {
+  if (bytes >= (1ull << 30)) {
+    return absl::StrFormat("%.2f GiB", static_cast<double>(bytes) / (1ull << 30));
+  }
+  if (bytes >= (1ull << 20)) {
+    return absl::StrFormat("%.1f MiB", static_cast<double>(bytes) / (1ull << 20));
+  }
+  return absl::StrFormat("%.1f KiB", static_cast<double>(bytes) / (1ull << 10));
+}
+
+}  // namespace
+
+uint64_t GpuResidentBytes(absl::string_view name, GgmlType type, const std::vector<int64_t>& ne) {
+  int64_t n = 1;
+  for (int64_t d : ne) n *= d;
+  if (n <= 0) return 0;
+  const int64_t rows = ne.empty() ? 1 : n / ne[0];
+  const int64_t row = ne.empty() ? 1 : ne[0];
+  if (ne.size() <= 1 || absl::StrContains(name, "ffn_gate_inp")) {
+    return static_cast<uint64_t>(n) * 4;
+  }
+  switch (type) {
+    case GgmlType::kQ4_K:
+      return static_cast<uint64_t>(rows) * BlockBytes(row, 256, 148);
+    case GgmlType::kF32:
+    case GgmlType::kF16:
+    case GgmlType::kBF16:
+      return static_cast<uint64_t>(n) * 2;
+    default:  // Q8_0 as is, every other quant requantized to it
+      return static_cast<uint64_t>(rows) * BlockBytes(row, 32, 34);
+  }
+}
+
+uint64_t GpuMemoryPlan::max_device_bytes() const {
+  uint64_t most = 0;
+  for (const GpuDevicePlan& d : devices) most = std::max(most, d.total());
+  return most;
+}
+
+GpuMemoryPlan PlanGpuMemory(const Deepseek2Config& c, const std::vector<GgufTensorInfo>& tensors,
+                            const GpuPlanOptions& options) {
+  MOEFLOW_CHECK(options.n_devices >= 1);
+  MOEFLOW_CHECK(options.context_tokens >= 0 && options.max_batch_tokens >= 1);
+  const int n = options.n_devices;
+  GpuMemoryPlan plan;
+  plan.options = options;
+  plan.devices.resize(n);
+
+  for (const GgufTensorInfo& t : tensors) {
+    const TensorPart part = PartOf(t.name);
+    if (part == TensorPart::kRoutedExperts) continue;
+    const TensorSplit split = SplitOf(t.name, t.ne, c);
+    for (int i = 0; i < n; ++i) {
+      std::vector<int64_t> ne = t.ne;
+      if (split.dim >= 0) ne[split.dim] = ShareOf(split.units, n, i) * split.unit_size;
+      const uint64_t bytes = GpuResidentBytes(t.name, t.type, ne);
+      plan.devices[i].weight_bytes_by_part[static_cast<int>(part)] += bytes;
+      plan.devices[i].weight_bytes += bytes;
+    }
+  }
+
+  const int64_t pages = (options.context_tokens + kGpuKvPageTokens - 1) / kGpuKvPageTokens;
+  plan.kv_cache_positions = pages * kGpuKvPageTokens;
+  plan.kv_bytes_per_token = static_cast<uint64_t>(c.n_layers) *
+                            static_cast<uint64_t>(c.kv_lora_rank + c.qk_rope_dim) *
+                            static_cast<uint64_t>(options.kv_bytes_per_value);
+  const int64_t m = options.max_batch_tokens;
+  const int64_t widest_ff =
+      std::max(c.n_dense_layers > 0 ? c.dense_ff : 0, c.expert_ff * c.n_shared_experts);
+  for (int i = 0; i < n; ++i) {
+    GpuDevicePlan& d = plan.devices[i];
+    d.kv_cache_bytes = static_cast<uint64_t>(plan.kv_cache_positions) * plan.kv_bytes_per_token;
+    const int64_t h = ShareOf(c.n_heads, n, i);
+    const int64_t row_dim = c.kv_lora_rank + c.qk_rope_dim;
+    const int64_t floats = 3 * m * c.hidden + m * h * (c.qk_head_dim() + row_dim) +
+                           m * h * (c.kv_lora_rank + c.v_head_dim) +
+                           3 * m * ShareOf(widest_ff, n, i) + m * ShareOf(c.vocab_size, n, i) +
+                           m * h * 16 * (c.kv_lora_rank + 2);
+    d.activation_bytes = static_cast<uint64_t>(floats) * 4;
+    d.workspace_bytes = d.activation_bytes + kCublasWorkspaceBytes + kCudaRuntimeReserveBytes;
+  }
+  return plan;
+}
+
+absl::Status CheckGpuMemoryFits(const GpuMemoryPlan& plan, uint64_t capacity_bytes,
+                                absl::string_view worker_name, const std::vector<int>& device_ids) {
+  if (capacity_bytes == 0) return absl::OkStatus();
+  for (size_t i = 0; i < plan.devices.size(); ++i) {
+    const GpuDevicePlan& d = plan.devices[i];
+    if (d.total() <= capacity_bytes) continue;
+    const int id = i < device_ids.size() ? device_ids[i] : static_cast<int>(i);
+    return absl::FailedPreconditionError(absl::StrCat(
+        worker_name, " device ", id, ": needs ", Gib(d.total()), " (weights ", Gib(d.weight_bytes),
+        " as 1/", plan.devices.size(), " tensor-parallel share, KV cache ", Gib(d.kv_cache_bytes),
+        " for ", plan.kv_cache_positions, " tokens, workspace ", Gib(d.workspace_bytes),
+        ") but has ", Gib(capacity_bytes), " (vram_gib)"));
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace moeflow

@@ -102,6 +102,33 @@ expect_in "$TMP/err" "bad.gguf" "bad file message names the file"
 expect_rc 1 "inspect a missing file" -- "$MOEFLOW" inspect "$TMP/missing.gguf"
 expect_rc 2 "inspect without a file" -- "$MOEFLOW" inspect
 
+# GPU memory plan (model/memory_plan.h PlanGpuMemory): the file (tiny-v3
+# Q4_K_M here) and the DeepSeek-V3 shape at 4 quant mixes, over 1/2/4 cards.
+expect_rc 0 "inspect --plan" -- "$MOEFLOW" inspect --plan --context 1000 "$MODEL"
+for want in "Q4_K_M" "DeepSeek-V3 shape" "BF16" "workspace"; do
+  expect_in "$TMP/out" "$want" "inspect --plan output"
+done
+expect_rc 0 "inspect --plan without a file" -- "$MOEFLOW" inspect --plan
+expect_rc 2 "inspect --plan --context 0" -- "$MOEFLOW" inspect --plan --context 0
+expect_in "$TMP/err" "--context=0" "bad --context message"
+expect_rc 0 "inspect --plan --json" -- "$MOEFLOW" inspect --plan --json --context 1000 "$MODEL"
+python3 - "$TMP/out" <<'PY' || fail "inspect --plan --json content"
+import json, sys
+j = json.load(open(sys.argv[1]))
+plans = j["gpu_plan"]
+assert [(p["model"], p["cards"]) for p in plans[:3]] == [("file", 1), ("file", 2), ("file", 4)]
+assert len(plans) == 3 + 4 * 3, len(plans)
+for p in plans:
+    assert p["kv_cache_positions"] == 1024, p["kv_cache_positions"]  # 16 pages of 64
+    assert len(p["devices"]) == p["cards"]
+    for d in p["devices"]:
+        assert d["total_bytes"] == d["weight_bytes"] + d["kv_cache_bytes"] + d["workspace_bytes"]
+        assert "routed_experts" not in d["weight_bytes_by_part"]
+v3 = {(p["quant"], p["cards"]): p for p in plans if p["model"] == "v3"}
+assert v3[("Q4_K_M", 1)]["fits"]["24_gib"] and not v3[("BF16", 1)]["fits"]["24_gib"]
+assert v3[("BF16", 4)]["max_card_bytes"] < v3[("BF16", 2)]["max_card_bytes"] < v3[("BF16", 1)]["max_card_bytes"]
+PY
+
 # `moeflow logits` on a llama.cpp fixture: the MFLG file it writes agrees with
 # llama.cpp's (same tokens, top-1 everywhere, max |dlogit| < 1e-3 on F32).
 for fixture in tiny-v2.f32 tiny-v3.q8_0; do

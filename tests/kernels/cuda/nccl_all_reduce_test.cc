@@ -1,0 +1,66 @@
+// NCCL all-reduce over every CUDA device of the machine (1 device: a
+// one-rank group, the sum is the buffer itself). Argument checks run
+// everywhere; the device part skips, printing why, without a GPU.
+#include "kernels/cuda/nccl_all_reduce.h"
+
+#include <algorithm>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "tests/kernels/cuda/cuda_test_util.h"
+
+namespace moeflow::cuda {
+namespace {
+
+TEST(NcclAllReduceTest, RejectsBadDeviceLists) {
+  EXPECT_EQ(NcclAllReduceGroup::Create({}).status().code(), absl::StatusCode::kInvalidArgument);
+  auto twice = NcclAllReduceGroup::Create({0, 0});
+  EXPECT_EQ(twice.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(twice.status().message().find("listed twice"), std::string::npos) << twice.status();
+}
+
+TEST(NcclAllReduceTest, SumsAcrossAllDevices) {
+  MOEFLOW_SKIP_WITHOUT_CUDA_DEVICE();
+  int count = 0;
+  ASSERT_EQ(cudaGetDeviceCount(&count), cudaSuccess);
+  count = std::min(count, 4);
+  std::vector<int> devices;
+  for (int d = 0; d < count; ++d) devices.push_back(d);
+  auto group = NcclAllReduceGroup::Create(devices);
+  ASSERT_TRUE(group.ok()) << group.status();
+  const int64_t n = 4096;
+  std::vector<std::vector<float>> host;
+  std::vector<float*> buffers;
+  std::vector<cudaStream_t> streams;
+  for (int d = 0; d < count; ++d) {
+    ASSERT_EQ(cudaSetDevice(d), cudaSuccess);
+    host.push_back(RandomFloats(n, 10 + d));
+    float* p = nullptr;
+    ASSERT_EQ(cudaMalloc(&p, n * 4), cudaSuccess);
+    ASSERT_EQ(cudaMemcpy(p, host.back().data(), n * 4, cudaMemcpyHostToDevice), cudaSuccess);
+    buffers.push_back(p);
+    cudaStream_t s = nullptr;
+    ASSERT_EQ(cudaStreamCreate(&s), cudaSuccess);
+    streams.push_back(s);
+  }
+  ASSERT_TRUE((*group)->AllReduceSum(buffers, n, streams).ok());
+  std::vector<double> want(n, 0.0);
+  for (const auto& h : host) {
+    for (int64_t i = 0; i < n; ++i) want[i] += h[i];
+  }
+  for (int d = 0; d < count; ++d) {
+    ASSERT_EQ(cudaSetDevice(d), cudaSuccess);
+    ASSERT_EQ(cudaStreamSynchronize(streams[d]), cudaSuccess);
+    std::vector<float> got(n);
+    ASSERT_EQ(cudaMemcpy(got.data(), buffers[d], n * 4, cudaMemcpyDeviceToHost), cudaSuccess);
+    for (int64_t i = 0; i < n; ++i) {
+      // At most count - 1 f32 additions of values in [-1, 1].
+      ASSERT_NEAR(got[i], want[i], count * 2.4e-7) << "device " << d << " value " << i;
+    }
+    cudaFree(buffers[d]);
+    cudaStreamDestroy(streams[d]);
+  }
+}
+
+}  // namespace
+}  // namespace moeflow::cuda
