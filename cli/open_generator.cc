@@ -7,8 +7,10 @@
 namespace moeflow {
 
 absl::StatusOr<std::unique_ptr<TextGenerator>> OpenGeneratorFromFlags(const std::string& model,
-                                                                      int64_t context_tokens) {
+                                                                      int64_t context_tokens,
+                                                                      int64_t kv_pool_tokens) {
   TextGeneratorOptions options;
+  options.engine.kv_pool_tokens = kv_pool_tokens;
   options.engine.n_threads = absl::GetFlag(FLAGS_threads);
   options.engine.active_experts = absl::GetFlag(FLAGS_active_experts);
   options.context_tokens = context_tokens;

@@ -14,9 +14,11 @@
 
 namespace moeflow {
 
-// `context_tokens` 0: the model's context length.
+// `context_tokens` 0: the model's context length. `kv_pool_tokens` > 0 gives
+// the engine a paged KV cache of that many positions (serve's batching).
 absl::StatusOr<std::unique_ptr<TextGenerator>> OpenGeneratorFromFlags(const std::string& model,
-                                                                      int64_t context_tokens = 0);
+                                                                      int64_t context_tokens = 0,
+                                                                      int64_t kv_pool_tokens = 0);
 
 }  // namespace moeflow
 

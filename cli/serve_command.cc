@@ -3,7 +3,9 @@
 // Loads the GGUF once (engine, tokenizer, chat template), then serves
 // server/openai_api.h's endpoints until SIGINT/SIGTERM, which stops accepting,
 // lets running responses finish (up to 5 s), cancels queued requests and
-// exits 0. Requests run one at a time in arrival order (SerialScheduler).
+// exits 0. Requests are batched continuously (BatchingScheduler over the
+// engine's paged KV cache) or, with --scheduler=serial, run one at a time in
+// arrival order (SerialScheduler).
 // Logs one line per request on stderr, and first
 //   "moeflow serve: listening on http://HOST:PORT (model NAME)"
 // (with --port 0 the kernel picks a free port; this line names it).
@@ -17,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/flags/declare.h"
 #include "absl/flags/flag.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -24,6 +27,8 @@
 #include "cli/common_flags.h"
 #include "cli/open_generator.h"
 #include "generation/text_generator.h"
+#include "server/batching_scheduler.h"
+#include "server/engine_batch_model.h"
 #include "server/engine_sequence_model.h"
 #include "server/http_server.h"
 #include "server/metrics.h"
@@ -44,6 +49,19 @@ ABSL_FLAG(int64_t, context_tokens, 4096,
           "serve: positions (prompt + generated) one request may use; 0: the model's "
           "context_length");
 ABSL_FLAG(int32_t, http_workers, 2, "serve: threads that parse and validate requests");
+ABSL_FLAG(std::string, scheduler, "batching",
+          "serve: \"batching\" (continuous batching over a paged KV cache) or \"serial\" (one "
+          "request at a time)");
+ABSL_FLAG(int32_t, parallel, 8, "serve: requests generating at once (batching scheduler)");
+// Shared with `inspect --plan` (defined in inspect_command.cc): tokens per
+// forward pass, decode tokens + prefill chunks.
+ABSL_DECLARE_FLAG(int64_t, max_batch_tokens);
+ABSL_FLAG(int64_t, chunk_size, 256,
+          "serve: largest prefill chunk of one request per forward pass, tokens (batching "
+          "scheduler)");
+ABSL_FLAG(int64_t, kv_tokens, 0,
+          "serve: paged KV cache budget in positions over all requests (batching scheduler); 0: "
+          "--parallel x the context");
 ABSL_FLAG(std::string, model_name, "",
           "serve: the model id clients name (empty: the file name without .gguf)");
 
@@ -66,6 +84,20 @@ int RunServe(const std::vector<std::string>& args) {
   if (context_tokens < 0) return Usage("--context-tokens must be >= 0");
   const int32_t workers = absl::GetFlag(FLAGS_http_workers);
   if (workers < 1) return Usage("--http-workers must be >= 1");
+  const std::string scheduler_kind = absl::GetFlag(FLAGS_scheduler);
+  if (scheduler_kind != "batching" && scheduler_kind != "serial") {
+    return Usage("--scheduler must be \"batching\" or \"serial\", got \"" + scheduler_kind +
+                 "\"");
+  }
+  const bool batching = scheduler_kind == "batching";
+  const int32_t parallel = absl::GetFlag(FLAGS_parallel);
+  if (parallel < 1) return Usage("--parallel must be >= 1");
+  const int64_t max_batch_tokens = absl::GetFlag(FLAGS_max_batch_tokens);
+  if (max_batch_tokens < 1) return Usage("--max-batch-tokens must be >= 1");
+  const int64_t chunk_size = absl::GetFlag(FLAGS_chunk_size);
+  if (chunk_size < 1) return Usage("--chunk-size must be >= 1");
+  int64_t kv_tokens = absl::GetFlag(FLAGS_kv_tokens);
+  if (kv_tokens < 0) return Usage("--kv-tokens must be >= 0");
 
   // Signals are taken by sigwait below; block them before any thread starts
   // so every thread inherits the mask.
@@ -76,18 +108,38 @@ int RunServe(const std::vector<std::string>& args) {
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   signal(SIGPIPE, SIG_IGN);
 
+  if (batching && kv_tokens == 0) {
+    if (context_tokens == 0) {
+      return Usage("--kv-tokens is required with --context-tokens=0 and the batching scheduler");
+    }
+    kv_tokens = parallel * context_tokens;
+  }
   absl::StatusOr<std::unique_ptr<TextGenerator>> generator =
-      OpenGeneratorFromFlags(model, context_tokens);
+      OpenGeneratorFromFlags(model, context_tokens, batching ? kv_tokens : 0);
   if (!generator.ok()) {
     std::fprintf(stderr, "moeflow serve: %s\n", std::string(generator.status().message()).c_str());
     return kExitFailure;
   }
 
   server::ServerMetrics metrics;
-  server::EngineSequenceModel sequence_model(generator->get());
-  server::SerialSchedulerOptions scheduler_options;
-  scheduler_options.max_queue = max_queue;
-  server::SerialScheduler scheduler(&sequence_model, scheduler_options, &metrics);
+  std::unique_ptr<server::SequenceModel> sequence_model;
+  std::unique_ptr<server::BatchModel> batch_model;
+  std::unique_ptr<server::GenerationBackend> backend;
+  if (batching) {
+    batch_model = std::make_unique<server::EngineBatchModel>(generator->get());
+    server::BatchingSchedulerOptions options;
+    options.max_queue = max_queue;
+    options.max_running = parallel;
+    options.max_batch_tokens = max_batch_tokens;
+    options.chunk_tokens = chunk_size;
+    backend = std::make_unique<server::BatchingScheduler>(batch_model.get(), options, &metrics);
+  } else {
+    sequence_model = std::make_unique<server::EngineSequenceModel>(generator->get());
+    server::SerialSchedulerOptions options;
+    options.max_queue = max_queue;
+    backend = std::make_unique<server::SerialScheduler>(sequence_model.get(), options, &metrics);
+  }
+  server::GenerationBackend& scheduler = *backend;
 
   server::ApiOptions api_options;
   api_options.model_name = absl::GetFlag(FLAGS_model_name);
@@ -118,9 +170,14 @@ int RunServe(const std::vector<std::string>& args) {
     std::fprintf(stderr, "moeflow serve: %s\n", std::string(started.message()).c_str());
     return kExitFailure;
   }
-  std::fprintf(stderr, "moeflow serve: listening on http://%s:%d (model %s, context %lld tokens)\n",
+  const std::string scheduling =
+      batching ? absl::StrCat("batching: ", parallel, " at once, ", max_batch_tokens,
+                              " tokens per step, KV cache ", kv_tokens, " tokens")
+               : std::string("serial");
+  std::fprintf(stderr,
+               "moeflow serve: listening on http://%s:%d (model %s, context %lld tokens, %s)\n",
                http_options.host.c_str(), http.port(), api_options.model_name.c_str(),
-               static_cast<long long>(scheduler.context_tokens()));
+               static_cast<long long>(scheduler.context_tokens()), scheduling.c_str());
   std::fflush(stderr);
 
   int signal_number = 0;
@@ -141,9 +198,12 @@ Command ServeCommand() {
           "moeflow serve --model=FILE.gguf [--host=127.0.0.1 --port=8080] [flags]",
           "Endpoints: /v1/chat/completions, /v1/completions, /v1/models (OpenAI, SSE streaming),\n"
           "/api/chat, /api/generate, /api/tags (Ollama, NDJSON streaming), /health, /metrics.\n"
-          "Requests run one at a time in arrival order; SIGINT/SIGTERM stop the server.",
+          "Requests are batched continuously (--parallel at once, decode tokens and prefill\n"
+          "chunks sharing each forward pass, paged KV cache with prefix reuse); --scheduler=serial\n"
+          "runs them one at a time. SIGINT/SIGTERM stop the server.",
           {"model", "host", "port", "api_key", "max_body_bytes", "cors_origin", "max_queue",
-           "context_tokens", "http_workers", "model_name", "threads", "active_experts"},
+           "context_tokens", "http_workers", "model_name", "threads", "active_experts",
+           "scheduler", "parallel", "max_batch_tokens", "chunk_size", "kv_tokens"},
           &RunServe};
 }
 

@@ -51,6 +51,19 @@ void ServerMetrics::SetKvCacheTokens(int64_t n) {
   kv_cache_tokens_ = n;
 }
 
+void ServerMetrics::SetKvPages(int64_t used, int64_t cached, int64_t total) {
+  absl::MutexLock lock(&mu_);
+  kv_pages_used_ = used;
+  kv_pages_cached_ = cached;
+  kv_pages_total_ = total;
+}
+
+void ServerMetrics::SetBatchThroughput(double prefill_tokens_per_s, double decode_tokens_per_s) {
+  absl::MutexLock lock(&mu_);
+  batch_prefill_tps_ = prefill_tokens_per_s;
+  batch_decode_tps_ = decode_tokens_per_s;
+}
+
 void ServerMetrics::RecordRequest(const std::string& endpoint, int code) {
   absl::MutexLock lock(&mu_);
   requests_[{endpoint, code}]++;
@@ -83,6 +96,14 @@ std::string ServerMetrics::RenderPrometheus() const {
     gauge("moeflow_queue_depth", "Requests waiting for the engine.", queue_depth_);
     gauge("moeflow_running_requests", "Requests generating.", running_);
     gauge("moeflow_kv_cache_tokens", "Positions held in the KV cache.", kv_cache_tokens_);
+    gauge("moeflow_kv_pages_used", "KV pages referenced by running requests.", kv_pages_used_);
+    gauge("moeflow_kv_pages_cached", "Unreferenced KV pages kept for prefix reuse.",
+          kv_pages_cached_);
+    gauge("moeflow_kv_pages_total", "KV pages in the paged cache.", kv_pages_total_);
+    gauge("moeflow_batch_prefill_tokens_per_second",
+          "Prefill tokens per second over all requests (recent steps).", batch_prefill_tps_);
+    gauge("moeflow_batch_decode_tokens_per_second",
+          "Decoded tokens per second over all requests (recent steps).", batch_decode_tps_);
     absl::StrAppend(&out, "# HELP moeflow_requests_total Answered HTTP requests.\n",
                     "# TYPE moeflow_requests_total counter\n");
     for (const auto& [key, n] : requests_) {

@@ -15,6 +15,13 @@
 //   moeflow_prefill_tokens_per_second / moeflow_decode_tokens_per_second
 //                                            gauge    of the last finished request
 //   moeflow_kv_cache_tokens                  gauge    positions held in the KV cache
+//   moeflow_kv_pages_used / moeflow_kv_pages_total / moeflow_kv_pages_cached
+//                                            gauge    paged KV cache (batching scheduler):
+//                                                     pages referenced by running requests,
+//                                                     all pages, unreferenced prefix pages
+//   moeflow_batch_prefill_tokens_per_second / moeflow_batch_decode_tokens_per_second
+//                                            gauge    all requests together, over the last
+//                                                     second or more of steps
 //   moeflow_time_to_first_token_seconds      histogram (queue wait included)
 //   moeflow_inter_token_latency_seconds      histogram
 //
@@ -55,6 +62,8 @@ class ServerMetrics {
   void SetQueueDepth(int64_t n);
   void SetRunning(int64_t n);
   void SetKvCacheTokens(int64_t n);
+  void SetKvPages(int64_t used, int64_t cached, int64_t total);
+  void SetBatchThroughput(double prefill_tokens_per_s, double decode_tokens_per_s);
   void RecordRequest(const std::string& endpoint, int code);
   // One finished generation.
   void RecordGeneration(int64_t prompt_tokens, int64_t cached_tokens, int64_t completion_tokens,
@@ -69,6 +78,11 @@ class ServerMetrics {
   int64_t queue_depth_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t running_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t kv_cache_tokens_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t kv_pages_used_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t kv_pages_cached_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t kv_pages_total_ ABSL_GUARDED_BY(mu_) = 0;
+  double batch_prefill_tps_ ABSL_GUARDED_BY(mu_) = 0;
+  double batch_decode_tps_ ABSL_GUARDED_BY(mu_) = 0;
   std::map<std::pair<std::string, int>, uint64_t> requests_ ABSL_GUARDED_BY(mu_);
   uint64_t prompt_tokens_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t cached_tokens_ ABSL_GUARDED_BY(mu_) = 0;

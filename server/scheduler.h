@@ -18,14 +18,10 @@
 //                │              │ cancelled / error
 //                └─ cancelled ──┴────────────────────────────────────► done
 //
-// Continuous batching (not implemented): a BatchingScheduler would keep
-// several running sequences and, each step, run one decode token of every
-// running sequence plus prefill chunks of new ones in a single forward pass.
-// That needs from the engine: (1) several sequences with separate KV caches
-// (or paged KV with a page table per sequence), (2) a forward over a batch of
-// (sequence id, token, position) entries returning last-position logits per
-// sequence, (3) freeing a sequence's cache. SequenceModel below is the
-// single-sequence special case of that interface.
+// Continuous batching is BatchingScheduler (batching_scheduler.h), the
+// default of `moeflow serve`: several running sequences over the engine's
+// paged KV cache, one forward pass per step for all of them. SequenceModel
+// below is the single-sequence interface SerialScheduler runs on.
 //
 // Thread-safety: Submit/Shutdown are thread-safe; callbacks run on the
 // scheduler thread and must not block for long (they queue bytes).

@@ -13,6 +13,7 @@
 #include "absl/strings/str_join.h"
 #include "base/check.h"
 #include "kernels/cpu/quants.h"
+#include "model/deepseek2/engine_profile.h"
 #include "model/deepseek2/weights.h"
 
 namespace moeflow {
@@ -21,7 +22,6 @@ namespace {
 // Upper bound of activation bytes per element over every vec_dot_type (F32).
 constexpr int64_t kMaxActBytesPerElement = 4;
 // Up to this many (token, expert) pairs, the routed experts run batched.
-constexpr int64_t kBatchedExpertPairs = 64;
 
 std::string Shape(const std::vector<int64_t>& ne) {
   return absl::StrCat("{", absl::StrJoin(ne, ", "), "}");
@@ -212,12 +212,9 @@ void EngineScratch::Reserve(const Deepseek2Config& c, int64_t k, int n_threads, 
   GrowTo(attn_out, n * c.hidden);
   if (static_cast<int>(scores.size()) < n_threads) scores.resize(static_cast<size_t>(n_threads));
   for (std::vector<float>& s : scores) GrowTo(s, n_kv);
-  // The batched expert path (EngineRoutedExperts::Forward) keeps all
-  // n·k ≤ kBatchedExpertPairs (token, expert) rows at once.
-  const int64_t bp = std::min(n * k, kBatchedExpertPairs);
-  GrowTo(gate, std::max(n * ffn_width, bp * c.expert_ff));
-  GrowTo(up, std::max(n * ffn_width, bp * c.expert_ff));
-  GrowTo(expert_out, n * k * c.hidden);
+  // The routed experts keep their own buffers (moe, reserved by MoeForward).
+  GrowTo(gate, n * ffn_width);
+  GrowTo(up, n * ffn_width);
   GrowTo(router_logits, n * c.n_experts);
   GrowTo(probs, c.n_experts);
   GrowTo(selection, c.n_experts);
@@ -226,16 +223,9 @@ void EngineScratch::Reserve(const Deepseek2Config& c, int64_t k, int n_threads, 
   GrowTo(chosen, c.n_experts);
   GrowTo(expert_ids, n * k);
   GrowTo(expert_weights, n * k);
-  GrowTo(expert_order, n * k);
-  GrowTo(expert_count, c.n_experts);
-  GrowTo(expert_start, c.n_experts + 1);
   GrowTo(act, n * max_cols * kMaxActBytesPerElement);
   GrowTo(act_heads, n * h * std::max(c.qk_nope_dim, c.kv_lora_rank) * kMaxActBytesPerElement);
   GrowTo(act_up, n * c.hidden * kMaxActBytesPerElement);
-  GrowTo(act_gather, std::max(n, bp) * c.hidden * kMaxActBytesPerElement);
-  GrowTo(act_gather2, std::max(n, bp) * c.hidden * kMaxActBytesPerElement);
-  GrowTo(act_down, std::max(n, bp) * c.expert_ff * kMaxActBytesPerElement);
-  GrowTo(expert_down, std::max(n, bp) * c.hidden);
   capacity = n;
   kv_capacity = n_kv;
 }
@@ -245,6 +235,26 @@ void EngineScratch::Reserve(const Deepseek2Config& c, int64_t k, int n_threads, 
 
 void EngineAttentionBlock::Forward(const float* x, int64_t n, int64_t start_pos,
                                    MlaLayerCache& cache, float* out) const {
+  const Deepseek2Config& c = *ctx_.config;
+  const int64_t row_dim = c.kv_lora_rank + c.qk_rope_dim;
+  MOEFLOW_CHECK(cache.row_dim == row_dim);
+  MOEFLOW_CHECK(start_pos >= 0 && start_pos <= cache.n_tokens());
+  MOEFLOW_CHECK(n <= ctx_.scratch->capacity && start_pos + n <= ctx_.scratch->kv_capacity);
+  cache.rows.resize(
+      static_cast<size_t>((start_pos + n) * row_dim));  // within the reserved capacity
+  // The whole cache is page 0 of a view whose pages are longer than any sequence.
+  static constexpr int32_t kOnlyPage = 0;
+  AttentionSegment segment;
+  segment.n = n;
+  segment.start_pos = start_pos;
+  segment.kv =
+      MlaKvView{cache.rows.data(), &kOnlyPage, std::numeric_limits<int64_t>::max(), 0, row_dim};
+  ForwardSegments(x, n, absl::MakeConstSpan(&segment, 1), out);
+}
+
+void EngineAttentionBlock::ForwardSegments(const float* x, int64_t n,
+                                           absl::Span<const AttentionSegment> segments,
+                                           float* out) const {
   const Deepseek2Config& c = *ctx_.config;
   const Deepseek2RopeParams& rope = *ctx_.rope;
   EngineScratch& s = *ctx_.scratch;
@@ -259,12 +269,28 @@ void EngineAttentionBlock::Forward(const float* x, int64_t n, int64_t start_pos,
   const int64_t v_dim = c.v_head_dim;
   const int64_t row_dim = kv_lora + rope_dim;
   const int64_t q_width = n_heads * head_dim;
-  MOEFLOW_CHECK(cache.row_dim == row_dim);
-  MOEFLOW_CHECK(start_pos >= 0 && start_pos <= cache.n_tokens());
   MOEFLOW_CHECK(x != out);
-  MOEFLOW_CHECK(n <= s.capacity && start_pos + n <= s.kv_capacity);
-  const int64_t n_kv = start_pos + n;
-  cache.rows.resize(static_cast<size_t>(n_kv * row_dim));  // within the reserved capacity
+  MOEFLOW_CHECK(n <= s.capacity);
+  int64_t covered = 0;
+  for (const AttentionSegment& seg : segments) {
+    MOEFLOW_CHECK(seg.first == covered && seg.n > 0 && seg.start_pos >= 0);
+    MOEFLOW_CHECK(seg.kv.row_dim == row_dim && seg.start_pos + seg.n <= s.kv_capacity);
+    covered += seg.n;
+  }
+  MOEFLOW_CHECK(covered == n);
+  // The segment of batch row t (segments are in row order).
+  auto segment_of = [&](int64_t t) -> const AttentionSegment& {
+    size_t lo = 0, hi = segments.size();
+    while (hi - lo > 1) {
+      const size_t mid = (lo + hi) / 2;
+      if (segments[mid].first <= t) {
+        lo = mid;
+      } else {
+        hi = mid;
+      }
+    }
+    return segments[lo];
+  };
 
   // 1. attn_norm, q (with roped q_pe), and the cache rows [norm(kv_cmpr), rope(k_pe)].
   float* xn = s.x_norm.data();
@@ -285,15 +311,17 @@ void EngineAttentionBlock::Forward(const float* x, int64_t n, int64_t start_pos,
   }
   float* kv_a = s.kv_a.data();
   Matmul(w_.attn_kv_a_mqa, xn, n, hidden, kv_a, row_dim, s.act.data(), isa, pool);
-  for (int64_t t = 0; t < n; ++t) {
-    const int64_t pos = start_pos + t;
-    float* qt = q + t * q_width;
-    for (int64_t h = 0; h < n_heads; ++h) rope.Apply(pos, qt + h * head_dim + nope);
-    const float* kv = kv_a + t * row_dim;
-    float* row = cache.rows.data() + pos * row_dim;
-    RmsNorm(kv, w_.attn_kv_a_norm.data(), kv_lora, c.rms_eps, row);
-    std::copy(kv + kv_lora, kv + row_dim, row + kv_lora);
-    rope.Apply(pos, row + kv_lora);
+  for (const AttentionSegment& seg : segments) {
+    for (int64_t t = seg.first; t < seg.first + seg.n; ++t) {
+      const int64_t pos = seg.start_pos + (t - seg.first);
+      float* qt = q + t * q_width;
+      for (int64_t h = 0; h < n_heads; ++h) rope.Apply(pos, qt + h * head_dim + nope);
+      const float* kv = kv_a + t * row_dim;
+      float* row = seg.kv.row(pos);
+      RmsNorm(kv, w_.attn_kv_a_norm.data(), kv_lora, c.rms_eps, row);
+      std::copy(kv + kv_lora, kv + row_dim, row + kv_lora);
+      rope.Apply(pos, row + kv_lora);
+    }
   }
 
   // 2. Absorbed queries: q_abs[t][h] = [attn_k_b[h] · q_nope[t][h], q_pe[t][h]].
@@ -330,17 +358,18 @@ void EngineAttentionBlock::Forward(const float* x, int64_t n, int64_t start_pos,
       float* scores = s.scores[static_cast<size_t>(th)].data();
       for (int64_t i = th; i < n * n_heads; i += n_threads) {
         const int64_t t = i / n_heads;
-        const int64_t n_seen = start_pos + t + 1;
+        const AttentionSegment& seg = segment_of(t);
+        const int64_t n_seen = seg.start_pos + (t - seg.first) + 1;
         const float* qh = q_abs + i * row_dim;
         for (int64_t j = 0; j < n_seen; ++j) {
-          scores[j] = dot_f32(row_dim, qh, cache.row(j)) * rope.kq_scale;
+          scores[j] = dot_f32(row_dim, qh, seg.kv.row(j)) * rope.kq_scale;
         }
         SoftmaxInPlace(scores, n_seen);
         float* o = ctx + i * kv_lora;
         std::fill(o, o + kv_lora, 0.f);
         for (int64_t j = 0; j < n_seen; ++j) {
           const float p = scores[j];
-          const float* v = cache.row(j);
+          const float* v = seg.kv.row(j);
           for (int64_t ci = 0; ci < kv_lora; ++ci) o[ci] += p * v[ci];
         }
       }
@@ -447,119 +476,10 @@ void EngineRouter::Route(const float* x_norm, int64_t n, int32_t* expert_ids,
 void EngineRoutedExperts::Forward(const float* x_norm, int64_t n, const int32_t* expert_ids,
                                   const float* expert_weights, int64_t k, float* out) const {
   const Deepseek2Config& c = *ctx_.config;
-  EngineScratch& s = *ctx_.scratch;
-  const CpuIsa isa = ctx_.isa;
-  ThreadPool* pool = ctx_.pool;
-  const int64_t hidden = c.hidden;
-  const int64_t ff = c.expert_ff;
-  const int64_t n_experts = c.n_experts;
-
-  // Group the (token, slot) pairs p = t·k + j by expert (counting sort, so
-  // each expert's tokens stay in token order).
-  int32_t* count = s.expert_count.data();
-  int32_t* start = s.expert_start.data();
-  int32_t* order = s.expert_order.data();
-  std::fill(count, count + n_experts, 0);
-  for (int64_t p = 0; p < n * k; ++p) ++count[expert_ids[p]];
-  start[0] = 0;
-  for (int64_t e = 0; e < n_experts; ++e) start[e + 1] = start[e] + count[e];
-  std::fill(count, count + n_experts, 0);
-  for (int64_t p = 0; p < n * k; ++p) {
-    const int32_t e = expert_ids[p];
-    order[start[e] + count[e]++] = static_cast<int32_t>(p);
-  }
-
-  // Activations of x_norm, quantized once per token for gate and for up.
-  const GgmlType gate_type = w_.ffn_gate_exps.type, up_type = w_.ffn_up_exps.type;
-  const bool same_act = ActivationType(gate_type) == ActivationType(up_type);
-  const int64_t gate_bytes = ActivationRowBytes(gate_type, hidden);
-  const int64_t up_bytes = ActivationRowBytes(up_type, hidden);
-  uint8_t* act_gate = s.act.data();
-  uint8_t* act_up = same_act ? act_gate : s.act_up.data();
-  QuantizeActivations(gate_type, x_norm, n, hidden, hidden, act_gate);
-  if (!same_act) QuantizeActivations(up_type, x_norm, n, hidden, hidden, act_up);
-
-  float* g = s.gate.data();
-  float* u = s.up.data();
-  float* down_out = s.expert_down.data();
-  float* y_all = s.expert_out.data();  // [n·k × hidden], row p
-  if (n * k <= kBatchedExpertPairs) {
-    // Few tokens (decode): every selected expert's gate and up in one
-    // parallel loop, then all downs in another. Each output is the same
-    // vec_dot of the same rows as below, so results do not change.
-    const int64_t pairs_n = n * k;
-    uint8_t* ga = s.act_gather.data();
-    uint8_t* ua = same_act ? ga : s.act_gather2.data();
-    for (int64_t i = 0; i < pairs_n; ++i) {
-      const int64_t t = order[i] / k;
-      std::memcpy(ga + i * gate_bytes, act_gate + t * gate_bytes, static_cast<size_t>(gate_bytes));
-      if (!same_act) {
-        std::memcpy(ua + i * up_bytes, act_up + t * up_bytes, static_cast<size_t>(up_bytes));
-      }
-    }
-    MatmulJob jobs[2 * kBatchedExpertPairs];
-    int64_t n_jobs = 0;
-    for (int64_t e = 0; e < n_experts; ++e) {
-      const int64_t m = start[e + 1] - start[e];
-      if (m == 0) continue;
-      jobs[n_jobs++] = MatmulJob{w_.ffn_gate_exps.Slice(e * ff, ff), ga + start[e] * gate_bytes, m,
-                                 g + start[e] * ff, ff};
-      jobs[n_jobs++] = MatmulJob{w_.ffn_up_exps.Slice(e * ff, ff), ua + start[e] * up_bytes, m,
-                                 u + start[e] * ff, ff};
-    }
-    MatmulQuantizedBatch(jobs, n_jobs, isa, pool);
-    for (int64_t i = 0; i < pairs_n * ff; ++i) g[i] = Silu(g[i]) * u[i];
-    const GgmlType down_type = w_.ffn_down_exps.type;
-    const int64_t down_bytes = ActivationRowBytes(down_type, ff);
-    uint8_t* da = s.act_down.data();
-    QuantizeActivations(down_type, g, pairs_n, ff, ff, da);
-    n_jobs = 0;
-    for (int64_t e = 0; e < n_experts; ++e) {
-      const int64_t m = start[e + 1] - start[e];
-      if (m == 0) continue;
-      jobs[n_jobs++] = MatmulJob{w_.ffn_down_exps.Slice(e * hidden, hidden),
-                                 da + start[e] * down_bytes, m, down_out + start[e] * hidden,
-                                 hidden};
-    }
-    MatmulQuantizedBatch(jobs, n_jobs, isa, pool);
-    for (int64_t i = 0; i < pairs_n; ++i) {
-      std::copy(down_out + i * hidden, down_out + (i + 1) * hidden, y_all + order[i] * hidden);
-    }
-  }
-  for (int64_t e = 0; e < n_experts && n * k > kBatchedExpertPairs; ++e) {
-    const int64_t m = start[e + 1] - start[e];
-    if (m == 0) continue;
-    const int32_t* pairs = order + start[e];
-    // Gather the quantized rows of this expert's tokens.
-    uint8_t* ga = s.act_gather.data();
-    uint8_t* ua = same_act ? ga : s.act_gather2.data();
-    for (int64_t i = 0; i < m; ++i) {
-      const int64_t t = pairs[i] / k;
-      std::memcpy(ga + i * gate_bytes, act_gate + t * gate_bytes, static_cast<size_t>(gate_bytes));
-      if (!same_act) {
-        std::memcpy(ua + i * up_bytes, act_up + t * up_bytes, static_cast<size_t>(up_bytes));
-      }
-    }
-    MatmulQuantized(w_.ffn_gate_exps.Slice(e * ff, ff), ga, m, g, ff, isa, pool);
-    MatmulQuantized(w_.ffn_up_exps.Slice(e * ff, ff), ua, m, u, ff, isa, pool);
-    for (int64_t i = 0; i < m * ff; ++i) g[i] = Silu(g[i]) * u[i];
-    Matmul(w_.ffn_down_exps.Slice(e * hidden, hidden), g, m, ff, down_out, hidden,
-           s.act_down.data(), isa, pool);
-    for (int64_t i = 0; i < m; ++i) {
-      std::copy(down_out + i * hidden, down_out + (i + 1) * hidden, y_all + pairs[i] * hidden);
-    }
-  }
-
-  // out[t] = Σ_j w[t, j] · y[t, j], in j order (llama.cpp's chain of adds).
-  for (int64_t t = 0; t < n; ++t) {
-    float* o = out + t * hidden;
-    std::fill(o, o + hidden, 0.f);
-    for (int64_t j = 0; j < k; ++j) {
-      const float w = expert_weights[t * k + j];
-      const float* yr = y_all + (t * k + j) * hidden;
-      for (int64_t i = 0; i < hidden; ++i) o[i] += yr[i] * w;
-    }
-  }
+  const MoeExperts experts{w_.ffn_gate_exps, w_.ffn_up_exps, w_.ffn_down_exps,
+                           c.n_experts,      c.expert_ff,    c.hidden};
+  MoeForward(experts, x_norm, n, expert_ids, expert_weights, k, out, ctx_.scratch->moe, ctx_.isa,
+             ctx_.pool);
 }
 
 void EngineSwigluFfn::Forward(const float* x_norm, int64_t n, float* out) const {
@@ -569,17 +489,37 @@ void EngineSwigluFfn::Forward(const float* x_norm, int64_t n, float* out) const 
   const int64_t ff = gate_.rows;
   float* g = s.gate.data();
   float* u = s.up.data();
+  ThreadPool* pool = ctx_.pool;
+  // Row-wise steps (quantization, SiLU) split over the pool for prefill
+  // batches; each row's result does not depend on the split.
+  constexpr int64_t kMinParallelRows = 16;
+  auto rows = [&](const auto& fn) {
+    if (pool == nullptr || n < kMinParallelRows) {
+      fn(int64_t{0}, n, 0);
+    } else {
+      pool->ParallelFor(n, fn);
+    }
+  };
   if (ActivationType(gate_.type) == ActivationType(up_.type)) {
-    QuantizeActivations(gate_.type, x_norm, n, hidden, hidden, s.act.data());
+    const int64_t act_bytes = ActivationRowBytes(gate_.type, hidden);
+    rows([&](int64_t t0, int64_t t1, int) {
+      QuantizeActivations(gate_.type, x_norm + t0 * hidden, t1 - t0, hidden, hidden,
+                          s.act.data() + t0 * act_bytes);
+    });
     const MatmulJob jobs[2] = {MatmulJob{gate_, s.act.data(), n, g, ff},
                                MatmulJob{up_, s.act.data(), n, u, ff}};
-    MatmulQuantizedBatch(jobs, 2, ctx_.isa, ctx_.pool);
+    MatmulQuantizedBatch(jobs, 2, ctx_.isa, pool);
   } else {
-    Matmul(gate_, x_norm, n, hidden, g, ff, s.act.data(), ctx_.isa, ctx_.pool);
-    Matmul(up_, x_norm, n, hidden, u, ff, s.act.data(), ctx_.isa, ctx_.pool);
+    Matmul(gate_, x_norm, n, hidden, g, ff, s.act.data(), ctx_.isa, pool);
+    Matmul(up_, x_norm, n, hidden, u, ff, s.act.data(), ctx_.isa, pool);
   }
-  for (int64_t i = 0; i < n * ff; ++i) g[i] = Silu(g[i]) * u[i];
-  Matmul(down_, g, n, ff, out, hidden, s.act.data(), ctx_.isa, ctx_.pool);
+  const int64_t down_bytes = ActivationRowBytes(down_.type, ff);
+  rows([&](int64_t t0, int64_t t1, int) {
+    for (int64_t i = t0 * ff; i < t1 * ff; ++i) g[i] = Silu(g[i]) * u[i];
+    QuantizeActivations(down_.type, g + t0 * ff, t1 - t0, ff, ff,
+                        s.act.data() + t0 * down_bytes);
+  });
+  MatmulQuantized(down_, s.act.data(), n, out, hidden, ctx_.isa, pool);
 }
 
 void EngineOutputHead(const EngineContext& ctx, const EngineWeights& w, const float* x,
@@ -607,6 +547,11 @@ absl::StatusOr<std::unique_ptr<Deepseek2Engine>> Deepseek2Engine::Open(
   if (options.max_batch < 1 || options.max_context < 1) {
     return absl::InvalidArgumentError("max_batch and max_context must be positive");
   }
+  if (options.kv_pool_tokens < 0 || options.kv_page_tokens < 1 || options.kv_page_tokens > 4096) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "kv_pool_tokens ", options.kv_pool_tokens, " must be >= 0 and kv_page_tokens ",
+        options.kv_page_tokens, " in [1, 4096]"));
+  }
   MOEFLOW_ASSIGN_OR_RETURN(e->file_, GgufFile::Open(gguf_path));
   MOEFLOW_ASSIGN_OR_RETURN(e->config_, Deepseek2Config::FromGguf(*e->file_));
   const Deepseek2Config& c = e->config_;
@@ -625,8 +570,15 @@ absl::StatusOr<std::unique_ptr<Deepseek2Engine>> Deepseek2Engine::Open(
   e->scratch_.Reserve(c, e->k_, options.n_threads, std::min(options.max_batch, max_context),
                       max_context);
   e->cache_ = MlaKvCache(c.n_layers, c.kv_lora_rank + c.qk_rope_dim);
-  for (MlaLayerCache& l : e->cache_.layers) {
-    l.rows.reserve(static_cast<size_t>(max_context * l.row_dim));
+  if (options.kv_pool_tokens > 0) {
+    // Serving: the pool is the KV memory; the single-sequence cache grows on use.
+    const int64_t pt = options.kv_page_tokens;
+    e->kv_pool_ = std::make_unique<KvPagePool>(c.n_layers, c.kv_lora_rank + c.qk_rope_dim, pt,
+                                               (options.kv_pool_tokens + pt - 1) / pt);
+  } else {
+    for (MlaLayerCache& l : e->cache_.layers) {
+      l.rows.reserve(static_cast<size_t>(max_context * l.row_dim));
+    }
   }
   e->ctx_ = EngineContext{&e->config_, &e->rope_, SelectedIsa(), e->pool_.get(), &e->scratch_};
   return e;
@@ -665,6 +617,7 @@ absl::Status Deepseek2Engine::ForwardInto(absl::Span<const int32_t> tokens, int6
     return absl::InvalidArgumentError(absl::StrCat("Forward: logits buffer has ", logits.size(),
                                                    " floats, expected ", n_out * c.vocab_size));
   }
+  const EnginePhaseTimer forward_timer(EnginePhase::kForward, n);
   // Grows only past the sizes reserved at Open.
   scratch_.Reserve(c, k_, pool_->size(), n, start_pos + n);
   for (MlaLayerCache& l : cache_.layers) {
@@ -680,33 +633,255 @@ absl::Status Deepseek2Engine::ForwardInto(absl::Span<const int32_t> tokens, int6
   for (int64_t t = 0; t < n; ++t) {
     MOEFLOW_CHECK_OK(Dequantize(embd.type, embd.row(tokens[t]), x + t * hidden, hidden));
   }
+  for (int64_t il = 0; il < c.n_layers; ++il) {
+    const EngineLayerWeights& lw = weights_.layers[static_cast<size_t>(il)];
+    {
+      const EnginePhaseTimer timer(EnginePhase::kAttention, n);
+      EngineAttentionBlock(ctx_, lw).Forward(x, n, start_pos,
+                                             cache_.layers[static_cast<size_t>(il)], s.ffn_inp.data());
+    }
+    LayerFfn(il, n);
+  }
+  {
+    const EnginePhaseTimer timer(EnginePhase::kOutputHead, n);
+    EngineOutputHead(ctx_, weights_, last_only ? x + (n - 1) * hidden : x, n_out, logits.data());
+  }
+  return absl::OkStatus();
+}
+
+void Deepseek2Engine::LayerFfn(int64_t il, int64_t n) {
+  const Deepseek2Config& c = config_;
+  const int64_t hidden = c.hidden;
+  EngineScratch& s = scratch_;
+  const EngineLayerWeights& lw = weights_.layers[static_cast<size_t>(il)];
+  float* x = s.x.data();
   float* ffn_inp = s.ffn_inp.data();
   float* x_norm = s.x_norm.data();
   float* routed = s.routed.data();
   float* shared = s.shared.data();
-  for (int64_t il = 0; il < c.n_layers; ++il) {
-    const EngineLayerWeights& lw = weights_.layers[static_cast<size_t>(il)];
-    EngineAttentionBlock(ctx_, lw).Forward(x, n, start_pos, cache_.layers[static_cast<size_t>(il)],
-                                           ffn_inp);
-    for (int64_t t = 0; t < n; ++t) {
-      RmsNorm(ffn_inp + t * hidden, lw.ffn_norm.data(), hidden, c.rms_eps, x_norm + t * hidden);
-    }
-    if (!c.is_moe_layer(il)) {
+  for (int64_t t = 0; t < n; ++t) {
+    RmsNorm(ffn_inp + t * hidden, lw.ffn_norm.data(), hidden, c.rms_eps, x_norm + t * hidden);
+  }
+  if (!c.is_moe_layer(il)) {
+    {
+      const EnginePhaseTimer timer(EnginePhase::kDenseFfn, n);
       EngineSwigluFfn(ctx_, lw.ffn_gate, lw.ffn_up, lw.ffn_down).Forward(x_norm, n, routed);
-      Combine(ffn_inp, routed, nullptr, n, hidden, x);
-      continue;
     }
-    const EngineRouter router(ctx_, lw, k_);
+    Combine(ffn_inp, routed, nullptr, n, hidden, x);
+    return;
+  }
+  const EngineRouter router(ctx_, lw, k_);
+  {
+    const EnginePhaseTimer timer(EnginePhase::kRouter, n);
     router.Route(x_norm, n, s.expert_ids.data(), s.expert_weights.data());
+  }
+  {
+    const EnginePhaseTimer timer(EnginePhase::kRoutedExperts, n);
     EngineRoutedExperts(ctx_, lw).Forward(x_norm, n, s.expert_ids.data(), s.expert_weights.data(),
                                           k_, routed);
-    if (c.n_shared_experts > 0) {
-      EngineSwigluFfn(ctx_, lw.ffn_gate_shexp, lw.ffn_up_shexp, lw.ffn_down_shexp)
-          .Forward(x_norm, n, shared);
-    }
-    Combine(ffn_inp, routed, c.n_shared_experts > 0 ? shared : nullptr, n, hidden, x);
   }
-  EngineOutputHead(ctx_, weights_, last_only ? x + (n - 1) * hidden : x, n_out, logits.data());
+  if (c.n_shared_experts > 0) {
+    const EnginePhaseTimer timer(EnginePhase::kSharedExperts, n);
+    EngineSwigluFfn(ctx_, lw.ffn_gate_shexp, lw.ffn_up_shexp, lw.ffn_down_shexp)
+        .Forward(x_norm, n, shared);
+  }
+  Combine(ffn_inp, routed, c.n_shared_experts > 0 ? shared : nullptr, n, hidden, x);
+}
+
+// ---------------------------------------------------------------------------
+// Several sequences over the paged KV cache.
+
+absl::StatusOr<Deepseek2Engine::SequenceStart> Deepseek2Engine::StartSequence(
+    absl::Span<const int32_t> prompt, int64_t reserve_tokens) {
+  if (kv_pool_ == nullptr) {
+    return absl::FailedPreconditionError(
+        "StartSequence: the engine was opened without a paged KV cache (kv_pool_tokens = 0)");
+  }
+  KvPagePool& pool = *kv_pool_;
+  const int64_t n_prompt = static_cast<int64_t>(prompt.size());
+  if (n_prompt == 0) return absl::InvalidArgumentError("StartSequence: empty prompt");
+  if (reserve_tokens < n_prompt || reserve_tokens > config_.context_length) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("StartSequence: reserve_tokens ", reserve_tokens, " is outside [prompt ",
+                     n_prompt, ", context_length ", config_.context_length, "]"));
+  }
+  const int64_t pt = pool.page_tokens();
+  const int64_t n_pages = (reserve_tokens + pt - 1) / pt;
+  if (n_pages > pool.n_pages()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "StartSequence: ", reserve_tokens, " positions need ", n_pages, " KV pages of ", pt,
+        " tokens but the whole cache has ", pool.n_pages(), " (", pool.n_pages() * pt, " tokens)"));
+  }
+  // The longest published run of whole blocks, short of the block that holds
+  // the last prompt token.
+  std::vector<int32_t> reused;
+  std::vector<uint64_t> hashes;
+  uint64_t hash = 0;
+  int64_t evictable_reused = 0;
+  for (int64_t b = 0; (b + 1) * pt <= n_prompt - 1; ++b) {
+    hash = KvPagePool::BlockHash(
+        hash, prompt.subspan(static_cast<size_t>(b * pt), static_cast<size_t>(pt)));
+    const int32_t page = pool.Find(hash);
+    if (page < 0) break;
+    reused.push_back(page);
+    hashes.push_back(hash);
+    if (pool.refcount(page) == 0) ++evictable_reused;
+  }
+  const int64_t fresh = n_pages - static_cast<int64_t>(reused.size());
+  if (pool.available_pages() - evictable_reused < fresh) {
+    return absl::ResourceExhaustedError(absl::StrCat("StartSequence: ", fresh, " KV pages needed, ",
+                                                     pool.available_pages() - evictable_reused,
+                                                     " available now"));
+  }
+  Sequence seq;
+  seq.pages.reserve(static_cast<size_t>(n_pages));
+  for (size_t i = 0; i < reused.size(); ++i) {
+    MOEFLOW_CHECK(pool.Acquire(hashes[i]) == reused[i]);
+    seq.pages.push_back(reused[i]);
+  }
+  for (int64_t i = 0; i < fresh; ++i) {
+    const int32_t page = pool.Allocate();
+    MOEFLOW_CHECK(page >= 0);
+    seq.pages.push_back(page);
+  }
+  const int64_t cached = static_cast<int64_t>(reused.size()) * pt;
+  seq.tokens.assign(prompt.begin(), prompt.begin() + cached);
+  seq.published_blocks = static_cast<int64_t>(reused.size());
+  seq.last_hash = hashes.empty() ? 0 : hashes.back();
+  const int64_t id = next_sequence_++;
+  sequences_.emplace(id, std::move(seq));
+  return SequenceStart{id, cached};
+}
+
+absl::Status Deepseek2Engine::EndSequence(int64_t sequence) {
+  auto it = sequences_.find(sequence);
+  if (it == sequences_.end()) {
+    return absl::NotFoundError(absl::StrCat("EndSequence: no sequence ", sequence));
+  }
+  for (int32_t page : it->second.pages) kv_pool_->Release(page);
+  sequences_.erase(it);
+  return absl::OkStatus();
+}
+
+int64_t Deepseek2Engine::SequenceTokens(int64_t sequence) const {
+  auto it = sequences_.find(sequence);
+  return it == sequences_.end() ? -1 : static_cast<int64_t>(it->second.tokens.size());
+}
+
+absl::Status Deepseek2Engine::ForwardBatch(absl::Span<const BatchEntry> entries,
+                                           absl::Span<float> logits) {
+  const Deepseek2Config& c = config_;
+  if (kv_pool_ == nullptr) {
+    return absl::FailedPreconditionError(
+        "ForwardBatch: the engine was opened without a paged KV cache (kv_pool_tokens = 0)");
+  }
+  if (entries.empty()) return absl::InvalidArgumentError("ForwardBatch: no entries");
+  KvPagePool& pool = *kv_pool_;
+  const int64_t pt = pool.page_tokens();
+  std::vector<Sequence*> seqs(entries.size());
+  int64_t n = 0, max_positions = 0;
+  for (size_t e = 0; e < entries.size(); ++e) {
+    const BatchEntry& entry = entries[e];
+    auto it = sequences_.find(entry.sequence);
+    if (it == sequences_.end()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("ForwardBatch: entry ", e, " names unknown sequence ", entry.sequence));
+    }
+    for (size_t f = 0; f < e; ++f) {
+      if (entries[f].sequence == entry.sequence) {
+        return absl::InvalidArgumentError(absl::StrCat("ForwardBatch: sequence ", entry.sequence,
+                                                       " appears in entries ", f, " and ", e));
+      }
+    }
+    Sequence& seq = it->second;
+    const int64_t held = static_cast<int64_t>(seq.tokens.size());
+    const int64_t m = static_cast<int64_t>(entry.tokens.size());
+    if (m == 0) {
+      return absl::InvalidArgumentError(absl::StrCat("ForwardBatch: entry ", e, " has no tokens"));
+    }
+    if (entry.start_pos != held) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("ForwardBatch: entry ", e, " starts at ", entry.start_pos, " but sequence ",
+                       entry.sequence, " holds ", held, " positions"));
+    }
+    const int64_t limit = std::min(static_cast<int64_t>(seq.pages.size()) * pt, c.context_length);
+    if (held + m > limit) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("ForwardBatch: entry ", e, " reaches position ", held + m, " past the ",
+                       limit, " reserved for sequence ", entry.sequence));
+    }
+    for (size_t i = 0; i < entry.tokens.size(); ++i) {
+      if (entry.tokens[i] < 0 || entry.tokens[i] >= c.vocab_size) {
+        return absl::InvalidArgumentError(absl::StrCat("token id ", entry.tokens[i], " at index ",
+                                                       i, " of entry ", e, " is out of range [0, ",
+                                                       c.vocab_size, ")"));
+      }
+    }
+    seqs[e] = &seq;
+    n += m;
+    max_positions = std::max(max_positions, held + m);
+  }
+  const int64_t n_entries = static_cast<int64_t>(entries.size());
+  if (static_cast<int64_t>(logits.size()) != n_entries * c.vocab_size) {
+    return absl::InvalidArgumentError(absl::StrCat("ForwardBatch: logits buffer has ",
+                                                   logits.size(), " floats, expected ",
+                                                   n_entries * c.vocab_size));
+  }
+  const EnginePhaseTimer forward_timer(EnginePhase::kForward, n);
+  scratch_.Reserve(c, k_, pool_->size(), n, max_positions);
+
+  const int64_t hidden = c.hidden;
+  EngineScratch& s = scratch_;
+  float* x = s.x.data();
+  std::vector<AttentionSegment> segments(entries.size());
+  const MatmulWeight& embd = weights_.token_embd;
+  int64_t first = 0;
+  for (size_t e = 0; e < entries.size(); ++e) {
+    const BatchEntry& entry = entries[e];
+    AttentionSegment& seg = segments[e];
+    seg.first = first;
+    seg.n = static_cast<int64_t>(entry.tokens.size());
+    seg.start_pos = entry.start_pos;
+    seg.kv = MlaKvView{pool.base(), seqs[e]->pages.data(), pt, pool.page_floats(), pool.row_dim()};
+    for (int64_t t = 0; t < seg.n; ++t) {
+      MOEFLOW_CHECK_OK(
+          Dequantize(embd.type, embd.row(entry.tokens[t]), x + (first + t) * hidden, hidden));
+    }
+    first += seg.n;
+  }
+  for (int64_t il = 0; il < c.n_layers; ++il) {
+    for (AttentionSegment& seg : segments) seg.kv.base = pool.base() + il * pool.layer_floats();
+    const EngineLayerWeights& lw = weights_.layers[static_cast<size_t>(il)];
+    {
+      const EnginePhaseTimer timer(EnginePhase::kAttention, n);
+      EngineAttentionBlock(ctx_, lw).ForwardSegments(x, n, segments, s.ffn_inp.data());
+    }
+    LayerFfn(il, n);
+  }
+  // The last row of each entry, gathered (ffn_inp is free now).
+  float* last = s.ffn_inp.data();
+  for (size_t e = 0; e < entries.size(); ++e) {
+    const float* row = x + (segments[e].first + segments[e].n - 1) * hidden;
+    std::copy(row, row + hidden, last + static_cast<int64_t>(e) * hidden);
+  }
+  {
+    const EnginePhaseTimer timer(EnginePhase::kOutputHead, n_entries);
+    EngineOutputHead(ctx_, weights_, last, n_entries, logits.data());
+  }
+
+  // Record the tokens and publish the blocks they completed.
+  for (size_t e = 0; e < entries.size(); ++e) {
+    Sequence& seq = *seqs[e];
+    seq.tokens.insert(seq.tokens.end(), entries[e].tokens.begin(), entries[e].tokens.end());
+    const absl::Span<const int32_t> tokens(seq.tokens);
+    while ((seq.published_blocks + 1) * pt <= static_cast<int64_t>(seq.tokens.size())) {
+      const int64_t b = seq.published_blocks;
+      seq.last_hash = KvPagePool::BlockHash(
+          seq.last_hash, tokens.subspan(static_cast<size_t>(b * pt), static_cast<size_t>(pt)));
+      pool.Publish(seq.pages[static_cast<size_t>(b)], seq.last_hash);
+      ++seq.published_blocks;
+    }
+  }
   return absl::OkStatus();
 }
 

@@ -16,6 +16,10 @@
 //   Open ─► Forward(prompt, 0) ─► Forward({t}, n) ─► Forward({t'}, n+1) ─► ...
 //   (start_pos may go back: positions >= start_pos are recomputed)
 //
+// Several sequences at once (continuous batching): StartSequence /
+// ForwardBatch / EndSequence over a paged KV cache (kv_pages.h) with
+// block-hash prefix reuse; see the comment above StartSequence.
+//
 // Memory: scratch for `max_batch` tokens and a KV cache for `max_context`
 // positions are allocated at Open; a larger batch or a longer sequence grows
 // them once (so single-token decode steps allocate nothing, except the
@@ -34,6 +38,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -42,8 +47,10 @@
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "kernels/cpu/matmul.h"
+#include "kernels/cpu/moe.h"
 #include "kernels/cpu/thread_pool.h"
 #include "model/deepseek2/config.h"
+#include "model/deepseek2/kv_pages.h"
 #include "model/deepseek2/reference.h"
 #include "model/gguf.h"
 
@@ -92,14 +99,17 @@ struct EngineScratch {
   std::vector<float> q, q_a, kv_a, q_abs, ctx, heads_out, attn_out;
   std::vector<std::vector<float>> scores;  // per thread, kv_capacity
   // FFNs.
-  std::vector<float> gate, up, expert_out, expert_down;
+  std::vector<float> gate, up;
   // Router.
   std::vector<float> router_logits, probs, selection, group_score;
-  std::vector<int32_t> expert_ids, expert_order, expert_count, expert_start;
+  std::vector<int32_t> expert_ids;
   std::vector<float> expert_weights;
   std::vector<uint8_t> group_keep, chosen;
   // Quantized activations.
-  std::vector<uint8_t> act, act_up, act_heads, act_gather, act_gather2, act_down;
+  std::vector<uint8_t> act, act_up, act_heads;
+  // The routed experts' operator (kernels/cpu/moe.h), reserved at the first
+  // MoE layer of the largest batch.
+  MoeScratch moe;
 };
 
 // Everything a component needs besides its weights.
@@ -111,6 +121,31 @@ struct EngineContext {
   EngineScratch* scratch = nullptr;
 };
 
+// Where one sequence's compressed-KV rows of one layer live: position p is
+// the row_dim floats at base + pages[p / page_tokens] · page_stride +
+// (p % page_tokens) · row_dim. A contiguous MlaLayerCache is the one-page
+// case; KvPagePool pages are the paged one.
+struct MlaKvView {
+  float* base = nullptr;
+  const int32_t* pages = nullptr;
+  int64_t page_tokens = 0;
+  int64_t page_stride = 0;
+  int64_t row_dim = 0;
+  float* row(int64_t pos) const {
+    return base + pages[pos / page_tokens] * page_stride + (pos % page_tokens) * row_dim;
+  }
+};
+
+// One sequence's part of a batch: tokens [first, first + n) of the batch are
+// its positions start_pos.. (its cache must hold positions < start_pos and
+// room up to start_pos + n).
+struct AttentionSegment {
+  int64_t first = 0;
+  int64_t n = 0;
+  int64_t start_pos = 0;
+  MlaKvView kv;
+};
+
 // attn_norm → MLA attention → attn_output → + residual (AttentionBlock's
 // contract): x [n × hidden] at positions start_pos.., out = x + attn(x).
 class EngineAttentionBlock {
@@ -118,6 +153,13 @@ class EngineAttentionBlock {
   EngineAttentionBlock(const EngineContext& ctx, const EngineLayerWeights& w) : ctx_(ctx), w_(w) {}
   void Forward(const float* x, int64_t n_tokens, int64_t start_pos, MlaLayerCache& cache,
                float* out) const;
+  // The same over a batch of several sequences: the projections run once
+  // over all n_tokens rows, attention per token over its own segment's rows.
+  // `segments` cover [0, n_tokens) in order. Each token's result equals what
+  // Forward gives for it in a batch of its sequence alone, as far as the
+  // matmul kernels give a row the same result whatever the other rows.
+  void ForwardSegments(const float* x, int64_t n_tokens,
+                       absl::Span<const AttentionSegment> segments, float* out) const;
 
  private:
   const EngineContext& ctx_;
@@ -139,9 +181,10 @@ class EngineRouter {
   int64_t k_;
 };
 
-// RoutedExperts' contract. The batch's (token, expert) pairs are grouped by
-// expert and each expert's gate/up/down runs once over its tokens; outputs
-// are then summed per token in j order, weighted.
+// RoutedExperts' contract, computed by the fused MoE operator
+// (kernels/cpu/moe.h): the batch's (token, expert) pairs are grouped by
+// expert, each expert's gate+up (fused) and down run once over its tokens,
+// outputs are summed per token in j order, weighted.
 class EngineRoutedExperts {
  public:
   EngineRoutedExperts(const EngineContext& ctx, const EngineLayerWeights& w) : ctx_(ctx), w_(w) {}
@@ -180,6 +223,13 @@ struct Deepseek2EngineOptions {
   // Scratch and KV cache allocated at Open (grown on demand beyond).
   int64_t max_batch = 512;
   int64_t max_context = 4096;
+  // Paged KV cache of the batched API (StartSequence / ForwardBatch): a
+  // budget of kv_pool_tokens positions (rounded up to whole pages) over all
+  // sequences, in pages of kv_page_tokens positions. 0: no pool (the batched
+  // API answers FailedPrecondition). With a pool, the single-sequence cache
+  // is allocated on first use instead of at Open.
+  int64_t kv_pool_tokens = 0;
+  int64_t kv_page_tokens = 16;
   // Called from Open's thread as loading advances, (done, total) in layers
   // (at least once per layer and once with done == total); may be empty.
   std::function<void(int64_t done, int64_t total)> progress;
@@ -205,8 +255,65 @@ class Deepseek2Engine {
   int64_t cached_tokens() const { return cache_.n_tokens(); }
   void ResetCache() { cache_.Truncate(0); }
 
+  // ---- Several sequences over the paged KV cache (independent of the
+  // single-sequence cache above).
+  //
+  //   StartSequence ─► ForwardBatch({seq, chunk, n}) ... ─► EndSequence
+  //
+  // StartSequence takes the pages for `reserve_tokens` positions (prompt and
+  // everything it may generate, ≤ context_length) at once, so a started
+  // sequence never runs out of KV memory. The longest run of whole blocks at
+  // the start of `prompt` that the pool has published (hash of the block's
+  // tokens chained with the previous blocks') is shared instead of
+  // allocated — never the block holding the prompt's last token, whose
+  // logits the caller needs. The sequence then holds `cached_tokens`
+  // positions; its first ForwardBatch starts there.
+  // Errors: FailedPrecondition without a pool; InvalidArgument for an empty
+  // prompt, reserve_tokens < prompt size, > context_length or more pages than
+  // the whole pool; ResourceExhausted when the pages are not available now
+  // (retry after others end). Nothing changes on error.
+  struct SequenceStart {
+    int64_t sequence = -1;
+    int64_t cached_tokens = 0;
+  };
+  absl::StatusOr<SequenceStart> StartSequence(absl::Span<const int32_t> prompt,
+                                              int64_t reserve_tokens);
+  // Releases the sequence's pages (published ones stay cached for reuse).
+  // NotFound for an unknown id.
+  absl::Status EndSequence(int64_t sequence);
+  // Positions a started sequence holds; -1 for an unknown id.
+  int64_t SequenceTokens(int64_t sequence) const;
+
+  // One forward pass over several sequences: each entry appends `tokens` at
+  // positions start_pos.. of its sequence (start_pos must equal the
+  // positions it holds). Embeddings, router, experts, FFNs and the output
+  // head run once over all the batch's tokens; attention per sequence.
+  // Writes the last position's logits of entry i to logits[i·vocab ...].
+  // InvalidArgument (nothing changes) for an unknown or repeated sequence,
+  // empty tokens, a wrong start_pos, positions past the reservation or the
+  // context, bad token ids or a logits buffer of the wrong size.
+  struct BatchEntry {
+    int64_t sequence = -1;
+    absl::Span<const int32_t> tokens;
+    int64_t start_pos = 0;
+  };
+  absl::Status ForwardBatch(absl::Span<const BatchEntry> entries, absl::Span<float> logits);
+
+  // The pool (null without one): page size, pages used / cached / total.
+  const KvPagePool* kv_pages() const { return kv_pool_ ? kv_pool_.get() : nullptr; }
+
  private:
   Deepseek2Engine() = default;
+  // ffn_norm and the layer's FFN (dense, or router + routed + shared
+  // experts) on scratch_.ffn_inp [n × hidden], written to scratch_.x.
+  void LayerFfn(int64_t il, int64_t n);
+
+  struct Sequence {
+    std::vector<int32_t> pages;    // page table, reserved at start
+    std::vector<int32_t> tokens;   // every position's token
+    int64_t published_blocks = 0;  // leading blocks whose hash is known
+    uint64_t last_hash = 0;        // hash of block published_blocks - 1
+  };
 
   Deepseek2EngineOptions options_;
   std::unique_ptr<GgufFile> file_;
@@ -218,6 +325,9 @@ class Deepseek2Engine {
   EngineContext ctx_;
   int64_t k_ = 0;
   MlaKvCache cache_;
+  std::unique_ptr<KvPagePool> kv_pool_;
+  std::map<int64_t, Sequence> sequences_;
+  int64_t next_sequence_ = 0;
 };
 
 }  // namespace moeflow

@@ -1,7 +1,8 @@
 #!/bin/bash
 # Starts a real `moeflow serve` on the tiny-v3 llama.cpp fixture (and
 # scripted_server, for tool calls) on free 127.0.0.1 ports, then:
-#   * curl: non-streaming and SSE streaming chat, /health, /metrics;
+#   * curl: non-streaming and SSE streaming chat, /health, /metrics, prefix
+#     reuse reported as cached_tokens (the default batching scheduler);
 #   * every bad-input case with its status code while a concurrent streaming
 #     request still completes;
 #   * clients.js: the official `openai` npm package (pinned), Ollama
@@ -106,9 +107,23 @@ wait "$LONG"
   fail "the concurrent request did not complete: $(tail -c 300 "$TMP/long.txt")"
 "${CURL[@]}" "$URL/metrics" >"$TMP/metrics.txt"
 for metric in moeflow_queue_depth moeflow_running_requests moeflow_decode_tokens_per_second \
-  moeflow_time_to_first_token_seconds_bucket moeflow_inter_token_latency_seconds_count; do
+  moeflow_time_to_first_token_seconds_bucket moeflow_inter_token_latency_seconds_count \
+  moeflow_kv_pages_used moeflow_kv_pages_total moeflow_batch_decode_tokens_per_second; do
   grep -q "^$metric" "$TMP/metrics.txt" || fail "/metrics has no $metric"
 done
+
+# --- Prefix reuse (batching scheduler): the same long system prompt twice;
+# the second request reports the KV blocks it reused as cached tokens.
+SYSTEM="$(for i in $(seq 40); do printf 'Rule %d: answer briefly. ' "$i"; done)"
+for q in first second; do
+  "${CURL[@]}" "$URL/v1/chat/completions" \
+    -d "{\"model\":\"$NAME\",\"messages\":[{\"role\":\"system\",\"content\":\"$SYSTEM\"},{\"role\":\"user\",\"content\":\"The $q question\"}],\"max_tokens\":4,\"temperature\":0}" \
+    >"$TMP/prefix_$q.json"
+done
+grep -q '"cached_tokens":0' "$TMP/prefix_first.json" || fail "prefix: first request reused tokens"
+CACHED="$(grep -o '"cached_tokens":[0-9]*' "$TMP/prefix_second.json" | grep -o '[0-9]*$')"
+[[ -n "$CACHED" && "$CACHED" -ge 128 ]] ||
+  fail "prefix: second request reports cached_tokens=${CACHED:-none}, want >= 128"
 
 # --- The openai package, Ollama, and the load test.
 export npm_config_cache="$TMP/npm-cache"

@@ -1,0 +1,93 @@
+#include "model/deepseek2/kv_pages.h"
+
+#include "base/check.h"
+
+namespace moeflow {
+
+KvPagePool::KvPagePool(int64_t n_layers, int64_t row_dim, int64_t page_tokens, int64_t n_pages)
+    : n_layers_(n_layers), row_dim_(row_dim), page_tokens_(page_tokens), n_pages_(n_pages) {
+  MOEFLOW_CHECK(n_layers > 0 && row_dim > 0 && page_tokens > 0 && n_pages > 0);
+  MOEFLOW_CHECK(n_pages < (int64_t{1} << 31));
+  data_.resize(static_cast<size_t>(n_pages * page_floats()));
+  pages_.resize(static_cast<size_t>(n_pages));
+  free_.reserve(static_cast<size_t>(n_pages));
+  for (int64_t p = n_pages - 1; p >= 0; --p) free_.push_back(static_cast<int32_t>(p));
+}
+
+int32_t KvPagePool::Allocate() {
+  int32_t id;
+  if (!free_.empty()) {
+    id = free_.back();
+    free_.pop_back();
+  } else if (!lru_.empty()) {
+    id = lru_.front();
+    lru_.pop_front();
+    Page& evicted = pages_[static_cast<size_t>(id)];
+    by_hash_.erase(evicted.hash);
+    evicted.hashed = false;
+  } else {
+    return -1;
+  }
+  pages_[static_cast<size_t>(id)].refs = 1;
+  return id;
+}
+
+int32_t KvPagePool::Find(uint64_t hash) const {
+  auto it = by_hash_.find(hash);
+  return it == by_hash_.end() ? -1 : it->second;
+}
+
+int32_t KvPagePool::Acquire(uint64_t hash) {
+  const int32_t id = Find(hash);
+  if (id < 0) return -1;
+  Page& p = pages_[static_cast<size_t>(id)];
+  if (p.refs == 0) lru_.erase(p.lru);
+  ++p.refs;
+  return id;
+}
+
+void KvPagePool::Release(int32_t id) {
+  MOEFLOW_CHECK(id >= 0 && id < n_pages_);
+  Page& p = pages_[static_cast<size_t>(id)];
+  MOEFLOW_CHECK(p.refs > 0);
+  if (--p.refs > 0) return;
+  if (p.hashed) {
+    p.lru = lru_.insert(lru_.end(), id);
+  } else {
+    free_.push_back(id);
+  }
+}
+
+bool KvPagePool::Publish(int32_t id, uint64_t hash) {
+  MOEFLOW_CHECK(id >= 0 && id < n_pages_);
+  Page& p = pages_[static_cast<size_t>(id)];
+  MOEFLOW_CHECK(p.refs > 0);
+  if (p.hashed || by_hash_.count(hash) != 0) return false;
+  p.hashed = true;
+  p.hash = hash;
+  by_hash_[hash] = id;
+  return true;
+}
+
+uint64_t KvPagePool::BlockHash(uint64_t previous, absl::Span<const int32_t> tokens) {
+  constexpr uint64_t kFnvPrime = 1099511628211ull;
+  uint64_t h = 14695981039346656037ull;
+  auto mix = [&](uint64_t v) {
+    for (int i = 0; i < 8; ++i) {
+      h ^= (v >> (8 * i)) & 0xff;
+      h *= kFnvPrime;
+    }
+  };
+  mix(previous);
+  mix(tokens.size());
+  for (int32_t t : tokens) mix(static_cast<uint32_t>(t));
+  // splitmix64's finaliser.
+  h ^= h >> 30;
+  h *= 0xbf58476d1ce4e5b9ull;
+  h ^= h >> 27;
+  h *= 0x94d049bb133111ebull;
+  h ^= h >> 31;
+  return h;
+}
+
+}  // namespace moeflow

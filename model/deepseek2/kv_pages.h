@@ -1,0 +1,104 @@
+// A paged compressed-KV (MLA) cache shared by several sequences, with
+// block-hash prefix reuse.
+//
+// Role in the data flow: Deepseek2Engine's batched forward (ForwardBatch)
+// keeps the KV rows of every running sequence here. Memory is one block of
+// `n_pages` pages allocated at construction; a page holds `page_tokens`
+// consecutive positions of one sequence for every layer, laid out
+// [layer][position in page][row_dim] so that one layer's rows of a page are
+// contiguous. A sequence owns a page table (page ids in position order).
+//
+// Pages are refcounted. A page whose block of `page_tokens` positions is full
+// can be published under the hash of its tokens chained with the hash of the
+// previous block (so the hash names the whole prefix up to and including that
+// block). A later sequence whose prompt starts with the same blocks takes
+// those pages (Acquire) instead of recomputing them. When the last reference
+// goes, a published page stays cached (evictable, in LRU order) and an
+// unpublished one goes back to the free list; Allocate takes a free page
+// first, then evicts the least recently released cached page.
+//
+//   free ──Allocate──► referenced ──Publish──► referenced+hashed
+//    ▲                    │ Release(last)          │ Release(last)  ▲ Acquire
+//    └────────────────────┘                        ▼                │
+//    └──────── evicted by Allocate ◄──────── cached (LRU) ──────────┘
+//
+// Thread-safety: none; the engine's owner (one scheduler thread) calls it.
+// Failure: Allocate returns -1 when no page is free or evictable; misuse
+// (bad ids, releasing an unreferenced page) is a CHECK failure.
+#ifndef MOEFLOW_MODEL_DEEPSEEK2_KV_PAGES_H_
+#define MOEFLOW_MODEL_DEEPSEEK2_KV_PAGES_H_
+
+#include <cstdint>
+#include <list>
+#include <unordered_map>
+#include <vector>
+
+#include "absl/types/span.h"
+
+namespace moeflow {
+
+class KvPagePool {
+ public:
+  KvPagePool() = default;
+  KvPagePool(int64_t n_layers, int64_t row_dim, int64_t page_tokens, int64_t n_pages);
+
+  int64_t n_layers() const { return n_layers_; }
+  int64_t row_dim() const { return row_dim_; }
+  int64_t page_tokens() const { return page_tokens_; }
+  int64_t n_pages() const { return n_pages_; }
+  // Floats per page (all layers) and per layer within a page.
+  int64_t page_floats() const { return n_layers_ * layer_floats(); }
+  int64_t layer_floats() const { return page_tokens_ * row_dim_; }
+  float* base() { return data_.data(); }
+
+  // Pages with at least one reference.
+  int64_t referenced_pages() const { return n_pages_ - free_pages() - cached_pages(); }
+  int64_t free_pages() const { return static_cast<int64_t>(free_.size()); }
+  // Unreferenced published pages (kept for reuse, evictable).
+  int64_t cached_pages() const { return static_cast<int64_t>(lru_.size()); }
+  // Pages Allocate can hand out now (free + evictable).
+  int64_t available_pages() const { return free_pages() + cached_pages(); }
+
+  // A page with refcount 1, or -1 when none is free or evictable. Evicting
+  // forgets the page's hash.
+  int32_t Allocate();
+  // The page published under `hash` with one more reference (taken out of
+  // the LRU list if it was unreferenced), or -1.
+  int32_t Acquire(uint64_t hash);
+  // The page published under `hash` without taking it, or -1.
+  int32_t Find(uint64_t hash) const;
+  // Drops one reference; see the state machine above.
+  void Release(int32_t page);
+  // Registers a full, referenced page under `hash`. Returns false (and
+  // changes nothing) when another page already holds that hash or this page
+  // is already published.
+  bool Publish(int32_t page, uint64_t hash);
+  int32_t refcount(int32_t page) const { return pages_[static_cast<size_t>(page)].refs; }
+
+  // Hash of a block of tokens chained after the previous block's hash (0 for
+  // the first block): FNV-1a over the previous hash and the token ids, then
+  // a 64-bit finaliser (splitmix64) to spread the bits.
+  static uint64_t BlockHash(uint64_t previous, absl::Span<const int32_t> tokens);
+
+ private:
+  struct Page {
+    int32_t refs = 0;
+    bool hashed = false;
+    uint64_t hash = 0;
+    std::list<int32_t>::iterator lru;  // valid when refs == 0 && hashed
+  };
+
+  int64_t n_layers_ = 0;
+  int64_t row_dim_ = 0;
+  int64_t page_tokens_ = 0;
+  int64_t n_pages_ = 0;
+  std::vector<float> data_;
+  std::vector<Page> pages_;
+  std::vector<int32_t> free_;  // a stack: the most recently freed page first
+  std::list<int32_t> lru_;     // unreferenced hashed pages, least recently released first
+  std::unordered_map<uint64_t, int32_t> by_hash_;
+};
+
+}  // namespace moeflow
+
+#endif  // MOEFLOW_MODEL_DEEPSEEK2_KV_PAGES_H_

@@ -1,0 +1,393 @@
+#include "server/batching_scheduler.h"
+
+#include <algorithm>
+#include <chrono>
+#include <string>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "base/check.h"
+
+namespace moeflow::server {
+namespace {
+
+double NowS() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+}  // namespace
+
+struct BatchingScheduler::Running {
+  std::shared_ptr<GenerationRequest> request;
+  int64_t sequence = -1;
+  int64_t pos = 0;  // positions the model holds
+  int64_t n_prompt = 0;
+  int32_t pending = -1;  // sampled, not yet fed (decoding when >= 0)
+  std::optional<sampling::Sampler> sampler;
+  std::optional<sampling::StopCondition> stop;
+  GenerationSummary summary;
+  double enqueued_s = 0, prefill_start_s = 0, decode_start_s = 0, last_token_s = 0;
+  bool done = false;
+};
+
+BatchingScheduler::BatchingScheduler(BatchModel* model, BatchingSchedulerOptions options,
+                                     ServerMetrics* metrics)
+    : model_(model), options_(options), metrics_(metrics) {
+  MOEFLOW_CHECK(options_.max_running >= 1 && options_.max_batch_tokens >= 1 &&
+                options_.chunk_tokens >= 1);
+  if (metrics_ != nullptr) metrics_->SetKvPages(0, 0, model_->kv_pages_total());
+  thread_ = std::thread([this] { Loop(); });
+}
+
+BatchingScheduler::~BatchingScheduler() { Shutdown(); }
+
+int64_t BatchingScheduler::ReserveTokens(const GenerationRequest& request) const {
+  const int64_t n_prompt = static_cast<int64_t>(request.prompt.size());
+  const int64_t context = model_->context_tokens();
+  const int64_t max_tokens = request.stop.max_tokens;
+  return max_tokens == 0 ? context : std::min(context, n_prompt + max_tokens);
+}
+
+absl::Status BatchingScheduler::Submit(std::shared_ptr<GenerationRequest> request) {
+  const int64_t n_prompt = static_cast<int64_t>(request->prompt.size());
+  const int64_t context = model_->context_tokens();
+  if (n_prompt == 0) return absl::InvalidArgumentError("the prompt has no tokens");
+  if (n_prompt >= context) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the prompt has ", n_prompt, " tokens but the context holds ", context,
+                     " (at least one position must be left to generate)"));
+  }
+  // A bad id would fail the whole batch it lands in, so it is refused here.
+  const int64_t vocab = model_->vocab_size();
+  for (size_t i = 0; i < request->prompt.size(); ++i) {
+    if (request->prompt[i] < 0 || request->prompt[i] >= vocab) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "prompt token ", request->prompt[i], " at index ", i, " is outside [0, ", vocab, ")"));
+    }
+  }
+  if (request->stop.max_tokens < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("max_tokens must be >= 0, got ", request->stop.max_tokens));
+  }
+  if (n_prompt + request->stop.max_tokens > context) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the prompt has ", n_prompt, " tokens and max_tokens is ", request->stop.max_tokens, ": ",
+        n_prompt + request->stop.max_tokens, " exceeds the context of ", context, " tokens"));
+  }
+  const int64_t reserve = ReserveTokens(*request);
+  const int64_t page = model_->kv_page_tokens();
+  const int64_t pages = (reserve + page - 1) / page;
+  if (pages > model_->kv_pages_total()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the request needs ", reserve, " KV positions (prompt ", n_prompt,
+                     " + max_tokens ", reserve - n_prompt, ") = ", pages, " pages of ", page,
+                     " tokens, but the server's KV cache has ", model_->kv_pages_total(),
+                     " pages (", model_->kv_pages_total() * page, " tokens); lower max_tokens"));
+  }
+  absl::MutexLock lock(&mu_);
+  if (stop_) return absl::UnavailableError("the server is shutting down");
+  if (static_cast<int64_t>(queue_.size()) >= options_.max_queue) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("the queue is full (", queue_.size(), " requests waiting); retry later"));
+  }
+  queue_.push_back({std::move(request), NowS()});
+  UpdateGauges();
+  return absl::OkStatus();
+}
+
+void BatchingScheduler::Shutdown() {
+  {
+    absl::MutexLock lock(&mu_);
+    if (stop_ && !thread_.joinable()) return;
+    stop_ = true;
+  }
+  if (thread_.joinable()) thread_.join();
+}
+
+void BatchingScheduler::UpdateGauges() {
+  if (metrics_ == nullptr) return;
+  metrics_->SetQueueDepth(static_cast<int64_t>(queue_.size()));
+  metrics_->SetRunning(n_running_);
+}
+
+void BatchingScheduler::Finish(Running& r, absl::Status status, std::string reason) {
+  r.summary.status = std::move(status);
+  r.summary.finish_reason = std::move(reason);
+  const double now = NowS();
+  if (r.pending >= 0 || r.summary.completion_tokens > 0) {
+    r.summary.decode_s = now - r.decode_start_s;
+  } else if (r.prefill_start_s > 0) {
+    r.summary.prefill_s = now - r.prefill_start_s;
+  }
+  if (r.sequence >= 0) {
+    model_->EndSequence(r.sequence);
+    r.sequence = -1;
+  }
+  if (metrics_ != nullptr && r.summary.status.ok()) {
+    metrics_->RecordGeneration(r.summary.prompt_tokens, r.summary.cached_prompt_tokens,
+                               r.summary.completion_tokens, r.summary.prefill_s,
+                               r.summary.decode_s);
+  }
+  r.done = true;
+  if (r.request->on_done) r.request->on_done(r.summary);
+}
+
+bool BatchingScheduler::AwaitsSharedPrefix(absl::Span<const int32_t> prompt) const {
+  const int64_t page = model_->kv_page_tokens();
+  const int64_t n = static_cast<int64_t>(prompt.size());
+  for (const auto& r : running_) {
+    if (r->done || r->pos >= r->n_prompt) continue;  // not prefilling
+    const std::vector<int32_t>& other = r->request->prompt;
+    const int64_t limit = std::min<int64_t>(n - 1, static_cast<int64_t>(other.size()));
+    int64_t common = 0;
+    while (common < limit && prompt[common] == other[common]) ++common;
+    // Whole blocks the head could reuse once `r` has computed them.
+    const int64_t shared = common / page * page;
+    if (shared > 0 && r->pos < shared) return true;
+  }
+  return false;
+}
+
+bool BatchingScheduler::Admit() {
+  // Requests whose client left while they waited end now, wherever they are
+  // in the queue (they would otherwise hold a queue slot until their turn).
+  std::vector<Queued> gone;
+  {
+    absl::MutexLock lock(&mu_);
+    for (auto it = queue_.begin(); it != queue_.end();) {
+      if (it->request->cancelled->load()) {
+        gone.push_back(std::move(*it));
+        it = queue_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    if (!gone.empty()) UpdateGauges();
+  }
+  for (Queued& q : gone) {
+    GenerationSummary summary;
+    summary.finish_reason = "cancelled";
+    summary.prompt_tokens = static_cast<int64_t>(q.request->prompt.size());
+    summary.queue_s = NowS() - q.enqueued_s;
+    if (q.request->on_done) q.request->on_done(summary);
+  }
+  while (true) {
+    Queued head;
+    {
+      absl::MutexLock lock(&mu_);
+      if (stop_) return false;
+      if (queue_.empty() || static_cast<int64_t>(running_.size()) >= options_.max_running) {
+        return true;
+      }
+      head = queue_.front();
+    }
+    GenerationRequest& request = *head.request;
+    auto r = std::make_unique<Running>();
+    r->request = head.request;
+    r->enqueued_s = head.enqueued_s;
+    r->n_prompt = static_cast<int64_t>(request.prompt.size());
+    r->summary.prompt_tokens = r->n_prompt;
+    auto pop = [&] {
+      absl::MutexLock lock(&mu_);
+      queue_.pop_front();
+      UpdateGauges();
+    };
+    if (request.cancelled->load()) {
+      pop();
+      Finish(*r, absl::OkStatus(), "cancelled");
+      continue;
+    }
+    if (AwaitsSharedPrefix(request.prompt)) return true;  // the head waits a step
+    absl::StatusOr<BatchModel::Started> started =
+        model_->StartSequence(request.prompt, ReserveTokens(request));
+    if (absl::IsResourceExhausted(started.status())) return true;  // the head waits
+    pop();
+    r->summary.queue_s = NowS() - head.enqueued_s;
+    if (!started.ok()) {
+      Finish(*r, started.status(), "error");
+      continue;
+    }
+    r->sequence = started->sequence;
+    r->pos = started->cached_tokens;
+    r->summary.cached_prompt_tokens = started->cached_tokens;
+
+    sampling::StopOptions stop = request.stop;
+    const int64_t room = model_->context_tokens() - r->n_prompt;
+    if (stop.max_tokens == 0 || stop.max_tokens > room) stop.max_tokens = room;
+    const int32_t eos = model_->eos_id();
+    if (!request.ignore_eos && eos >= 0 &&
+        std::find(stop.stop_tokens.begin(), stop.stop_tokens.end(), eos) ==
+            stop.stop_tokens.end()) {
+      stop.stop_tokens.push_back(eos);
+    }
+    absl::StatusOr<sampling::StopCondition> stop_condition = sampling::StopCondition::Create(stop);
+    if (!stop_condition.ok()) {
+      Finish(*r, stop_condition.status(), "error");
+      continue;
+    }
+    absl::StatusOr<sampling::Sampler> sampler = sampling::Sampler::Create(request.sampler);
+    if (!sampler.ok()) {
+      Finish(*r, sampler.status(), "error");
+      continue;
+    }
+    for (int32_t t : request.prompt) sampler->Accept(t);
+    r->stop.emplace(std::move(*stop_condition));
+    r->sampler.emplace(std::move(*sampler));
+    r->prefill_start_s = NowS();
+    running_.push_back(std::move(r));
+    absl::MutexLock lock(&mu_);
+    n_running_ = static_cast<int64_t>(running_.size());
+    UpdateGauges();
+  }
+}
+
+void BatchingScheduler::Step() {
+  // Cancelled requests end before the batch is built.
+  for (auto& r : running_) {
+    if (r->request->cancelled->load()) {
+      if (r->stop) r->summary.flushed_text = r->stop->Flush();
+      Finish(*r, absl::OkStatus(), "cancelled");
+    }
+  }
+  std::vector<BatchModel::Entry> entries;
+  std::vector<Running*> who;
+  int64_t budget = options_.max_batch_tokens;
+  int64_t n_decode = 0, n_prefill = 0;
+  for (auto& r : running_) {
+    if (r->done || r->pending < 0) continue;
+    entries.push_back({r->sequence, absl::MakeConstSpan(&r->pending, 1), r->pos});
+    who.push_back(r.get());
+    --budget;
+    ++n_decode;
+  }
+  for (auto& r : running_) {
+    if (r->done || r->pending >= 0 || budget <= 0) continue;
+    const int64_t n = std::min({options_.chunk_tokens, r->n_prompt - r->pos, budget});
+    entries.push_back({r->sequence,
+                       absl::MakeConstSpan(r->request->prompt)
+                           .subspan(static_cast<size_t>(r->pos), static_cast<size_t>(n)),
+                       r->pos});
+    who.push_back(r.get());
+    budget -= n;
+    n_prefill += n;
+  }
+  if (!entries.empty()) {
+    const int64_t vocab = model_->vocab_size();
+    logits_.resize(entries.size() * static_cast<size_t>(vocab));
+    const double t0 = NowS();
+    absl::Status status = model_->Forward(entries, absl::MakeSpan(logits_));
+    const double t1 = NowS();
+    if (!status.ok()) {
+      for (Running* r : who) Finish(*r, status, "error");
+    } else {
+      for (size_t e = 0; e < entries.size(); ++e) {
+        Running& r = *who[e];
+        r.pos += static_cast<int64_t>(entries[e].tokens.size());
+        if (r.pos < r.n_prompt) continue;  // more prompt to prefill
+        if (r.pending < 0) {
+          r.decode_start_s = t1;
+          r.summary.prefill_s = t1 - r.prefill_start_s;
+        }
+        const absl::Span<const float> row = absl::MakeConstSpan(logits_).subspan(
+            e * static_cast<size_t>(vocab), static_cast<size_t>(vocab));
+        absl::StatusOr<int32_t> token = r.sampler->Sample(row);
+        if (!token.ok()) {
+          Finish(r, token.status(), "error");
+          continue;
+        }
+        r.sampler->Accept(*token);
+        GeneratedToken out;
+        out.token = *token;
+        if (r.request->top_logprobs >= 0) {
+          out.logprob = LogSoftmaxAt(row, *token, r.request->top_logprobs, &out.top_logprobs);
+        }
+        sampling::StopStep stop_step = r.stop->Append(*token, model_->TokenBytes(*token));
+        out.text = std::move(stop_step.text);
+        r.summary.completion_tokens++;
+        const double now = NowS();
+        if (metrics_ != nullptr) {
+          if (r.summary.completion_tokens == 1) {
+            metrics_->ObserveTimeToFirstToken(now - r.enqueued_s);
+          } else {
+            metrics_->ObserveInterTokenLatency(now - r.last_token_s);
+          }
+        }
+        r.last_token_s = now;
+        r.pending = *token;
+        if (r.request->on_token) r.request->on_token(out);
+        if (stop_step.finished()) {
+          Finish(r, absl::OkStatus(),
+                 std::string(sampling::FinishReasonName(stop_step.finish_reason)));
+        }
+      }
+    }
+    window_prefill_ += n_prefill;
+    window_decode_ += n_decode;
+    if (window_start_s_ == 0) window_start_s_ = t0;
+    if (metrics_ != nullptr && t1 - window_start_s_ >= 1.0) {
+      const double dt = t1 - window_start_s_;
+      metrics_->SetBatchThroughput(window_prefill_ / dt, window_decode_ / dt);
+      window_start_s_ = t1;
+      window_prefill_ = window_decode_ = 0;
+    }
+  }
+  running_.erase(std::remove_if(running_.begin(), running_.end(),
+                                [](const std::unique_ptr<Running>& r) { return r->done; }),
+                 running_.end());
+  if (metrics_ != nullptr) {
+    metrics_->SetKvPages(model_->kv_pages_used(), model_->kv_pages_cached(),
+                         model_->kv_pages_total());
+  }
+  absl::MutexLock lock(&mu_);
+  n_running_ = static_cast<int64_t>(running_.size());
+  UpdateGauges();
+}
+
+void BatchingScheduler::Loop() {
+  while (true) {
+    {
+      absl::MutexLock lock(&mu_);
+      if (running_.empty()) {
+        // Idle: wait for work. (With running requests the loop never blocks.)
+        mu_.Await(absl::Condition(
+            +[](BatchingScheduler* s)
+                 ABSL_EXCLUSIVE_LOCKS_REQUIRED(s->mu_) { return s->stop_ || !s->queue_.empty(); },
+            this));
+      }
+    }
+    const bool more = Admit();
+    if (!more) break;
+    if (running_.empty()) {
+      // The head is waiting for pages while nothing runs: it can never be
+      // admitted (only prefix pages could be missing, and those are
+      // evictable), so this does not happen; avoid spinning anyway.
+      absl::MutexLock lock(&mu_);
+      mu_.AwaitWithTimeout(absl::Condition(&stop_), absl::Milliseconds(10));
+      continue;
+    }
+    Step();
+  }
+  // Shutdown: cancel what runs and what waits.
+  for (auto& r : running_) {
+    if (!r->done) {
+      if (r->stop) r->summary.flushed_text = r->stop->Flush();
+      Finish(*r, absl::OkStatus(), "cancelled");
+    }
+  }
+  running_.clear();
+  std::deque<Queued> left;
+  {
+    absl::MutexLock lock(&mu_);
+    left.swap(queue_);
+    n_running_ = 0;
+    UpdateGauges();
+  }
+  for (Queued& q : left) {
+    GenerationSummary summary;
+    summary.finish_reason = "cancelled";
+    summary.prompt_tokens = static_cast<int64_t>(q.request->prompt.size());
+    if (q.request->on_done) q.request->on_done(summary);
+  }
+}
+
+}  // namespace moeflow::server

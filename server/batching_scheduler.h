@@ -1,0 +1,148 @@
+// Continuous batching: several requests share every forward pass.
+//
+// Role in the data flow: `moeflow serve` (by default) hands requests from
+// the API layer (openai_api.h) to a BatchingScheduler, which drives a
+// BatchModel (engine_batch_model.h: Deepseek2Engine's paged-KV batched API)
+// from one thread. Each step it
+//   1. admits waiting requests in arrival order while fewer than
+//      `max_running` run and the model can take the KV pages of the head of
+//      the queue (prompt + max_tokens positions, minus the prefix blocks it
+//      reuses); the head waits until pages free up, and nobody behind it
+//      overtakes it (FCFS, no starvation). It also waits while a running
+//      request is still prefilling whole 16-token blocks the head's prompt
+//      starts with, so that a burst of requests with a new shared prefix
+//      (a system prompt) computes it once and the others reuse it;
+//   2. builds one batch: the pending token of every decoding request, then
+//      prefill chunks (≤ `chunk_tokens` each) of prefilling requests in
+//      admission order, up to `max_batch_tokens` in all (decode tokens always
+//      go; a prefill that does not fit waits for the next step);
+//   3. runs it, samples one token for every request whose prompt is done
+//      (per-request sampler, stop strings, logprobs, as SerialScheduler),
+//      and ends finished or cancelled requests, freeing their pages.
+// The weights are read once per step for all of its tokens, which is what
+// makes N concurrent decodes cheaper than N sequential ones.
+//
+//   Submit ─► queued ─► admitted (pages taken, prefix reused) ─► prefill
+//   chunks ─► decode steps ─► done (pages released; full blocks stay cached)
+//            └── cancelled (client gone) / Shutdown / engine error ──► done
+//
+// Thread-safety: Submit/Shutdown are thread-safe; callbacks run on the
+// scheduler thread. Failure: Submit returns InvalidArgument (400) for an
+// empty prompt, a token id outside the vocabulary (it would fail the whole
+// batch), prompt + max_tokens beyond the context, or a request whose
+// KV pages exceed the whole cache (naming the numbers); ResourceExhausted
+// (429) when the queue is full; Unavailable after Shutdown. An engine error
+// ends every request of that step with the error.
+#ifndef MOEFLOW_SERVER_BATCHING_SCHEDULER_H_
+#define MOEFLOW_SERVER_BATCHING_SCHEDULER_H_
+
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <optional>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/types/span.h"
+#include "sampling/sampler.h"
+#include "sampling/stop_condition.h"
+#include "server/metrics.h"
+#include "server/scheduler.h"
+
+namespace moeflow::server {
+
+// A model with several sequences over a paged KV cache: what
+// BatchingScheduler runs on. Called from the scheduler thread only.
+class BatchModel {
+ public:
+  struct Started {
+    int64_t sequence = -1;
+    int64_t cached_tokens = 0;  // prompt positions reused; the first Forward starts here
+  };
+  struct Entry {
+    int64_t sequence = -1;
+    absl::Span<const int32_t> tokens;
+    int64_t start_pos = 0;
+  };
+  virtual ~BatchModel() = default;
+  virtual int64_t vocab_size() const = 0;
+  virtual int64_t context_tokens() const = 0;
+  virtual int32_t eos_id() const = 0;
+  virtual absl::string_view TokenBytes(int32_t token) const = 0;
+  virtual int64_t kv_page_tokens() const = 0;
+  virtual int64_t kv_pages_total() const = 0;
+  virtual int64_t kv_pages_used() const = 0;
+  virtual int64_t kv_pages_cached() const = 0;
+  // Takes the pages for `reserve_tokens` positions; ResourceExhausted when
+  // they are not available now.
+  virtual absl::StatusOr<Started> StartSequence(absl::Span<const int32_t> prompt,
+                                                int64_t reserve_tokens) = 0;
+  virtual void EndSequence(int64_t sequence) = 0;
+  // Last-position logits of each entry, [entries × vocab].
+  virtual absl::Status Forward(absl::Span<const Entry> entries, absl::Span<float> logits) = 0;
+};
+
+struct BatchingSchedulerOptions {
+  // Requests waiting (not admitted) before Submit answers ResourceExhausted.
+  int64_t max_queue = 64;
+  // Requests admitted at once (decoding or prefilling).
+  int64_t max_running = 8;
+  // Tokens per forward pass (decode tokens + prefill chunks).
+  int64_t max_batch_tokens = 512;
+  // Largest prefill chunk of one request per step.
+  int64_t chunk_tokens = 256;
+};
+
+class BatchingScheduler final : public GenerationBackend {
+ public:
+  // `model` and `metrics` must outlive the scheduler; metrics may be null.
+  BatchingScheduler(BatchModel* model, BatchingSchedulerOptions options, ServerMetrics* metrics);
+  ~BatchingScheduler() override;  // Shutdown()s
+
+  absl::Status Submit(std::shared_ptr<GenerationRequest> request) override;
+  int64_t context_tokens() const override { return model_->context_tokens(); }
+  void Shutdown() override;
+
+ private:
+  struct Queued {
+    std::shared_ptr<GenerationRequest> request;
+    double enqueued_s = 0;
+  };
+  struct Running;
+
+  void Loop();
+  // Admits from the queue head while there is room; false when stopping.
+  bool Admit();
+  // Whether a running request is still prefilling whole blocks that
+  // `prompt` starts with (admitting now would compute them twice).
+  bool AwaitsSharedPrefix(absl::Span<const int32_t> prompt) const;
+  void Step();
+  void Finish(Running& r, absl::Status status, std::string reason);
+  void UpdateGauges() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  int64_t ReserveTokens(const GenerationRequest& request) const;
+
+  BatchModel* const model_;
+  const BatchingSchedulerOptions options_;
+  ServerMetrics* const metrics_;
+
+  // Scheduler thread only.
+  std::vector<std::unique_ptr<Running>> running_;
+  std::vector<float> logits_;
+  double window_start_s_ = 0;
+  int64_t window_prefill_ = 0, window_decode_ = 0;
+
+  absl::Mutex mu_;
+  std::deque<Queued> queue_ ABSL_GUARDED_BY(mu_);
+  int64_t n_running_ ABSL_GUARDED_BY(mu_) = 0;
+  bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  std::thread thread_;
+};
+
+}  // namespace moeflow::server
+
+#endif  // MOEFLOW_SERVER_BATCHING_SCHEDULER_H_

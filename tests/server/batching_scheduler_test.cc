@@ -1,0 +1,289 @@
+// BatchingScheduler on the real engine (tiny-v3 fixture, paged KV cache):
+// concurrent greedy outputs equal the same prompts run one at a time
+// (SerialScheduler), prefix reuse is reported, admission errors and waits,
+// cancellation frees the pages, and sampling with a seed matches too.
+#include "server/batching_scheduler.h"
+
+#include <atomic>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/time.h"
+#include "generation/text_generator.h"
+#include "gtest/gtest.h"
+#include "server/engine_batch_model.h"
+#include "server/engine_sequence_model.h"
+#include "server/metrics.h"
+#include "server/scheduler.h"
+
+namespace moeflow::server {
+namespace {
+
+constexpr char kModel[] = "tests/data/llamacpp/tiny-v3/tiny-v3.q8_0.gguf";
+
+std::unique_ptr<TextGenerator> OpenGenerator(int64_t kv_tokens, int64_t context = 256) {
+  TextGeneratorOptions options;
+  options.engine.n_threads = 2;
+  options.engine.kv_pool_tokens = kv_tokens;
+  options.engine.kv_page_tokens = 16;
+  options.context_tokens = context;
+  auto g = TextGenerator::Open(kModel, options);
+  EXPECT_TRUE(g.ok()) << g.status();
+  return g.ok() ? std::move(g).value() : nullptr;
+}
+
+std::vector<int32_t> RandomPrompt(int64_t n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::uniform_int_distribution<int32_t> dist(100, 2000);
+  std::vector<int32_t> t(static_cast<size_t>(n));
+  for (int32_t& v : t) v = dist(rng);
+  return t;
+}
+
+// One request's outcome, filled by the callbacks.
+struct Outcome {
+  std::vector<int32_t> tokens;
+  GenerationSummary summary;
+  absl::Notification done;
+};
+
+std::shared_ptr<GenerationRequest> MakeRequest(const std::vector<int32_t>& prompt,
+                                               int64_t max_tokens, Outcome* out,
+                                               float temperature = 0.0f, uint64_t seed = 0) {
+  auto r = std::make_shared<GenerationRequest>();
+  r->prompt = prompt;
+  r->sampler.temperature = temperature;
+  r->sampler.seed = seed;
+  r->stop.max_tokens = max_tokens;
+  r->ignore_eos = true;
+  r->on_token = [out](const GeneratedToken& t) { out->tokens.push_back(t.token); };
+  r->on_done = [out](const GenerationSummary& s) {
+    out->summary = s;
+    out->done.Notify();
+  };
+  return r;
+}
+
+bool WaitAll(std::vector<std::unique_ptr<Outcome>>& outs) {
+  for (auto& o : outs) {
+    if (!o->done.WaitForNotificationWithTimeout(absl::Seconds(60))) return false;
+  }
+  return true;
+}
+
+// Runs the prompts through `backend`, all submitted at once.
+std::vector<std::unique_ptr<Outcome>> RunAll(GenerationBackend& backend,
+                                             const std::vector<std::vector<int32_t>>& prompts,
+                                             int64_t max_tokens, float temperature = 0.0f) {
+  std::vector<std::unique_ptr<Outcome>> outs;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    outs.push_back(std::make_unique<Outcome>());
+    absl::Status s =
+        backend.Submit(MakeRequest(prompts[i], max_tokens, outs.back().get(), temperature, i + 1));
+    EXPECT_TRUE(s.ok()) << s;
+    if (!s.ok()) outs.back()->done.Notify();
+  }
+  EXPECT_TRUE(WaitAll(outs));
+  return outs;
+}
+
+TEST(BatchingSchedulerTest, ConcurrentOutputsEqualOneAtATime) {
+  auto generator = OpenGenerator(2048);
+  ASSERT_NE(generator, nullptr);
+  std::vector<std::vector<int32_t>> prompts;
+  for (int i = 0; i < 7; ++i) prompts.push_back(RandomPrompt(5 + 11 * i, 100 + i));
+  for (float temperature : {0.0f, 0.8f}) {
+    std::vector<std::unique_ptr<Outcome>> batched, serial;
+    {
+      ServerMetrics metrics;
+      EngineBatchModel model(generator.get());
+      BatchingSchedulerOptions options;
+      options.max_running = 4;  // some wait in the queue
+      options.max_batch_tokens = 40;
+      options.chunk_tokens = 16;  // prompts prefill in several chunks
+      BatchingScheduler scheduler(&model, options, &metrics);
+      batched = RunAll(scheduler, prompts, 10, temperature);
+      // Everything ended: only cached prefix pages remain.
+      EXPECT_EQ(model.kv_pages_used(), 0);
+      const std::string text = metrics.RenderPrometheus();
+      EXPECT_NE(text.find("moeflow_kv_pages_total 128"), std::string::npos) << text;
+    }
+    {
+      EngineSequenceModel model(generator.get());
+      SerialScheduler scheduler(&model, SerialSchedulerOptions{}, nullptr);
+      serial = RunAll(scheduler, prompts, 10, temperature);
+    }
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      EXPECT_TRUE(batched[i]->summary.status.ok()) << batched[i]->summary.status;
+      EXPECT_EQ(batched[i]->summary.finish_reason, "length");
+      EXPECT_EQ(batched[i]->tokens.size(), 10u);
+      EXPECT_EQ(batched[i]->tokens, serial[i]->tokens) << "prompt " << i << " T " << temperature;
+    }
+  }
+}
+
+TEST(BatchingSchedulerTest, SharedPrefixIsReportedAsCachedTokens) {
+  auto generator = OpenGenerator(1024);
+  ASSERT_NE(generator, nullptr);
+  EngineBatchModel model(generator.get());
+  BatchingScheduler scheduler(&model, BatchingSchedulerOptions{}, nullptr);
+  const std::vector<int32_t> system = RandomPrompt(50, 7);
+  std::vector<int32_t> a = system, b = system;
+  a.push_back(1000);
+  b.push_back(2000);
+  b.push_back(2001);
+  auto first = RunAll(scheduler, {a}, 4);
+  auto second = RunAll(scheduler, {b}, 4);
+  EXPECT_EQ(first[0]->summary.cached_prompt_tokens, 0);
+  EXPECT_EQ(second[0]->summary.cached_prompt_tokens, 48);  // 3 blocks of 16
+  // And the output is what it is without reuse.
+  EngineSequenceModel serial_model(generator.get());
+  SerialScheduler serial(&serial_model, SerialSchedulerOptions{}, nullptr);
+  auto again = RunAll(serial, {b}, 4);
+  EXPECT_EQ(second[0]->tokens, again[0]->tokens);
+}
+
+TEST(BatchingSchedulerTest, ConcurrentRequestsWithANewSharedPrefixComputeItOnce) {
+  auto generator = OpenGenerator(2048);
+  ASSERT_NE(generator, nullptr);
+  EngineBatchModel model(generator.get());
+  BatchingSchedulerOptions options;
+  options.chunk_tokens = 16;  // the shared prefix takes several steps
+  BatchingScheduler scheduler(&model, options, nullptr);
+  const std::vector<int32_t> system = RandomPrompt(70, 8);
+  std::vector<std::vector<int32_t>> prompts;
+  for (int i = 0; i < 4; ++i) {
+    prompts.push_back(system);
+    prompts.back().push_back(500 + i);
+  }
+  auto outs = RunAll(scheduler, prompts, 3);
+  EXPECT_EQ(outs[0]->summary.cached_prompt_tokens, 0);
+  for (int i = 1; i < 4; ++i) EXPECT_EQ(outs[i]->summary.cached_prompt_tokens, 64) << i;
+}
+
+TEST(BatchingSchedulerTest, AdmissionErrorsAndWaitingForPages) {
+  auto generator = OpenGenerator(128);  // 8 pages of 16
+  ASSERT_NE(generator, nullptr);
+  EngineBatchModel model(generator.get());
+  {
+    BatchingSchedulerOptions options;
+    options.max_queue = 0;
+    BatchingScheduler full(&model, options, nullptr);
+    Outcome o;
+    EXPECT_EQ(full.Submit(MakeRequest(RandomPrompt(8, 1), 4, &o)).code(),
+              absl::StatusCode::kResourceExhausted);
+  }
+  BatchingScheduler scheduler(&model, BatchingSchedulerOptions{}, nullptr);
+  Outcome never;
+  // 100 + 40 positions = 9 pages > 8: never fits, 400 with the numbers.
+  absl::Status too_big = scheduler.Submit(MakeRequest(RandomPrompt(100, 2), 40, &never));
+  EXPECT_EQ(too_big.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(too_big.message().find("9 pages of 16 tokens"), std::string::npos) << too_big;
+  EXPECT_NE(too_big.message().find("has 8 pages (128 tokens)"), std::string::npos) << too_big;
+  Outcome empty;
+  EXPECT_EQ(scheduler.Submit(MakeRequest({}, 4, &empty)).code(),
+            absl::StatusCode::kInvalidArgument);
+  // Two requests of 5 pages each: the second waits for the first's pages.
+  Outcome first, second;
+  std::atomic<int64_t> second_tokens_when_first_ended{-1};
+  auto r1 = MakeRequest(RandomPrompt(60, 3), 20, &first);
+  r1->on_done = [&](const GenerationSummary& s) {
+    second_tokens_when_first_ended = static_cast<int64_t>(second.tokens.size());
+    first.summary = s;
+    first.done.Notify();
+  };
+  ASSERT_TRUE(scheduler.Submit(r1).ok());
+  ASSERT_TRUE(scheduler.Submit(MakeRequest(RandomPrompt(60, 4), 20, &second)).ok());
+  ASSERT_TRUE(first.done.WaitForNotificationWithTimeout(absl::Seconds(60)));
+  ASSERT_TRUE(second.done.WaitForNotificationWithTimeout(absl::Seconds(60)));
+  for (Outcome* o : {&first, &second}) {
+    EXPECT_TRUE(o->summary.status.ok());
+    EXPECT_EQ(o->tokens.size(), 20u);
+  }
+  EXPECT_EQ(second_tokens_when_first_ended.load(), 0);
+  EXPECT_EQ(model.kv_pages_used(), 0);
+}
+
+TEST(BatchingSchedulerTest, CancellationEndsTheRequestAndFreesItsPages) {
+  auto generator = OpenGenerator(512);
+  ASSERT_NE(generator, nullptr);
+  EngineBatchModel model(generator.get());
+  BatchingScheduler scheduler(&model, BatchingSchedulerOptions{}, nullptr);
+  Outcome cancelled, other;
+  auto request = MakeRequest(RandomPrompt(20, 5), 200, &cancelled);
+  std::shared_ptr<std::atomic<bool>> flag = request->cancelled;
+  // The client goes away after the third token.
+  request->on_token = [&cancelled, flag](const GeneratedToken& t) {
+    cancelled.tokens.push_back(t.token);
+    if (cancelled.tokens.size() == 3) flag->store(true);
+  };
+  ASSERT_TRUE(scheduler.Submit(request).ok());
+  ASSERT_TRUE(scheduler.Submit(MakeRequest(RandomPrompt(20, 6), 30, &other)).ok());
+  ASSERT_TRUE(cancelled.done.WaitForNotificationWithTimeout(absl::Seconds(60)));
+  ASSERT_TRUE(other.done.WaitForNotificationWithTimeout(absl::Seconds(60)));
+  EXPECT_EQ(cancelled.summary.finish_reason, "cancelled");
+  EXPECT_EQ(cancelled.tokens.size(), 3u);
+  EXPECT_EQ(other.summary.finish_reason, "length");
+  EXPECT_EQ(other.tokens.size(), 30u);
+  EXPECT_EQ(model.kv_pages_used(), 0);
+}
+
+TEST(BatchingSchedulerTest, QueuedRequestWhoseClientLeftEndsBeforeItsTurn) {
+  auto generator = OpenGenerator(512);
+  ASSERT_NE(generator, nullptr);
+  EngineBatchModel model(generator.get());
+  BatchingSchedulerOptions options;
+  options.max_running = 1;
+  BatchingScheduler scheduler(&model, options, nullptr);
+  Outcome running, queued;
+  std::atomic<bool> running_done_first{false};
+  auto r1 = MakeRequest(RandomPrompt(10, 30), 200, &running);
+  auto r2 = MakeRequest(RandomPrompt(10, 31), 10, &queued);
+  std::shared_ptr<std::atomic<bool>> r2_cancelled = r2->cancelled;
+  r1->on_token = [&, r2_cancelled](const GeneratedToken& t) {
+    running.tokens.push_back(t.token);
+    if (running.tokens.size() == 2) r2_cancelled->store(true);
+  };
+  r2->on_done = [&](const GenerationSummary& s) {
+    running_done_first = running.done.HasBeenNotified();
+    queued.summary = s;
+    queued.done.Notify();
+  };
+  ASSERT_TRUE(scheduler.Submit(r1).ok());
+  ASSERT_TRUE(scheduler.Submit(r2).ok());
+  ASSERT_TRUE(queued.done.WaitForNotificationWithTimeout(absl::Seconds(60)));
+  ASSERT_TRUE(running.done.WaitForNotificationWithTimeout(absl::Seconds(60)));
+  EXPECT_EQ(queued.summary.finish_reason, "cancelled");
+  EXPECT_FALSE(running_done_first.load());
+  EXPECT_EQ(running.tokens.size(), 200u);
+}
+
+TEST(BatchingSchedulerTest, ShutdownCancelsQueuedAndRunning) {
+  auto generator = OpenGenerator(512);
+  ASSERT_NE(generator, nullptr);
+  EngineBatchModel model(generator.get());
+  BatchingSchedulerOptions options;
+  options.max_running = 1;
+  auto scheduler = std::make_unique<BatchingScheduler>(&model, options, nullptr);
+  std::vector<std::unique_ptr<Outcome>> outs;
+  for (int i = 0; i < 3; ++i) {
+    outs.push_back(std::make_unique<Outcome>());
+    ASSERT_TRUE(
+        scheduler->Submit(MakeRequest(RandomPrompt(10, 10 + i), 0, outs.back().get())).ok());
+  }
+  scheduler->Shutdown();
+  EXPECT_TRUE(WaitAll(outs));
+  for (auto& o : outs) EXPECT_EQ(o->summary.finish_reason, "cancelled");
+  Outcome late;
+  EXPECT_EQ(scheduler->Submit(MakeRequest(RandomPrompt(10, 20), 4, &late)).code(),
+            absl::StatusCode::kUnavailable);
+  EXPECT_EQ(model.kv_pages_used(), 0);
+}
+
+}  // namespace
+}  // namespace moeflow::server
