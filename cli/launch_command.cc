@@ -1,5 +1,6 @@
 // `moeflow launch TOPOLOGY.yaml`: starts the coordinator and the worker
-// processes a topology file describes (coordinator/coordinator.h), serves
+// processes a topology file describes, or attaches to expert workers started
+// by hand on other hosts (coordinator/coordinator.h), serves
 // the gRPC ControlService (`moeflowctl`) and stays in the foreground until
 // SIGINT/SIGTERM or a Shutdown RPC, then stops every worker.
 #include <grpcpp/grpcpp.h>
@@ -154,8 +155,10 @@ Command LaunchCommand() {
       "launch",
       "start the coordinator and workers of a topology file; serve moeflowctl",
       "moeflow launch TOPOLOGY.yaml [--model FILE.gguf] [flags]",
-      "Starts one gpu_worker and one cpu_expert_worker per expert_workers entry, prints\n"
-      "each worker's load progress and the memory plan, then serves the control service\n"
+      "Starts the gpu worker (a CPU-backend one runs inside this process unless the topology\n"
+      "says separate_process: true) and one cpu_expert_worker per expert_workers entry (or\n"
+      "attaches to one started by hand when the entry gives its address), prints each\n"
+      "worker's load progress and the memory plan, then serves the control service\n"
       "(see deploy/topologies/). Stays in the foreground; Ctrl-C stops everything.",
       {"model", "control_address", "control_token", "gpu_worker_binary", "expert_worker_binary",
        "restart_workers", "validate_only"},

@@ -33,6 +33,9 @@ ABSL_FLAG(std::string, addr, "127.0.0.1:50051", "host:port of the coordinator's 
 ABSL_FLAG(std::string, token, "", "bearer token (when the control service requires one)");
 ABSL_FLAG(int64_t, timeout_ms, 600000, "deadline of the call");
 ABSL_FLAG(std::string, prompt, "", "generate: the prompt text");
+ABSL_FLAG(bool, chat, false,
+          "generate: send the prompt as one user message, rendered by the coordinator with the "
+          "model's chat template");
 ABSL_FLAG(int32_t, max_tokens, 64, "generate: most tokens to generate (0: until EOS)");
 ABSL_FLAG(double, temperature, 0.0, "generate: sampling temperature (0: greedy)");
 ABSL_FLAG(double, top_p, 1.0, "generate: nucleus mass (1: off)");
@@ -125,7 +128,13 @@ int Main(int argc, char** argv) {
   }
   if (command == "generate") {
     proto::GenerateRequest request;
-    request.set_prompt(absl::GetFlag(FLAGS_prompt));
+    if (absl::GetFlag(FLAGS_chat)) {
+      proto::ChatMessage* message = request.mutable_chat()->add_messages();
+      message->set_role("user");
+      message->set_content(absl::GetFlag(FLAGS_prompt));
+    } else {
+      request.set_prompt(absl::GetFlag(FLAGS_prompt));
+    }
     request.set_max_tokens(absl::GetFlag(FLAGS_max_tokens));
     request.mutable_sampling()->set_temperature(
         static_cast<float>(absl::GetFlag(FLAGS_temperature)));

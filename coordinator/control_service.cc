@@ -5,6 +5,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "base/check.h"
+#include "chat/chat_message.h"
+#include "chat/chat_template.h"
 #include "sampling/sampler.h"
 #include "sampling/stop_condition.h"
 
@@ -57,6 +60,48 @@ ControlServiceImpl::ControlServiceImpl(Coordinator& coordinator, std::string tok
   } else {
     tokenizer_error_ = std::string(tokenizer.status().message());
   }
+  // Missing or unreadable: RenderChat falls back to a known template.
+  if (coordinator_.model_file().Find("tokenizer.chat_template") != nullptr) {
+    chat_template_ =
+        coordinator_.model_file().GetString("tokenizer.chat_template").value_or(std::string());
+  }
+}
+
+absl::StatusOr<std::vector<int32_t>> ControlServiceImpl::RenderChatPrompt(
+    const proto::ChatConversation& chat) const {
+  if (chat.messages_size() == 0) return absl::InvalidArgumentError("chat.messages: empty");
+  std::vector<chat::ChatMessage> messages;
+  for (int i = 0; i < chat.messages_size(); ++i) {
+    const proto::ChatMessage& m = chat.messages(i);
+    chat::ChatMessage message;
+    if (m.role() == "system") {
+      message.role = chat::ChatRole::kSystem;
+    } else if (m.role() == "user") {
+      message.role = chat::ChatRole::kUser;
+    } else if (m.role() == "assistant") {
+      message.role = chat::ChatRole::kAssistant;
+    } else {
+      return absl::InvalidArgumentError(absl::StrCat("chat.messages[", i, "].role: '", m.role(),
+                                                     "' is not system, user or assistant"));
+    }
+    message.content = m.content();
+    messages.push_back(std::move(message));
+  }
+  chat::ChatTemplateOptions options;
+  options.add_generation_prompt = true;
+  // As `moeflow generate --chat`: a file without a recognized template is
+  // rendered with DeepSeek V3's.
+  options.fallback_template = "deepseek-v3";
+  if (tokenizer_->bos_id() >= 0) {
+    options.bos_token = std::string(tokenizer_->TokenText(tokenizer_->bos_id()));
+  }
+  if (tokenizer_->eos_id() >= 0) {
+    options.eos_token = std::string(tokenizer_->TokenText(tokenizer_->eos_id()));
+  }
+  MOEFLOW_ASSIGN_OR_RETURN(chat::RenderedPrompt rendered,
+                           chat::RenderChat(chat_template_, messages, options));
+  return tokenizer_->Encode(rendered.text,
+                            /*add_bos=*/!rendered.starts_with_bos && tokenizer_->add_bos());
 }
 
 grpc::Status ControlServiceImpl::Authorize(grpc::ServerContext* context) const {
@@ -109,14 +154,21 @@ grpc::Status ControlServiceImpl::Generate(grpc::ServerContext* context,
                                                         proto::CoordinatorState_Name(state),
                                                         ", not SERVING"));
   }
-  if (request->input_case() != proto::GenerateRequest::kPrompt) {
-    return grpc::Status(grpc::UNIMPLEMENTED, "chat input is not supported yet; send prompt");
+  if (request->input_case() == proto::GenerateRequest::INPUT_NOT_SET) {
+    return grpc::Status(grpc::INVALID_ARGUMENT, "input: set prompt or chat");
   }
   if (tokenizer_ == nullptr) {
     return grpc::Status(grpc::FAILED_PRECONDITION,
                         absl::StrCat("the model has no usable tokenizer: ", tokenizer_error_));
   }
-  std::vector<int32_t> prompt = tokenizer_->Encode(request->prompt(), tokenizer_->add_bos());
+  std::vector<int32_t> prompt;
+  if (request->input_case() == proto::GenerateRequest::kChat) {
+    absl::StatusOr<std::vector<int32_t>> rendered = RenderChatPrompt(request->chat());
+    if (!rendered.ok()) return ToGrpc(rendered.status());
+    prompt = std::move(*rendered);
+  } else {
+    prompt = tokenizer_->Encode(request->prompt(), tokenizer_->add_bos());
+  }
   if (prompt.empty()) return grpc::Status(grpc::INVALID_ARGUMENT, "prompt: empty");
   const int64_t context_tokens = coordinator_.context_tokens();
   if (static_cast<int64_t>(prompt.size()) >= context_tokens) {
@@ -165,6 +217,19 @@ grpc::Status ControlServiceImpl::Generate(grpc::ServerContext* context,
     return s;
   };
   const absl::Time start = absl::Now();
+  if (cancel_running_.load()) {
+    // Queued when a Drain ran out of time: cancelled before it started.
+    proto::GenerateResponse final_message;
+    final_message.mutable_final()->set_finish_reason(proto::FINISH_REASON_CANCELLED);
+    final_message.mutable_final()->mutable_usage()->set_prompt_tokens(
+        static_cast<int32_t>(prompt.size()));
+    writer->Write(final_message);
+    {
+      absl::MutexLock lock(&mu_);
+      ++requests_cancelled_;
+    }
+    return finish(grpc::Status::OK);
+  }
   std::vector<float> logits;
   absl::Status s = coordinator_.Forward(prompt, 0, /*last_only=*/true, &logits);
   if (!s.ok()) return finish(ToGrpc(s));
@@ -175,6 +240,12 @@ grpc::Status ControlServiceImpl::Generate(grpc::ServerContext* context,
   while (true) {
     if (context->IsCancelled()) {
       reason = proto::FINISH_REASON_CANCELLED;
+      break;
+    }
+    if (cancel_running_.load()) {
+      reason = proto::FINISH_REASON_CANCELLED;
+      absl::MutexLock lock(&mu_);
+      ++requests_cancelled_;
       break;
     }
     absl::StatusOr<int32_t> token = sampler->Sample(logits);
@@ -229,20 +300,33 @@ grpc::Status ControlServiceImpl::Drain(grpc::ServerContext* context,
                                        const proto::DrainRequest* request,
                                        proto::DrainResponse* response) {
   if (grpc::Status s = Authorize(context); !s.ok()) return s;
+  if (request->timeout_ms() < 0) {
+    return grpc::Status(grpc::INVALID_ARGUMENT, "timeout_ms: must be >= 0");
+  }
   absl::MutexLock lock(&mu_);
   draining_ = true;
   const int before = active_ + queued_;
+  const int64_t cancelled_before = requests_cancelled_;
   auto idle = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return active_ == 0 && queued_ == 0; };
-  if (request->timeout_ms() > 0) {
-    if (!mu_.AwaitWithTimeout(absl::Condition(&idle), absl::Milliseconds(request->timeout_ms()))) {
-      return grpc::Status(grpc::DEADLINE_EXCEEDED,
-                          absl::StrCat(active_ + queued_, " requests still running after ",
-                                       request->timeout_ms(), " ms"));
-    }
-  } else {
+  if (request->timeout_ms() == 0) {
     mu_.Await(absl::Condition(&idle));
+  } else if (!mu_.AwaitWithTimeout(absl::Condition(&idle),
+                                   absl::Milliseconds(request->timeout_ms()))) {
+    // Cancel what is left: each request stops at its next step (one forward
+    // pass, bounded by the coordinator's step timeout).
+    cancel_running_.store(true);
+    const bool done = mu_.AwaitWithTimeout(absl::Condition(&idle), absl::Seconds(70));
+    cancel_running_.store(false);
+    if (!done) {
+      return grpc::Status(grpc::DEADLINE_EXCEEDED,
+                          absl::StrCat(active_ + queued_, " requests still running ",
+                                       request->timeout_ms(), " ms + 70 s after Drain, though "
+                                       "cancelled"));
+    }
   }
-  response->set_requests_finished(before);
+  const int cancelled = static_cast<int>(requests_cancelled_ - cancelled_before);
+  response->set_requests_cancelled(cancelled);
+  response->set_requests_finished(before - cancelled);
   return grpc::Status::OK;
 }
 

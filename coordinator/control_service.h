@@ -1,10 +1,13 @@
 // ControlService (proto/control.proto) served by the coordinator process:
-// status, text generation (tokenizer from the GGUF, sampling/sampler.h),
+// status, text generation (tokenizer from the GGUF, sampling/sampler.h; chat
+// input rendered with the file's chat template, chat/chat_template.h),
 // drain, shutdown, metrics, expert policy, and ComputeLogits for checking the
 // deployment against the single-process engine.
 //
 // Requests run one at a time on the Coordinator (no continuous batching yet):
-// a Generate waits for the one before it.
+// a Generate waits for the one before it. Drain stops new requests at once,
+// waits for the accepted ones, and after its timeout cancels those still
+// running or queued (their streams end with FINISH_REASON_CANCELLED).
 //
 // Thread-safety: gRPC calls it from many threads; state is behind mu_.
 // Failure: as control.proto says; UNAUTHENTICATED when a token is required
@@ -13,6 +16,7 @@
 #ifndef MOEFLOW_COORDINATOR_CONTROL_SERVICE_H_
 #define MOEFLOW_COORDINATOR_CONTROL_SERVICE_H_
 
+#include <atomic>
 #include <functional>
 #include <memory>
 #include <string>
@@ -51,6 +55,10 @@ class ControlServiceImpl final : public proto::ControlService::Service {
 
  private:
   grpc::Status Authorize(grpc::ServerContext* context) const;
+  // Renders chat input with the model's chat template (DeepSeek V3's when the
+  // file has none we recognize) and tokenizes it. INVALID_ARGUMENT naming the
+  // message with a bad role; the renderer's errors otherwise.
+  absl::StatusOr<std::vector<int32_t>> RenderChatPrompt(const proto::ChatConversation& chat) const;
   proto::CoordinatorState State();
 
   Coordinator& coordinator_;
@@ -58,6 +66,7 @@ class ControlServiceImpl final : public proto::ControlService::Service {
   std::function<void()> on_shutdown_;
   std::unique_ptr<BpeTokenizer> tokenizer_;
   std::string tokenizer_error_;
+  std::string chat_template_;  // tokenizer.chat_template of the model file, or empty
 
   // Serializes model passes: one sequence in the KV cache at a time.
   absl::Mutex run_mu_;
@@ -66,6 +75,10 @@ class ControlServiceImpl final : public proto::ControlService::Service {
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   int active_ ABSL_GUARDED_BY(mu_) = 0;
   int queued_ ABSL_GUARDED_BY(mu_) = 0;
+  // Set by a Drain whose timeout passed: running and queued Generates end
+  // with FINISH_REASON_CANCELLED at their next step.
+  std::atomic<bool> cancel_running_{false};
+  int64_t requests_cancelled_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t requests_total_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t requests_failed_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t prompt_tokens_ ABSL_GUARDED_BY(mu_) = 0;

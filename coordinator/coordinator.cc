@@ -2,7 +2,6 @@
 
 #include <fcntl.h>
 #include <grpcpp/grpcpp.h>
-#include <poll.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
@@ -16,8 +15,10 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "base/check.h"
+#include "base/read_line.h"
 #include "coordinator/dataflow_messages.h"
 #include "coordinator/topology.h"
+#include "gpu_worker/cpu_backend.h"
 #include "model/deepseek2/reference.h"
 #include "model/memory_plan.h"
 
@@ -36,6 +37,12 @@ struct Coordinator::Worker {
   proto::WorkerRole role = proto::WORKER_ROLE_UNSPECIFIED;
   std::string binary;
   proto::ConfigureRequest configure;
+  // The gpu worker's CPU backend running in this process (local_gpu_).
+  bool in_process = false;
+  // host:port of a worker started by hand that the coordinator attaches to
+  // instead of spawning; empty: spawned here.
+  std::string attach_address;
+  absl::Time last_attach_try = absl::InfinitePast();  // monitor thread
   // Process (monitor thread and Start only).
   pid_t pid = -1;
   std::string grpc_address;
@@ -110,13 +117,22 @@ absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Start(CoordinatorOptio
         topo.gpu_workers_size()));
   }
   for (int i = 0; i < topo.expert_workers_size(); ++i) {
-    const std::string& host = topo.expert_workers(i).host();
-    if (!host.empty() && host != "localhost" && host != "127.0.0.1") {
-      return absl::UnimplementedError(absl::StrCat(
-          "expert_workers[", i, "].host: ", host,
-          ": launching workers on other hosts is not implemented (start them there and "
-          "give their address)"));
+    const proto::ExpertWorkerSpec& e = topo.expert_workers(i);
+    if (!IsLocalHost(e.host()) && e.address().empty()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "expert_workers[", i, "].address: required for a worker on host ", e.host(),
+          " (start it there with cpu_expert_worker --listen=0.0.0.0:PORT)"));
     }
+    if (!e.address().empty() && !HasNetworkTransport(topo.ucx_transports())) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "ucx_transports: '", topo.ucx_transports(), "' cannot reach expert_workers[", i,
+          "] at ", e.address(), " (add tcp)"));
+    }
+  }
+  if (!topo.gpu_workers(0).address().empty()) {
+    return absl::UnimplementedError(
+        "gpu_workers[0].address: attaching to a gpu worker started by hand is not implemented "
+        "(leave address empty: the launcher starts it)");
   }
   MOEFLOW_ASSIGN_OR_RETURN(c->file_, GgufFile::Open(topo.model_path()));
   MOEFLOW_ASSIGN_OR_RETURN(c->config_, Deepseek2Config::FromGguf(*c->file_));
@@ -125,6 +141,23 @@ absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Start(CoordinatorOptio
   c->k_ = static_cast<int>(cfg.n_experts_used);
   c->max_batch_ = topo.max_batch_tokens() > 0 ? topo.max_batch_tokens() : 64;
   const int n_experts_workers = topo.expert_workers_size();
+
+  // VRAM: each card's tensor-parallel share must fit its vram_gib (0: not checked).
+  for (int i = 0; i < topo.gpu_workers_size(); ++i) {
+    const proto::GpuWorkerSpec& g = topo.gpu_workers(i);
+    if (g.vram_gib() <= 0) continue;
+    GpuPlanOptions gpu;
+    gpu.n_devices = std::max(1, g.device_ids_size());
+    gpu.context_tokens = g.kv_cache_tokens() > 0
+                             ? std::min<int64_t>(g.kv_cache_tokens(), cfg.context_length)
+                             : cfg.context_length;
+    gpu.max_batch_tokens = c->max_batch_;
+    const GpuMemoryPlan gpu_plan = PlanGpuMemory(cfg, c->file_->tensors(), gpu);
+    MOEFLOW_RETURN_IF_ERROR(CheckGpuMemoryFits(
+        gpu_plan, static_cast<uint64_t>(g.vram_gib() * static_cast<double>(uint64_t{1} << 30)),
+        absl::StrCat("gpu_workers[", i, "]"),
+        std::vector<int>(g.device_ids().begin(), g.device_ids().end())));
+  }
 
   // Placement and the memory plan.
   const uint64_t mem_total = MemTotalBytes();
@@ -178,6 +211,7 @@ absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Start(CoordinatorOptio
     r.set_compute_threads(g.threads());
     r.set_numa_node(-1);
     r.mutable_shard()->mutable_layers()->set_end_layer(static_cast<int32_t>(cfg.n_layers));
+    w->in_process = g.backend() == proto::GPU_BACKEND_CPU && !g.separate_process();
     c->workers_.push_back(std::move(w));
   }
   const int64_t per_worker = (cfg.n_experts + n_experts_workers - 1) / n_experts_workers;
@@ -192,6 +226,7 @@ absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Start(CoordinatorOptio
     const proto::ExpertWorkerSpec& e = topo.expert_workers(i);
     r.set_compute_threads(e.threads());
     r.set_numa_node(e.numa_node());
+    w->attach_address = e.address();
     proto::ShardSpec* shard = r.mutable_shard();
     shard->mutable_layers()->set_first_layer(static_cast<int32_t>(cfg.n_dense_layers));
     shard->mutable_layers()->set_end_layer(static_cast<int32_t>(cfg.n_layers));
@@ -239,6 +274,7 @@ absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Start(CoordinatorOptio
   {
     absl::MutexLock lock(&c->dataplane_mu_);
     for (auto& w : c->workers_) {
+      if (w->in_process) continue;
       if (absl::Status s = c->ConnectWorker(*w); !s.ok()) {
         c->dataplane_mu_.Unlock();
         c->Shutdown();
@@ -255,9 +291,17 @@ absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Start(CoordinatorOptio
   c->row_of_token_.resize(static_cast<size_t>(c->max_batch_));
   c->pair_worker_.resize(pairs);
   c->pair_pos_.resize(pairs);
+  c->n_pairs_.resize(c->workers_.size());
+  c->expert_send_ids_.resize(c->workers_.size());
+  c->expert_recv_ids_.resize(c->workers_.size());
+  // Layers, plus the embedding (index n_layers) and output head (n_layers + 1)
+  // for the in-process gpu worker's counters.
+  c->step_stats_.resize(static_cast<size_t>(cfg.n_layers));
+  c->local_gpu_step_stats_.resize(static_cast<size_t>(cfg.n_layers + 2));
   {
     absl::MutexLock lock(&c->mu_);
     c->layer_stats_.resize(static_cast<size_t>(cfg.n_layers));
+    c->local_gpu_stats_.resize(static_cast<size_t>(cfg.n_layers + 2));
   }
   c->monitor_ = std::thread([p = c.get()] { p->MonitorLoop(); });
   return c;
@@ -265,9 +309,33 @@ absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Start(CoordinatorOptio
 
 Coordinator::~Coordinator() { Shutdown(); }
 
-absl::Status Coordinator::SpawnAndLoad(Worker& w) {
-  w.epoch.fetch_add(1);
-  w.configure.set_transport_source(dataflow::SourceByte(w.index, w.epoch.load()));
+absl::Status Coordinator::LoadInProcess(Worker& w) {
+  auto backend = std::make_unique<CpuGpuWorkerBackend>();
+  MOEFLOW_RETURN_IF_ERROR(backend->Configure(w.configure));
+  MOEFLOW_RETURN_IF_ERROR(backend->Load([&](const proto::LoadProgress& progress) {
+    options_.log(absl::StrCat(w.name, " (in coordinator): load ",
+                              proto::LoadPhase_Name(progress.phase()), " ",
+                              Human(static_cast<double>(progress.bytes_done())), " / ",
+                              Human(static_cast<double>(progress.bytes_total()))));
+  }));
+  // The layout of the UCX channel's buffers (ConnectWorker), so RunChunk reads
+  // replies the same way from both.
+  const size_t part0 = backend->ReplyPartBytes()[0];
+  const size_t part1 = backend->ReplyPartBytes()[1];
+  local_send_.assign(sizeof(RequestHeader) + backend->MaxRequestBytes(), 0);
+  local_recv_.assign(dataflow::AlignUp(sizeof(ReplyHeader) + part0 + 4096) +
+                         dataflow::AlignUp(sizeof(ReplyHeader) + part1 + 4096),
+                     0);
+  local_gpu_ = std::move(backend);
+  w.grpc_address = "(in coordinator)";
+  w.alive.store(true);
+  absl::MutexLock lock(&mu_);
+  w.state = proto::WORKER_STATE_SERVING;
+  w.last_health = absl::Now();
+  return absl::OkStatus();
+}
+
+absl::Status Coordinator::SpawnProcess(Worker& w) {
   int fds[2];
   if (pipe2(fds, O_CLOEXEC) != 0) return absl::InternalError("pipe2 failed");
   const std::string listen = "--listen=127.0.0.1:0";
@@ -290,17 +358,7 @@ absl::Status Coordinator::SpawnAndLoad(Worker& w) {
   close(fds[1]);
   w.pid = pid;
   // The worker prints "PORT <n>" once its gRPC server listens.
-  std::string line;
-  const absl::Time deadline = absl::Now() + absl::Seconds(30);
-  while (line.find('\n') == std::string::npos) {
-    pollfd p{fds[0], POLLIN, 0};
-    const int left = static_cast<int>(absl::ToInt64Milliseconds(deadline - absl::Now()));
-    if (left <= 0 || poll(&p, 1, left) <= 0) break;
-    char buf[64];
-    const ssize_t n = read(fds[0], buf, sizeof(buf));
-    if (n <= 0) break;
-    line.append(buf, static_cast<size_t>(n));
-  }
+  const std::string line = ReadLineWithDeadline(fds[0], 30000, "PORT ");
   close(fds[0]);
   int port = 0;
   if (std::sscanf(line.c_str(), "PORT %d", &port) != 1) {
@@ -309,6 +367,18 @@ absl::Status Coordinator::SpawnAndLoad(Worker& w) {
                                                " did not report its gRPC port (did it start?)"));
   }
   w.grpc_address = absl::StrCat("127.0.0.1:", port);
+  return absl::OkStatus();
+}
+
+absl::Status Coordinator::SpawnAndLoad(Worker& w) {
+  if (w.in_process) return LoadInProcess(w);
+  w.epoch.fetch_add(1);
+  w.configure.set_transport_source(dataflow::SourceByte(w.index, w.epoch.load()));
+  if (!w.attach_address.empty()) {
+    w.grpc_address = w.attach_address;
+  } else {
+    MOEFLOW_RETURN_IF_ERROR(SpawnProcess(w));
+  }
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(64 << 20);
   w.stub = proto::WorkerService::NewStub(
@@ -320,7 +390,8 @@ absl::Status Coordinator::SpawnAndLoad(Worker& w) {
     grpc::Status s = w.stub->Configure(&ctx, w.configure, &response);
     if (!s.ok()) {
       KillProcess(w);
-      return FromGrpc(s, absl::StrCat(w.name, " (", w.binary, "): Configure"));
+      return FromGrpc(s, absl::StrCat(w.name, " (", w.attach_address.empty() ? w.binary : w.grpc_address,
+                                      "): Configure"));
     }
   }
   {
@@ -417,6 +488,34 @@ void Coordinator::MonitorLoop() {
     }
     for (auto& wp : workers_) {
       Worker& w = *wp;
+      if (w.in_process) continue;
+      const bool attached = !w.attach_address.empty();
+      if (attached) {
+        // A hand-started worker that is lost: attach again, at most every
+        // reattach_interval_ms (its supervisor may restart it any time).
+        if (w.alive.load() || !options_.restart_workers ||
+            absl::Now() - w.last_attach_try < absl::Milliseconds(options_.reattach_interval_ms)) {
+          continue;
+        }
+        {
+          absl::MutexLock lock(&mu_);
+          if (stopping_) return;
+        }
+        w.last_attach_try = absl::Now();
+        absl::Status s = SpawnAndLoad(w);
+        if (s.ok()) {
+          absl::MutexLock lock(&dataplane_mu_);
+          s = ConnectWorker(w);
+        }
+        if (!s.ok()) {
+          SetWorkerError(w, absl::StrCat("attaching to ", w.attach_address, ": ", s.message()));
+        } else {
+          options_.log(absl::StrCat(w.name, ": attached again at ", w.attach_address));
+          absl::MutexLock lock(&mu_);
+          ++w.restarts;
+        }
+        continue;
+      }
       if (w.pid > 0) {
         int status = 0;
         if (waitpid(w.pid, &status, WNOHANG) == w.pid) {
@@ -460,11 +559,25 @@ void Coordinator::MonitorLoop() {
         SetDeadline(ctx, 1000);
         proto::HealthResponse health;
         grpc::Status s = w.stub->Health(&ctx, proto::HealthRequest(), &health);
+        if (!s.ok() && !w.attach_address.empty() && s.error_code() == grpc::UNAVAILABLE) {
+          // No process of ours to reap: an unreachable hand-started worker is lost.
+          options_.log(absl::StrCat(w.name, ": ", w.attach_address, " is unreachable: ",
+                                    s.error_message()));
+          w.alive.store(false);
+          absl::MutexLock lock(&mu_);
+          w.state = proto::WORKER_STATE_FAILED;
+          w.last_error = absl::StrCat(w.attach_address, " unreachable: ", s.error_message());
+          continue;
+        }
         absl::MutexLock lock(&mu_);
         if (s.ok()) {
           w.last_health = absl::Now();
           w.state = health.state();
-          if (health.state() == proto::WORKER_STATE_FAILED) w.last_error = health.message();
+          if (health.state() == proto::WORKER_STATE_FAILED) {
+            w.last_error = health.message();
+            // A hand-started worker that lost its data plane serves no more.
+            if (!w.attach_address.empty()) w.alive.store(false);
+          }
         }
       }
     }
@@ -480,7 +593,7 @@ void Coordinator::Shutdown() {
   if (monitor_.joinable()) monitor_.join();
   for (auto& wp : workers_) {
     Worker& w = *wp;
-    if (w.pid > 0 && w.stub != nullptr) {
+    if ((w.pid > 0 || (!w.attach_address.empty() && w.alive.load())) && w.stub != nullptr) {
       grpc::ClientContext ctx;
       SetDeadline(ctx, 1000);
       proto::WorkerShutdownRequest request;
@@ -513,6 +626,7 @@ void Coordinator::Shutdown() {
     wp->endpoint.reset();
   }
   ucx_worker_.reset();
+  local_gpu_.reset();
 }
 
 absl::StatusOr<size_t> Coordinator::Await(Worker& w, TransferId id, const char* what) {
@@ -612,51 +726,186 @@ absl::Status Coordinator::Forward(absl::Span<const int32_t> tokens, int64_t star
   return absl::OkStatus();
 }
 
+namespace {
+
+// Reply parts of the in-process gpu worker: written into local_recv_ in the
+// channel's layout; Send(0) runs the caller's on_part0 (posting the expert
+// requests) before the backend goes on with the shared experts.
+class LocalReplyWriter final : public dataflow::ReplyWriter {
+ public:
+  LocalReplyWriter(uint8_t* part0, uint8_t* part1, absl::FunctionRef<absl::Status()> on_part0)
+      : base_{part0, part1}, on_part0_(on_part0) {}
+  uint8_t* Payload(int part) override { return base_[part] + sizeof(ReplyHeader); }
+  absl::Status Send(int part, size_t payload_bytes) override {
+    ReplyHeader header;
+    header.payload_bytes = static_cast<int64_t>(payload_bytes);
+    std::memcpy(base_[part], &header, sizeof(header));
+    bytes_[part] = sizeof(header) + payload_bytes;
+    return part == 0 ? on_part0_() : absl::OkStatus();
+  }
+  size_t bytes(int part) const { return bytes_[part]; }
+
+ private:
+  uint8_t* base_[2];
+  size_t bytes_[2] = {0, 0};
+  absl::FunctionRef<absl::Status()> on_part0_;
+};
+
+absl::Status NoPart0Action() { return absl::OkStatus(); }
+
+}  // namespace
+
+absl::Status Coordinator::CallGpu(const RequestHeader& header, size_t payload_bytes,
+                                  size_t expect0, absl::FunctionRef<absl::Status()> on_part0,
+                                  bool want_part1, size_t expect1, proto::LayerStats& stats) {
+  Worker& gpu = *workers_[0];
+  std::memcpy(gpu_send_, &header, sizeof(header));
+  if (gpu.in_process) {
+    const absl::Time t0 = absl::Now();
+    LocalReplyWriter writer(gpu_recv_, gpu_recv_ + gpu_part1_offset_, on_part0);
+    MOEFLOW_RETURN_IF_ERROR(local_gpu_->Handle(
+        header, absl::MakeConstSpan(gpu_send_ + sizeof(header), payload_bytes), writer, stats));
+    stats.set_compute_time_us(stats.compute_time_us() +
+                              absl::ToInt64Microseconds(absl::Now() - t0));
+    stats.set_steps(stats.steps() + 1);
+    MOEFLOW_RETURN_IF_ERROR(CheckReply(gpu, gpu_recv_, writer.bytes(0), expect0));
+    if (want_part1) {
+      MOEFLOW_RETURN_IF_ERROR(
+          CheckReply(gpu, gpu_recv_ + gpu_part1_offset_, writer.bytes(1), expect1));
+    }
+    return absl::OkStatus();
+  }
+  const uint8_t source = static_cast<uint8_t>(gpu.configure.transport_source());
+  const uint32_t seq = gpu.seq++;
+  TransferId r0 = gpu.channel->PostRecv(dataflow::ReplyTag(seq, 0, source),
+                                        absl::MakeSpan(gpu_recv_, gpu_part1_offset_));
+  TransferId r1;
+  if (want_part1) {
+    r1 = gpu.channel->PostRecv(
+        dataflow::ReplyTag(seq, 1, source),
+        absl::MakeSpan(gpu_recv_ + gpu_part1_offset_,
+                       gpu.channel->recv_buffer().size() - gpu_part1_offset_));
+  }
+  TransferId sent_id = gpu.channel->PostSend(
+      dataflow::RequestTag(seq), absl::MakeConstSpan(gpu_send_, sizeof(header) + payload_bytes));
+  absl::StatusOr<size_t> sent = Await(gpu, sent_id, "send");
+  if (!sent.ok()) {
+    gpu.channel->Release(r0);
+    gpu.channel->Release(r1);
+    return sent.status();
+  }
+  absl::StatusOr<size_t> got = Await(gpu, r0, "attention/router reply");
+  absl::Status s0 = got.ok() ? CheckReply(gpu, gpu_recv_, *got, expect0) : got.status();
+  if (s0.ok()) s0 = on_part0();
+  if (!s0.ok()) {
+    gpu.channel->Release(r1);
+    return s0;
+  }
+  if (!want_part1) return absl::OkStatus();
+  got = Await(gpu, r1, "shared experts reply");
+  if (!got.ok()) return got.status();
+  return CheckReply(gpu, gpu_recv_ + gpu_part1_offset_, *got, expect1);
+}
+
+void Coordinator::ReleaseExpertTransfers() {
+  for (size_t wi = 1; wi < workers_.size(); ++wi) {
+    if (workers_[wi]->channel != nullptr) {
+      workers_[wi]->channel->Release(expert_recv_ids_[wi]);
+      workers_[wi]->channel->Release(expert_send_ids_[wi]);
+    }
+    expert_recv_ids_[wi] = TransferId();
+    expert_send_ids_[wi] = TransferId();
+  }
+}
+
+absl::Status Coordinator::DispatchExperts(int64_t il, int64_t n, int64_t k,
+                                          proto::LayerStats& ls) {
+  const int64_t h = config_.hidden;
+  const bool slice = placement_ == proto::EXPERT_PLACEMENT_SLICE;
+  const float* reply0 = reinterpret_cast<const float*>(gpu_recv_ + sizeof(ReplyHeader));
+  const float* x_norm = reply0 + n * h;
+  const int32_t* ids = reinterpret_cast<const int32_t*>(reply0 + 2 * n * h);
+  for (int64_t p = 0; p < n * k; ++p) {
+    if (ids[p] < 0 || ids[p] >= config_.n_experts) {
+      return absl::InternalError(absl::StrCat(workers_[0]->name, ": router chose expert ", ids[p],
+                                              " (layer ", il, ", pair ", p, ")"));
+    }
+  }
+  const int n_expert_workers = static_cast<int>(workers_.size()) - 1;
+  for (int wi = 1; wi <= n_expert_workers; ++wi) {
+    Worker& w = *workers_[static_cast<size_t>(wi)];
+    uint8_t* send = w.channel->send_buffer().data();
+    std::fill(row_of_token_.begin(), row_of_token_.begin() + n, -1);
+    int32_t rows = 0, pairs = 0;
+    float* row_out = reinterpret_cast<float*>(send + sizeof(RequestHeader));
+    for (int64_t p = 0; p < n * k; ++p) {
+      const int32_t e = ids[p];
+      if (!slice && expert_owner_[static_cast<size_t>(e)] != wi) continue;
+      const int64_t t = p / k;
+      if (row_of_token_[static_cast<size_t>(t)] < 0) {
+        row_of_token_[static_cast<size_t>(t)] = rows;
+        std::memcpy(row_out + rows * h, x_norm + t * h, static_cast<size_t>(h) * sizeof(float));
+        ++rows;
+      }
+      pair_worker_[static_cast<size_t>(p)] = wi;
+      pair_pos_[static_cast<size_t>(p)] = pairs++;
+    }
+    n_pairs_[static_cast<size_t>(wi)] = pairs;
+    if (pairs == 0) continue;
+    int32_t* row_of_pair = reinterpret_cast<int32_t*>(row_out + rows * h);
+    int32_t* expert_of_pair = row_of_pair + pairs;
+    int32_t q = 0;
+    for (int64_t p = 0; p < n * k; ++p) {
+      if (!slice && expert_owner_[static_cast<size_t>(ids[p])] != wi) continue;
+      row_of_pair[q] = row_of_token_[static_cast<size_t>(p / k)];
+      expert_of_pair[q] = ids[p];
+      ++q;
+    }
+    RequestHeader eh;
+    eh.op = static_cast<uint32_t>(DataflowOp::kExperts);
+    eh.layer = static_cast<int32_t>(il);
+    eh.n_rows = rows;
+    eh.n_pairs = pairs;
+    std::memcpy(send, &eh, sizeof(eh));
+    const size_t bytes = sizeof(eh) + static_cast<size_t>(rows * h) * sizeof(float) +
+                         2 * static_cast<size_t>(pairs) * sizeof(int32_t);
+    const uint32_t seq = w.seq++;
+    expert_recv_ids_[static_cast<size_t>(wi)] = w.channel->PostRecv(
+        dataflow::ReplyTag(seq, 0, static_cast<uint8_t>(w.configure.transport_source())),
+        w.channel->recv_buffer());
+    expert_send_ids_[static_cast<size_t>(wi)] =
+        w.channel->PostSend(dataflow::RequestTag(seq), absl::MakeConstSpan(send, bytes));
+    ls.set_bytes_sent(ls.bytes_sent() + static_cast<int64_t>(bytes));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status Coordinator::RunChunk(absl::Span<const int32_t> tokens, int64_t start_pos,
                                    bool want_logits, bool last_only, float* logits) {
   const int64_t n = static_cast<int64_t>(tokens.size());
   const int64_t h = config_.hidden;
   const int64_t k = k_.load();
+  const int64_t n_layers = config_.n_layers;
   const size_t x_bytes = static_cast<size_t>(n * h) * sizeof(float);
   Worker& gpu = *workers_[0];
   const int n_expert_workers = static_cast<int>(workers_.size()) - 1;
   const bool slice = placement_ == proto::EXPERT_PLACEMENT_SLICE;
-  const uint8_t gpu_source = static_cast<uint8_t>(gpu.configure.transport_source());
-  uint8_t* gpu_send = gpu.channel->send_buffer().data();
-  uint8_t* gpu_recv = gpu.channel->recv_buffer().data();
-  const size_t gpu_part1_offset = gpu.channel->recv_buffer().size() -
-                                  dataflow::AlignUp(sizeof(ReplyHeader) + max_batch_ * h * sizeof(float) + 4096);
-  std::vector<proto::LayerStats> stats(static_cast<size_t>(config_.n_layers));
-
-  // One request to the gpu_worker; `recv1` also receives part 1.
-  auto gpu_call = [&](const RequestHeader& header, size_t payload, size_t expect0, bool recv1,
-                      TransferId* id1) -> absl::Status {
-    std::memcpy(gpu_send, &header, sizeof(header));
-    const uint32_t seq = gpu.seq++;
-    TransferId r0 = gpu.channel->PostRecv(
-        dataflow::ReplyTag(seq, 0, gpu_source),
-        absl::MakeSpan(gpu_recv, gpu_part1_offset));
-    if (recv1) {
-      *id1 = gpu.channel->PostRecv(
-          dataflow::ReplyTag(seq, 1, gpu_source),
-          absl::MakeSpan(gpu_recv + gpu_part1_offset, gpu.channel->recv_buffer().size() - gpu_part1_offset));
-    }
-    TransferId s = gpu.channel->PostSend(dataflow::RequestTag(seq),
-                                         absl::MakeConstSpan(gpu_send, sizeof(header) + payload));
-    absl::StatusOr<size_t> sent = Await(gpu, s, "send");
-    if (!sent.ok()) {
-      gpu.channel->Release(r0);
-      if (recv1) gpu.channel->Release(*id1);
-      return sent.status();
-    }
-    absl::StatusOr<size_t> got = Await(gpu, r0, "attention/router reply");
-    if (!got.ok()) {
-      if (recv1) gpu.channel->Release(*id1);
-      return got.status();
-    }
-    absl::Status s0 = CheckReply(gpu, gpu_recv, *got, expect0);
-    if (!s0.ok() && recv1) gpu.channel->Release(*id1);
-    return s0;
+  const size_t part1_capacity =
+      dataflow::AlignUp(sizeof(ReplyHeader) + max_batch_ * h * sizeof(float) + 4096);
+  if (gpu.in_process) {
+    gpu_send_ = local_send_.data();
+    gpu_recv_ = local_recv_.data();
+    gpu_part1_offset_ = local_recv_.size() - part1_capacity;
+  } else {
+    gpu_send_ = gpu.channel->send_buffer().data();
+    gpu_recv_ = gpu.channel->recv_buffer().data();
+    gpu_part1_offset_ = gpu.channel->recv_buffer().size() - part1_capacity;
+  }
+  for (proto::LayerStats& s : step_stats_) s.Clear();
+  for (proto::LayerStats& s : local_gpu_step_stats_) s.Clear();
+  // The in-process gpu worker's counters: layers, then embedding, output head.
+  auto gpu_stats = [&](int64_t slot) -> proto::LayerStats& {
+    return local_gpu_step_stats_[static_cast<size_t>(slot)];
   };
 
   // Embeddings.
@@ -665,12 +914,13 @@ absl::Status Coordinator::RunChunk(absl::Span<const int32_t> tokens, int64_t sta
   header.layer = -1;  // counted apart from the layers in Stats
   header.n_tokens = static_cast<int32_t>(n);
   header.start_pos = static_cast<int32_t>(start_pos);
-  std::memcpy(gpu_send + sizeof(header), tokens.data(), tokens.size() * sizeof(int32_t));
-  MOEFLOW_RETURN_IF_ERROR(gpu_call(header, tokens.size() * sizeof(int32_t), x_bytes, false, nullptr));
-  std::memcpy(x_.data(), gpu_recv + sizeof(ReplyHeader), x_bytes);
+  std::memcpy(gpu_send_ + sizeof(header), tokens.data(), tokens.size() * sizeof(int32_t));
+  MOEFLOW_RETURN_IF_ERROR(CallGpu(header, tokens.size() * sizeof(int32_t), x_bytes, NoPart0Action,
+                                  false, 0, gpu_stats(n_layers)));
+  std::memcpy(x_.data(), gpu_recv_ + sizeof(ReplyHeader), x_bytes);
 
-  for (int64_t il = 0; il < config_.n_layers; ++il) {
-    proto::LayerStats& ls = stats[static_cast<size_t>(il)];
+  for (int64_t il = 0; il < n_layers; ++il) {
+    proto::LayerStats& ls = step_stats_[static_cast<size_t>(il)];
     ls.set_layer(static_cast<int32_t>(il));
     ls.set_steps(1);
     header = RequestHeader();
@@ -679,122 +929,68 @@ absl::Status Coordinator::RunChunk(absl::Span<const int32_t> tokens, int64_t sta
     header.n_tokens = static_cast<int32_t>(n);
     header.start_pos = static_cast<int32_t>(start_pos);
     header.k = static_cast<int32_t>(k);
-    std::memcpy(gpu_send + sizeof(header), x_.data(), x_bytes);
+    std::memcpy(gpu_send_ + sizeof(header), x_.data(), x_bytes);
     const bool moe = config_.is_moe_layer(il);
     const bool has_shared = moe && config_.n_shared_experts > 0;
-    TransferId shared_id;
     const size_t expect0 = moe ? (2 * n * h + 2 * n * k) * sizeof(float) : x_bytes;
-    MOEFLOW_RETURN_IF_ERROR(gpu_call(header, x_bytes, expect0, has_shared, &shared_id));
-    const float* reply0 = reinterpret_cast<const float*>(gpu_recv + sizeof(ReplyHeader));
     if (!moe) {
-      std::memcpy(x_.data(), reply0, x_bytes);
+      MOEFLOW_RETURN_IF_ERROR(
+          CallGpu(header, x_bytes, expect0, NoPart0Action, false, 0, gpu_stats(il)));
+      std::memcpy(x_.data(), gpu_recv_ + sizeof(ReplyHeader), x_bytes);
       continue;
     }
+    // The expert requests leave as soon as the router's output is here; the
+    // gpu worker computes the shared experts meanwhile.
+    absl::Time dispatch_start;
+    auto dispatch = [&]() -> absl::Status {
+      dispatch_start = absl::Now();
+      return DispatchExperts(il, n, k, ls);
+    };
+    if (absl::Status s = CallGpu(header, x_bytes, expect0, dispatch, has_shared, x_bytes,
+                                 gpu_stats(il));
+        !s.ok()) {
+      ReleaseExpertTransfers();
+      return s;
+    }
+    const float* reply0 = reinterpret_cast<const float*>(gpu_recv_ + sizeof(ReplyHeader));
     const float* ffn_inp = reply0;
-    const float* x_norm = reply0 + n * h;
     const int32_t* ids = reinterpret_cast<const int32_t*>(reply0 + 2 * n * h);
     const float* weights = reinterpret_cast<const float*>(ids + n * k);
-    const absl::Time dispatch_start = absl::Now();
-
-    // Dispatch the (token, expert) pairs.
-    std::vector<TransferId> recv_ids(workers_.size()), send_ids(workers_.size());
-    std::vector<int32_t> n_pairs(workers_.size(), 0);
-    auto release_all = [&] {
-      for (size_t wi = 1; wi < workers_.size(); ++wi) {
-        if (workers_[wi]->channel != nullptr) {
-          workers_[wi]->channel->Release(recv_ids[wi]);
-          workers_[wi]->channel->Release(send_ids[wi]);
-        }
-      }
-      if (has_shared) gpu.channel->Release(shared_id);
-    };
+    const float* shared =
+        has_shared
+            ? reinterpret_cast<const float*>(gpu_recv_ + gpu_part1_offset_ + sizeof(ReplyHeader))
+            : nullptr;
     for (int wi = 1; wi <= n_expert_workers; ++wi) {
+      if (n_pairs_[static_cast<size_t>(wi)] == 0) continue;
       Worker& w = *workers_[static_cast<size_t>(wi)];
-      uint8_t* send = w.channel->send_buffer().data();
-      std::fill(row_of_token_.begin(), row_of_token_.begin() + n, -1);
-      int32_t rows = 0, pairs = 0;
-      float* row_out = reinterpret_cast<float*>(send + sizeof(RequestHeader));
-      for (int64_t p = 0; p < n * k; ++p) {
-        const int32_t e = ids[p];
-        if (!slice && expert_owner_[static_cast<size_t>(e)] != wi) continue;
-        const int64_t t = p / k;
-        if (row_of_token_[static_cast<size_t>(t)] < 0) {
-          row_of_token_[static_cast<size_t>(t)] = rows;
-          std::memcpy(row_out + rows * h, x_norm + t * h, static_cast<size_t>(h) * sizeof(float));
-          ++rows;
-        }
-        pair_worker_[static_cast<size_t>(p)] = wi;
-        pair_pos_[static_cast<size_t>(p)] = pairs++;
-      }
-      n_pairs[static_cast<size_t>(wi)] = pairs;
-      if (pairs == 0) continue;
-      int32_t* row_of_pair = reinterpret_cast<int32_t*>(row_out + rows * h);
-      int32_t* expert_of_pair = row_of_pair + pairs;
-      int32_t q = 0;
-      for (int64_t p = 0; p < n * k; ++p) {
-        if (!slice && expert_owner_[static_cast<size_t>(ids[p])] != wi) continue;
-        row_of_pair[q] = row_of_token_[static_cast<size_t>(p / k)];
-        expert_of_pair[q] = ids[p];
-        ++q;
-      }
-      RequestHeader eh;
-      eh.op = static_cast<uint32_t>(DataflowOp::kExperts);
-      eh.layer = static_cast<int32_t>(il);
-      eh.n_rows = rows;
-      eh.n_pairs = pairs;
-      std::memcpy(send, &eh, sizeof(eh));
-      const size_t bytes = sizeof(eh) + static_cast<size_t>(rows * h) * sizeof(float) +
-                           2 * static_cast<size_t>(pairs) * sizeof(int32_t);
-      const uint32_t seq = w.seq++;
-      recv_ids[static_cast<size_t>(wi)] = w.channel->PostRecv(
-          dataflow::ReplyTag(seq, 0, static_cast<uint8_t>(w.configure.transport_source())),
-          w.channel->recv_buffer());
-      send_ids[static_cast<size_t>(wi)] =
-          w.channel->PostSend(dataflow::RequestTag(seq), absl::MakeConstSpan(send, bytes));
-      ls.set_bytes_sent(ls.bytes_sent() + static_cast<int64_t>(bytes));
-    }
-    for (int wi = 1; wi <= n_expert_workers; ++wi) {
-      if (n_pairs[static_cast<size_t>(wi)] == 0) continue;
-      Worker& w = *workers_[static_cast<size_t>(wi)];
-      absl::StatusOr<size_t> sent = Await(w, send_ids[static_cast<size_t>(wi)], "expert request");
-      send_ids[static_cast<size_t>(wi)] = TransferId();
+      absl::StatusOr<size_t> sent =
+          Await(w, expert_send_ids_[static_cast<size_t>(wi)], "expert request");
+      expert_send_ids_[static_cast<size_t>(wi)] = TransferId();
       if (!sent.ok()) {
-        release_all();
+        ReleaseExpertTransfers();
         return sent.status();
       }
     }
     for (int wi = 1; wi <= n_expert_workers; ++wi) {
-      const int32_t pairs = n_pairs[static_cast<size_t>(wi)];
+      const int32_t pairs = n_pairs_[static_cast<size_t>(wi)];
       if (pairs == 0) continue;
       Worker& w = *workers_[static_cast<size_t>(wi)];
-      absl::StatusOr<size_t> got = Await(w, recv_ids[static_cast<size_t>(wi)], "expert reply");
-      recv_ids[static_cast<size_t>(wi)] = TransferId();
-      if (!got.ok()) {
-        release_all();
-        return got.status();
-      }
-      absl::Status s = CheckReply(w, w.channel->recv_buffer().data(), *got,
-                                  static_cast<size_t>(pairs * h) * sizeof(float));
+      absl::StatusOr<size_t> got =
+          Await(w, expert_recv_ids_[static_cast<size_t>(wi)], "expert reply");
+      expert_recv_ids_[static_cast<size_t>(wi)] = TransferId();
+      absl::Status s = got.ok() ? CheckReply(w, w.channel->recv_buffer().data(), *got,
+                                             static_cast<size_t>(pairs * h) * sizeof(float))
+                                : got.status();
       if (!s.ok()) {
-        release_all();
+        ReleaseExpertTransfers();
         return s;
       }
       ls.set_bytes_received(ls.bytes_received() + static_cast<int64_t>(*got));
       ls.set_rows_computed(ls.rows_computed() + pairs);
     }
     // Expert round trip: staging, sends, the workers' compute, replies.
-    ls.set_transport_time_us(absl::ToInt64Microseconds(absl::Now() - dispatch_start));
     const absl::Time combine_start = absl::Now();
-    const float* shared = nullptr;
-    if (has_shared) {
-      absl::StatusOr<size_t> got = Await(gpu, shared_id, "shared experts reply");
-      if (!got.ok()) {
-        release_all();
-        return got.status();
-      }
-      MOEFLOW_RETURN_IF_ERROR(CheckReply(gpu, gpu_recv + gpu_part1_offset, *got, x_bytes));
-      shared = reinterpret_cast<const float*>(gpu_recv + gpu_part1_offset + sizeof(ReplyHeader));
-    }
+    ls.set_transport_time_us(absl::ToInt64Microseconds(combine_start - dispatch_start));
 
     // y of pair p: its owner's reply row, or the sum of the slices in node order.
     auto y_of = [&](int64_t p) -> const float* {
@@ -806,9 +1002,10 @@ absl::Status Coordinator::RunChunk(absl::Span<const int32_t> tokens, int64_t sta
       for (int64_t p = 0; p < n * k; ++p) {
         float* y = ysum_.data() + p * h;
         for (int wi = 1; wi <= n_expert_workers; ++wi) {
-          const float* part =
-              reinterpret_cast<const float*>(workers_[static_cast<size_t>(wi)]->channel->recv_buffer().data() +
-                                             sizeof(ReplyHeader)) + p * h;
+          const float* part = reinterpret_cast<const float*>(
+                                  workers_[static_cast<size_t>(wi)]->channel->recv_buffer().data() +
+                                  sizeof(ReplyHeader)) +
+                              p * h;
           if (wi == 1) {
             std::memcpy(y, part, static_cast<size_t>(h) * sizeof(float));
           } else {
@@ -830,31 +1027,45 @@ absl::Status Coordinator::RunChunk(absl::Span<const int32_t> tokens, int64_t sta
     Combine(ffn_inp, routed_.data(), shared, n, h, x_.data());
     ls.set_compute_time_us(absl::ToInt64Microseconds(absl::Now() - combine_start));
   }
-  {
-    absl::MutexLock l(&mu_);
-    for (size_t i = 0; i < stats.size(); ++i) {
-      proto::LayerStats& total = layer_stats_[i];
-      total.set_layer(static_cast<int32_t>(i));
-      total.set_steps(total.steps() + stats[i].steps());
-      total.set_transport_time_us(total.transport_time_us() + stats[i].transport_time_us());
-      total.set_compute_time_us(total.compute_time_us() + stats[i].compute_time_us());
-      total.set_bytes_sent(total.bytes_sent() + stats[i].bytes_sent());
-      total.set_bytes_received(total.bytes_received() + stats[i].bytes_received());
-      total.set_rows_computed(total.rows_computed() + stats[i].rows_computed());
+  if (want_logits) {
+    const int64_t rows = last_only ? 1 : n;
+    header = RequestHeader();
+    header.op = static_cast<uint32_t>(DataflowOp::kOutput);
+    header.layer = static_cast<int32_t>(n_layers);  // the output head, in Stats
+    header.n_tokens = static_cast<int32_t>(rows);
+    std::memcpy(gpu_send_ + sizeof(header), x_.data() + (n - rows) * h,
+                static_cast<size_t>(rows * h) * sizeof(float));
+    const size_t logits_bytes = static_cast<size_t>(rows * config_.vocab_size) * sizeof(float);
+    MOEFLOW_RETURN_IF_ERROR(CallGpu(header, static_cast<size_t>(rows * h) * sizeof(float),
+                                    logits_bytes, NoPart0Action, false, 0,
+                                    gpu_stats(n_layers + 1)));
+    std::memcpy(logits, gpu_recv_ + sizeof(ReplyHeader), logits_bytes);
+  }
+  auto accumulate = [](const proto::LayerStats& s, int32_t layer, proto::LayerStats& total) {
+    total.set_layer(layer);
+    total.set_steps(total.steps() + s.steps());
+    total.set_transport_time_us(total.transport_time_us() + s.transport_time_us());
+    total.set_compute_time_us(total.compute_time_us() + s.compute_time_us());
+    total.set_bytes_sent(total.bytes_sent() + s.bytes_sent());
+    total.set_bytes_received(total.bytes_received() + s.bytes_received());
+    total.set_rows_computed(total.rows_computed() + s.rows_computed());
+  };
+  absl::MutexLock l(&mu_);
+  for (size_t i = 0; i < step_stats_.size(); ++i) {
+    accumulate(step_stats_[i], static_cast<int32_t>(i), layer_stats_[i]);
+  }
+  if (gpu.in_process) {
+    for (size_t i = 0; i < local_gpu_step_stats_.size(); ++i) {
+      // Embedding as layer -1, the output head as layer n_layers (as the
+      // gpu_worker process reports them).
+      const int32_t layer = i < static_cast<size_t>(n_layers) ? static_cast<int32_t>(i)
+                            : i == static_cast<size_t>(n_layers) ? -1
+                                                                  : static_cast<int32_t>(n_layers);
+      if (local_gpu_step_stats_[i].steps() > 0) {
+        accumulate(local_gpu_step_stats_[i], layer, local_gpu_stats_[i]);
+      }
     }
   }
-  if (!want_logits) return absl::OkStatus();
-  const int64_t rows = last_only ? 1 : n;
-  header = RequestHeader();
-  header.op = static_cast<uint32_t>(DataflowOp::kOutput);
-  header.layer = static_cast<int32_t>(config_.n_layers);  // the output head, in Stats
-  header.n_tokens = static_cast<int32_t>(rows);
-  std::memcpy(gpu_send + sizeof(header), x_.data() + (n - rows) * h,
-              static_cast<size_t>(rows * h) * sizeof(float));
-  const size_t logits_bytes = static_cast<size_t>(rows * config_.vocab_size) * sizeof(float);
-  MOEFLOW_RETURN_IF_ERROR(gpu_call(header, static_cast<size_t>(rows * h) * sizeof(float),
-                                   logits_bytes, false, nullptr));
-  std::memcpy(logits, gpu_recv + sizeof(ReplyHeader), logits_bytes);
   return absl::OkStatus();
 }
 
@@ -872,7 +1083,8 @@ void Coordinator::FillStatus(proto::StatusResponse* status) {
                                                  ? proto::WORKER_STATE_FAILED
                                                  : w.state));
     *s->mutable_shard() = w.configure.shard();
-    s->set_last_health_age_ms(w.last_health == absl::InfinitePast()
+    s->set_last_health_age_ms(w.in_process ? 0  // its health is the coordinator's
+                              : w.last_health == absl::InfinitePast()
                                   ? -1
                                   : absl::ToInt64Milliseconds(absl::Now() - w.last_health));
     s->set_last_error(w.last_error);
@@ -895,6 +1107,15 @@ void Coordinator::FillWorkerMetrics(proto::MetricsResponse* metrics, bool reset)
     own->set_worker_name("coordinator");
     for (proto::LayerStats& s : layer_stats_) {
       *own->add_layers() = s;
+      if (reset) s = proto::LayerStats();
+    }
+  }
+  if (workers_[0]->in_process) {
+    absl::MutexLock lock(&mu_);
+    proto::WorkerLayerMetrics* own = metrics->add_workers();
+    own->set_worker_name(workers_[0]->name);
+    for (proto::LayerStats& s : local_gpu_stats_) {
+      if (s.steps() > 0) *own->add_layers() = s;
       if (reset) s = proto::LayerStats();
     }
   }

@@ -7,6 +7,18 @@
 //               coordinator: y·w summed per token in the engine's j order,
 //               + shared + residual (Combine) ─► next layer ─► gpu_worker: output head
 //
+// A CPU-backend gpu worker runs inside the coordinator process unless the
+// topology says separate_process: its Handle is called directly and the
+// expert requests are posted from its part-0 reply (before it computes the
+// shared experts), so a MoE layer costs two UCX messages (request, reply) and
+// one wake-up of each expert worker instead of five messages. A CUDA (or
+// separate_process) gpu worker is its own process, reached over UCX.
+//
+// Expert workers are started by the coordinator, or, when the topology gives
+// their address (workers on other hosts), attached to: the coordinator
+// Configures, Loads and Connects a worker started by hand, and re-attaches
+// (every reattach_interval_ms) when it is lost.
+//
 // Routed-expert outputs come back unweighted per (token, expert) pair and are
 // weighted and summed here in the single-process engine's order, so with
 // placement replicate or shard the logits are bit-identical to
@@ -42,10 +54,12 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/functional/function_ref.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "absl/types/span.h"
+#include "coordinator/worker_runtime.h"
 #include "model/deepseek2/config.h"
 #include "model/gguf.h"
 #include "proto/control.pb.h"
@@ -69,8 +83,11 @@ struct CoordinatorOptions {
   int step_timeout_ms = 60000;
   // Period of child reaping and liveness checks.
   int monitor_interval_ms = 100;
-  // Start a worker again when its process exits.
+  // Start a worker again when its process exits (or attach again to a lost
+  // worker that was started by hand).
   bool restart_workers = true;
+  // Period of attempts to attach again to a lost hand-started worker.
+  int reattach_interval_ms = 1000;
   // Where progress lines go (load progress, memory plan, restarts).
   std::function<void(const std::string&)> log = [](const std::string&) {};
 };
@@ -100,9 +117,12 @@ class Coordinator {
   bool AllServing();
   // Per-worker per-layer counters (Stats RPCs) plus the coordinator's own
   // ("coordinator": transport_time_us is the expert round trip of a MoE layer
-  // — staging the pairs, sends, the expert workers' compute, replies — so
-  // minus the workers' compute_time_us it is the data-plane overhead;
-  // compute_time_us is the wait for the shared experts' tail plus combine).
+  // — staging the pairs, sends, the expert workers' compute, replies; with
+  // the gpu worker in the coordinator it overlaps the shared experts, so it
+  // is at least their time — and minus the workers' compute_time_us it is
+  // the data-plane overhead; compute_time_us is the weighted sum + combine).
+  // A gpu worker running in the coordinator reports as "gpu0" with its
+  // compute_time_us (attention, router, shared experts, output head).
   void FillWorkerMetrics(proto::MetricsResponse* metrics, bool reset);
   // Step time percentiles (us) over the recent steps.
   void StepTimePercentiles(int64_t* p50, int64_t* p99, int32_t* batch_p50);
@@ -119,12 +139,30 @@ class Coordinator {
   struct Worker;
   Coordinator() = default;
 
+  // Starts (or, with an address, attaches to) the worker process and
+  // Configures and Loads it; for the in-process gpu worker, loads it here.
   absl::Status SpawnAndLoad(Worker& w);
+  absl::Status LoadInProcess(Worker& w);
+  // Forks and execs the worker binary; reads the gRPC port it prints.
+  absl::Status SpawnProcess(Worker& w);
   absl::Status ConnectWorker(Worker& w) ABSL_EXCLUSIVE_LOCKS_REQUIRED(dataplane_mu_);
   void MonitorLoop();
   void KillProcess(Worker& w);
   absl::Status RunChunk(absl::Span<const int32_t> tokens, int64_t start_pos, bool want_logits,
                         bool last_only, float* logits) ABSL_EXCLUSIVE_LOCKS_REQUIRED(dataplane_mu_);
+  // One request to the gpu worker (in-process or over UCX). `on_part0` runs
+  // as soon as reply part 0 is in gpu_recv_ (it posts the expert requests);
+  // with want_part1 the shared experts' part 1 is there too on return.
+  absl::Status CallGpu(const dataflow::RequestHeader& header, size_t payload_bytes,
+                       size_t expect0, absl::FunctionRef<absl::Status()> on_part0,
+                       bool want_part1, size_t expect1, proto::LayerStats& stats)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(dataplane_mu_);
+  // Stages and posts the kExperts request of every expert worker for the
+  // router output in gpu_recv_ (layer `il`, n tokens, top-k).
+  absl::Status DispatchExperts(int64_t il, int64_t n, int64_t k, proto::LayerStats& ls)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(dataplane_mu_);
+  // Releases the expert transfers still posted (error paths).
+  void ReleaseExpertTransfers() ABSL_EXCLUSIVE_LOCKS_REQUIRED(dataplane_mu_);
   absl::StatusOr<size_t> Await(Worker& w, transport::TransferId id, const char* what)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(dataplane_mu_);
   absl::Status CheckReply(Worker& w, const uint8_t* reply, size_t bytes, size_t expected_payload);
@@ -144,15 +182,28 @@ class Coordinator {
   std::unique_ptr<transport::UcxWorker> ucx_worker_ ABSL_GUARDED_BY(dataplane_mu_);
   std::vector<std::unique_ptr<Worker>> workers_;  // [0] gpu_worker, then expert workers
   std::vector<int> expert_owner_;                 // expert id -> index in workers_ (not slice)
-  // Scratch of the pass (sized at Start).
+  // The gpu worker when it runs in this process (CPU backend, not
+  // separate_process), with its request and reply buffers laid out as the
+  // UCX channel's would be.
+  std::unique_ptr<dataflow::WorkerCompute> local_gpu_;
+  std::vector<uint8_t> local_send_, local_recv_;
+  // The gpu worker's request / reply buffers (channel's or local_*_) and the
+  // offset of reply part 1 in gpu_recv_; set before each pass.
+  uint8_t* gpu_send_ = nullptr;
+  uint8_t* gpu_recv_ = nullptr;
+  size_t gpu_part1_offset_ = 0;
+  // Scratch of the pass (sized at Start): no step allocates.
   std::vector<float> x_, routed_, ysum_;
-  std::vector<int32_t> row_of_token_, pair_worker_, pair_pos_;
+  std::vector<int32_t> row_of_token_, pair_worker_, pair_pos_, n_pairs_;
+  std::vector<transport::TransferId> expert_send_ids_, expert_recv_ids_;
+  std::vector<proto::LayerStats> step_stats_, local_gpu_step_stats_;
 
   absl::Mutex mu_;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::vector<int64_t> step_times_us_ ABSL_GUARDED_BY(mu_);
   std::vector<int32_t> step_batches_ ABSL_GUARDED_BY(mu_);
   std::vector<proto::LayerStats> layer_stats_ ABSL_GUARDED_BY(mu_);
+  std::vector<proto::LayerStats> local_gpu_stats_ ABSL_GUARDED_BY(mu_);
   std::thread monitor_;
   std::atomic<bool> shut_down_{false};
 };

@@ -8,7 +8,9 @@
 #include <sstream>
 #include <string>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
+#include "absl/strings/str_split.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 
@@ -55,6 +57,16 @@ class TopologyParser {
       return Error(node, field, absl::StrCat(v, " is outside [", min, ", ", max, "]"));
     }
     return v;
+  }
+
+  absl::StatusOr<bool> Bool(const YAML::Node& node, const std::string& field) {
+    if (node.IsScalar()) {
+      const std::string& v = node.Scalar();
+      if (v == "true" || v == "yes" || v == "on") return true;
+      if (v == "false" || v == "no" || v == "off") return false;
+    }
+    return Error(node, field, absl::StrCat("'", node.IsScalar() ? node.Scalar() : "<not a scalar>",
+                                           "' is not true or false"));
   }
 
   absl::Status HostPort(const YAML::Node& node, const std::string& field, std::string* out) {
@@ -154,7 +166,7 @@ class TopologyParser {
     for (size_t i = 0; i < gpus.size(); ++i) {
       const YAML::Node g = gpus[i];
       const std::string where = absl::StrCat("gpu_workers[", i, "]");
-      if (auto s = CheckKeys(g, where, {"device_ids", "backend", "kv_cache_tokens", "address", "threads"}); !s.ok()) return s;
+      if (auto s = CheckKeys(g, where, {"device_ids", "backend", "kv_cache_tokens", "address", "threads", "separate_process", "vram_gib"}); !s.ok()) return s;
       proto::GpuWorkerSpec* spec = t.add_gpu_workers();
       const YAML::Node b = g["backend"];
       if (!b) return Error(g, where + ".backend", "required (cuda or cpu)");
@@ -181,10 +193,24 @@ class TopologyParser {
       }
       if (g["kv_cache_tokens"]) TOPO_ASSIGN(spec->set_kv_cache_tokens, Int(g["kv_cache_tokens"], where + ".kv_cache_tokens", 1, int64_t{1} << 32));
       if (g["threads"]) TOPO_ASSIGN(spec->set_threads, Int(g["threads"], where + ".threads", 0, 4096));
+      if (const YAML::Node v = g["vram_gib"]) {
+        double gib = 0;
+        if (!v.IsScalar() || !absl::SimpleAtod(v.Scalar(), &gib) || !(gib >= 0 && gib <= 65536)) {
+          return Error(v, where + ".vram_gib", absl::StrCat("'", v.IsScalar() ? v.Scalar() : "<not a scalar>", "' is not a number of GiB in [0, 65536]"));
+        }
+        spec->set_vram_gib(gib);
+      }
       if (g["address"]) {
         std::string a;
         if (auto s = HostPort(g["address"], where + ".address", &a); !s.ok()) return s;
         spec->set_address(a);
+      }
+      if (g["separate_process"]) {
+        TOPO_ASSIGN(spec->set_separate_process, Bool(g["separate_process"], where + ".separate_process"));
+        if (spec->backend() != proto::GPU_BACKEND_CPU) {
+          return Error(g["separate_process"], where + ".separate_process",
+                       "only for backend cpu (a cuda gpu worker always runs in its own process)");
+        }
       }
     }
     const YAML::Node experts = root["expert_workers"];
@@ -207,7 +233,17 @@ class TopologyParser {
       if (e["address"]) {
         std::string a;
         if (auto s = HostPort(e["address"], where + ".address", &a); !s.ok()) return s;
+        if (absl::EndsWith(a, ":0")) {
+          return Error(e["address"], where + ".address",
+                       "port 0: give the port the worker started by hand listens on");
+        }
         spec->set_address(a);
+      }
+      if (!spec->host().empty() && !IsLocalHost(spec->host()) && spec->address().empty()) {
+        return Error(e, where + ".address",
+                     absl::StrCat("required for a worker on host ", spec->host(),
+                                  ": start it there (cpu_expert_worker --listen=0.0.0.0:PORT) "
+                                  "and give host:PORT"));
       }
       const std::string host_key = spec->host().empty() ? "localhost" : spec->host();
       const int64_t key = *node + (static_cast<int64_t>(std::hash<std::string>()(host_key) & 0xffff) << 16);
@@ -217,6 +253,16 @@ class TopologyParser {
                      absl::StrCat(*node, " is already used by expert_workers[", it->second, "] on the same host"));
       }
     }
+    // A worker attached by address may be on another host: UCX needs a
+    // network transport to reach it.
+    bool attached = false;
+    for (const proto::ExpertWorkerSpec& e : t.expert_workers()) attached |= !e.address().empty();
+    if (attached && !HasNetworkTransport(t.ucx_transports())) {
+      return Error(root["ucx_transports"] ? root["ucx_transports"] : root, "ucx_transports",
+                   absl::StrCat("'", t.ucx_transports(),
+                                "' has no network transport, but an expert worker is attached "
+                                "by address (add tcp, e.g. ucx_transports: tcp)"));
+    }
 #undef TOPO_ASSIGN
     return t;
   }
@@ -225,6 +271,20 @@ class TopologyParser {
 };
 
 }  // namespace
+
+bool IsLocalHost(absl::string_view host) {
+  return host.empty() || host == "localhost" || absl::StartsWith(host, "127.") || host == "::1";
+}
+
+bool HasNetworkTransport(absl::string_view tls) {
+  for (absl::string_view t : absl::StrSplit(tls, ',')) {
+    if (t == "tcp" || t == "all" || t == "rc" || t == "rc_v" || t == "rc_x" || t == "ud" ||
+        t == "ud_v" || t == "ud_x" || t == "dc" || t == "dc_x" || t == "ib") {
+      return true;
+    }
+  }
+  return false;
+}
 
 absl::StatusOr<proto::Topology> ParseTopologyYaml(absl::string_view yaml,
                                                   absl::string_view filename) {

@@ -11,6 +11,8 @@
 //   expert_workers:
 //     - {numa_node: 0, threads: 16}
 //     - {numa_node: 1, threads: 16}
+//     # started by hand on another box; needs ucx_transports with tcp (or RDMA):
+//     # - {numa_node: 0, host: box2, address: box2:50070}
 //
 // Every field is validated; an error names the file, the line and the field
 // ("x.yaml:7: expert_workers[1].numa_node: 0 is already used by
@@ -33,6 +35,13 @@ namespace moeflow {
 absl::StatusOr<proto::Topology> ParseTopologyYaml(absl::string_view yaml,
                                                   absl::string_view filename);
 absl::StatusOr<proto::Topology> LoadTopologyFile(const std::string& path);
+
+// True for the hosts the launcher starts workers on itself: empty,
+// "localhost", 127.x.x.x, ::1.
+bool IsLocalHost(absl::string_view host);
+// True when a UCX_TLS list names a transport that crosses hosts (tcp, the
+// InfiniBand/RoCE ones, or "all").
+bool HasNetworkTransport(absl::string_view tls);
 
 // "auto", "replicate", ... (the YAML spelling).
 std::string ExpertPlacementYamlName(proto::ExpertPlacement placement);

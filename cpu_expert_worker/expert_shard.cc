@@ -10,6 +10,8 @@
 #include "absl/strings/str_cat.h"
 #include "base/check.h"
 #include "kernels/cpu/matmul.h"
+#include "kernels/cpu/moe.h"
+#include "kernels/cpu/numa.h"
 #include "model/ggml_types.h"
 
 namespace moeflow {
@@ -170,10 +172,33 @@ absl::Status ExpertShard::Load(const std::function<void(const proto::LoadProgres
   int threads = request_.compute_threads();
   if (threads <= 0) threads = node_cores_ > 0 ? node_cores_ : 1;
   threads = std::min<int>(threads, std::max(1u, std::thread::hardware_concurrency()));
-  pool_ = std::make_unique<ThreadPool>(threads);
+  // Worker threads pinned one per core of the node (kernels/cpu/numa); a
+  // plain pool when the worker is not placed on a node hwloc knows.
+  if (request_.numa_node() >= 0) {
+    auto topology = NumaTopology::Load();
+    if (topology.ok() && request_.numa_node() < (*topology)->num_nodes()) {
+      PinReport pin;
+      NodePoolOptions pool_options;
+      pool_options.n_threads = threads;
+      pool_ = MakeNodePool(**topology, request_.numa_node(), pool_options, &pin);
+      std::fprintf(stderr, "cpu_expert_worker %s: %s\n", request_.worker_name().c_str(),
+                   pin.message.c_str());
+    }
+  }
+  if (pool_ == nullptr) pool_ = std::make_unique<ThreadPool>(threads);
   max_rows_ = request_.max_batch_tokens();
   max_pairs_ = max_rows_ * config_.n_experts_used;
-  scratch_.Reserve(shard_config_, 1, threads, max_pairs_, 1);
+  // Only the routed experts' buffers: EngineRoutedExperts uses scratch.moe
+  // alone, and the attention / FFN / logits buffers EngineScratch::Reserve
+  // would add for max_pairs rows (~160 MB for V2-Lite) are never touched.
+  // Reserved now for the largest request, so no step allocates.
+  for (int64_t il = config_.n_dense_layers; il < config_.n_layers; ++il) {
+    const EngineLayerWeights& lw = shard_layers_[static_cast<size_t>(il)];
+    scratch_.moe.Reserve(MoeExperts{lw.ffn_gate_exps, lw.ffn_up_exps, lw.ffn_down_exps,
+                                    shard_config_.n_experts, shard_config_.expert_ff,
+                                    shard_config_.hidden},
+                         max_pairs_, 1, threads);
+  }
   ctx_ = EngineContext{&shard_config_, &rope_, SelectedIsa(), pool_.get(), &scratch_};
   expanded_.resize(static_cast<size_t>(max_pairs_ * hidden));
   ones_.assign(static_cast<size_t>(max_pairs_), 1.f);

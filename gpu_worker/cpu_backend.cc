@@ -102,17 +102,17 @@ absl::Status CpuGpuWorkerBackend::Handle(const RequestHeader& header,
       if (payload.size() != static_cast<size_t>(n) * sizeof(int32_t)) {
         return absl::InvalidArgumentError("kEmbed: payload is not n_tokens int32 ids");
       }
-      std::vector<int32_t> tokens(static_cast<size_t>(n));
-      std::memcpy(tokens.data(), payload.data(), payload.size());
       float* x = reinterpret_cast<float*>(reply.Payload(0));
       const MatmulWeight& embd = weights_.token_embd;
       for (int64_t t = 0; t < n; ++t) {
-        if (tokens[t] < 0 || tokens[t] >= config_.vocab_size) {
-          return absl::InvalidArgumentError(absl::StrCat("token id ", tokens[t], " at index ", t,
+        int32_t token = 0;  // the payload need not be 4-byte aligned
+        std::memcpy(&token, payload.data() + t * sizeof(int32_t), sizeof(token));
+        if (token < 0 || token >= config_.vocab_size) {
+          return absl::InvalidArgumentError(absl::StrCat("token id ", token, " at index ", t,
                                                          " is out of range [0, ",
                                                          config_.vocab_size, ")"));
         }
-        MOEFLOW_RETURN_IF_ERROR(Dequantize(embd.type, embd.row(tokens[t]), x + t * h, h));
+        MOEFLOW_RETURN_IF_ERROR(Dequantize(embd.type, embd.row(token), x + t * h, h));
       }
       return reply.Send(0, x_bytes);
     }

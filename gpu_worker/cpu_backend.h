@@ -7,7 +7,9 @@
 // Role in the data flow: the coordinator sends it kEmbed / kLayer / kOutput
 // requests (coordinator/dataflow_messages.h); for a MoE layer it answers the
 // router output first (part 0) and the shared experts after (part 1), so the
-// expert workers start while it computes the shared experts.
+// expert workers start while it computes the shared experts. It runs in a
+// gpu_worker process of its own (main.cc, over UCX) or, by default, inside
+// the coordinator process, which calls Handle directly (coordinator.h).
 //
 // Thread-safety: as WorkerCompute (Handle on the data-plane thread only).
 // Failure: Configure fails FAILED_PRECONDITION for backend "cuda" (not in

@@ -24,6 +24,14 @@ struct TransportConfig {
   // Interval between UCX keepalive rounds; bounds how long a dead peer that
   // closes no socket (shared memory) goes unnoticed.
   int keepalive_interval_ms = 200;
+  // Messages up to this size go eagerly (UCX_RNDV_THRESH): the send completes
+  // without the receiver's progress. Above it UCX uses rendezvous, whose
+  // handshake needs the receiver to progress — and a receiver that is
+  // computing (the coordinator during the shared experts) or asleep on its
+  // event fd adds a wake-up per step. 1 MiB covers a decode step's messages
+  // (an expert reply is pairs × hidden × 4 bytes: 48 KiB for V2-Lite, 224 KiB
+  // for V3); 0: UCX's own choice.
+  int64_t rndv_threshold_bytes = int64_t{1} << 20;
 };
 
 // Per-peer channel settings (ActivationChannel::Create).

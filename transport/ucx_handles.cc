@@ -73,6 +73,13 @@ absl::StatusOr<std::unique_ptr<UcxContext>> UcxContext::Create(const TransportCo
     absl::Status s = set("TLS", tls);
     if (s.ok() && !config.net_devices.empty()) s = set("NET_DEVICES", config.net_devices);
     if (s.ok()) s = set("KEEPALIVE_INTERVAL", absl::StrCat(config.keepalive_interval_ms, "ms"));
+    if (s.ok() && config.rndv_threshold_bytes < 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("rndv_threshold_bytes must be >= 0, got ", config.rndv_threshold_bytes));
+    }
+    if (s.ok() && config.rndv_threshold_bytes > 0) {
+      s = set("RNDV_THRESH", absl::StrCat(config.rndv_threshold_bytes));
+    }
     // UCX 1.13 leaves error handling off for the shared-memory transports
     // (UCX_{POSIX,SYSV}_ERROR_HANDLING=n, both inheriting MM_ERROR_HANDLING),
     // which keeps them out of endpoints created in peer-error mode: "sm,self"

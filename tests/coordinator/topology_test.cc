@@ -52,7 +52,8 @@ TEST(TopologyTest, AppliesDefaults) {
 }
 
 TEST(TopologyTest, ShippedTopologiesParse) {
-  for (const char* name : {"cpu-single-socket", "dual-xeon-1x4090", "dual-xeon-4x4090"}) {
+  for (const char* name :
+       {"cpu-single-socket", "dual-xeon-1x4090", "dual-xeon-4x4090", "cpu-two-hosts"}) {
     auto t = LoadTopologyFile(std::string("deploy/topologies/") + name + ".yaml");
     ASSERT_TRUE(t.ok()) << name << ": " << t.status();
     EXPECT_EQ(t->gpu_workers_size(), 1) << name;
@@ -111,7 +112,43 @@ INSTANTIATE_TEST_SUITE_P(
         BadCase{"model_path: [a, b]\n", "bad.yaml:1: model_path: must be a string"},
         BadCase{"model_path: m\nmax_batch_tokens: 0\n", "bad.yaml:2: max_batch_tokens: 0 is outside"},
         BadCase{"model_path: m\n  bad indent: [\n", "bad.yaml:"},
-        BadCase{"model_path: m\nucx_transports: 'sm;rm -rf'\n", "bad.yaml:2: ucx_transports"}));
+        BadCase{"model_path: m\nucx_transports: 'sm;rm -rf'\n", "bad.yaml:2: ucx_transports"},
+        BadCase{"model_path: m\ngpu_workers:\n  - {backend: cpu, separate_process: maybe}\n"
+                "expert_workers: [{numa_node: 0}]\n",
+                "bad.yaml:3: gpu_workers[0].separate_process: 'maybe' is not true or false"},
+        BadCase{"model_path: m\ngpu_workers:\n  - {backend: cuda, device_ids: [0], "
+                "separate_process: true}\nexpert_workers: [{numa_node: 0}]\n",
+                "gpu_workers[0].separate_process: only for backend cpu"},
+        BadCase{"model_path: m\nucx_transports: tcp\ngpu_workers: [{backend: cpu}]\n"
+                "expert_workers:\n  - {numa_node: 0, host: box2}\n",
+                "bad.yaml:5: expert_workers[0].address: required for a worker on host box2"},
+        BadCase{"model_path: m\nucx_transports: tcp\ngpu_workers: [{backend: cpu}]\n"
+                "expert_workers:\n  - {numa_node: 0, host: box2, address: 'box2:0'}\n",
+                "expert_workers[0].address: port 0"},
+        BadCase{"model_path: m\nucx_transports: sm,self\ngpu_workers: [{backend: cpu}]\n"
+                "expert_workers:\n  - {numa_node: 0, host: box2, address: 'box2:50070'}\n",
+                "bad.yaml:2: ucx_transports: 'sm,self' has no network transport"}));
+
+TEST(TopologyTest, RemoteExpertWorkerAndSeparateGpuProcess) {
+  auto t = ParseTopologyYaml(R"(model_path: /m.gguf
+ucx_transports: tcp
+gpu_workers:
+  - {backend: cpu, separate_process: true}
+expert_workers:
+  - {numa_node: 0}
+  - {numa_node: 0, host: box2, address: 'box2:50070'}
+)",
+                             "remote.yaml");
+  ASSERT_TRUE(t.ok()) << t.status();
+  EXPECT_TRUE(t->gpu_workers(0).separate_process());
+  EXPECT_EQ(t->expert_workers(1).host(), "box2");
+  EXPECT_EQ(t->expert_workers(1).address(), "box2:50070");
+  EXPECT_TRUE(IsLocalHost(""));
+  EXPECT_TRUE(IsLocalHost("127.0.0.1"));
+  EXPECT_FALSE(IsLocalHost("box2"));
+  EXPECT_TRUE(HasNetworkTransport("sm,self,tcp"));
+  EXPECT_FALSE(HasNetworkTransport("sm,self"));
+}
 
 }  // namespace
 }  // namespace moeflow

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "absl/strings/str_split.h"
 #include "gtest/gtest.h"
@@ -59,7 +60,8 @@ struct Case {
 
 class LaunchLogitsTest : public ::testing::TestWithParam<Case> {};
 
-void ExpectLaunchMatchesEngine(const Case& c, const std::string& tls) {
+void ExpectLaunchMatchesEngine(const Case& c, const std::string& tls,
+                               LaunchSpec spec = LaunchSpec()) {
   const std::string model = std::string("tests/data/llamacpp/") + c.model_dir + "/" + c.model_dir +
                             "." + c.quant + ".gguf";
   const std::vector<int32_t> tokens = Sequence64(c.model_dir);
@@ -67,7 +69,6 @@ void ExpectLaunchMatchesEngine(const Case& c, const std::string& tls) {
   const std::vector<float> expected = EngineLogits(model, tokens);
   ASSERT_FALSE(expected.empty());
 
-  LaunchSpec spec;
   spec.model_path = model;
   spec.placement = c.placement;
   spec.ucx_transports = tls;
@@ -110,6 +111,27 @@ TEST_P(LaunchLogitsTest, MatchesSingleProcessEngine) { ExpectLaunchMatchesEngine
 // UCX_NET_DEVICES=lo), as expert workers on another host would use it.
 TEST(LaunchLogitsTcpTest, ShardOverTcpMatchesSingleProcessEngine) {
   ExpectLaunchMatchesEngine(Case{"tiny-v3", "q8_0", "shard", true}, "tcp");
+}
+
+// The CPU-backend gpu worker in a process of its own (the path a CUDA gpu
+// worker takes: attention and router replies over UCX) gives the same logits
+// as the default, where it runs inside the coordinator.
+TEST(LaunchLogitsSeparateGpuProcessTest, MatchesSingleProcessEngine) {
+  LaunchSpec spec;
+  spec.gpu_separate_process = true;
+  ExpectLaunchMatchesEngine(Case{"tiny-v3", "q8_0", "shard", true}, "sm,self", spec);
+  ExpectLaunchMatchesEngine(Case{"tiny-v2", "q8_0", "slice", false}, "sm,self", spec);
+}
+
+// An expert worker "on another host": started by hand (as one would on the
+// other box) and attached to by address, over UCX tcp on loopback, beside a
+// worker the launcher starts itself. Logits bit-identical to the engine's.
+TEST(LaunchRemoteExpertWorkerTest, AttachedWorkerOverTcpMatchesSingleProcessEngine) {
+  testing::HandStartedWorker remote;
+  ASSERT_TRUE(remote.ok()) << remote.error();
+  LaunchSpec spec;
+  spec.expert_addresses = {absl::StrCat("127.0.0.1:", remote.port())};
+  ExpectLaunchMatchesEngine(Case{"tiny-v2", "q8_0", "shard", true}, "tcp", spec);
 }
 
 // Bound to a non-loopback address, the control service wants the token.

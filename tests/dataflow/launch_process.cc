@@ -2,7 +2,6 @@
 
 #include <dirent.h>
 #include <fcntl.h>
-#include <poll.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -13,7 +12,9 @@
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
+#include "base/read_line.h"
 
 namespace moeflow::testing {
 namespace {
@@ -36,11 +37,18 @@ LaunchProcess::LaunchProcess(const LaunchSpec& spec) {
         << "control_address: " << spec.control_address << "\n"
         << "placement: " << spec.placement << "\n"
         << "ucx_transports: " << spec.ucx_transports << "\n"
+        << (spec.ucx_net_devices.empty() ? "" : "ucx_net_devices: " + spec.ucx_net_devices + "\n")
         << "max_batch_tokens: " << spec.max_batch_tokens << "\n"
         << "gpu_workers:\n  - {backend: cpu, kv_cache_tokens: " << spec.kv_cache_tokens
-        << ", threads: 1}\nexpert_workers:\n";
+        << ", threads: 1, separate_process: " << (spec.gpu_separate_process ? "true" : "false")
+        << "}\nexpert_workers:\n";
     for (int i = 0; i < spec.expert_workers; ++i) {
-      out << "  - {numa_node: " << i << ", threads: 1}\n";
+      out << "  - {numa_node: " << i << ", threads: 1";
+      if (static_cast<size_t>(i) < spec.expert_addresses.size() &&
+          !spec.expert_addresses[static_cast<size_t>(i)].empty()) {
+        out << ", address: \"" << spec.expert_addresses[static_cast<size_t>(i)] << "\"";
+      }
+      out << "}\n";
     }
   }
   std::vector<std::string> args = {Runfile("cli/moeflow"), "launch", topo,
@@ -64,17 +72,7 @@ LaunchProcess::LaunchProcess(const LaunchSpec& spec) {
     _exit(127);
   }
   close(fds[1]);
-  std::string line;
-  const absl::Time deadline = absl::Now() + absl::Seconds(30);
-  while (line.find('\n') == std::string::npos) {
-    pollfd p{fds[0], POLLIN, 0};
-    const int left = static_cast<int>(absl::ToInt64Milliseconds(deadline - absl::Now()));
-    if (left <= 0 || poll(&p, 1, left) <= 0) break;
-    char buf[128];
-    const ssize_t n = read(fds[0], buf, sizeof(buf));
-    if (n <= 0) break;
-    line.append(buf, static_cast<size_t>(n));
-  }
+  const std::string line = ReadLineWithDeadline(fds[0], 30000, "CONTROL ");
   close(fds[0]);
   char address[128] = {};
   if (std::sscanf(line.c_str(), "CONTROL %127s", address) != 1) {
@@ -147,6 +145,48 @@ bool LaunchProcess::WaitServing(int timeout_ms) {
     absl::SleepFor(absl::Milliseconds(50));
   }
   return false;
+}
+
+}  // namespace moeflow::testing
+
+namespace moeflow::testing {
+
+HandStartedWorker::HandStartedWorker(const std::string& listen,
+                                     const std::vector<std::string>& wrapper) {
+  std::vector<std::string> args = wrapper;
+  args.push_back(Runfile("cpu_expert_worker/cpu_expert_worker"));
+  args.push_back("--listen=" + listen);
+  std::vector<char*> argv;
+  for (std::string& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  int fds[2];
+  if (pipe2(fds, O_CLOEXEC) != 0) {
+    error_ = "pipe2";
+    return;
+  }
+  pid_ = fork();
+  if (pid_ == 0) {
+    dup2(fds[1], STDOUT_FILENO);
+    execvp(argv[0], argv.data());
+    _exit(127);
+  }
+  close(fds[1]);
+  const std::string line = ReadLineWithDeadline(fds[0], 30000, "PORT ");
+  close(fds[0]);
+  if (std::sscanf(line.c_str(), "PORT %d", &port_) != 1) {
+    error_ = absl::StrCat(absl::StrJoin(args, " "), " did not print its port (got '", line, "')");
+    port_ = 0;
+  }
+}
+
+HandStartedWorker::~HandStartedWorker() { Kill(); }
+
+void HandStartedWorker::Kill() {
+  if (pid_ <= 0) return;
+  kill(pid_, SIGKILL);
+  int status = 0;
+  waitpid(pid_, &status, 0);
+  pid_ = -1;
 }
 
 }  // namespace moeflow::testing

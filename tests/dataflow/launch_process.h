@@ -23,8 +23,38 @@ struct LaunchSpec {
   int max_batch_tokens = 64;
   int kv_cache_tokens = 512;
   std::string ucx_transports = "sm,self";
+  // ucx_net_devices of the topology; empty: not written.
+  std::string ucx_net_devices;
   std::string control_address = "127.0.0.1:0";
+  // Run the CPU-backend gpu worker in a process of its own (the path a CUDA
+  // gpu worker takes) instead of inside the coordinator.
+  bool gpu_separate_process = false;
+  // Per expert worker: host:port of a worker started by hand to attach to;
+  // empty (or missing): the launcher starts it.
+  std::vector<std::string> expert_addresses;
   std::vector<std::string> extra_flags;
+};
+
+// A cpu_expert_worker started by hand, as on another host: listens on
+// `listen` (port 0: any free port) and is killed (SIGKILL) on destruction.
+class HandStartedWorker {
+ public:
+  // `wrapper` goes before the worker's command line (e.g. {"ip", "netns",
+  // "exec", "ns1"} to start it in another network namespace).
+  explicit HandStartedWorker(const std::string& listen = "127.0.0.1:0",
+                             const std::vector<std::string>& wrapper = {});
+  ~HandStartedWorker();
+  bool ok() const { return port_ > 0; }
+  const std::string& error() const { return error_; }
+  int port() const { return port_; }
+  pid_t pid() const { return pid_; }
+  // SIGKILL and reap.
+  void Kill();
+
+ private:
+  pid_t pid_ = -1;
+  int port_ = 0;
+  std::string error_;
 };
 
 class LaunchProcess {

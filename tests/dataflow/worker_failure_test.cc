@@ -7,10 +7,12 @@
 #include <sys/wait.h>
 
 #include <cstdio>
+#include <memory>
 #include <set>
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "gtest/gtest.h"
 #include "tests/dataflow/launch_process.h"
@@ -157,6 +159,56 @@ TEST(WorkerFailureTest, KilledExpertWorkerIsRestartedAndNextRequestSucceeds) {
     EXPECT_EQ(launch.Stop(10000), 0);
   }
   EXPECT_EQ(ShmFiles(), shm_before) << "shared memory files leaked";
+}
+
+// A hand-started ("remote") expert worker over UCX tcp: killing it fails the
+// request in flight with UNAVAILABLE; once a new one listens at the same
+// address, the coordinator attaches to it again and serves.
+TEST(WorkerFailureTest, LostHandStartedWorkerIsAttachedAgainOnceBack) {
+  auto remote = std::make_unique<testing::HandStartedWorker>();
+  ASSERT_TRUE(remote->ok()) << remote->error();
+  const int port = remote->port();
+  LaunchSpec spec;
+  spec.model_path = kModel;
+  spec.placement = "shard";
+  spec.kv_cache_tokens = 4096;
+  spec.ucx_transports = "tcp";
+  spec.expert_addresses = {"", absl::StrCat("127.0.0.1:", port)};
+  LaunchProcess launch(spec);
+  ASSERT_TRUE(launch.ok()) << launch.error();
+  ASSERT_TRUE(launch.WaitServing(20000));
+  {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(30)));
+    auto reader = launch.stub().Generate(&ctx, LongRequest());
+    proto::GenerateResponse r;
+    absl::Time kill_time = absl::InfiniteFuture();
+    while (reader->Read(&r)) {
+      if (remote->pid() > 0) {
+        remote->Kill();
+        kill_time = absl::Now();
+      }
+    }
+    grpc::Status s = reader->Finish();
+    EXPECT_EQ(s.error_code(), grpc::UNAVAILABLE) << s.error_message();
+    EXPECT_LT(absl::Now() - kill_time, absl::Seconds(2));
+  }
+  remote = std::make_unique<testing::HandStartedWorker>(absl::StrCat("127.0.0.1:", port));
+  ASSERT_TRUE(remote->ok()) << remote->error();
+  ASSERT_TRUE(launch.WaitServing(20000)) << "the coordinator did not attach to the new worker";
+  grpc::ClientContext ctx;
+  ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
+  proto::GenerateRequest request;
+  request.set_prompt("Hello");
+  request.set_max_tokens(8);
+  auto reader = launch.stub().Generate(&ctx, request);
+  proto::GenerateResponse r;
+  bool final_seen = false;
+  while (reader->Read(&r)) final_seen |= r.has_final();
+  grpc::Status s = reader->Finish();
+  EXPECT_TRUE(s.ok()) << s.error_message();
+  EXPECT_TRUE(final_seen);
+  EXPECT_EQ(launch.Stop(10000), 0);
 }
 
 }  // namespace
