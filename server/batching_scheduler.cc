@@ -22,12 +22,18 @@ struct BatchingScheduler::Running {
   int64_t sequence = -1;
   int64_t pos = 0;  // positions the model holds
   int64_t n_prompt = 0;
+  // The prompt, then every generated token fed to the model: what a
+  // preempted request recomputes. Prefilling while pos < tokens.size().
+  std::vector<int32_t> tokens;
+  int64_t reserved = 0;  // positions the sequence's pages cover
+  int64_t limit = 0;     // most positions it may hold (prompt + max_tokens)
   int32_t pending = -1;  // sampled, not yet fed (decoding when >= 0)
   std::optional<sampling::Sampler> sampler;
   std::optional<sampling::StopCondition> stop;
   GenerationSummary summary;
   double enqueued_s = 0, prefill_start_s = 0, decode_start_s = 0, last_token_s = 0;
   bool done = false;
+  bool preempted = false;  // pages released; waits in preempted_
 };
 
 BatchingScheduler::BatchingScheduler(BatchModel* model, BatchingSchedulerOptions options,
@@ -41,11 +47,8 @@ BatchingScheduler::BatchingScheduler(BatchModel* model, BatchingSchedulerOptions
 
 BatchingScheduler::~BatchingScheduler() { Shutdown(); }
 
-int64_t BatchingScheduler::ReserveTokens(const GenerationRequest& request) const {
-  const int64_t n_prompt = static_cast<int64_t>(request.prompt.size());
-  const int64_t context = model_->context_tokens();
-  const int64_t max_tokens = request.stop.max_tokens;
-  return max_tokens == 0 ? context : std::min(context, n_prompt + max_tokens);
+int64_t BatchingScheduler::MaxPositions() const {
+  return std::min(model_->context_tokens(), model_->kv_pages_total() * model_->kv_page_tokens());
 }
 
 absl::Status BatchingScheduler::Submit(std::shared_ptr<GenerationRequest> request) {
@@ -74,15 +77,19 @@ absl::Status BatchingScheduler::Submit(std::shared_ptr<GenerationRequest> reques
         "the prompt has ", n_prompt, " tokens and max_tokens is ", request->stop.max_tokens, ": ",
         n_prompt + request->stop.max_tokens, " exceeds the context of ", context, " tokens"));
   }
-  const int64_t reserve = ReserveTokens(*request);
+  // Without max_tokens a request needs one position to generate; it ends
+  // with "length" when the whole cache (or the context) is full.
+  const bool has_max = request->stop.max_tokens > 0;
+  const int64_t need = n_prompt + (has_max ? request->stop.max_tokens : 1);
   const int64_t page = model_->kv_page_tokens();
-  const int64_t pages = (reserve + page - 1) / page;
+  const int64_t pages = (need + page - 1) / page;
   if (pages > model_->kv_pages_total()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("the request needs ", reserve, " KV positions (prompt ", n_prompt,
-                     " + max_tokens ", reserve - n_prompt, ") = ", pages, " pages of ", page,
-                     " tokens, but the server's KV cache has ", model_->kv_pages_total(),
-                     " pages (", model_->kv_pages_total() * page, " tokens); lower max_tokens"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the request needs ", need, " KV positions (prompt ", n_prompt,
+        has_max ? " + max_tokens " : " + ", need - n_prompt, has_max ? "" : " to generate",
+        ") = ", pages, " pages of ", page, " tokens, but the server's KV cache has ",
+        model_->kv_pages_total(), " pages (", model_->kv_pages_total() * page, " tokens); ",
+        has_max ? "lower max_tokens" : "shorten the prompt"));
   }
   absl::MutexLock lock(&mu_);
   if (stop_) return absl::UnavailableError("the server is shutting down");
@@ -136,8 +143,8 @@ bool BatchingScheduler::AwaitsSharedPrefix(absl::Span<const int32_t> prompt) con
   const int64_t page = model_->kv_page_tokens();
   const int64_t n = static_cast<int64_t>(prompt.size());
   for (const auto& r : running_) {
-    if (r->done || r->pos >= r->n_prompt) continue;  // not prefilling
-    const std::vector<int32_t>& other = r->request->prompt;
+    const std::vector<int32_t>& other = r->tokens;
+    if (r->done || r->pos >= static_cast<int64_t>(other.size())) continue;  // not prefilling
     const int64_t limit = std::min<int64_t>(n - 1, static_cast<int64_t>(other.size()));
     int64_t common = 0;
     while (common < limit && prompt[common] == other[common]) ++common;
@@ -146,6 +153,87 @@ bool BatchingScheduler::AwaitsSharedPrefix(absl::Span<const int32_t> prompt) con
     if (shared > 0 && r->pos < shared) return true;
   }
   return false;
+}
+
+absl::StatusOr<bool> BatchingScheduler::StartRunning(Running& r) {
+  const int64_t n = static_cast<int64_t>(r.tokens.size());
+  const int64_t reserve = std::min(r.limit, n + options_.decode_reserve_tokens);
+  absl::StatusOr<BatchModel::Started> started = model_->StartSequence(r.tokens, reserve);
+  if (absl::IsResourceExhausted(started.status())) return false;
+  if (!started.ok()) return started.status();
+  const int64_t page = model_->kv_page_tokens();
+  r.sequence = started->sequence;
+  r.pos = started->cached_tokens;
+  r.reserved = (reserve + page - 1) / page * page;
+  r.preempted = false;
+  return true;
+}
+
+void BatchingScheduler::Preempt(Running& r) {
+  model_->EndSequence(r.sequence);
+  r.sequence = -1;
+  r.pos = 0;
+  r.reserved = 0;
+  r.preempted = true;
+  r.summary.preemptions++;
+  if (metrics_ != nullptr) metrics_->RecordPreemption();
+}
+
+void BatchingScheduler::GrowOrPreempt() {
+  const int64_t page = model_->kv_page_tokens();
+  const int64_t context = model_->context_tokens();
+  bool any_preempted = false;
+  for (auto& rp : running_) {
+    Running& r = *rp;
+    // Decoding requests whose next position is past their pages.
+    if (r.done || r.preempted || r.pending < 0 || r.pos < static_cast<int64_t>(r.tokens.size()) ||
+        r.pos < r.reserved) {
+      continue;
+    }
+    while (true) {
+      const absl::Status grown =
+          model_->GrowSequence(r.sequence, std::min(context, r.reserved + page));
+      if (grown.ok()) {
+        r.reserved += page;
+        break;
+      }
+      if (!absl::IsResourceExhausted(grown)) {
+        Finish(r, grown, "error");
+        break;
+      }
+      // The pool is exhausted: the newest running request gives its pages
+      // back (possibly `r` itself).
+      Running* victim = nullptr;
+      for (auto it = running_.rbegin(); it != running_.rend(); ++it) {
+        if (!(*it)->done && !(*it)->preempted) {
+          victim = it->get();
+          break;
+        }
+      }
+      MOEFLOW_CHECK(victim != nullptr);
+      const auto active = std::count_if(
+          running_.begin(), running_.end(),
+          [](const std::unique_ptr<Running>& x) { return !x->done && !x->preempted; });
+      if (victim == &r && active == 1) {
+        // A lone request's limit fits the whole cache, so this cannot happen.
+        Finish(r, absl::InternalError("the KV cache has no page for a lone request"), "error");
+        break;
+      }
+      Preempt(*victim);
+      any_preempted = true;
+      if (victim == &r) break;
+    }
+  }
+  if (!any_preempted) return;
+  for (auto& rp : running_) {
+    if (rp->preempted) preempted_.push_back(std::move(rp));
+  }
+  running_.erase(std::remove(running_.begin(), running_.end(), nullptr), running_.end());
+  // Back in arrival order: the oldest request is re-admitted first.
+  std::stable_sort(preempted_.begin(), preempted_.end(),
+                   [](const std::unique_ptr<Running>& a, const std::unique_ptr<Running>& b) {
+                     return a->enqueued_s < b->enqueued_s;
+                   });
 }
 
 bool BatchingScheduler::Admit() {
@@ -170,6 +258,34 @@ bool BatchingScheduler::Admit() {
     summary.prompt_tokens = static_cast<int64_t>(q.request->prompt.size());
     summary.queue_s = NowS() - q.enqueued_s;
     if (q.request->on_done) q.request->on_done(summary);
+  }
+  // Preempted requests come back first, oldest first.
+  while (!preempted_.empty()) {
+    {
+      absl::MutexLock lock(&mu_);
+      if (stop_) return false;
+    }
+    if (static_cast<int64_t>(running_.size()) >= options_.max_running) return true;
+    std::unique_ptr<Running> r = std::move(preempted_.front());
+    preempted_.pop_front();
+    if (r->request->cancelled->load()) {
+      r->summary.flushed_text = r->stop->Flush();
+      Finish(*r, absl::OkStatus(), "cancelled");
+      continue;
+    }
+    absl::StatusOr<bool> started = StartRunning(*r);
+    if (!started.ok()) {
+      Finish(*r, started.status(), "error");
+      continue;
+    }
+    if (!*started) {  // waits for pages; nobody overtakes it
+      preempted_.push_front(std::move(r));
+      return true;
+    }
+    running_.push_back(std::move(r));
+    absl::MutexLock lock(&mu_);
+    n_running_ = static_cast<int64_t>(running_.size());
+    UpdateGauges();
   }
   while (true) {
     Queued head;
@@ -198,22 +314,21 @@ bool BatchingScheduler::Admit() {
       continue;
     }
     if (AwaitsSharedPrefix(request.prompt)) return true;  // the head waits a step
-    absl::StatusOr<BatchModel::Started> started =
-        model_->StartSequence(request.prompt, ReserveTokens(request));
-    if (absl::IsResourceExhausted(started.status())) return true;  // the head waits
+    sampling::StopOptions stop = request.stop;
+    const int64_t room = MaxPositions() - r->n_prompt;  // >= 1 (Submit)
+    if (stop.max_tokens == 0 || stop.max_tokens > room) stop.max_tokens = room;
+    r->limit = r->n_prompt + stop.max_tokens;
+    r->tokens = request.prompt;
+    absl::StatusOr<bool> started = StartRunning(*r);
+    if (started.ok() && !*started) return true;  // the head waits
     pop();
     r->summary.queue_s = NowS() - head.enqueued_s;
     if (!started.ok()) {
       Finish(*r, started.status(), "error");
       continue;
     }
-    r->sequence = started->sequence;
-    r->pos = started->cached_tokens;
-    r->summary.cached_prompt_tokens = started->cached_tokens;
+    r->summary.cached_prompt_tokens = r->pos;
 
-    sampling::StopOptions stop = request.stop;
-    const int64_t room = model_->context_tokens() - r->n_prompt;
-    if (stop.max_tokens == 0 || stop.max_tokens > room) stop.max_tokens = room;
     const int32_t eos = model_->eos_id();
     if (!request.ignore_eos && eos >= 0 &&
         std::find(stop.stop_tokens.begin(), stop.stop_tokens.end(), eos) ==
@@ -249,25 +364,30 @@ void BatchingScheduler::Step() {
       Finish(*r, absl::OkStatus(), "cancelled");
     }
   }
+  GrowOrPreempt();
   std::vector<BatchModel::Entry> entries;
   std::vector<Running*> who;
+  std::vector<bool> is_decode;
   int64_t budget = options_.max_batch_tokens;
   int64_t n_decode = 0, n_prefill = 0;
   for (auto& r : running_) {
-    if (r->done || r->pending < 0) continue;
+    if (r->done || r->pending < 0 || r->pos < static_cast<int64_t>(r->tokens.size())) continue;
     entries.push_back({r->sequence, absl::MakeConstSpan(&r->pending, 1), r->pos});
     who.push_back(r.get());
+    is_decode.push_back(true);
     --budget;
     ++n_decode;
   }
   for (auto& r : running_) {
-    if (r->done || r->pending >= 0 || budget <= 0) continue;
-    const int64_t n = std::min({options_.chunk_tokens, r->n_prompt - r->pos, budget});
+    const int64_t n_tokens = static_cast<int64_t>(r->tokens.size());
+    if (r->done || r->pos >= n_tokens || budget <= 0) continue;
+    const int64_t n = std::min({options_.chunk_tokens, n_tokens - r->pos, budget});
     entries.push_back({r->sequence,
-                       absl::MakeConstSpan(r->request->prompt)
-                           .subspan(static_cast<size_t>(r->pos), static_cast<size_t>(n)),
+                       absl::MakeConstSpan(r->tokens).subspan(static_cast<size_t>(r->pos),
+                                                              static_cast<size_t>(n)),
                        r->pos});
     who.push_back(r.get());
+    is_decode.push_back(false);
     budget -= n;
     n_prefill += n;
   }
@@ -283,7 +403,11 @@ void BatchingScheduler::Step() {
       for (size_t e = 0; e < entries.size(); ++e) {
         Running& r = *who[e];
         r.pos += static_cast<int64_t>(entries[e].tokens.size());
-        if (r.pos < r.n_prompt) continue;  // more prompt to prefill
+        if (is_decode[e]) r.tokens.push_back(r.pending);
+        if (r.pos < static_cast<int64_t>(r.tokens.size())) continue;  // more to prefill
+        // A preempted request has recomputed its KV: its pending token (sampled
+        // before the preemption) is fed next step, nothing is sampled now.
+        if (!is_decode[e] && r.pending >= 0) continue;
         if (r.pending < 0) {
           r.decode_start_s = t1;
           r.summary.prefill_s = t1 - r.prefill_start_s;
@@ -347,7 +471,7 @@ void BatchingScheduler::Loop() {
   while (true) {
     {
       absl::MutexLock lock(&mu_);
-      if (running_.empty()) {
+      if (running_.empty() && preempted_.empty()) {
         // Idle: wait for work. (With running requests the loop never blocks.)
         mu_.Await(absl::Condition(
             +[](BatchingScheduler* s)
@@ -375,6 +499,11 @@ void BatchingScheduler::Loop() {
     }
   }
   running_.clear();
+  for (auto& r : preempted_) {
+    r->summary.flushed_text = r->stop->Flush();
+    Finish(*r, absl::OkStatus(), "cancelled");
+  }
+  preempted_.clear();
   std::deque<Queued> left;
   {
     absl::MutexLock lock(&mu_);

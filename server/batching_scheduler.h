@@ -6,31 +6,49 @@
 // from one thread. Each step it
 //   1. admits waiting requests in arrival order while fewer than
 //      `max_running` run and the model can take the KV pages of the head of
-//      the queue (prompt + max_tokens positions, minus the prefix blocks it
-//      reuses); the head waits until pages free up, and nobody behind it
-//      overtakes it (FCFS, no starvation). It also waits while a running
+//      the queue (prompt + `decode_reserve_tokens` positions, at most the
+//      request's limit, minus the prefix blocks it reuses); the head waits
+//      until pages free up, and nobody behind it overtakes it (FCFS, no
+//      starvation). Preempted requests (below) come back first. It also
+//      waits while a running
 //      request is still prefilling whole 16-token blocks the head's prompt
 //      starts with, so that a burst of requests with a new shared prefix
 //      (a system prompt) computes it once and the others reuse it;
-//   2. builds one batch: the pending token of every decoding request, then
+//   2. grows the page table of every decoding request whose next position
+//      is past its pages, one page at a time (GrowSequence). When the pool
+//      has no page left, the newest running request is preempted: its pages
+//      are released (its full blocks stay published, so most are reused) and
+//      it goes back to the head of the line with its prompt and the tokens
+//      it generated; re-admitted, it recomputes their KV (a prefill) and goes
+//      on with the token it had sampled — its output does not change, and
+//      nothing it streamed is lost or repeated. A lone request never needs
+//      preemption: its limit is at most the whole cache;
+//   3. builds one batch: the pending token of every decoding request, then
 //      prefill chunks (≤ `chunk_tokens` each) of prefilling requests in
 //      admission order, up to `max_batch_tokens` in all (decode tokens always
 //      go; a prefill that does not fit waits for the next step);
-//   3. runs it, samples one token for every request whose prompt is done
+//   4. runs it, samples one token for every request whose prompt is done
 //      (per-request sampler, stop strings, logprobs, as SerialScheduler),
 //      and ends finished or cancelled requests, freeing their pages.
 // The weights are read once per step for all of its tokens, which is what
 // makes N concurrent decodes cheaper than N sequential ones.
 //
 //   Submit ─► queued ─► admitted (pages taken, prefix reused) ─► prefill
-//   chunks ─► decode steps ─► done (pages released; full blocks stay cached)
-//            └── cancelled (client gone) / Shutdown / engine error ──► done
+//   chunks ─► decode steps (pages grow) ─► done (pages released; full
+//   blocks stay cached)     │  ▲
+//                 preempted ▼  │ re-admitted (recompute prompt + generated)
+//   cancelled (client gone) / Shutdown / engine error ──► done
+//
+// A request's limit: prompt + max_tokens, or without max_tokens (0) the
+// smaller of the context and the whole KV cache, where it ends with
+// finish_reason "length".
 //
 // Thread-safety: Submit/Shutdown are thread-safe; callbacks run on the
 // scheduler thread. Failure: Submit returns InvalidArgument (400) for an
 // empty prompt, a token id outside the vocabulary (it would fail the whole
 // batch), prompt + max_tokens beyond the context, or a request whose
-// KV pages exceed the whole cache (naming the numbers); ResourceExhausted
+// KV pages (prompt + max_tokens, or prompt + 1 without max_tokens) exceed
+// the whole cache (naming the numbers); ResourceExhausted
 // (429) when the queue is full; Unavailable after Shutdown. An engine error
 // ends every request of that step with the error.
 #ifndef MOEFLOW_SERVER_BATCHING_SCHEDULER_H_
@@ -82,6 +100,9 @@ class BatchModel {
   // they are not available now.
   virtual absl::StatusOr<Started> StartSequence(absl::Span<const int32_t> prompt,
                                                 int64_t reserve_tokens) = 0;
+  // Grows the sequence's pages to cover `reserve_tokens` positions;
+  // ResourceExhausted (nothing changes) when they are not available now.
+  virtual absl::Status GrowSequence(int64_t sequence, int64_t reserve_tokens) = 0;
   virtual void EndSequence(int64_t sequence) = 0;
   // Last-position logits of each entry, [entries × vocab].
   virtual absl::Status Forward(absl::Span<const Entry> entries, absl::Span<float> logits) = 0;
@@ -96,6 +117,9 @@ struct BatchingSchedulerOptions {
   int64_t max_batch_tokens = 512;
   // Largest prefill chunk of one request per step.
   int64_t chunk_tokens = 256;
+  // KV positions reserved beyond the prompt at admission (capped by the
+  // request's limit); later pages are taken one at a time as it decodes.
+  int64_t decode_reserve_tokens = 128;
 };
 
 class BatchingScheduler final : public GenerationBackend {
@@ -121,17 +145,26 @@ class BatchingScheduler final : public GenerationBackend {
   // Whether a running request is still prefilling whole blocks that
   // `prompt` starts with (admitting now would compute them twice).
   bool AwaitsSharedPrefix(absl::Span<const int32_t> prompt) const;
+  // Takes the model's pages for `r` (its tokens + decode_reserve_tokens,
+  // at most its limit); false when they are not available now.
+  absl::StatusOr<bool> StartRunning(Running& r);
+  // Gives every decoding request the page its next position needs,
+  // preempting the newest running requests when the pool is exhausted.
+  void GrowOrPreempt();
+  void Preempt(Running& r);
   void Step();
   void Finish(Running& r, absl::Status status, std::string reason);
   void UpdateGauges() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  int64_t ReserveTokens(const GenerationRequest& request) const;
+  // Most KV positions a request without max_tokens may hold.
+  int64_t MaxPositions() const;
 
   BatchModel* const model_;
   const BatchingSchedulerOptions options_;
   ServerMetrics* const metrics_;
 
   // Scheduler thread only.
-  std::vector<std::unique_ptr<Running>> running_;
+  std::vector<std::unique_ptr<Running>> running_;   // admission order
+  std::deque<std::unique_ptr<Running>> preempted_;  // oldest preemption first
   std::vector<float> logits_;
   double window_start_s_ = 0;
   int64_t window_prefill_ = 0, window_decode_ = 0;

@@ -42,6 +42,9 @@ class EngineBatchModel : public BatchModel {
     if (!s.ok()) return s.status();
     return Started{s->sequence, s->cached_tokens};
   }
+  absl::Status GrowSequence(int64_t sequence, int64_t reserve_tokens) override {
+    return engine_.ReserveSequence(sequence, reserve_tokens);
+  }
   void EndSequence(int64_t sequence) override { MOEFLOW_CHECK_OK(engine_.EndSequence(sequence)); }
   absl::Status Forward(absl::Span<const Entry> entries, absl::Span<float> logits) override {
     batch_.clear();

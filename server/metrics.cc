@@ -69,6 +69,11 @@ void ServerMetrics::RecordRequest(const std::string& endpoint, int code) {
   requests_[{endpoint, code}]++;
 }
 
+void ServerMetrics::RecordPreemption() {
+  absl::MutexLock lock(&mu_);
+  preemptions_++;
+}
+
 void ServerMetrics::RecordGeneration(int64_t prompt_tokens, int64_t cached_tokens,
                                      int64_t completion_tokens, double prefill_s, double decode_s) {
   absl::MutexLock lock(&mu_);
@@ -116,6 +121,9 @@ std::string ServerMetrics::RenderPrometheus() const {
             static_cast<double>(cached_tokens_));
     counter("moeflow_completion_tokens_total", "Generated tokens.",
             static_cast<double>(completion_tokens_));
+    counter("moeflow_preemptions_total",
+            "Running requests preempted (KV pool full) and recomputed later.",
+            static_cast<double>(preemptions_));
     counter("moeflow_prefill_seconds_total", "Time spent in prefill.", prefill_s_);
     counter("moeflow_decode_seconds_total", "Time spent decoding.", decode_s_);
     gauge("moeflow_prefill_tokens_per_second", "Prefill speed of the last request.",

@@ -65,6 +65,8 @@ class ServerMetrics {
   void SetKvPages(int64_t used, int64_t cached, int64_t total);
   void SetBatchThroughput(double prefill_tokens_per_s, double decode_tokens_per_s);
   void RecordRequest(const std::string& endpoint, int code);
+  // A running request preempted because the KV pool had no page left.
+  void RecordPreemption();
   // One finished generation.
   void RecordGeneration(int64_t prompt_tokens, int64_t cached_tokens, int64_t completion_tokens,
                         double prefill_s, double decode_s);
@@ -87,6 +89,7 @@ class ServerMetrics {
   uint64_t prompt_tokens_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t cached_tokens_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t completion_tokens_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t preemptions_ ABSL_GUARDED_BY(mu_) = 0;
   double prefill_s_ ABSL_GUARDED_BY(mu_) = 0;
   double decode_s_ ABSL_GUARDED_BY(mu_) = 0;
   double last_prefill_tps_ ABSL_GUARDED_BY(mu_) = 0;

@@ -75,6 +75,9 @@ struct GenerationSummary {
   int64_t prompt_tokens = 0;
   int64_t cached_prompt_tokens = 0;
   int64_t completion_tokens = 0;
+  // Times the batching scheduler preempted the request (KV pool exhausted
+  // mid-decode) and recomputed its KV later.
+  int64_t preemptions = 0;
   double queue_s = 0;
   double prefill_s = 0;
   double decode_s = 0;

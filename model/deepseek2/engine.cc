@@ -211,7 +211,9 @@ void EngineScratch::Reserve(const Deepseek2Config& c, int64_t k, int n_threads, 
   GrowTo(heads_out, n * h * c.v_head_dim);
   GrowTo(attn_out, n * c.hidden);
   if (static_cast<int>(scores.size()) < n_threads) scores.resize(static_cast<size_t>(n_threads));
-  for (std::vector<float>& s : scores) GrowTo(s, n_kv);
+  for (std::vector<float>& s : scores) GrowTo(s, kAttentionHeadGroup * n_kv);
+  if (static_cast<int>(kv_rows.size()) < n_threads) kv_rows.resize(static_cast<size_t>(n_threads));
+  for (std::vector<const float*>& r : kv_rows) GrowTo(r, n_kv);
   // The routed experts keep their own buffers (moe, reserved by MoeForward).
   GrowTo(gate, n * ffn_width);
   GrowTo(up, n * ffn_width);
@@ -326,66 +328,64 @@ void EngineAttentionBlock::ForwardSegments(const float* x, int64_t n,
 
   // 2. Absorbed queries: q_abs[t][h] = [attn_k_b[h] · q_nope[t][h], q_pe[t][h]].
   // q_nope rows (a quantized matmul in llama.cpp, so quantized here too) are
-  // laid out [h][t]; each head's matmul runs on one thread.
+  // laid out [h][t]; each head's quantization, matmul and q_pe copy run on
+  // one thread.
   float* q_abs = s.q_abs.data();
   const int64_t qn_bytes = ActivationRowBytes(w_.attn_k_b.type, nope);
-  for (int64_t h = 0; h < n_heads; ++h) {
-    QuantizeActivations(w_.attn_k_b.type, q + h * head_dim, n, nope, q_width,
-                        s.act_heads.data() + h * n * qn_bytes);
-  }
   auto k_b_job = [&](int64_t h0, int64_t h1, int) {
     for (int64_t h = h0; h < h1; ++h) {
+      QuantizeActivations(w_.attn_k_b.type, q + h * head_dim, n, nope, q_width,
+                          s.act_heads.data() + h * n * qn_bytes);
       MatmulQuantized(w_.attn_k_b.Slice(h * kv_lora, kv_lora), s.act_heads.data() + h * n * qn_bytes,
                       n, q_abs + h * row_dim, n_heads * row_dim, isa, nullptr);
-    }
-  };
-  pool->ParallelFor(n_heads, k_b_job);
-  for (int64_t t = 0; t < n; ++t) {
-    for (int64_t h = 0; h < n_heads; ++h) {
-      const float* q_pe = q + t * q_width + h * head_dim + nope;
-      std::copy(q_pe, q_pe + rope_dim, q_abs + (t * n_heads + h) * row_dim + kv_lora);
-    }
-  }
-
-  // 3. Causal softmax attention per (token, head) against the cache rows;
-  // V is the kv_cmpr part of the rows. Pairs are dealt round-robin so that
-  // threads get the same mix of short and long prefixes.
-  float* ctx = s.ctx.data();  // [t][h][kv_lora]
-  const VecDotFn dot_f32 = GetVecDot(GgmlType::kF32, isa);
-  const int n_threads = pool->size();
-  auto attn_job = [&](int64_t th0, int64_t th1, int) {
-    for (int64_t th = th0; th < th1; ++th) {
-      float* scores = s.scores[static_cast<size_t>(th)].data();
-      for (int64_t i = th; i < n * n_heads; i += n_threads) {
-        const int64_t t = i / n_heads;
-        const AttentionSegment& seg = segment_of(t);
-        const int64_t n_seen = seg.start_pos + (t - seg.first) + 1;
-        const float* qh = q_abs + i * row_dim;
-        for (int64_t j = 0; j < n_seen; ++j) {
-          scores[j] = dot_f32(row_dim, qh, seg.kv.row(j)) * rope.kq_scale;
-        }
-        SoftmaxInPlace(scores, n_seen);
-        float* o = ctx + i * kv_lora;
-        std::fill(o, o + kv_lora, 0.f);
-        for (int64_t j = 0; j < n_seen; ++j) {
-          const float p = scores[j];
-          const float* v = seg.kv.row(j);
-          for (int64_t ci = 0; ci < kv_lora; ++ci) o[ci] += p * v[ci];
-        }
+      for (int64_t t = 0; t < n; ++t) {
+        const float* q_pe = q + t * q_width + h * head_dim + nope;
+        std::copy(q_pe, q_pe + rope_dim, q_abs + (t * n_heads + h) * row_dim + kv_lora);
       }
     }
   };
-  pool->ParallelFor(n_threads, attn_job);
+  pool->ParallelFor(n_heads, k_b_job);
 
-  // 4. Per head: attn_v_b[h] · context (quantized), then attn_output.
+  // 3. Causal softmax attention per (token, group of kAttentionHeadGroup
+  // heads) against the token's cached rows (kernels/cpu/attention.h); V is
+  // the kv_cmpr part of the rows. A (token, head) result does not depend on
+  // the group, the thread or the other tokens. Units are dealt from the last
+  // token back so that the dynamically claimed chunks shrink toward the
+  // short prefixes.
+  float* ctx = s.ctx.data();  // [t][h][kv_lora]
+  const int64_t n_groups = (n_heads + kAttentionHeadGroup - 1) / kAttentionHeadGroup;
+  auto attn_job = [&](int64_t u0, int64_t u1, int thread) {
+    float* scores = s.scores[static_cast<size_t>(thread)].data();
+    const float** rows = s.kv_rows[static_cast<size_t>(thread)].data();
+    int64_t rows_token = -1;
+    for (int64_t u = u0; u < u1; ++u) {
+      const int64_t t = n - 1 - u / n_groups;
+      const int64_t h0 = (u % n_groups) * kAttentionHeadGroup;
+      const AttentionSegment& seg = segment_of(t);
+      const int64_t n_seen = seg.start_pos + (t - seg.first) + 1;
+      if (rows_token != t) {
+        for (int64_t j = 0; j < n_seen; ++j) rows[j] = seg.kv.row(j);
+        rows_token = t;
+      }
+      MlaAttentionShape shape;
+      shape.n_heads = std::min(kAttentionHeadGroup, n_heads - h0);
+      shape.row_dim = row_dim;
+      shape.v_dim = kv_lora;
+      shape.scale = rope.kq_scale;
+      MlaAttention(shape, q_abs + (t * n_heads + h0) * row_dim, row_dim, rows, n_seen, scores,
+                   ctx + (t * n_heads + h0) * kv_lora, kv_lora, isa);
+    }
+  };
+  pool->ParallelFor(n * n_groups, attn_job);
+
+  // 4. Per head (quantization and matmul on one thread): attn_v_b[h] ·
+  // context (quantized), then attn_output.
   const int64_t ctx_bytes = ActivationRowBytes(w_.attn_v_b.type, kv_lora);
-  for (int64_t h = 0; h < n_heads; ++h) {
-    QuantizeActivations(w_.attn_v_b.type, ctx + h * kv_lora, n, kv_lora, n_heads * kv_lora,
-                        s.act_heads.data() + h * n * ctx_bytes);
-  }
   float* heads_out = s.heads_out.data();
   auto v_b_job = [&](int64_t h0, int64_t h1, int) {
     for (int64_t h = h0; h < h1; ++h) {
+      QuantizeActivations(w_.attn_v_b.type, ctx + h * kv_lora, n, kv_lora, n_heads * kv_lora,
+                          s.act_heads.data() + h * n * ctx_bytes);
       MatmulQuantized(w_.attn_v_b.Slice(h * v_dim, v_dim), s.act_heads.data() + h * n * ctx_bytes,
                       n, heads_out + h * v_dim, n_heads * v_dim, isa, nullptr);
     }
@@ -716,13 +716,15 @@ absl::StatusOr<Deepseek2Engine::SequenceStart> Deepseek2Engine::StartSequence(
   // the last prompt token.
   std::vector<int32_t> reused;
   std::vector<uint64_t> hashes;
-  uint64_t hash = 0;
+  uint64_t hash = 0, serial = 0;
   int64_t evictable_reused = 0;
   for (int64_t b = 0; (b + 1) * pt <= n_prompt - 1; ++b) {
-    hash = KvPagePool::BlockHash(
-        hash, prompt.subspan(static_cast<size_t>(b * pt), static_cast<size_t>(pt)));
-    const int32_t page = pool.Find(hash);
+    const absl::Span<const int32_t> block =
+        prompt.subspan(static_cast<size_t>(b * pt), static_cast<size_t>(pt));
+    hash = pool.Hash(hash, block);
+    const int32_t page = pool.Find(hash, serial, block);  // verifies the tokens
     if (page < 0) break;
+    serial = pool.serial(page);
     reused.push_back(page);
     hashes.push_back(hash);
     if (pool.refcount(page) == 0) ++evictable_reused;
@@ -736,7 +738,9 @@ absl::StatusOr<Deepseek2Engine::SequenceStart> Deepseek2Engine::StartSequence(
   Sequence seq;
   seq.pages.reserve(static_cast<size_t>(n_pages));
   for (size_t i = 0; i < reused.size(); ++i) {
-    MOEFLOW_CHECK(pool.Acquire(hashes[i]) == reused[i]);
+    MOEFLOW_CHECK(pool.Acquire(hashes[i], i == 0 ? 0 : pool.serial(reused[i - 1]),
+                               prompt.subspan(i * static_cast<size_t>(pt),
+                                              static_cast<size_t>(pt))) == reused[i]);
     seq.pages.push_back(reused[i]);
   }
   for (int64_t i = 0; i < fresh; ++i) {
@@ -748,9 +752,44 @@ absl::StatusOr<Deepseek2Engine::SequenceStart> Deepseek2Engine::StartSequence(
   seq.tokens.assign(prompt.begin(), prompt.begin() + cached);
   seq.published_blocks = static_cast<int64_t>(reused.size());
   seq.last_hash = hashes.empty() ? 0 : hashes.back();
+  seq.last_serial = serial;
   const int64_t id = next_sequence_++;
   sequences_.emplace(id, std::move(seq));
   return SequenceStart{id, cached};
+}
+
+absl::Status Deepseek2Engine::ReserveSequence(int64_t sequence, int64_t reserve_tokens) {
+  auto it = sequences_.find(sequence);
+  if (it == sequences_.end()) {
+    return absl::NotFoundError(absl::StrCat("ReserveSequence: no sequence ", sequence));
+  }
+  KvPagePool& pool = *kv_pool_;
+  const int64_t pt = pool.page_tokens();
+  if (reserve_tokens > config_.context_length) {
+    return absl::InvalidArgumentError(absl::StrCat("ReserveSequence: reserve_tokens ",
+                                                   reserve_tokens, " exceeds context_length ",
+                                                   config_.context_length));
+  }
+  const int64_t n_pages = (reserve_tokens + pt - 1) / pt;
+  if (n_pages > pool.n_pages()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "ReserveSequence: ", reserve_tokens, " positions need ", n_pages, " KV pages of ", pt,
+        " tokens but the whole cache has ", pool.n_pages(), " (", pool.n_pages() * pt, " tokens)"));
+  }
+  std::vector<int32_t>& pages = it->second.pages;
+  const int64_t fresh = n_pages - static_cast<int64_t>(pages.size());
+  if (fresh <= 0) return absl::OkStatus();
+  if (pool.available_pages() < fresh) {
+    return absl::ResourceExhaustedError(absl::StrCat("ReserveSequence: ", fresh,
+                                                     " KV pages needed, ",
+                                                     pool.available_pages(), " available now"));
+  }
+  for (int64_t i = 0; i < fresh; ++i) {
+    const int32_t page = pool.Allocate();
+    MOEFLOW_CHECK(page >= 0);
+    pages.push_back(page);
+  }
+  return absl::OkStatus();
 }
 
 absl::Status Deepseek2Engine::EndSequence(int64_t sequence) {
@@ -874,11 +913,17 @@ absl::Status Deepseek2Engine::ForwardBatch(absl::Span<const BatchEntry> entries,
     Sequence& seq = *seqs[e];
     seq.tokens.insert(seq.tokens.end(), entries[e].tokens.begin(), entries[e].tokens.end());
     const absl::Span<const int32_t> tokens(seq.tokens);
-    while ((seq.published_blocks + 1) * pt <= static_cast<int64_t>(seq.tokens.size())) {
+    while (seq.publishing &&
+           (seq.published_blocks + 1) * pt <= static_cast<int64_t>(seq.tokens.size())) {
       const int64_t b = seq.published_blocks;
-      seq.last_hash = KvPagePool::BlockHash(
-          seq.last_hash, tokens.subspan(static_cast<size_t>(b * pt), static_cast<size_t>(pt)));
-      pool.Publish(seq.pages[static_cast<size_t>(b)], seq.last_hash);
+      const absl::Span<const int32_t> block =
+          tokens.subspan(static_cast<size_t>(b * pt), static_cast<size_t>(pt));
+      seq.last_hash = pool.Hash(seq.last_hash, block);
+      // 0: a different block holds this hash (a collision); later blocks
+      // would have no verifiable parent, so this sequence publishes no more.
+      seq.last_serial =
+          pool.Publish(seq.pages[static_cast<size_t>(b)], seq.last_hash, seq.last_serial, block);
+      seq.publishing = seq.last_serial != 0;
       ++seq.published_blocks;
     }
   }

@@ -11,7 +11,9 @@
 // floats; ffn_gate_inp goes through the F32 matmul, as in llama.cpp.
 // Attention math is float32 over an F32 compressed (MLA) KV cache, in the
 // absorbed layout: q_nope·attn_k_b and context·attn_v_b are per-head matmuls
-// with the (quantized) 3-D tensors, as in llama.cpp's graph.
+// with the (quantized) 3-D tensors, as in llama.cpp's graph; the scores,
+// softmax and context run in kernels/cpu/attention (AVX-512 tiles over a
+// token's group of heads × its cached rows), split over (token, head group).
 //
 //   Open ─► Forward(prompt, 0) ─► Forward({t}, n) ─► Forward({t'}, n+1) ─► ...
 //   (start_pos may go back: positions >= start_pos are recomputed)
@@ -46,6 +48,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
+#include "kernels/cpu/attention.h"
 #include "kernels/cpu/matmul.h"
 #include "kernels/cpu/moe.h"
 #include "kernels/cpu/thread_pool.h"
@@ -86,6 +89,10 @@ struct EngineWeights {
       const std::function<void(int64_t done, int64_t total)>& progress = nullptr);
 };
 
+// Heads per unit of attention work (one token × this many heads): the
+// cached rows are read once per unit for all its heads (kernels/cpu/attention.h).
+inline constexpr int64_t kAttentionHeadGroup = 4;
+
 // Buffers of one forward pass, sized for `capacity` tokens and `kv_capacity`
 // cached positions. Grows (allocates) only when asked for more.
 struct EngineScratch {
@@ -97,7 +104,10 @@ struct EngineScratch {
   std::vector<float> x, ffn_inp, x_norm, routed, shared, logits_norm;
   // Attention.
   std::vector<float> q, q_a, kv_a, q_abs, ctx, heads_out, attn_out;
-  std::vector<std::vector<float>> scores;  // per thread, kv_capacity
+  // Per thread: scores of one head group (kAttentionHeadGroup × kv_capacity)
+  // and the row pointers of one token's cached positions (kv_capacity).
+  std::vector<std::vector<float>> scores;
+  std::vector<std::vector<const float*>> kv_rows;
   // FFNs.
   std::vector<float> gate, up;
   // Router.
@@ -260,14 +270,15 @@ class Deepseek2Engine {
   //
   //   StartSequence ─► ForwardBatch({seq, chunk, n}) ... ─► EndSequence
   //
-  // StartSequence takes the pages for `reserve_tokens` positions (prompt and
-  // everything it may generate, ≤ context_length) at once, so a started
-  // sequence never runs out of KV memory. The longest run of whole blocks at
-  // the start of `prompt` that the pool has published (hash of the block's
-  // tokens chained with the previous blocks') is shared instead of
-  // allocated — never the block holding the prompt's last token, whose
-  // logits the caller needs. The sequence then holds `cached_tokens`
-  // positions; its first ForwardBatch starts there.
+  // StartSequence takes the pages for `reserve_tokens` positions (≥ the
+  // prompt, ≤ context_length); ReserveSequence grows that later, as
+  // decoding goes on. The longest run of whole blocks at the start of
+  // `prompt` that the pool has published (found by the hash of the block's
+  // tokens chained with the previous blocks', then verified token by token:
+  // see kv_pages.h) is shared instead of allocated — never the block
+  // holding the prompt's last token, whose logits the caller needs. The
+  // sequence then holds `cached_tokens` positions; its first ForwardBatch
+  // starts there.
   // Errors: FailedPrecondition without a pool; InvalidArgument for an empty
   // prompt, reserve_tokens < prompt size, > context_length or more pages than
   // the whole pool; ResourceExhausted when the pages are not available now
@@ -278,6 +289,11 @@ class Deepseek2Engine {
   };
   absl::StatusOr<SequenceStart> StartSequence(absl::Span<const int32_t> prompt,
                                               int64_t reserve_tokens);
+  // Grows the sequence's page table to cover `reserve_tokens` positions
+  // (no-op when it already does). InvalidArgument beyond context_length or
+  // the whole pool; ResourceExhausted (nothing changes) when the pages are
+  // not available now; NotFound for an unknown id.
+  absl::Status ReserveSequence(int64_t sequence, int64_t reserve_tokens);
   // Releases the sequence's pages (published ones stay cached for reuse).
   // NotFound for an unknown id.
   absl::Status EndSequence(int64_t sequence);
@@ -301,6 +317,8 @@ class Deepseek2Engine {
 
   // The pool (null without one): page size, pages used / cached / total.
   const KvPagePool* kv_pages() const { return kv_pool_ ? kv_pool_.get() : nullptr; }
+  // For tests (e.g. KvPagePool::set_hash_for_testing); null without a pool.
+  KvPagePool* mutable_kv_pages_for_testing() { return kv_pool_ ? kv_pool_.get() : nullptr; }
 
  private:
   Deepseek2Engine() = default;
@@ -309,10 +327,12 @@ class Deepseek2Engine {
   void LayerFfn(int64_t il, int64_t n);
 
   struct Sequence {
-    std::vector<int32_t> pages;    // page table, reserved at start
+    std::vector<int32_t> pages;    // page table (StartSequence, ReserveSequence)
     std::vector<int32_t> tokens;   // every position's token
     int64_t published_blocks = 0;  // leading blocks whose hash is known
     uint64_t last_hash = 0;        // hash of block published_blocks - 1
+    uint64_t last_serial = 0;      // serial naming blocks 0..published_blocks-1
+    bool publishing = true;        // false after a hash collision broke the chain
   };
 
   Deepseek2EngineOptions options_;

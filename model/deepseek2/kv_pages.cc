@@ -25,6 +25,9 @@ int32_t KvPagePool::Allocate() {
     Page& evicted = pages_[static_cast<size_t>(id)];
     by_hash_.erase(evicted.hash);
     evicted.hashed = false;
+    evicted.serial = 0;
+    evicted.parent = 0;
+    evicted.tokens.clear();
   } else {
     return -1;
   }
@@ -32,13 +35,18 @@ int32_t KvPagePool::Allocate() {
   return id;
 }
 
-int32_t KvPagePool::Find(uint64_t hash) const {
+int32_t KvPagePool::Find(uint64_t hash, uint64_t parent, absl::Span<const int32_t> tokens) const {
   auto it = by_hash_.find(hash);
-  return it == by_hash_.end() ? -1 : it->second;
+  if (it == by_hash_.end()) return -1;
+  const Page& p = pages_[static_cast<size_t>(it->second)];
+  // The hash may collide: the prefix matches only if the parent and the
+  // block's tokens do.
+  if (p.parent != parent || absl::MakeConstSpan(p.tokens) != tokens) return -1;
+  return it->second;
 }
 
-int32_t KvPagePool::Acquire(uint64_t hash) {
-  const int32_t id = Find(hash);
+int32_t KvPagePool::Acquire(uint64_t hash, uint64_t parent, absl::Span<const int32_t> tokens) {
+  const int32_t id = Find(hash, parent, tokens);
   if (id < 0) return -1;
   Page& p = pages_[static_cast<size_t>(id)];
   if (p.refs == 0) lru_.erase(p.lru);
@@ -58,15 +66,27 @@ void KvPagePool::Release(int32_t id) {
   }
 }
 
-bool KvPagePool::Publish(int32_t id, uint64_t hash) {
+uint64_t KvPagePool::Publish(int32_t id, uint64_t hash, uint64_t parent,
+                             absl::Span<const int32_t> tokens) {
   MOEFLOW_CHECK(id >= 0 && id < n_pages_);
+  MOEFLOW_CHECK(static_cast<int64_t>(tokens.size()) == page_tokens_);
   Page& p = pages_[static_cast<size_t>(id)];
   MOEFLOW_CHECK(p.refs > 0);
-  if (p.hashed || by_hash_.count(hash) != 0) return false;
+  if (p.hashed) return 0;
+  auto it = by_hash_.find(hash);
+  if (it != by_hash_.end()) {
+    // Same prefix already published (its serial names ours too), or a
+    // collision (no serial: the chain stops here).
+    const int32_t holder = Find(hash, parent, tokens);
+    return holder < 0 ? 0 : pages_[static_cast<size_t>(holder)].serial;
+  }
   p.hashed = true;
   p.hash = hash;
+  p.serial = next_serial_++;
+  p.parent = parent;
+  p.tokens.assign(tokens.begin(), tokens.end());
   by_hash_[hash] = id;
-  return true;
+  return p.serial;
 }
 
 uint64_t KvPagePool::BlockHash(uint64_t previous, absl::Span<const int32_t> tokens) {

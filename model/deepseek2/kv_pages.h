@@ -12,7 +12,15 @@
 // can be published under the hash of its tokens chained with the hash of the
 // previous block (so the hash names the whole prefix up to and including that
 // block). A later sequence whose prompt starts with the same blocks takes
-// those pages (Acquire) instead of recomputing them. When the last reference
+// those pages (Acquire) instead of recomputing them.
+//
+// The hash is only an index, never trusted: a published page keeps its
+// block's tokens and the serial of its parent (the published page holding
+// the previous block; 0 for the first block), and Find/Acquire match only
+// when both are equal too. Serials are unique and never reused (an evicted
+// and republished page gets a new one), so matching block by block from the
+// first one proves the whole prefix equal by induction; a 64-bit hash
+// collision is a miss, never another prompt's KV. When the last reference
 // goes, a published page stays cached (evictable, in LRU order) and an
 // unpublished one goes back to the free list; Allocate takes a free page
 // first, then evicts the least recently released cached page.
@@ -60,20 +68,38 @@ class KvPagePool {
   int64_t available_pages() const { return free_pages() + cached_pages(); }
 
   // A page with refcount 1, or -1 when none is free or evictable. Evicting
-  // forgets the page's hash.
+  // forgets the page's hash, tokens and serial.
   int32_t Allocate();
-  // The page published under `hash` with one more reference (taken out of
-  // the LRU list if it was unreferenced), or -1.
-  int32_t Acquire(uint64_t hash);
-  // The page published under `hash` without taking it, or -1.
-  int32_t Find(uint64_t hash) const;
+  // The page published under `hash` whose parent serial is `parent` and
+  // whose block holds exactly `tokens`, with one more reference (taken out
+  // of the LRU list if it was unreferenced); -1 when there is none (a page
+  // under `hash` with other tokens or another parent is a collision: -1).
+  int32_t Acquire(uint64_t hash, uint64_t parent, absl::Span<const int32_t> tokens);
+  // As Acquire, without taking the page.
+  int32_t Find(uint64_t hash, uint64_t parent, absl::Span<const int32_t> tokens) const;
   // Drops one reference; see the state machine above.
   void Release(int32_t page);
-  // Registers a full, referenced page under `hash`. Returns false (and
-  // changes nothing) when another page already holds that hash or this page
-  // is already published.
-  bool Publish(int32_t page, uint64_t hash);
+  // Registers a full, referenced page holding block `tokens` (page_tokens
+  // of them) after the prefix named by serial `parent` (0: first block)
+  // under `hash`. Returns the serial that names this prefix from now on:
+  // the page's new serial; or, when another page already holds `hash` with
+  // the same parent and tokens (the same prefix computed twice), that
+  // page's serial and this page stays unpublished; or 0 when `hash` is held
+  // by a different block (a collision) or this page is already published —
+  // then nothing changes and the caller must not publish later blocks of
+  // this sequence (their parent has no serial).
+  uint64_t Publish(int32_t page, uint64_t hash, uint64_t parent, absl::Span<const int32_t> tokens);
   int32_t refcount(int32_t page) const { return pages_[static_cast<size_t>(page)].refs; }
+  // The page's serial while published, else 0.
+  uint64_t serial(int32_t page) const { return pages_[static_cast<size_t>(page)].serial; }
+
+  // The hash Find/Acquire/Publish callers should index by: BlockHash unless
+  // a test replaced it (set_hash_for_testing) to force collisions.
+  uint64_t Hash(uint64_t previous, absl::Span<const int32_t> tokens) const {
+    return hash_fn_(previous, tokens);
+  }
+  using HashFn = uint64_t (*)(uint64_t previous, absl::Span<const int32_t> tokens);
+  void set_hash_for_testing(HashFn fn) { hash_fn_ = fn; }
 
   // Hash of a block of tokens chained after the previous block's hash (0 for
   // the first block): FNV-1a over the previous hash and the token ids, then
@@ -85,6 +111,9 @@ class KvPagePool {
     int32_t refs = 0;
     bool hashed = false;
     uint64_t hash = 0;
+    uint64_t serial = 0;               // unique while hashed, else 0
+    uint64_t parent = 0;               // serial of the previous block's page (0: first block)
+    std::vector<int32_t> tokens;       // the block's tokens while hashed
     std::list<int32_t>::iterator lru;  // valid when refs == 0 && hashed
   };
 
@@ -97,6 +126,8 @@ class KvPagePool {
   std::vector<int32_t> free_;  // a stack: the most recently freed page first
   std::list<int32_t> lru_;     // unreferenced hashed pages, least recently released first
   std::unordered_map<uint64_t, int32_t> by_hash_;
+  uint64_t next_serial_ = 1;
+  HashFn hash_fn_ = &BlockHash;
 };
 
 }  // namespace moeflow

@@ -1,9 +1,12 @@
 // BatchingScheduler on the real engine (tiny-v3 fixture, paged KV cache):
 // concurrent greedy outputs equal the same prompts run one at a time
-// (SerialScheduler), prefix reuse is reported, admission errors and waits,
-// cancellation frees the pages, and sampling with a seed matches too.
+// (SerialScheduler), prefix reuse is reported (and a forced hash collision
+// is not reused), admission errors and waits, pages grow on demand and an
+// exhausted pool preempts without changing outputs, cancellation frees the
+// pages, and sampling with a seed matches too.
 #include "server/batching_scheduler.h"
 
+#include <algorithm>
 #include <atomic>
 #include <memory>
 #include <random>
@@ -11,11 +14,13 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "generation/text_generator.h"
 #include "gtest/gtest.h"
+#include "model/deepseek2/kv_pages.h"
 #include "server/engine_batch_model.h"
 #include "server/engine_sequence_model.h"
 #include "server/metrics.h"
@@ -148,6 +153,110 @@ TEST(BatchingSchedulerTest, SharedPrefixIsReportedAsCachedTokens) {
   EXPECT_EQ(second[0]->tokens, again[0]->tokens);
 }
 
+// Every first block hashes to 1, every second block to 2, whatever its tokens.
+uint64_t CollidingHash(uint64_t previous, absl::Span<const int32_t>) { return previous + 1; }
+
+TEST(BatchingSchedulerTest, HashCollisionIsNotReused) {
+  auto generator = OpenGenerator(1024);
+  ASSERT_NE(generator, nullptr);
+  KvPagePool* pool = generator->engine().mutable_kv_pages_for_testing();
+  ASSERT_NE(pool, nullptr);
+  pool->set_hash_for_testing(&CollidingHash);
+  EngineBatchModel model(generator.get());
+  BatchingScheduler scheduler(&model, BatchingSchedulerOptions{}, nullptr);
+  const std::vector<int32_t> a = RandomPrompt(40, 41), b = RandomPrompt(40, 42);
+  std::vector<int32_t> a2 = a;
+  a2.back() = 3;
+  auto first = RunAll(scheduler, {a}, 4);
+  // b's two blocks have a's hashes but other tokens: a miss, not a's KV.
+  auto second = RunAll(scheduler, {b}, 4);
+  // The same blocks as a's are still found.
+  auto third = RunAll(scheduler, {a2}, 4);
+  EXPECT_EQ(first[0]->summary.cached_prompt_tokens, 0);
+  EXPECT_EQ(second[0]->summary.cached_prompt_tokens, 0);
+  EXPECT_EQ(third[0]->summary.cached_prompt_tokens, 32);
+  EngineSequenceModel serial_model(generator.get());
+  SerialScheduler serial(&serial_model, SerialSchedulerOptions{}, nullptr);
+  auto again = RunAll(serial, {b, a2}, 4);
+  EXPECT_EQ(second[0]->tokens, again[0]->tokens);
+  EXPECT_EQ(third[0]->tokens, again[1]->tokens);
+}
+
+TEST(BatchingSchedulerTest, WithoutMaxTokensPagesGrowAsItDecodes) {
+  auto generator = OpenGenerator(1024);  // 64 pages; context 256
+  ASSERT_NE(generator, nullptr);
+  EngineBatchModel model(generator.get());
+  BatchingSchedulerOptions options;
+  options.decode_reserve_tokens = 16;
+  BatchingScheduler scheduler(&model, options, nullptr);
+  Outcome o;
+  std::vector<int64_t> pages_at_token;  // on the scheduler thread
+  auto r = MakeRequest(RandomPrompt(20, 50), 0, &o);
+  r->on_token = [&](const GeneratedToken& t) {
+    o.tokens.push_back(t.token);
+    pages_at_token.push_back(model.kv_pages_used());
+  };
+  ASSERT_TRUE(scheduler.Submit(r).ok());
+  ASSERT_TRUE(o.done.WaitForNotificationWithTimeout(absl::Seconds(60)));
+  EXPECT_EQ(o.summary.finish_reason, "length");
+  ASSERT_EQ(o.tokens.size(), 236u);  // up to the context
+  // 20 + 16 positions at admission (not the context's 16 pages), then one
+  // page each time the positions held (20 + tokens fed) pass a page.
+  EXPECT_EQ(pages_at_token[0], 3);
+  for (size_t k = 0; k < pages_at_token.size(); ++k) {
+    const int64_t held = 20 + static_cast<int64_t>(k);
+    EXPECT_EQ(pages_at_token[k], std::max<int64_t>(3, (held + 15) / 16)) << k;
+  }
+  EXPECT_EQ(o.summary.preemptions, 0);
+  EXPECT_EQ(model.kv_pages_used(), 0);
+}
+
+TEST(BatchingSchedulerTest, ExhaustedPoolPreemptsTheNewestAndOutputsAreUnchanged) {
+  auto generator = OpenGenerator(128);  // 8 pages; context 256
+  ASSERT_NE(generator, nullptr);
+  const std::vector<std::vector<int32_t>> prompts = {RandomPrompt(20, 60), RandomPrompt(25, 61),
+                                                     RandomPrompt(30, 62)};
+  for (float temperature : {0.0f, 0.8f}) {
+    std::vector<std::unique_ptr<Outcome>> batched;
+    std::string metrics_text;
+    {
+      ServerMetrics metrics;
+      EngineBatchModel model(generator.get());
+      BatchingSchedulerOptions options;
+      options.decode_reserve_tokens = 8;
+      options.chunk_tokens = 16;
+      BatchingScheduler scheduler(&model, options, &metrics);
+      // No max_tokens: each runs until it holds the whole cache (128).
+      batched = RunAll(scheduler, prompts, 0, temperature);
+      EXPECT_EQ(model.kv_pages_used(), 0);
+      metrics_text = metrics.RenderPrometheus();
+    }
+    int64_t preemptions = 0;
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      const GenerationSummary& s = batched[i]->summary;
+      EXPECT_TRUE(s.status.ok()) << s.status;
+      EXPECT_EQ(s.finish_reason, "length");
+      preemptions += s.preemptions;
+      // Alone, with max_tokens set to the same limit: the same tokens.
+      EngineSequenceModel serial_model(generator.get());
+      SerialScheduler serial(&serial_model, SerialSchedulerOptions{}, nullptr);
+      std::vector<std::unique_ptr<Outcome>> outs;
+      outs.push_back(std::make_unique<Outcome>());
+      ASSERT_TRUE(serial
+                      .Submit(MakeRequest(prompts[i], 128 - static_cast<int64_t>(prompts[i].size()),
+                                          outs.back().get(), temperature, i + 1))
+                      .ok());
+      ASSERT_TRUE(WaitAll(outs));
+      EXPECT_EQ(batched[i]->tokens.size(), 128 - prompts[i].size());
+      EXPECT_EQ(batched[i]->tokens, outs[0]->tokens) << "prompt " << i << " T " << temperature;
+    }
+    EXPECT_GT(preemptions, 0);
+    EXPECT_NE(metrics_text.find(absl::StrCat("moeflow_preemptions_total ", preemptions)),
+              std::string::npos)
+        << metrics_text;
+  }
+}
+
 TEST(BatchingSchedulerTest, ConcurrentRequestsWithANewSharedPrefixComputeItOnce) {
   auto generator = OpenGenerator(2048);
   ASSERT_NE(generator, nullptr);
@@ -185,6 +294,12 @@ TEST(BatchingSchedulerTest, AdmissionErrorsAndWaitingForPages) {
   EXPECT_EQ(too_big.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(too_big.message().find("9 pages of 16 tokens"), std::string::npos) << too_big;
   EXPECT_NE(too_big.message().find("has 8 pages (128 tokens)"), std::string::npos) << too_big;
+  // Without max_tokens the prompt and one generated token must fit: 130 + 1
+  // positions = 9 pages, never.
+  absl::Status no_room = scheduler.Submit(MakeRequest(RandomPrompt(130, 2), 0, &never));
+  EXPECT_EQ(no_room.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(no_room.message().find("prompt 130 + 1 to generate) = 9 pages"), std::string::npos)
+      << no_room;
   Outcome empty;
   EXPECT_EQ(scheduler.Submit(MakeRequest({}, 4, &empty)).code(),
             absl::StatusCode::kInvalidArgument);

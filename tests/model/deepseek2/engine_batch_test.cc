@@ -301,6 +301,48 @@ TEST(EngineBatchTest, AdmissionEvictionAndErrors) {
   EXPECT_EQ(after->cached_tokens, 0);
 }
 
+TEST(EngineBatchTest, ReserveSequenceGrowsThePageTableOnDemand) {
+  // 8 pages of 16 tokens.
+  auto engine = OpenPaged(FixturePath("tiny-v3", "q8_0.gguf"), 128, 16);
+  ASSERT_NE(engine, nullptr);
+  const int64_t vocab = engine->config().vocab_size;
+  const std::vector<int32_t> p = RandomTokens(48, vocab, 9);
+  const std::vector<int32_t> next = RandomTokens(4, vocab, 10);
+  std::vector<float> grown_logits(static_cast<size_t>(vocab)), whole_logits(grown_logits.size());
+
+  auto s = engine->StartSequence(p, 48);  // 3 pages, exactly the prompt
+  ASSERT_TRUE(s.ok()) << s.status();
+  ASSERT_TRUE(engine->ForwardBatch({{s->sequence, p, 0}}, absl::MakeSpan(grown_logits)).ok());
+  // Position 48 is past the pages: refused until the table grows.
+  EXPECT_EQ(engine->ForwardBatch({{s->sequence, next, 48}}, absl::MakeSpan(grown_logits)).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(engine->ReserveSequence(s->sequence, 20).ok());  // already covered: no-op
+  EXPECT_EQ(engine->kv_pages()->referenced_pages(), 3);
+  ASSERT_TRUE(engine->ReserveSequence(s->sequence, 52).ok());
+  EXPECT_EQ(engine->kv_pages()->referenced_pages(), 4);
+  ASSERT_TRUE(engine->ForwardBatch({{s->sequence, next, 48}}, absl::MakeSpan(grown_logits)).ok());
+
+  // Errors change nothing.
+  EXPECT_EQ(engine->ReserveSequence(s->sequence + 100, 64).code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(engine->ReserveSequence(s->sequence, 129).code(), absl::StatusCode::kInvalidArgument);
+  auto other = engine->StartSequence(RandomTokens(20, vocab, 11), 64);  // the other 4 pages
+  ASSERT_TRUE(other.ok()) << other.status();
+  EXPECT_EQ(engine->ReserveSequence(s->sequence, 65).code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(engine->kv_pages()->referenced_pages(), 8);
+  ASSERT_TRUE(engine->EndSequence(other->sequence).ok());
+  ASSERT_TRUE(engine->EndSequence(s->sequence).ok());
+
+  // The grown sequence's logits equal those of one reserved whole at start
+  // (no prefix reuse: a fresh engine).
+  auto fresh = OpenPaged(FixturePath("tiny-v3", "q8_0.gguf"), 128, 16);
+  ASSERT_NE(fresh, nullptr);
+  auto w = fresh->StartSequence(p, 52);
+  ASSERT_TRUE(w.ok()) << w.status();
+  ASSERT_TRUE(fresh->ForwardBatch({{w->sequence, p, 0}}, absl::MakeSpan(whole_logits)).ok());
+  ASSERT_TRUE(fresh->ForwardBatch({{w->sequence, next, 48}}, absl::MakeSpan(whole_logits)).ok());
+  EXPECT_EQ(grown_logits, whole_logits);
+}
+
 TEST(EngineBatchTest, WithoutPoolTheBatchedApiIsAPreconditionError) {
   auto engine = OpenPaged(FixturePath("tiny-v3", "q8_0.gguf"), 0);
   ASSERT_NE(engine, nullptr);

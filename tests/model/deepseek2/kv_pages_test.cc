@@ -1,4 +1,5 @@
-// KvPagePool: refcounts, publish/acquire by block hash, LRU eviction order.
+// KvPagePool: refcounts, publish/acquire by block hash verified against the
+// block's tokens and parent (collisions miss), LRU eviction order.
 #include "model/deepseek2/kv_pages.h"
 
 #include <vector>
@@ -26,31 +27,85 @@ TEST(KvPagePoolTest, LayoutAndCounts) {
 
 TEST(KvPagePoolTest, PublishedPagesAreSharedCachedAndEvictedLeastRecentFirst) {
   KvPagePool pool(1, 2, 4, 3);
+  const std::vector<int32_t> ta = {1, 2, 3, 4}, tb = {5, 6, 7, 8}, tc = {9, 9, 9, 9};
   const int32_t a = pool.Allocate(), b = pool.Allocate(), c = pool.Allocate();
-  EXPECT_TRUE(pool.Publish(a, 11));
-  EXPECT_TRUE(pool.Publish(b, 22));
-  EXPECT_FALSE(pool.Publish(c, 11));  // hash taken by a
-  EXPECT_FALSE(pool.Publish(a, 33));  // a already published
-  EXPECT_EQ(pool.Acquire(11), a);
+  const uint64_t sa = pool.Publish(a, 11, 0, ta);
+  EXPECT_NE(sa, 0u);
+  EXPECT_EQ(pool.serial(a), sa);
+  const uint64_t sb = pool.Publish(b, 22, sa, tb);
+  EXPECT_NE(sb, 0u);
+  EXPECT_NE(sb, sa);
+  EXPECT_EQ(pool.Publish(c, 11, 0, ta), sa);  // same prefix already published: a's serial
+  EXPECT_EQ(pool.serial(c), 0u);              // and c stays unpublished
+  EXPECT_EQ(pool.Publish(a, 33, 0, tc), 0u);  // a already published
+  EXPECT_EQ(pool.Acquire(11, 0, ta), a);
   EXPECT_EQ(pool.refcount(a), 2);
-  EXPECT_EQ(pool.Acquire(44), -1);
+  EXPECT_EQ(pool.Acquire(44, 0, ta), -1);
   pool.Release(a);
   pool.Release(a);  // unreferenced, stays cached
   pool.Release(b);  // cached after a
   pool.Release(c);  // unpublished: free
   EXPECT_EQ(pool.cached_pages(), 2);
   EXPECT_EQ(pool.free_pages(), 1);
-  EXPECT_EQ(pool.Find(22), b);
+  EXPECT_EQ(pool.Find(22, sa, tb), b);
   // Acquire takes a cached page back out of the LRU list.
-  EXPECT_EQ(pool.Acquire(22), b);
+  EXPECT_EQ(pool.Acquire(22, sa, tb), b);
   EXPECT_EQ(pool.cached_pages(), 1);
-  pool.Release(b);                // now b is the most recently released
-  EXPECT_EQ(pool.Allocate(), c);  // free first
-  EXPECT_EQ(pool.Allocate(), a);  // then the least recently released cached page
-  EXPECT_EQ(pool.Find(11), -1);   // whose hash is forgotten
-  EXPECT_EQ(pool.Find(22), b);
+  pool.Release(b);                      // now b is the most recently released
+  EXPECT_EQ(pool.Allocate(), c);        // free first
+  EXPECT_EQ(pool.Allocate(), a);        // then the least recently released cached page
+  EXPECT_EQ(pool.Find(11, 0, ta), -1);  // whose hash is forgotten
+  EXPECT_EQ(pool.serial(a), 0u);
+  EXPECT_EQ(pool.Find(22, sa, tb), b);
   EXPECT_EQ(pool.Allocate(), b);
   EXPECT_EQ(pool.Allocate(), -1);
+}
+
+TEST(KvPagePoolTest, HashCollisionIsAMissNotAReuse) {
+  KvPagePool pool(1, 2, 4, 4);
+  const std::vector<int32_t> x = {1, 2, 3, 4}, y = {1, 2, 3, 5};
+  const int32_t a = pool.Allocate();
+  const uint64_t sa = pool.Publish(a, 7, 0, x);
+  ASSERT_NE(sa, 0u);
+  // Another block under the same hash (a forced collision): not found, not
+  // acquired, and it cannot be published over a.
+  EXPECT_EQ(pool.Find(7, 0, y), -1);
+  EXPECT_EQ(pool.Acquire(7, 0, y), -1);
+  EXPECT_EQ(pool.refcount(a), 1);
+  const int32_t b = pool.Allocate();
+  EXPECT_EQ(pool.Publish(b, 7, 0, y), 0u);
+  EXPECT_EQ(pool.serial(b), 0u);
+  // The same block after another prefix (parent) is a miss too, even when
+  // the chained hash collides.
+  const int32_t c = pool.Allocate();
+  const uint64_t sc = pool.Publish(c, 8, sa, x);
+  ASSERT_NE(sc, 0u);
+  EXPECT_EQ(pool.Find(8, sa, x), c);
+  EXPECT_EQ(pool.Find(8, sa + 100, x), -1);
+  EXPECT_EQ(pool.Find(8, 0, x), -1);
+  // An evicted and republished parent gets a new serial, so children
+  // published under the old one no longer match it.
+  pool.Release(a);
+  pool.Release(b);
+  pool.Release(c);
+  while (pool.free_pages() > 0) pool.Allocate();
+  const int32_t evicted = pool.Allocate();  // a: the least recently released cached page
+  EXPECT_EQ(evicted, a);
+  EXPECT_EQ(pool.Find(7, 0, x), -1);
+  const uint64_t sa2 = pool.Publish(a, 7, 0, x);
+  EXPECT_NE(sa2, 0u);
+  EXPECT_NE(sa2, sa);
+  EXPECT_EQ(pool.Find(8, sa2, x), -1);
+}
+
+TEST(KvPagePoolTest, InjectedHashIsUsed) {
+  KvPagePool pool(1, 2, 4, 2);
+  const std::vector<int32_t> x = {1, 2, 3, 4};
+  EXPECT_EQ(pool.Hash(0, x), KvPagePool::BlockHash(0, x));
+  pool.set_hash_for_testing(
+      +[](uint64_t previous, absl::Span<const int32_t>) -> uint64_t { return previous + 1; });
+  EXPECT_EQ(pool.Hash(0, x), 1u);
+  EXPECT_EQ(pool.Hash(41, {9, 9, 9, 9}), 42u);
 }
 
 TEST(KvPagePoolTest, BlockHashDependsOnTokensOrderAndPrefix) {
