@@ -31,6 +31,9 @@ ABSL_FLAG(std::string, control_token, "",
           "non-loopback address");
 ABSL_FLAG(std::string, gpu_worker_binary, "",
           "gpu_worker executable; empty: the one built beside this binary");
+ABSL_FLAG(std::string, overlap_shared_experts, "auto",
+          "auto|on|off: compute the shared experts (in-process CPU gpu worker) while the expert "
+          "workers compute the routed ones; auto: only when both pools fit this host's cores");
 ABSL_FLAG(std::string, expert_worker_binary, "",
           "cpu_expert_worker executable; empty: the one built beside this binary");
 ABSL_FLAG(bool, restart_workers, true, "start a worker again when its process exits");
@@ -109,6 +112,16 @@ int RunLaunch(const std::vector<std::string>& args) {
   options.expert_worker_binary =
       FindWorkerBinary(absl::GetFlag(FLAGS_expert_worker_binary), "cpu_expert_worker");
   options.restart_workers = absl::GetFlag(FLAGS_restart_workers);
+  const std::string overlap = absl::GetFlag(FLAGS_overlap_shared_experts);
+  if (overlap == "on") {
+    options.overlap_shared_experts = CoordinatorOptions::Overlap::kOn;
+  } else if (overlap == "off") {
+    options.overlap_shared_experts = CoordinatorOptions::Overlap::kOff;
+  } else if (overlap != "auto") {
+    std::fprintf(stderr, "moeflow launch: --overlap_shared_experts: '%s' is not auto, on or off\n",
+                 overlap.c_str());
+    return kExitUsage;
+  }
   options.log = [](const std::string& line) {
     std::fprintf(stderr, "moeflow launch: %s\n", line.c_str());
   };
@@ -161,7 +174,7 @@ Command LaunchCommand() {
       "worker's load progress and the memory plan, then serves the control service\n"
       "(see deploy/topologies/). Stays in the foreground; Ctrl-C stops everything.",
       {"model", "control_address", "control_token", "gpu_worker_binary", "expert_worker_binary",
-       "restart_workers", "validate_only"},
+       "restart_workers", "validate_only", "overlap_shared_experts"},
       &RunLaunch,
   };
 }

@@ -207,6 +207,23 @@ int Main(int argc, char** argv) {
                 r.decode_tokens_per_second(), r.prefill_tokens_per_second(),
                 static_cast<long long>(r.step_time_p50_us()),
                 static_cast<long long>(r.step_time_p99_us()));
+    if (r.step_time_bucket_count_size() > 0 &&
+        r.step_time_bucket_count_size() == r.step_time_bucket_le_us_size()) {
+      std::printf("step ms histogram:");
+      for (int i = 0; i < r.step_time_bucket_count_size(); ++i) {
+        if (r.step_time_bucket_count(i) == 0) continue;
+        const int64_t le = r.step_time_bucket_le_us(i);
+        if (le == 0) {
+          std::printf("  >%lld: %lld",
+                      static_cast<long long>(i > 0 ? r.step_time_bucket_le_us(i - 1) / 1000 : 0),
+                      static_cast<long long>(r.step_time_bucket_count(i)));
+        } else {
+          std::printf("  <=%lld: %lld", static_cast<long long>(le / 1000),
+                      static_cast<long long>(r.step_time_bucket_count(i)));
+        }
+      }
+      std::printf("\n");
+    }
     std::printf("%-12s %5s %8s %14s %14s %12s %12s %10s\n", "worker", "layer", "steps",
                 "transport_us", "compute_us", "bytes_sent", "bytes_recv", "rows");
     for (const proto::WorkerLayerMetrics& w : r.workers()) {

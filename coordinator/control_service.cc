@@ -366,6 +366,12 @@ grpc::Status ControlServiceImpl::Metrics(grpc::ServerContext* context,
   response->set_step_time_p50_us(p50);
   response->set_step_time_p99_us(p99);
   response->set_batch_tokens_p50(b50);
+  std::vector<int64_t> le_us, counts;
+  coordinator_.StepTimeHistogram(&le_us, &counts);
+  for (size_t i = 0; i < le_us.size(); ++i) {
+    response->add_step_time_bucket_le_us(le_us[i]);
+    response->add_step_time_bucket_count(counts[i]);
+  }
   coordinator_.FillWorkerMetrics(response, request->reset());
   return grpc::Status::OK;
 }

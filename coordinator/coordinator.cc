@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <thread>
 #include <cstring>
 #include <fstream>
 #include <sstream>
@@ -61,6 +62,26 @@ struct Coordinator::Worker {
 };
 
 namespace {
+
+// Whether the in-process gpu worker computes the shared experts while the
+// expert workers compute the routed ones. Not when a spawned expert worker's
+// pool and the gpu worker's CPU pool would together want more threads than
+// this host has cores: the overlapped pools then take turns on the cores, and
+// a pool thread descheduled inside its chunk stalls its whole parallel loop
+// for a scheduler time slice (the 50-120 ms p99 steps measured on 2 cores).
+// Serialized, each pool has every core while the other process sleeps.
+bool OverlapSharedExperts(const proto::Topology& topo) {
+  const proto::GpuWorkerSpec& g = topo.gpu_workers(0);
+  if (g.backend() != proto::GPU_BACKEND_CPU) return true;
+  const int cores = std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+  auto want = [cores](int threads) { return threads <= 0 ? cores : std::min(threads, cores); };
+  int threads = want(g.threads());
+  for (const proto::ExpertWorkerSpec& e : topo.expert_workers()) {
+    if (!e.address().empty()) continue;  // on another host (or started by hand)
+    threads += want(e.threads());
+  }
+  return threads <= cores;
+}
 
 absl::Status FromGrpc(const grpc::Status& s, const std::string& what) {
   if (s.ok()) return absl::OkStatus();
@@ -242,6 +263,21 @@ absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Start(CoordinatorOptio
     }
     c->workers_.push_back(std::move(w));
   }
+  switch (c->options_.overlap_shared_experts) {
+    case CoordinatorOptions::Overlap::kAuto:
+      c->overlap_shared_experts_ = OverlapSharedExperts(topo);
+      break;
+    case CoordinatorOptions::Overlap::kOn:
+      c->overlap_shared_experts_ = true;
+      break;
+    case CoordinatorOptions::Overlap::kOff:
+      c->overlap_shared_experts_ = false;
+      break;
+  }
+  c->options_.log(c->overlap_shared_experts_
+                      ? "shared experts: computed while the expert workers compute"
+                      : "shared experts: computed after the expert replies (the pools would "
+                        "share this host's cores)");
   if (c->placement_ == proto::EXPERT_PLACEMENT_REPLICATE) {
     // Whole experts per worker (e mod n), so each expert's batch of tokens is
     // one matmul as in the single-process engine.
@@ -880,6 +916,37 @@ absl::Status Coordinator::DispatchExperts(int64_t il, int64_t n, int64_t k,
   return absl::OkStatus();
 }
 
+absl::Status Coordinator::AwaitExperts(int64_t h, proto::LayerStats& ls) {
+  const int n_expert_workers = static_cast<int>(workers_.size()) - 1;
+  for (int wi = 1; wi <= n_expert_workers; ++wi) {
+    if (n_pairs_[static_cast<size_t>(wi)] == 0) continue;
+    Worker& w = *workers_[static_cast<size_t>(wi)];
+    absl::StatusOr<size_t> sent =
+        Await(w, expert_send_ids_[static_cast<size_t>(wi)], "expert request");
+    expert_send_ids_[static_cast<size_t>(wi)] = TransferId();
+    if (!sent.ok()) {
+      return sent.status();
+    }
+  }
+  for (int wi = 1; wi <= n_expert_workers; ++wi) {
+    const int32_t pairs = n_pairs_[static_cast<size_t>(wi)];
+    if (pairs == 0) continue;
+    Worker& w = *workers_[static_cast<size_t>(wi)];
+    absl::StatusOr<size_t> got =
+        Await(w, expert_recv_ids_[static_cast<size_t>(wi)], "expert reply");
+    expert_recv_ids_[static_cast<size_t>(wi)] = TransferId();
+    absl::Status s = got.ok() ? CheckReply(w, w.channel->recv_buffer().data(), *got,
+                                           static_cast<size_t>(pairs * h) * sizeof(float))
+                              : got.status();
+    if (!s.ok()) {
+      return s;
+    }
+    ls.set_bytes_received(ls.bytes_received() + static_cast<int64_t>(*got));
+    ls.set_rows_computed(ls.rows_computed() + pairs);
+  }
+  return absl::OkStatus();
+}
+
 absl::Status Coordinator::RunChunk(absl::Span<const int32_t> tokens, int64_t start_pos,
                                    bool want_logits, bool last_only, float* logits) {
   const int64_t n = static_cast<int64_t>(tokens.size());
@@ -941,10 +1008,18 @@ absl::Status Coordinator::RunChunk(absl::Span<const int32_t> tokens, int64_t sta
     }
     // The expert requests leave as soon as the router's output is here; the
     // gpu worker computes the shared experts meanwhile.
-    absl::Time dispatch_start;
+    // Without overlap (the two pools would share this host's cores), the
+    // expert replies are awaited before the shared experts start.
+    absl::Time dispatch_start, experts_end;
+    bool experts_done = false;
     auto dispatch = [&]() -> absl::Status {
       dispatch_start = absl::Now();
-      return DispatchExperts(il, n, k, ls);
+      MOEFLOW_RETURN_IF_ERROR(DispatchExperts(il, n, k, ls));
+      if (overlap_shared_experts_ || !has_shared || !gpu.in_process) return absl::OkStatus();
+      experts_done = true;
+      MOEFLOW_RETURN_IF_ERROR(AwaitExperts(h, ls));
+      experts_end = absl::Now();
+      return absl::OkStatus();
     };
     if (absl::Status s = CallGpu(header, x_bytes, expect0, dispatch, has_shared, x_bytes,
                                  gpu_stats(il));
@@ -960,37 +1035,16 @@ absl::Status Coordinator::RunChunk(absl::Span<const int32_t> tokens, int64_t sta
         has_shared
             ? reinterpret_cast<const float*>(gpu_recv_ + gpu_part1_offset_ + sizeof(ReplyHeader))
             : nullptr;
-    for (int wi = 1; wi <= n_expert_workers; ++wi) {
-      if (n_pairs_[static_cast<size_t>(wi)] == 0) continue;
-      Worker& w = *workers_[static_cast<size_t>(wi)];
-      absl::StatusOr<size_t> sent =
-          Await(w, expert_send_ids_[static_cast<size_t>(wi)], "expert request");
-      expert_send_ids_[static_cast<size_t>(wi)] = TransferId();
-      if (!sent.ok()) {
-        ReleaseExpertTransfers();
-        return sent.status();
-      }
-    }
-    for (int wi = 1; wi <= n_expert_workers; ++wi) {
-      const int32_t pairs = n_pairs_[static_cast<size_t>(wi)];
-      if (pairs == 0) continue;
-      Worker& w = *workers_[static_cast<size_t>(wi)];
-      absl::StatusOr<size_t> got =
-          Await(w, expert_recv_ids_[static_cast<size_t>(wi)], "expert reply");
-      expert_recv_ids_[static_cast<size_t>(wi)] = TransferId();
-      absl::Status s = got.ok() ? CheckReply(w, w.channel->recv_buffer().data(), *got,
-                                             static_cast<size_t>(pairs * h) * sizeof(float))
-                                : got.status();
-      if (!s.ok()) {
+    if (!experts_done) {
+      if (absl::Status s = AwaitExperts(h, ls); !s.ok()) {
         ReleaseExpertTransfers();
         return s;
       }
-      ls.set_bytes_received(ls.bytes_received() + static_cast<int64_t>(*got));
-      ls.set_rows_computed(ls.rows_computed() + pairs);
+      experts_end = absl::Now();
     }
     // Expert round trip: staging, sends, the workers' compute, replies.
     const absl::Time combine_start = absl::Now();
-    ls.set_transport_time_us(absl::ToInt64Microseconds(combine_start - dispatch_start));
+    ls.set_transport_time_us(absl::ToInt64Microseconds(experts_end - dispatch_start));
 
     // y of pair p: its owner's reply row, or the sum of the slices in node order.
     auto y_of = [&](int64_t p) -> const float* {
@@ -1131,6 +1185,21 @@ void Coordinator::FillWorkerMetrics(proto::MetricsResponse* metrics, bool reset)
     proto::WorkerLayerMetrics* m = metrics->add_workers();
     m->set_worker_name(w.name);
     for (const proto::LayerStats& s : response.layers()) *m->add_layers() = s;
+  }
+}
+
+void Coordinator::StepTimeHistogram(std::vector<int64_t>* le_us, std::vector<int64_t>* counts) {
+  // ms: fine around a decode step's 10-50 ms, coarse beyond.
+  static constexpr int64_t kBoundsMs[] = {5,  10, 15,  20,  25,  30,  35,   40,
+                                          50, 75, 100, 150, 250, 500, 1000, 0};
+  le_us->clear();
+  for (int64_t ms : kBoundsMs) le_us->push_back(ms * 1000);
+  counts->assign(le_us->size(), 0);
+  absl::MutexLock lock(&mu_);
+  for (int64_t t : step_times_us_) {
+    size_t b = 0;
+    while ((*le_us)[b] != 0 && t > (*le_us)[b]) ++b;
+    ++(*counts)[b];
   }
 }
 

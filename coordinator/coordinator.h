@@ -88,6 +88,11 @@ struct CoordinatorOptions {
   bool restart_workers = true;
   // Period of attempts to attach again to a lost hand-started worker.
   int reattach_interval_ms = 1000;
+  // Whether the in-process gpu worker computes the shared experts while the
+  // expert workers compute the routed ones. kAuto: only when the two pools
+  // fit this host's cores together (OverlapSharedExperts in coordinator.cc).
+  enum class Overlap { kAuto, kOn, kOff };
+  Overlap overlap_shared_experts = Overlap::kAuto;
   // Where progress lines go (load progress, memory plan, restarts).
   std::function<void(const std::string&)> log = [](const std::string&) {};
 };
@@ -126,6 +131,9 @@ class Coordinator {
   void FillWorkerMetrics(proto::MetricsResponse* metrics, bool reset);
   // Step time percentiles (us) over the recent steps.
   void StepTimePercentiles(int64_t* p50, int64_t* p99, int32_t* batch_p50);
+  // Histogram of the same steps' times (MetricsResponse's
+  // step_time_bucket_le_us / step_time_bucket_count).
+  void StepTimeHistogram(std::vector<int64_t>* le_us, std::vector<int64_t>* counts);
 
   // Router top-k from the next pass on. INVALID_ARGUMENT outside [0, model's].
   absl::StatusOr<int> SetActiveExperts(int k);
@@ -163,6 +171,9 @@ class Coordinator {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(dataplane_mu_);
   // Releases the expert transfers still posted (error paths).
   void ReleaseExpertTransfers() ABSL_EXCLUSIVE_LOCKS_REQUIRED(dataplane_mu_);
+  // Awaits the expert requests DispatchExperts posted and their replies.
+  absl::Status AwaitExperts(int64_t h, proto::LayerStats& ls)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(dataplane_mu_);
   absl::StatusOr<size_t> Await(Worker& w, transport::TransferId id, const char* what)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(dataplane_mu_);
   absl::Status CheckReply(Worker& w, const uint8_t* reply, size_t bytes, size_t expected_payload);
@@ -173,6 +184,8 @@ class Coordinator {
   Deepseek2Config config_;
   std::string model_name_;
   proto::ExpertPlacement placement_ = proto::EXPERT_PLACEMENT_REPLICATE;
+  // See OverlapSharedExperts in coordinator.cc; set in Start.
+  bool overlap_shared_experts_ = true;
   int64_t max_batch_ = 64;
   std::atomic<int> k_{0};
   absl::Time start_time_;

@@ -1,6 +1,8 @@
 #include "cpu_expert_worker/expert_shard.h"
 
 #include <hwloc.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cstdlib>
@@ -15,6 +17,25 @@
 #include "model/ggml_types.h"
 
 namespace moeflow {
+namespace {
+
+// Makes the whole pages of [data, data + bytes) resident and mapped (read
+// faults taken now): MADV_POPULATE_READ, or a read of each page where the
+// kernel lacks it (before Linux 5.14).
+void PrefaultPages(const uint8_t* data, size_t bytes) {
+  if (bytes == 0) return;
+  const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const uintptr_t begin = reinterpret_cast<uintptr_t>(data) / page * page;
+  const uintptr_t end = reinterpret_cast<uintptr_t>(data) + bytes;
+#ifdef MADV_POPULATE_READ
+  if (::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_POPULATE_READ) == 0) return;
+#endif
+  uint8_t sum = 0;
+  for (uintptr_t a = begin; a < end; a += page) sum ^= *reinterpret_cast<const volatile uint8_t*>(a);
+  (void)sum;
+}
+
+}  // namespace
 
 using dataflow::DataflowOp;
 using dataflow::RequestHeader;
@@ -167,6 +188,18 @@ absl::Status ExpertShard::Load(const std::function<void(const proto::LoadProgres
       const EngineLayerWeights& lw = weights_.layers[static_cast<size_t>(il)];
       shard_bytes_ += held * (ff * (lw.ffn_gate_exps.row_bytes + lw.ffn_up_exps.row_bytes) +
                               hidden * lw.ffn_down_exps.row_bytes);
+      // Map the held experts' pages now: otherwise the first steps that
+      // route to an expert take its page faults (measured on V2-Lite 8-layer
+      // Q4_K_M: the first request's decode ~4 % slower than the next ones).
+      for (int64_t e = 0; e < config_.n_experts; ++e) {
+        if (!holds_expert_[static_cast<size_t>(e)]) continue;
+        PrefaultPages(lw.ffn_gate_exps.row(e * ff),
+                      static_cast<size_t>(ff * lw.ffn_gate_exps.row_bytes));
+        PrefaultPages(lw.ffn_up_exps.row(e * ff),
+                      static_cast<size_t>(ff * lw.ffn_up_exps.row_bytes));
+        PrefaultPages(lw.ffn_down_exps.row(e * hidden),
+                      static_cast<size_t>(hidden * lw.ffn_down_exps.row_bytes));
+      }
     }
   }
   int threads = request_.compute_threads();

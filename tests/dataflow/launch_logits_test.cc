@@ -123,6 +123,18 @@ TEST(LaunchLogitsSeparateGpuProcessTest, MatchesSingleProcessEngine) {
   ExpectLaunchMatchesEngine(Case{"tiny-v2", "q8_0", "slice", false}, "sm,self", spec);
 }
 
+// The shared experts computed while the expert workers compute the routed
+// ones (on) or after their replies (off; what auto picks when the pools
+// would share the cores): the same bit-identical logits either way.
+TEST(LaunchLogitsOverlapTest, SharedExpertsOverlappedOrNotMatchSingleProcessEngine) {
+  for (const char* mode : {"on", "off"}) {
+    SCOPED_TRACE(mode);
+    LaunchSpec spec;
+    spec.extra_flags = {std::string("--overlap_shared_experts=") + mode};
+    ExpectLaunchMatchesEngine(Case{"tiny-v2", "q8_0", "shard", true}, "sm,self", spec);
+  }
+}
+
 // An expert worker "on another host": started by hand (as one would on the
 // other box) and attached to by address, over UCX tcp on loopback, beside a
 // worker the launcher starts itself. Logits bit-identical to the engine's.
