@@ -200,11 +200,11 @@ int RunKernelBench(int threads, bool json) {
   }
   std::printf(
       "kernel micro-benchmarks, %d threads (selected isa %s)\n"
-      "memory bandwidth: read %.1f GB/s, triad %.1f GB/s; int8 peak (vpdpbusd loop): %.0f GOP/s\n"
+      "memory bandwidth: read %.1f GB/s, triad %.1f GB/s; int8 peak (%s loop): %.0f GOP/s\n"
       "GEMV: 1 token, every weight byte streamed from memory (%% of read bandwidth); GEMM: one\n"
       "expert, cache-resident, T tokens (2·rows·cols·T ops; %% of the int8 peak for quantized types)\n",
       r.threads, CpuIsaName(SelectedIsa()), r.bandwidth.read_gbps, r.bandwidth.triad_gbps,
-      r.int8_peak_gops);
+      CpuSupportsIsa(CpuIsa::kAvx512) ? "vpdpbusd" : "vpmaddubsw+vpmaddwd", r.int8_peak_gops);
   std::printf("%-5s %-10s %-11s %9s %6s", "type", "rows×cols", "isa", "GEMV GB/s", "of bw");
   for (int64_t t : r.gemm_tokens) {
     std::printf(" %11s %7s", absl::StrCat("GEMM", t, " GOP/s").c_str(), "of peak");

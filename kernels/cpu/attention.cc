@@ -64,6 +64,13 @@ void MlaAttention(const MlaAttentionShape& shape, const float* q, int64_t q_stri
     internal::MlaContextAvx512(shape, scores, rows, n_rows, out, out_stride);
     return;
   }
+  if (isa == CpuIsa::kAvx2 && shape.row_dim % 8 == 0 && shape.v_dim % 8 == 0) {
+    internal::MlaScoresAvx2(shape, q, q_stride, rows, n_rows, scores);
+    for (int64_t h = 0; h < shape.n_heads; ++h)
+      AttentionSoftmaxInPlace(scores + h * n_rows, n_rows);
+    internal::MlaContextAvx2(shape, scores, rows, n_rows, out, out_stride);
+    return;
+  }
   MlaAttentionGeneric(shape, q, q_stride, rows, n_rows, scores, out, out_stride, isa);
 }
 

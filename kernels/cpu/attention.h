@@ -14,15 +14,17 @@
 //   out[h][c]    = Σ_j p[h][j] · rows[j][c]                      c < v_dim, j ascending
 //
 // Variants: a scalar reference (CpuIsa::kScalar: ggml's scalar F32 dot for
-// the scores), an AVX2 path (ggml's AVX2 F32 dot, scalar-order context loop)
-// and an AVX-512 path for the AVX-512 ISAs when row_dim and v_dim are
-// multiples of 16. The AVX-512 path tiles 4 heads × 4 rows for the scores
-// (each row loaded once per tile for all the group's heads) and 4 heads × 64
-// columns for the context (each row segment loaded once for 4 heads).
+// the scores, the context summed per column), an AVX2 path when row_dim and
+// v_dim are multiples of 8 and an AVX-512 path for the AVX-512 ISAs when they
+// are multiples of 16 (attention_simd.inc, one source per vector width). The
+// AVX-512 path tiles 4 heads × 4 rows for the scores (each row loaded once
+// per tile for all the group's heads) and 4 heads × 64 columns for the
+// context (each row segment loaded once for 4 heads); the AVX2 path 4 heads
+// × 2 rows and 4 heads × 16 columns (its 16 registers).
 //
 // Determinism: each (head, row) dot product and each (head, column) context
 // sum is computed in one fixed order (16-lane FMA accumulation over the
-// columns, then a fixed lane reduction; context sums over j ascending)
+// columns, then a fixed lane reduction; 8 lanes with AVX2; context sums over j ascending)
 // whatever the tile it falls in, so a head's result does not depend on which
 // or how many other heads are in the group, nor on the thread that runs it.
 // It does depend on the ISA (different summation orders; the results agree
@@ -68,6 +70,12 @@ void MlaScoresAvx512(const MlaAttentionShape& shape, const float* q, int64_t q_s
                      const float* const* rows, int64_t n_rows, float* scores);
 void MlaContextAvx512(const MlaAttentionShape& shape, const float* p, const float* const* rows,
                       int64_t n_rows, float* out, int64_t out_stride);
+// The same with 8-float vectors (attention_avx2.cc): row_dim and v_dim
+// multiples of 8.
+void MlaScoresAvx2(const MlaAttentionShape& shape, const float* q, int64_t q_stride,
+                   const float* const* rows, int64_t n_rows, float* scores);
+void MlaContextAvx2(const MlaAttentionShape& shape, const float* p, const float* const* rows,
+                    int64_t n_rows, float* out, int64_t out_stride);
 }  // namespace internal
 
 }  // namespace moeflow

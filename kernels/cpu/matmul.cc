@@ -693,9 +693,10 @@ VecDotFn F16ViaBf16VecDot() {
 
 GemmFn SimdGemm(GgmlType type, CpuIsa isa) {
   if (isa == CpuIsa::kAmx && type == GgmlType::kQ8_0) return GemmQ8_0Amx;
-  if (!IsAvx512Vnni(isa) && isa != CpuIsa::kAvx512NoVnni) return nullptr;
-  const SimdVecDots& t =
-      isa == CpuIsa::kAvx512NoVnni ? Avx512NoVnniVecDots() : Avx512VecDots();
+  if (isa == CpuIsa::kScalar) return nullptr;
+  const SimdVecDots& t = isa == CpuIsa::kAvx2            ? Avx2VecDots()
+                         : isa == CpuIsa::kAvx512NoVnni ? Avx512NoVnniVecDots()
+                                                         : Avx512VecDots();
   switch (type) {
     case GgmlType::kQ8_0:
       return t.gemm_q8_0;

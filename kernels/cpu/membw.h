@@ -20,7 +20,8 @@ struct MemoryBandwidth {
 MemoryBandwidth MeasureMemoryBandwidth(ThreadPool* pool);
 
 // u8·s8 multiply-adds per second × 2 of an unrolled vpdpbusd (512-bit) loop
-// on every thread of the pool; 0 when the CPU has no AVX-512 VNNI.
+// on every thread of the pool; without AVX-512 VNNI, of the AVX2
+// vpmaddubsw + vpmaddwd + vpaddd step (32 products); 0 without AVX2.
 double MeasureInt8PeakGops(ThreadPool* pool);
 
 }  // namespace moeflow

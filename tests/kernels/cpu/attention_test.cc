@@ -124,21 +124,31 @@ TEST(MlaAttentionTest, EveryIsaMatchesFloat64WithinFloat32Bound) {
   }
 }
 
-TEST(MlaAttentionTest, Avx512AgreesWithScalarReference) {
-  if (!CpuSupportsIsa(CpuIsa::kAvx512NoVnni)) GTEST_SKIP() << "no AVX-512 on this CPU";
+void ExpectAgreesWithScalarReference(CpuIsa isa) {
   uint32_t seed = 100;
   for (const Case& c : kCases) {
     const Inputs in = MakeInputs(c, seed++);
     const float scale = 0.1f;
     const std::vector<float> ref = RunAttention(c, in, scale, CpuIsa::kScalar);
-    const std::vector<float> fast = RunAttention(c, in, scale, CpuIsa::kAvx512NoVnni);
+    const std::vector<float> fast = RunAttention(c, in, scale, isa);
     // Two float32 evaluations, each within the bound above of the exact
     // value; the inputs here keep that well under 1e-4 of the output range.
-    for (size_t i = 0; i < ref.size(); ++i) ASSERT_NEAR(fast[i], ref[i], 1e-4f) << i;
+    for (size_t i = 0; i < ref.size(); ++i)
+      ASSERT_NEAR(fast[i], ref[i], 1e-4f) << CpuIsaName(isa) << " " << i;
     bool any_nonzero = false;
     for (float v : ref) any_nonzero |= v != 0.f;
     EXPECT_TRUE(any_nonzero);
   }
+}
+
+TEST(MlaAttentionTest, Avx512AgreesWithScalarReference) {
+  if (!CpuSupportsIsa(CpuIsa::kAvx512NoVnni)) GTEST_SKIP() << "no AVX-512 on this CPU";
+  ExpectAgreesWithScalarReference(CpuIsa::kAvx512NoVnni);
+}
+
+TEST(MlaAttentionTest, Avx2AgreesWithScalarReference) {
+  if (!CpuSupportsIsa(CpuIsa::kAvx2)) GTEST_SKIP() << "no AVX2 on this CPU";
+  ExpectAgreesWithScalarReference(CpuIsa::kAvx2);
 }
 
 TEST(MlaAttentionTest, HeadResultDoesNotDependOnItsGroup) {
