@@ -9,7 +9,7 @@
 
 namespace moeflow {
 
-void AttentionSoftmaxInPlace(float* s, int64_t n) {
+void SoftmaxInPlace(float* s, int64_t n) {
   float max = -std::numeric_limits<float>::infinity();
   for (int64_t i = 0; i < n; ++i) max = std::max(max, s[i]);
   double sum = 0.0;
@@ -38,7 +38,7 @@ void MlaAttentionGeneric(const MlaAttentionShape& shape, const float* q, int64_t
     const float* qh = q + h * q_stride;
     float* s = scores + h * n_rows;
     for (int64_t j = 0; j < n_rows; ++j) s[j] = dot(shape.row_dim, qh, rows[j]) * shape.scale;
-    AttentionSoftmaxInPlace(s, n_rows);
+    SoftmaxInPlace(s, n_rows);
     float* o = out + h * out_stride;
     std::fill(o, o + shape.v_dim, 0.f);
     for (int64_t j = 0; j < n_rows; ++j) {
@@ -60,14 +60,14 @@ void MlaAttention(const MlaAttentionShape& shape, const float* q, int64_t q_stri
   if (HasAvx512(isa) && shape.row_dim % 16 == 0 && shape.v_dim % 16 == 0) {
     internal::MlaScoresAvx512(shape, q, q_stride, rows, n_rows, scores);
     for (int64_t h = 0; h < shape.n_heads; ++h)
-      AttentionSoftmaxInPlace(scores + h * n_rows, n_rows);
+      SoftmaxInPlace(scores + h * n_rows, n_rows);
     internal::MlaContextAvx512(shape, scores, rows, n_rows, out, out_stride);
     return;
   }
   if (isa == CpuIsa::kAvx2 && shape.row_dim % 8 == 0 && shape.v_dim % 8 == 0) {
     internal::MlaScoresAvx2(shape, q, q_stride, rows, n_rows, scores);
     for (int64_t h = 0; h < shape.n_heads; ++h)
-      AttentionSoftmaxInPlace(scores + h * n_rows, n_rows);
+      SoftmaxInPlace(scores + h * n_rows, n_rows);
     internal::MlaContextAvx2(shape, scores, rows, n_rows, out, out_stride);
     return;
   }

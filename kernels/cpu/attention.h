@@ -57,10 +57,11 @@ void MlaAttention(const MlaAttentionShape& shape, const float* q, int64_t q_stri
                   const float* const* rows, int64_t n_rows, float* scores, float* out,
                   int64_t out_stride, CpuIsa isa);
 
-// Softmax in place over n > 0 floats: max-subtracted float exp, double sum.
-// Shared by every variant so that they differ only in the dot products and
-// the context sums.
-void AttentionSoftmaxInPlace(float* s, int64_t n);
+// Softmax in place over n > 0 floats (ggml_soft_max's steps: subtract the
+// max, float exp, divide by the sum, here summed in double). Shared by every
+// attention variant, so that they differ only in the dot products and the
+// context sums, and by the router softmax of the engine and the reference.
+void SoftmaxInPlace(float* s, int64_t n);
 
 namespace internal {
 // The AVX-512 variant's two halves (attention_avx512.cc), shapes as

@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "base/check.h"
+#include "kernels/cpu/attention.h"
 #include "kernels/cpu/quants.h"
 #include "model/deepseek2/engine_profile.h"
 #include "model/deepseek2/weights.h"
@@ -74,18 +75,6 @@ int64_t ArgmaxUntaken(const float* v, const uint8_t* taken, int64_t n) {
     if (best < 0 || v[i] > v[best]) best = i;
   }
   return best;
-}
-
-void SoftmaxInPlace(float* s, int64_t n) {
-  float max = -std::numeric_limits<float>::infinity();
-  for (int64_t i = 0; i < n; ++i) max = std::max(max, s[i]);
-  double sum = 0.0;
-  for (int64_t i = 0; i < n; ++i) {
-    s[i] = std::exp(s[i] - max);
-    sum += s[i];
-  }
-  const float inv = static_cast<float>(1.0 / sum);
-  for (int64_t i = 0; i < n; ++i) s[i] *= inv;
 }
 
 }  // namespace

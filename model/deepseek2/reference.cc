@@ -11,6 +11,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "base/check.h"
+#include "kernels/cpu/attention.h"
 
 namespace moeflow {
 namespace {
@@ -44,20 +45,6 @@ void SwigluFfn(const float* gate, const float* up, const float* down, int64_t hi
   MatVec(up, hidden, ff, x, u.data());
   for (int64_t i = 0; i < ff; ++i) g[i] = Silu(g[i]) * u[i];
   MatVec(down, ff, hidden, g.data(), out);
-}
-
-// In-place softmax of n scores (ggml_soft_max: subtract the max, exp, divide
-// by the sum).
-void Softmax(float* s, int64_t n) {
-  float max = -std::numeric_limits<float>::infinity();
-  for (int64_t i = 0; i < n; ++i) max = std::max(max, s[i]);
-  double sum = 0.0;
-  for (int64_t i = 0; i < n; ++i) {
-    s[i] = std::exp(s[i] - max);
-    sum += s[i];
-  }
-  const float inv = static_cast<float>(1.0 / sum);
-  for (int64_t i = 0; i < n; ++i) s[i] *= inv;
 }
 
 // Indices of `values` in descending order (ties: lower index first).
@@ -302,7 +289,7 @@ void AttentionBlock::Forward(const float* x, int64_t n_tokens, int64_t start_pos
         for (int64_t j = 0; j < n_seen; ++j) {
           scores[j] = Dot(q_abs.data(), cache.row(j), row_dim) * rope_.kq_scale;
         }
-        Softmax(scores.data(), n_seen);
+        SoftmaxInPlace(scores.data(), n_seen);
         // V = the kv_cmpr part of the rows; then attn_v_b[h] back to v_head_dim.
         for (int64_t ci = 0; ci < kv_lora; ++ci) {
           double acc = 0.0;
@@ -318,7 +305,7 @@ void AttentionBlock::Forward(const float* x, int64_t n_tokens, int64_t start_pos
               Dot(q_pe, cache.row(j) + kv_lora, rope_dim);
           scores[j] = static_cast<float>(s) * rope_.kq_scale;
         }
-        Softmax(scores.data(), n_seen);
+        SoftmaxInPlace(scores.data(), n_seen);
         for (int64_t e = 0; e < v_dim; ++e) {
           double acc = 0.0;
           for (int64_t j = 0; j < n_seen; ++j) {
@@ -351,7 +338,7 @@ void Router::Route(const float* x_norm, int64_t n_tokens, int32_t* expert_ids,
     if (c.gating == ExpertGating::kSigmoid) {
       for (float& p : probs) p = 1.0f / (1.0f + std::exp(-p));
     } else {
-      Softmax(probs.data(), n_experts);
+      SoftmaxInPlace(probs.data(), n_experts);
     }
     // The selection bias (V3) steers which experts are chosen, not their weights.
     selection = probs;
