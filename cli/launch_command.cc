@@ -8,12 +8,16 @@
 #include <unistd.h>
 
 #include <climits>
+#include <fstream>
+#include <sstream>
 #include <cstdio>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "absl/flags/flag.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -29,6 +33,10 @@ ABSL_FLAG(std::string, control_address, "",
 ABSL_FLAG(std::string, control_token, "",
           "token moeflowctl must send (--token); required when control binds to a "
           "non-loopback address");
+ABSL_FLAG(std::string, control_tls_cert, "",
+          "PEM certificate (chain) of the control service; with --control_tls_key the "
+          "control service speaks TLS only");
+ABSL_FLAG(std::string, control_tls_key, "", "PEM private key of --control_tls_cert");
 ABSL_FLAG(std::string, gpu_worker_binary, "",
           "gpu_worker executable; empty: the one built beside this binary");
 ABSL_FLAG(std::string, overlap_shared_experts, "auto",
@@ -63,6 +71,39 @@ std::string FindWorkerBinary(const std::string& flag, const std::string& dir_nam
   return absl::StrCat(self, "/../", dir_name, "/", dir_name);
 }
 
+// Reads a whole (PEM) file named by `flag`.
+absl::StatusOr<std::string> ReadPemFile(const char* flag, const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    return absl::NotFoundError(absl::StrCat("--", flag, ": cannot open '", path, "'"));
+  }
+  std::ostringstream text;
+  text << in.rdbuf();
+  if (text.str().find("-----BEGIN ") == std::string::npos) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--", flag, ": '", path, "' is not a PEM file (no -----BEGIN line)"));
+  }
+  return text.str();
+}
+
+// Insecure credentials, or TLS with the certificate and key the flags name.
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> ControlCredentials() {
+  const std::string cert = absl::GetFlag(FLAGS_control_tls_cert);
+  const std::string key = absl::GetFlag(FLAGS_control_tls_key);
+  if (cert.empty() && key.empty()) return grpc::InsecureServerCredentials();
+  if (cert.empty() || key.empty()) {
+    return absl::InvalidArgumentError(
+        "--control_tls_cert and --control_tls_key go together (give both or neither)");
+  }
+  absl::StatusOr<std::string> cert_pem = ReadPemFile("control_tls_cert", cert);
+  if (!cert_pem.ok()) return cert_pem.status();
+  absl::StatusOr<std::string> key_pem = ReadPemFile("control_tls_key", key);
+  if (!key_pem.ok()) return key_pem.status();
+  grpc::SslServerCredentialsOptions options;
+  options.pem_key_cert_pairs.push_back({*key_pem, *cert_pem});
+  return grpc::SslServerCredentials(options);
+}
+
 bool IsLoopback(const std::string& address) {
   return absl::StartsWith(address, "127.") || absl::StartsWith(address, "localhost:") ||
          absl::StartsWith(address, "[::1]:");
@@ -89,6 +130,11 @@ int RunLaunch(const std::vector<std::string>& args) {
                  "moeflow launch: control_address %s is not a loopback address: give "
                  "--control_token so that only holders of the token can control it\n",
                  topology->control_address().c_str());
+    return kExitUsage;
+  }
+  absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials = ControlCredentials();
+  if (!credentials.ok()) {
+    std::fprintf(stderr, "moeflow launch: %s\n", std::string(credentials.status().message()).c_str());
     return kExitUsage;
   }
   if (absl::GetFlag(FLAGS_validate_only)) {
@@ -135,7 +181,7 @@ int RunLaunch(const std::vector<std::string>& args) {
   ControlServiceImpl service(**coordinator, token, [] { kill(getpid(), SIGTERM); });
   grpc::ServerBuilder builder;
   int port = 0;
-  builder.AddListeningPort(topology->control_address(), grpc::InsecureServerCredentials(), &port);
+  builder.AddListeningPort(topology->control_address(), *credentials, &port);
   builder.RegisterService(&service);
   builder.SetMaxSendMessageSize(256 << 20);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
@@ -173,7 +219,8 @@ Command LaunchCommand() {
       "attaches to one started by hand when the entry gives its address), prints each\n"
       "worker's load progress and the memory plan, then serves the control service\n"
       "(see deploy/topologies/). Stays in the foreground; Ctrl-C stops everything.",
-      {"model", "control_address", "control_token", "gpu_worker_binary", "expert_worker_binary",
+      {"model", "control_address", "control_token", "control_tls_cert", "control_tls_key",
+       "gpu_worker_binary", "expert_worker_binary",
        "restart_workers", "validate_only", "overlap_shared_experts"},
       &RunLaunch,
   };

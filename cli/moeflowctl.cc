@@ -6,6 +6,8 @@
 //                                                    prints only the generated text
 //   moeflowctl drain [--timeout_ms N] | shutdown | set-experts N | stats
 //   moeflowctl logits --tokens 1,2,3 --out X.bin     MFLG logits of the deployment
+//   --token T: bearer token; --tls_ca FILE [--tls_server_name N]: TLS to a
+//   launcher started with --control_tls_cert / --control_tls_key
 //
 // Exit codes: 0 ok, 1 the call failed (message on stderr), 2 usage, 3 status:
 // not every worker is ready.
@@ -15,7 +17,9 @@
 #include <cctype>
 #include <cstdio>
 #include <cstring>
+#include <fstream>
 #include <memory>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -31,6 +35,12 @@
 
 ABSL_FLAG(std::string, addr, "127.0.0.1:50051", "host:port of the coordinator's control service");
 ABSL_FLAG(std::string, token, "", "bearer token (when the control service requires one)");
+ABSL_FLAG(std::string, tls_ca, "",
+          "PEM file of the certificate(s) to trust (the launcher's --control_tls_cert or its "
+          "CA); given: connect over TLS");
+ABSL_FLAG(std::string, tls_server_name, "",
+          "with --tls_ca: the name the server's certificate must carry, when it is not the "
+          "host of --addr");
 ABSL_FLAG(int64_t, timeout_ms, 600000, "deadline of the call");
 ABSL_FLAG(std::string, prompt, "", "generate: the prompt text");
 ABSL_FLAG(bool, chat, false,
@@ -65,6 +75,30 @@ void Prepare(grpc::ClientContext& ctx) {
   }
 }
 
+// Insecure channel credentials, or TLS trusting the --tls_ca certificates.
+bool ChannelCredentials(std::shared_ptr<grpc::ChannelCredentials>* credentials,
+                        grpc::ChannelArguments* args) {
+  const std::string ca = absl::GetFlag(FLAGS_tls_ca);
+  if (ca.empty()) {
+    *credentials = grpc::InsecureChannelCredentials();
+    return true;
+  }
+  std::ifstream in(ca, std::ios::binary);
+  std::ostringstream pem;
+  pem << in.rdbuf();
+  if (!in || pem.str().find("-----BEGIN ") == std::string::npos) {
+    std::fprintf(stderr, "moeflowctl: --tls_ca: '%s' cannot be read as a PEM file\n", ca.c_str());
+    return false;
+  }
+  grpc::SslCredentialsOptions options;
+  options.pem_root_certs = pem.str();
+  *credentials = grpc::SslCredentials(options);
+  if (!absl::GetFlag(FLAGS_tls_server_name).empty()) {
+    args->SetSslTargetNameOverride(absl::GetFlag(FLAGS_tls_server_name));
+  }
+  return true;
+}
+
 int Main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "moeflowctl [--addr host:port] status|generate|drain|shutdown|set-experts N|stats|logits");
@@ -96,8 +130,10 @@ int Main(int argc, char** argv) {
   const std::string command = positional[1];
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(256 << 20);
-  auto stub = proto::ControlService::NewStub(grpc::CreateCustomChannel(
-      absl::GetFlag(FLAGS_addr), grpc::InsecureChannelCredentials(), args));
+  std::shared_ptr<grpc::ChannelCredentials> credentials;
+  if (!ChannelCredentials(&credentials, &args)) return kUsage;
+  auto stub = proto::ControlService::NewStub(
+      grpc::CreateCustomChannel(absl::GetFlag(FLAGS_addr), credentials, args));
   grpc::ClientContext ctx;
   Prepare(ctx);
   if (command == "status") {

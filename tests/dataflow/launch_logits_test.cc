@@ -6,7 +6,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <fstream>
+#include <sstream>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -168,6 +170,73 @@ TEST(LaunchControlTokenTest, NonLoopbackControlRequiresToken) {
     grpc::Status s = launch.stub().Status(&ctx, {}, &status);
     EXPECT_TRUE(s.ok()) << s.error_message();
   }
+}
+
+// With --control_tls_cert / --control_tls_key the control service speaks
+// TLS only: a client trusting the certificate gets through (gRPC and
+// moeflowctl --tls_ca), a plaintext one does not.
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::ostringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+int RunCommand(const std::string& command) {
+  const int status = std::system((command + " >/dev/null 2>&1").c_str());
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+TEST(LaunchControlTlsTest, TlsClientsGetThroughPlaintextOnesDoNot) {
+  const std::string cert = "tests/data/tls/control.crt";
+  const std::string key = "tests/data/tls/control.key";
+  LaunchSpec spec;
+  spec.model_path = "tests/data/llamacpp/tiny-v2/tiny-v2.q8_0.gguf";
+  spec.extra_flags = {"--control_tls_cert=" + cert, "--control_tls_key=" + key};
+  LaunchProcess launch(spec);
+  ASSERT_TRUE(launch.ok()) << launch.error();
+
+  grpc::SslCredentialsOptions tls;
+  tls.pem_root_certs = ReadFile(cert);
+  ASSERT_NE(tls.pem_root_certs.find("BEGIN CERTIFICATE"), std::string::npos);
+  auto stub = proto::ControlService::NewStub(
+      grpc::CreateChannel(launch.address(), grpc::SslCredentials(tls)));
+  grpc::Status s;
+  const absl::Time deadline = absl::Now() + absl::Seconds(60);
+  proto::StatusResponse status;
+  do {  // until the workers are up, so the status says what it knows
+    grpc::ClientContext ctx;
+    ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
+    s = stub->Status(&ctx, {}, &status);
+    ASSERT_TRUE(s.ok()) << s.error_message();
+    if (status.state() == proto::COORDINATOR_STATE_SERVING) break;
+    absl::SleepFor(absl::Milliseconds(200));
+  } while (absl::Now() < deadline);
+  EXPECT_EQ(status.state(), proto::COORDINATOR_STATE_SERVING);
+  {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
+    proto::StatusResponse plain;
+    EXPECT_FALSE(launch.stub().Status(&ctx, {}, &plain).ok());
+  }
+  const std::string ctl = "cli/moeflowctl --addr " + launch.address() + " --timeout_ms 10000";
+  EXPECT_EQ(RunCommand(ctl + " --tls_ca " + cert + " status"), 0);
+  EXPECT_EQ(RunCommand(ctl + " status"), 1);  // plaintext: the call fails
+  EXPECT_EQ(RunCommand(ctl + " --tls_ca /nonexistent.pem status"), 2);  // unreadable: usage
+}
+
+TEST(LaunchControlTlsTest, CertificateWithoutKeyIsAUsageError) {
+  const std::string topology = std::string(std::getenv("TEST_TMPDIR")) + "/tls_topology.yaml";
+  std::ofstream(topology) << "model_path: tests/data/llamacpp/tiny-v2/tiny-v2.q8_0.gguf\n"
+                             "control_address: 127.0.0.1:0\n"
+                             "gpu_workers:\n  - backend: cpu\n    kv_cache_tokens: 512\n"
+                             "expert_workers:\n  - numa_node: 0\n";
+  EXPECT_EQ(RunCommand("cli/moeflow launch --validate_only "
+                       "--control_tls_cert=tests/data/tls/control.crt " + topology), 2);
+  EXPECT_EQ(RunCommand("cli/moeflow launch --validate_only --control_tls_cert=/nonexistent.crt "
+                       "--control_tls_key=tests/data/tls/control.key " + topology), 2);
+  EXPECT_EQ(RunCommand("cli/moeflow launch --validate_only --control_tls_cert=tests/data/tls/control.crt "
+                       "--control_tls_key=tests/data/tls/control.key " + topology), 0);
 }
 
 INSTANTIATE_TEST_SUITE_P(
