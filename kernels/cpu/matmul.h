@@ -27,15 +27,17 @@
 // hot pairs (F32, Q8_0, Q5_0, Q4_K, Q6_K) compute the same integer sums
 // exactly but add the per-block float terms in a different order (as ggml's
 // own SIMD paths do), so they differ from the scalar result by a few ulp of
-// the sum of |terms|. On AVX-512 (with or without VNNI), MatmulQuantized of
-// Q4_K, Q6_K, Q5_0 and Q8_0 weights runs register-blocked tiles instead of one vec_dot per
-// (row, token) (matmul_simd.inc): 4 rows × 1 token with software prefetch for
-// decode (≤ 2 tokens: GEMV, bandwidth-bound; each block prefetched into L2
-// one tile — 4 rows — ahead, since rows are contiguous), 4 rows × 4 tokens
-// (Q6_K: 2 × 4) in chunks of 64 tokens for prefill (GEMM: each unpacked
-// weight block serves 4 tokens, each activation block 4 rows).
-// Integer sums stay exact (vpdpbusd / vpmaddubsw + vpdpwssd with biased
-// operands), so they too differ from the scalar result only in float
+// the sum of |terms|. On AVX2 and AVX-512 (with or without VNNI),
+// MatmulQuantized of Q4_K, Q6_K, Q5_0 and Q8_0 weights runs register-blocked
+// tiles instead of one vec_dot per (row, token) (matmul_simd.inc, 512-bit;
+// matmul_tiles_avx2.inc, 256-bit): R rows × 1 token with software prefetch
+// for decode (≤ 2 tokens: GEMV, bandwidth-bound; each block prefetched into
+// L2 one tile — R rows — ahead, since rows are contiguous; R = 4 on AVX-512,
+// 2 on AVX2), R rows × 4 tokens in chunks of 64 tokens for prefill (GEMM:
+// each unpacked weight block serves 4 tokens, each activation block R rows;
+// AVX-512 4 × 4 (Q6_K 2 × 4), AVX2 2 × 4 (Q6_K 1 × 4)).
+// Integer sums stay exact (vpdpbusd / vpmaddubsw + vpdpwssd or vpmaddwd with
+// biased operands), so they too differ from the scalar result only in float
 // summation order, and a (row, token) result never depends on the tile it
 // falls in. The ISA is chosen at run time from CPUID; the
 // environment variable MOEFLOW_ISA=scalar|avx2|avx512f|avx512|avx512bf16|amx forces one (an ISA the
