@@ -62,6 +62,10 @@ ABSL_FLAG(int64_t, chunk_size, 256,
 ABSL_FLAG(int64_t, kv_tokens, 0,
           "serve: paged KV cache budget in positions over all requests (batching scheduler); 0: "
           "--parallel x the context");
+ABSL_FLAG(int64_t, decode_reserve_tokens, 128,
+          "serve: KV positions past its prompt a request must find free to be admitted (at most "
+          "its max_tokens); more pages are taken as it decodes, and the newest request is "
+          "preempted (recomputed later) when they run out (batching scheduler)");
 ABSL_FLAG(std::string, model_name, "",
           "serve: the model id clients name (empty: the file name without .gguf)");
 
@@ -96,6 +100,8 @@ int RunServe(const std::vector<std::string>& args) {
   if (max_batch_tokens < 1) return Usage("--max-batch-tokens must be >= 1");
   const int64_t chunk_size = absl::GetFlag(FLAGS_chunk_size);
   if (chunk_size < 1) return Usage("--chunk-size must be >= 1");
+  const int64_t decode_reserve_tokens = absl::GetFlag(FLAGS_decode_reserve_tokens);
+  if (decode_reserve_tokens < 0) return Usage("--decode-reserve-tokens must be >= 0");
   int64_t kv_tokens = absl::GetFlag(FLAGS_kv_tokens);
   if (kv_tokens < 0) return Usage("--kv-tokens must be >= 0");
 
@@ -132,6 +138,7 @@ int RunServe(const std::vector<std::string>& args) {
     options.max_running = parallel;
     options.max_batch_tokens = max_batch_tokens;
     options.chunk_tokens = chunk_size;
+    options.decode_reserve_tokens = decode_reserve_tokens;
     backend = std::make_unique<server::BatchingScheduler>(batch_model.get(), options, &metrics);
   } else {
     sequence_model = std::make_unique<server::EngineSequenceModel>(generator->get());
@@ -203,7 +210,8 @@ Command ServeCommand() {
           "runs them one at a time. SIGINT/SIGTERM stop the server.",
           {"model", "host", "port", "api_key", "max_body_bytes", "cors_origin", "max_queue",
            "context_tokens", "http_workers", "model_name", "threads", "active_experts",
-           "scheduler", "parallel", "max_batch_tokens", "chunk_size", "kv_tokens"},
+           "scheduler", "parallel", "max_batch_tokens", "chunk_size", "kv_tokens",
+           "decode_reserve_tokens"},
           &RunServe};
 }
 
