@@ -36,7 +36,9 @@ template <typename T>
 class DeviceBuffer {
  public:
   explicit DeviceBuffer(size_t n) : n_(n) {
-    if (n > 0) EXPECT_EQ(cudaMalloc(&ptr_, n * sizeof(T)), cudaSuccess);
+    if (n > 0) {
+      EXPECT_EQ(cudaMalloc(&ptr_, n * sizeof(T)), cudaSuccess);
+    }
   }
   explicit DeviceBuffer(const std::vector<T>& host) : DeviceBuffer(host.size()) {
     if (!host.empty()) {
