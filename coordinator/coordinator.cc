@@ -247,6 +247,7 @@ absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Start(CoordinatorOptio
     const proto::ExpertWorkerSpec& e = topo.expert_workers(i);
     r.set_compute_threads(e.threads());
     r.set_numa_node(e.numa_node());
+    r.set_expert_memory(e.memory());
     w->attach_address = e.address();
     proto::ShardSpec* shard = r.mutable_shard();
     shard->mutable_layers()->set_first_layer(static_cast<int32_t>(cfg.n_dense_layers));

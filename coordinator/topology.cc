@@ -222,7 +222,7 @@ class TopologyParser {
     for (size_t i = 0; i < experts.size(); ++i) {
       const YAML::Node e = experts[i];
       const std::string where = absl::StrCat("expert_workers[", i, "]");
-      if (auto s = CheckKeys(e, where, {"numa_node", "threads", "host", "address"}); !s.ok()) return s;
+      if (auto s = CheckKeys(e, where, {"numa_node", "threads", "host", "address", "memory"}); !s.ok()) return s;
       proto::ExpertWorkerSpec* spec = t.add_expert_workers();
       if (!e["numa_node"]) return Error(e, where + ".numa_node", "required (hwloc NUMA node index)");
       auto node = Int(e["numa_node"], where + ".numa_node", 0, 1023);
@@ -230,6 +230,15 @@ class TopologyParser {
       spec->set_numa_node(static_cast<int32_t>(*node));
       if (e["threads"]) TOPO_ASSIGN(spec->set_threads, Int(e["threads"], where + ".threads", 0, 4096));
       if (e["host"]) TOPO_ASSIGN(spec->set_host, String(e["host"], where + ".host"));
+      if (const YAML::Node m = e["memory"]) {
+        auto memory = String(m, where + ".memory");
+        if (!memory.ok()) return memory.status();
+        if (*memory != "auto" && *memory != "mapped" && *memory != "node") {
+          return Error(m, where + ".memory",
+                       absl::StrCat("'", *memory, "' is not one of auto, mapped, node"));
+        }
+        spec->set_memory(*memory);
+      }
       if (e["address"]) {
         std::string a;
         if (auto s = HostPort(e["address"], where + ".address", &a); !s.ok()) return s;

@@ -98,10 +98,38 @@ absl::Status ExpertShard::Configure(const proto::ConfigureRequest& request) {
   if (request.compute_threads() < 0) {
     return absl::InvalidArgumentError("compute_threads: must be >= 0");
   }
+  const std::string& memory = request.expert_memory();
+  if (!memory.empty() && memory != "auto" && memory != "mapped" && memory != "node") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("expert_memory: '", memory, "' is not one of auto, mapped, node"));
+  }
   request_ = request;
   std::fprintf(stderr, "cpu_expert_worker %s: %s\n", request.worker_name().c_str(),
                BindToNode(request.numa_node(), &node_cores_).c_str());
   return absl::OkStatus();
+}
+
+absl::StatusOr<bool> ExpertShard::CopyExpertsToNode() {
+  const std::string& memory = request_.expert_memory();
+  if (memory == "mapped") return false;
+  const int node = request_.numa_node();
+  absl::StatusOr<std::unique_ptr<NumaTopology>> topology = NumaTopology::Load();
+  if (memory == "node") {
+    if (!topology.ok()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "expert_memory node: the NUMA topology cannot be read: ", topology.status().message()));
+    }
+    if (node < 0 || node >= (*topology)->num_nodes()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("expert_memory node: numa_node ", node, " is not one of the ",
+                       (*topology)->num_nodes(), " NUMA nodes hwloc sees"));
+    }
+  } else if (!topology.ok() || !(*topology)->is_this_system() ||
+             (*topology)->num_nodes() < 2 || node < 0 || node >= (*topology)->num_nodes()) {
+    return false;  // auto: mapped unless binding to a node of this machine means something
+  }
+  numa_ = std::move(*topology);
+  return true;
 }
 
 absl::Status ExpertShard::Load(const std::function<void(const proto::LoadProgress&)>& progress) {
@@ -130,6 +158,21 @@ absl::Status ExpertShard::Load(const std::function<void(const proto::LoadProgres
   const int64_t ff = config_.expert_ff;
   const int64_t hidden = config_.hidden;
   shard_bytes_ = 0;
+  bool copy_to_node = false;
+  if (slices <= 1) {
+    MOEFLOW_ASSIGN_OR_RETURN(copy_to_node, CopyExpertsToNode());
+  }
+  // What the copying loops below will have done, for their progress lines:
+  // the held experts (replicate, shard), or every expert's slice.
+  int64_t copy_total = 0;
+  for (int64_t il = config_.n_dense_layers; il < config_.n_layers; ++il) {
+    const EngineLayerWeights& lw = weights_.layers[static_cast<size_t>(il)];
+    const int64_t experts = slices > 1 ? config_.n_experts : held;
+    const GgmlTypeTraits& dt = Traits(lw.ffn_down_exps.type);
+    copy_total += experts * (ff / slices * (lw.ffn_gate_exps.row_bytes + lw.ffn_up_exps.row_bytes) +
+                             hidden * (ff / slices / dt.block_size * dt.type_size));
+  }
+  p.set_bytes_total(copy_total);
   if (slices > 1) {
     if (ff % slices != 0) {
       return absl::InvalidArgumentError(absl::StrCat("shard.slice_count ", slices,
@@ -179,6 +222,37 @@ absl::Status ExpertShard::Load(const std::function<void(const proto::LoadProgres
       file_->ReleasePages(gate.data, static_cast<uint64_t>(gate.rows * gate.row_bytes));
       file_->ReleasePages(up.data, static_cast<uint64_t>(up.rows * up.row_bytes));
       file_->ReleasePages(down.data, static_cast<uint64_t>(down.rows * down.row_bytes));
+      p.set_tensor_name(LayerTensorName(il, "ffn_*_exps"));
+      p.set_bytes_done(shard_bytes_);
+      progress(p);
+    }
+  } else if (copy_to_node) {
+    // The held experts into node-bound buffers, each at its offset in the
+    // file's tensor; then this process's mapping of the file's expert pages
+    // is released.
+    p.set_phase(proto::LOAD_PHASE_REPACKING);
+    const int node = request_.numa_node();
+    for (int64_t il = config_.n_dense_layers; il < config_.n_layers; ++il) {
+      EngineLayerWeights& lw = shard_layers_[static_cast<size_t>(il)];
+      for (auto [w, rows_per_expert] : {std::pair<MatmulWeight*, int64_t>{&lw.ffn_gate_exps, ff},
+                                        {&lw.ffn_up_exps, ff},
+                                        {&lw.ffn_down_exps, hidden}}) {
+        const uint64_t total = static_cast<uint64_t>(w->rows * w->row_bytes);
+        const size_t expert_bytes = static_cast<size_t>(rows_per_expert * w->row_bytes);
+        NodeBuffer buf = NodeBuffer::Allocate(*numa_, node, total);
+        for (int64_t e = 0; e < config_.n_experts; ++e) {
+          if (!holds_expert_[static_cast<size_t>(e)]) continue;
+          std::memcpy(buf.data() + e * expert_bytes, w->row(e * rows_per_expert), expert_bytes);
+          shard_bytes_ += static_cast<int64_t>(expert_bytes);
+        }
+        file_->ReleasePages(w->data, total);
+        w->data = buf.data();
+        if (il == config_.n_dense_layers && w == &lw.ffn_gate_exps) {
+          std::fprintf(stderr, "cpu_expert_worker %s: experts copied into memory %s\n",
+                       request_.worker_name().c_str(), buf.binding().c_str());
+        }
+        node_buffers_.push_back(std::move(buf));
+      }
       p.set_tensor_name(LayerTensorName(il, "ffn_*_exps"));
       p.set_bytes_done(shard_bytes_);
       progress(p);

@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "coordinator/worker_runtime.h"
+#include "kernels/cpu/numa.h"
 #include "kernels/cpu/thread_pool.h"
 #include "model/deepseek2/config.h"
 #include "model/deepseek2/engine.h"
@@ -50,6 +51,11 @@ class ExpertShard final : public dataflow::WorkerCompute {
   static std::string BindToNode(int numa_node, int* node_cores);
 
  private:
+  // Whether Load copies the held experts into node-bound memory (expert
+  // memory "node", or "auto" on a machine with more than one NUMA node);
+  // sets numa_ when it does. FAILED_PRECONDITION when "node" cannot be had.
+  absl::StatusOr<bool> CopyExpertsToNode();
+
   proto::ConfigureRequest request_;
   std::unique_ptr<GgufFile> file_;
   Deepseek2Config config_;        // the file's
@@ -58,6 +64,12 @@ class ExpertShard final : public dataflow::WorkerCompute {
   EngineWeights weights_;
   // Slice placement: per layer, the repacked gate/up/down of this slice.
   std::vector<std::vector<uint8_t>> slice_bytes_;
+  // memory "node" (replicate, shard): the held experts copied into memory
+  // bound to the worker's node, one buffer per expert tensor, laid out as
+  // the file's tensor (the experts not held are never touched, so they take
+  // no memory). numa_ outlives the buffers (declared first).
+  std::unique_ptr<NumaTopology> numa_;
+  std::vector<NodeBuffer> node_buffers_;
   std::vector<EngineLayerWeights> shard_layers_;
   std::vector<uint8_t> holds_expert_;
   std::unique_ptr<ThreadPool> pool_;

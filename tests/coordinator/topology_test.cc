@@ -18,7 +18,7 @@ max_batch_tokens: 32
 gpu_workers:
   - {backend: cpu, kv_cache_tokens: 1024, threads: 2}
 expert_workers:
-  - {numa_node: 0, threads: 4}
+  - {numa_node: 0, threads: 4, memory: node}
   - {numa_node: 1}
 )";
 
@@ -37,7 +37,9 @@ TEST(TopologyTest, ParsesEveryField) {
   EXPECT_EQ(t->gpu_workers(0).threads(), 2);
   ASSERT_EQ(t->expert_workers_size(), 2);
   EXPECT_EQ(t->expert_workers(0).threads(), 4);
+  EXPECT_EQ(t->expert_workers(0).memory(), "node");
   EXPECT_EQ(t->expert_workers(1).numa_node(), 1);
+  EXPECT_EQ(t->expert_workers(1).memory(), "");  // auto
 }
 
 TEST(TopologyTest, AppliesDefaults) {
@@ -101,6 +103,9 @@ INSTANTIATE_TEST_SUITE_P(
         BadCase{"model_path: m\ngpu_workers: [{backend: cpu}]\nexpert_workers:\n"
                 "  - {numa_node: zero}\n",
                 "bad.yaml:4: expert_workers[0].numa_node: 'zero' is not an integer"},
+        BadCase{"model_path: m\ngpu_workers: [{backend: cpu}]\nexpert_workers:\n"
+                "  - {numa_node: 0, memory: huge}\n",
+                "bad.yaml:4: expert_workers[0].memory: 'huge' is not one of auto, mapped, node"},
         BadCase{"model_path: m\ngpu_workers: [{backend: cpu}]\nexpert_workers:\n"
                 "  - {numa_node: 0, cores: 3}\n",
                 "bad.yaml:4: expert_workers[0].cores: unknown key"},

@@ -137,6 +137,17 @@ TEST(LaunchLogitsOverlapTest, SharedExpertsOverlappedOrNotMatchSingleProcessEngi
   }
 }
 
+// The held experts copied into (node-bound) memory of each worker instead of
+// mapped from the file: the same bytes, so the same bit-identical logits.
+TEST(LaunchLogitsNodeMemoryTest, ExpertsCopiedToNodeMemoryMatchSingleProcessEngine) {
+  for (const char* placement : {"replicate", "shard"}) {
+    SCOPED_TRACE(placement);
+    LaunchSpec spec;
+    spec.expert_memory = "node";
+    ExpectLaunchMatchesEngine(Case{"tiny-v2", "q4_k_m", placement, true}, "sm,self", spec);
+  }
+}
+
 // An expert worker "on another host": started by hand (as one would on the
 // other box) and attached to by address, over UCX tcp on loopback, beside a
 // worker the launcher starts itself. Logits bit-identical to the engine's.

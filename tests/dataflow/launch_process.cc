@@ -44,6 +44,7 @@ LaunchProcess::LaunchProcess(const LaunchSpec& spec) {
         << "}\nexpert_workers:\n";
     for (int i = 0; i < spec.expert_workers; ++i) {
       out << "  - {numa_node: " << i << ", threads: 1";
+      if (!spec.expert_memory.empty()) out << ", memory: " << spec.expert_memory;
       if (static_cast<size_t>(i) < spec.expert_addresses.size() &&
           !spec.expert_addresses[static_cast<size_t>(i)].empty()) {
         out << ", address: \"" << spec.expert_addresses[static_cast<size_t>(i)] << "\"";

@@ -33,6 +33,8 @@ struct LaunchSpec {
   // empty (or missing): the launcher starts it.
   std::vector<std::string> expert_addresses;
   std::vector<std::string> extra_flags;
+  // memory: of every expert worker (auto, mapped, node); empty: not written.
+  std::string expert_memory;
 };
 
 // A cpu_expert_worker started by hand, as on another host: listens on
