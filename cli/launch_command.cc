@@ -8,8 +8,6 @@
 #include <unistd.h>
 
 #include <climits>
-#include <fstream>
-#include <sstream>
 #include <cstdio>
 #include <memory>
 #include <string>
@@ -23,6 +21,7 @@
 #include "absl/time/clock.h"
 #include "cli/commands.h"
 #include "cli/common_flags.h"
+#include "cli/pem_file.h"
 #include "coordinator/control_service.h"
 #include "coordinator/coordinator.h"
 #include "coordinator/topology.h"
@@ -69,21 +68,6 @@ std::string FindWorkerBinary(const std::string& flag, const std::string& dir_nam
     if (access(candidate.c_str(), X_OK) == 0) return candidate;
   }
   return absl::StrCat(self, "/../", dir_name, "/", dir_name);
-}
-
-// Reads a whole (PEM) file named by `flag`.
-absl::StatusOr<std::string> ReadPemFile(const char* flag, const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) {
-    return absl::NotFoundError(absl::StrCat("--", flag, ": cannot open '", path, "'"));
-  }
-  std::ostringstream text;
-  text << in.rdbuf();
-  if (text.str().find("-----BEGIN ") == std::string::npos) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--", flag, ": '", path, "' is not a PEM file (no -----BEGIN line)"));
-  }
-  return text.str();
 }
 
 // Insecure credentials, or TLS with the certificate and key the flags name.

@@ -17,9 +17,7 @@
 #include <cctype>
 #include <cstdio>
 #include <cstring>
-#include <fstream>
 #include <memory>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -30,6 +28,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
+#include "cli/pem_file.h"
 #include "model/deepseek2/logits_file.h"
 #include "proto/control.grpc.pb.h"
 
@@ -83,15 +82,13 @@ bool ChannelCredentials(std::shared_ptr<grpc::ChannelCredentials>* credentials,
     *credentials = grpc::InsecureChannelCredentials();
     return true;
   }
-  std::ifstream in(ca, std::ios::binary);
-  std::ostringstream pem;
-  pem << in.rdbuf();
-  if (!in || pem.str().find("-----BEGIN ") == std::string::npos) {
-    std::fprintf(stderr, "moeflowctl: --tls_ca: '%s' cannot be read as a PEM file\n", ca.c_str());
+  absl::StatusOr<std::string> pem = ReadPemFile("tls_ca", ca);
+  if (!pem.ok()) {
+    std::fprintf(stderr, "moeflowctl: %s\n", std::string(pem.status().message()).c_str());
     return false;
   }
   grpc::SslCredentialsOptions options;
-  options.pem_root_certs = pem.str();
+  options.pem_root_certs = *pem;
   *credentials = grpc::SslCredentials(options);
   if (!absl::GetFlag(FLAGS_tls_server_name).empty()) {
     args->SetSslTargetNameOverride(absl::GetFlag(FLAGS_tls_server_name));
