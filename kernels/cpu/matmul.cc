@@ -541,6 +541,10 @@ VecDotFn SimdVecDot(const SimdVecDots& t, GgmlType type) {
   switch (type) {
     case GgmlType::kF32:
       return t.f32;
+    case GgmlType::kF16:
+      return t.f16;
+    case GgmlType::kBF16:
+      return t.bf16;
     case GgmlType::kQ8_0:
       return t.q8_0;
     case GgmlType::kQ5_0:

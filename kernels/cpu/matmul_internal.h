@@ -39,6 +39,8 @@ struct SimdVecDots {
   GemmFn gemm_q4_k = nullptr;
   GemmFn gemm_q6_k = nullptr;
   VecDotFn f32 = nullptr;
+  VecDotFn f16 = nullptr;
+  VecDotFn bf16 = nullptr;
   VecDotFn q8_0 = nullptr;
   VecDotFn q5_0 = nullptr;
   VecDotFn q4_k = nullptr;
