@@ -24,7 +24,8 @@
 // The scalar vec_dot of each pair reproduces ggml's generic
 // ggml_vec_dot_*_q8_* arithmetic: integer sums per (sub-)block, then the float
 // scale products in ggml's order. The AVX2 and AVX-512 (VNNI) variants of the
-// hot pairs (F32, Q8_0, Q5_0, Q4_K, Q6_K) compute the same integer sums
+// hot pairs (F32, F16, BF16, Q8_0, Q5_0, Q4_K, Q6_K; the 16-bit float pairs'
+// products are exact in float, summed in float lanes) compute the same integer sums
 // exactly but add the per-block float terms in a different order (as ggml's
 // own SIMD paths do), so they differ from the scalar result by a few ulp of
 // the sum of |terms|. On AVX2 and AVX-512 (with or without VNNI),
