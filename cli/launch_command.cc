@@ -10,6 +10,7 @@
 #include <climits>
 #include <cstdio>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -70,11 +71,18 @@ std::string FindWorkerBinary(const std::string& flag, const std::string& dir_nam
   return absl::StrCat(self, "/../", dir_name, "/", dir_name);
 }
 
-// Insecure credentials, or TLS with the certificate and key the flags name.
-absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> ControlCredentials() {
+// The control service's TLS files, read (and checked) before anything
+// starts: nullopt for plaintext, else the key and certificate PEM. The gRPC
+// credentials are built from them only after the signals are blocked (gRPC
+// starts threads on first use, and they would inherit an open signal mask).
+struct ControlTls {
+  std::string key_pem, cert_pem;
+};
+
+absl::StatusOr<std::optional<ControlTls>> ReadControlTls() {
   const std::string cert = absl::GetFlag(FLAGS_control_tls_cert);
   const std::string key = absl::GetFlag(FLAGS_control_tls_key);
-  if (cert.empty() && key.empty()) return grpc::InsecureServerCredentials();
+  if (cert.empty() && key.empty()) return std::optional<ControlTls>();
   if (cert.empty() || key.empty()) {
     return absl::InvalidArgumentError(
         "--control_tls_cert and --control_tls_key go together (give both or neither)");
@@ -83,8 +91,13 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> ControlCredentials() {
   if (!cert_pem.ok()) return cert_pem.status();
   absl::StatusOr<std::string> key_pem = ReadPemFile("control_tls_key", key);
   if (!key_pem.ok()) return key_pem.status();
+  return std::optional<ControlTls>(ControlTls{*key_pem, *cert_pem});
+}
+
+std::shared_ptr<grpc::ServerCredentials> ControlCredentials(const std::optional<ControlTls>& tls) {
+  if (!tls.has_value()) return grpc::InsecureServerCredentials();
   grpc::SslServerCredentialsOptions options;
-  options.pem_key_cert_pairs.push_back({*key_pem, *cert_pem});
+  options.pem_key_cert_pairs.push_back({tls->key_pem, tls->cert_pem});
   return grpc::SslServerCredentials(options);
 }
 
@@ -116,9 +129,9 @@ int RunLaunch(const std::vector<std::string>& args) {
                  topology->control_address().c_str());
     return kExitUsage;
   }
-  absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials = ControlCredentials();
-  if (!credentials.ok()) {
-    std::fprintf(stderr, "moeflow launch: %s\n", std::string(credentials.status().message()).c_str());
+  absl::StatusOr<std::optional<ControlTls>> tls = ReadControlTls();
+  if (!tls.ok()) {
+    std::fprintf(stderr, "moeflow launch: %s\n", std::string(tls.status().message()).c_str());
     return kExitUsage;
   }
   if (absl::GetFlag(FLAGS_validate_only)) {
@@ -165,7 +178,7 @@ int RunLaunch(const std::vector<std::string>& args) {
   ControlServiceImpl service(**coordinator, token, [] { kill(getpid(), SIGTERM); });
   grpc::ServerBuilder builder;
   int port = 0;
-  builder.AddListeningPort(topology->control_address(), *credentials, &port);
+  builder.AddListeningPort(topology->control_address(), ControlCredentials(*tls), &port);
   builder.RegisterService(&service);
   builder.SetMaxSendMessageSize(256 << 20);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
