@@ -111,6 +111,9 @@ done
 expect_rc 0 "inspect --plan without a file" -- "$MOEFLOW" inspect --plan
 expect_rc 2 "inspect --plan --context 0" -- "$MOEFLOW" inspect --plan --context 0
 expect_in "$TMP/err" "--context=0" "bad --context message"
+expect_rc 2 "serve --decode-reserve-tokens -1" -- \
+  "$MOEFLOW" serve --model "$MODEL" --decode-reserve-tokens=-1
+expect_in "$TMP/err" "decode-reserve-tokens must be >= 0" "serve --decode-reserve-tokens -1"
 expect_rc 0 "inspect --plan --json" -- "$MOEFLOW" inspect --plan --json --context 1000 "$MODEL"
 python3 - "$TMP/out" <<'PY' || fail "inspect --plan --json content"
 import json, sys

@@ -19,6 +19,7 @@
 #include "absl/strings/str_split.h"
 #include "gtest/gtest.h"
 #include "model/deepseek2/engine.h"
+#include "proto/worker.grpc.pb.h"
 #include "tests/dataflow/launch_process.h"
 
 namespace moeflow {
@@ -146,6 +147,30 @@ TEST(LaunchLogitsNodeMemoryTest, ExpertsCopiedToNodeMemoryMatchSingleProcessEngi
     spec.expert_memory = "node";
     ExpectLaunchMatchesEngine(Case{"tiny-v2", "q4_k_m", placement, true}, "sm,self", spec);
   }
+}
+
+// A worker configured by another client than the coordinator (whose
+// topology parser already refuses bad values) answers a bad expert_memory
+// with INVALID_ARGUMENT naming the field and the value.
+TEST(ExpertWorkerConfigureTest, UnknownExpertMemoryIsInvalidArgument) {
+  testing::HandStartedWorker worker;
+  ASSERT_TRUE(worker.ok()) << worker.error();
+  auto stub = proto::WorkerService::NewStub(grpc::CreateChannel(
+      absl::StrCat("127.0.0.1:", worker.port()), grpc::InsecureChannelCredentials()));
+  proto::ConfigureRequest request;
+  request.set_model_path("tests/data/llamacpp/tiny-v2/tiny-v2.q8_0.gguf");
+  request.set_role(proto::WORKER_ROLE_CPU_EXPERT);
+  request.set_numa_node(0);
+  request.set_max_batch_tokens(16);
+  request.set_expert_memory("huge");
+  grpc::ClientContext ctx;
+  ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
+  proto::ConfigureResponse response;
+  const grpc::Status s = stub->Configure(&ctx, request, &response);
+  EXPECT_EQ(s.error_code(), grpc::INVALID_ARGUMENT);
+  EXPECT_NE(s.error_message().find("expert_memory: 'huge' is not one of auto, mapped, node"),
+            std::string::npos)
+      << s.error_message();
 }
 
 // An expert worker "on another host": started by hand (as one would on the
