@@ -173,6 +173,39 @@ TEST(ExpertWorkerConfigureTest, UnknownExpertMemoryIsInvalidArgument) {
       << s.error_message();
 }
 
+// memory "node" for a NUMA node hwloc does not see: Load fails with
+// FAILED_PRECONDITION naming the node, instead of copying anywhere.
+TEST(ExpertWorkerConfigureTest, NodeMemoryOnAMissingNodeFailsLoad) {
+  testing::HandStartedWorker worker;
+  ASSERT_TRUE(worker.ok()) << worker.error();
+  auto stub = proto::WorkerService::NewStub(grpc::CreateChannel(
+      absl::StrCat("127.0.0.1:", worker.port()), grpc::InsecureChannelCredentials()));
+  proto::ConfigureRequest request;
+  request.set_model_path("tests/data/llamacpp/tiny-v2/tiny-v2.q8_0.gguf");
+  request.set_role(proto::WORKER_ROLE_CPU_EXPERT);
+  request.set_numa_node(900);
+  request.set_max_batch_tokens(16);
+  request.set_expert_memory("node");
+  {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
+    proto::ConfigureResponse response;
+    const grpc::Status s = stub->Configure(&ctx, request, &response);
+    ASSERT_TRUE(s.ok()) << s.error_message();
+  }
+  grpc::ClientContext ctx;
+  ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(30)));
+  auto load = stub->Load(&ctx, proto::LoadRequest());
+  proto::LoadProgress progress;
+  while (load->Read(&progress)) {
+  }
+  const grpc::Status s = load->Finish();
+  EXPECT_EQ(s.error_code(), grpc::FAILED_PRECONDITION) << s.error_message();
+  EXPECT_NE(s.error_message().find("expert_memory node: numa_node 900 is not one of the"),
+            std::string::npos)
+      << s.error_message();
+}
+
 // An expert worker "on another host": started by hand (as one would on the
 // other box) and attached to by address, over UCX tcp on loopback, beside a
 // worker the launcher starts itself. Logits bit-identical to the engine's.
