@@ -6,6 +6,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "gtest/gtest.h"
 #include "server/http_message.h"
@@ -122,10 +123,16 @@ class HttpServerTest : public ::testing::Test {
             return;
           }
           if (request.path == "/hang") {
+            // Published before the first byte goes out: the client may read
+            // "started", hang up and look at hanging_ before this handler
+            // returns (a null hanging_ crashed a CI run here).
+            {
+              absl::MutexLock lock(&hanging_mu_);
+              hanging_ = responder;
+            }
+            responder->SetOnClose([this] { closed_.Notify(); });
             responder->StartStream(200, {});
             responder->Write("started\n");
-            responder->SetOnClose([this] { closed_.Notify(); });
-            hanging_ = responder;
             return;
           }
           responder->Send(200, {{"Content-Type", "text/plain"}},
@@ -139,7 +146,13 @@ class HttpServerTest : public ::testing::Test {
   std::unique_ptr<HttpServer> server_;
   int port_ = 0;
   absl::Notification closed_;
-  std::shared_ptr<HttpResponder> hanging_;
+  absl::Mutex hanging_mu_;
+  std::shared_ptr<HttpResponder> hanging_ ABSL_GUARDED_BY(hanging_mu_);
+
+  std::shared_ptr<HttpResponder> Hanging() {
+    absl::MutexLock lock(&hanging_mu_);
+    return hanging_;
+  }
 };
 
 TEST_F(HttpServerTest, AnswersPipelinedRequestsInOrderOnOneConnection) {
@@ -226,7 +239,9 @@ TEST_F(HttpServerTest, ClientDisconnectRunsOnClose) {
   ASSERT_GT(read(fd, buffer, sizeof(buffer)), 0);  // the head and "started"
   close(fd);
   EXPECT_TRUE(closed_.WaitForNotificationWithTimeout(absl::Seconds(10)));
-  EXPECT_FALSE(hanging_->Write("more"));
+  const std::shared_ptr<HttpResponder> hanging = Hanging();
+  ASSERT_NE(hanging, nullptr);
+  EXPECT_FALSE(hanging->Write("more"));
 }
 
 }  // namespace
