@@ -199,8 +199,12 @@ TEST(MatmulVariantsTest, AmxFewTokensUseTheAvx512Tiles) {
 
 TEST(MatmulVariantsTest, IsaNamesAndSupportAreConsistent) {
   // A variant implies the ones it extends.
-  if (CpuSupportsIsa(CpuIsa::kAmx)) EXPECT_TRUE(CpuSupportsIsa(CpuIsa::kAvx512Bf16));
-  if (CpuSupportsIsa(CpuIsa::kAvx512Bf16)) EXPECT_TRUE(CpuSupportsIsa(CpuIsa::kAvx512));
+  if (CpuSupportsIsa(CpuIsa::kAmx)) {
+    EXPECT_TRUE(CpuSupportsIsa(CpuIsa::kAvx512Bf16));
+  }
+  if (CpuSupportsIsa(CpuIsa::kAvx512Bf16)) {
+    EXPECT_TRUE(CpuSupportsIsa(CpuIsa::kAvx512));
+  }
   EXPECT_STREQ(CpuIsaName(CpuIsa::kAvx512Bf16), "avx512bf16");
   EXPECT_STREQ(CpuIsaName(CpuIsa::kAmx), "amx");
   EXPECT_TRUE(CpuSupportsIsa(SelectedIsa()));
