@@ -181,10 +181,19 @@ int Main(int argc, char** argv) {
         std::fwrite(r.piece().text().data(), 1, r.piece().text().size(), stdout);
         std::fflush(stdout);
       } else if (r.has_final()) {
-        std::fprintf(stderr, "\nmoeflowctl generate: %s, %d prompt + %d tokens, %lld ms\n",
+        // Decode rate as `moeflow generate` counts it: the completion
+        // tokens over the time after the first one (the server's clock).
+        const proto::Usage& u = r.final().usage();
+        const int64_t decode_ms = u.total_time_ms() - u.time_to_first_token_ms();
+        std::fprintf(stderr,
+                     "\nmoeflowctl generate: %s, %d prompt + %d tokens, %lld ms (first token "
+                     "%lld ms, decode %.1f tok/s)\n",
                      proto::FinishReason_Name(r.final().finish_reason()).c_str(),
-                     r.final().usage().prompt_tokens(), r.final().usage().completion_tokens(),
-                     static_cast<long long>(r.final().usage().total_time_ms()));
+                     u.prompt_tokens(), u.completion_tokens(),
+                     static_cast<long long>(u.total_time_ms()),
+                     static_cast<long long>(u.time_to_first_token_ms()),
+                     decode_ms > 0 ? 1e3 * u.completion_tokens() / static_cast<double>(decode_ms)
+                                   : 0.0);
       }
     }
     grpc::Status s = reader->Finish();

@@ -1018,6 +1018,7 @@ absl::Status Coordinator::RunChunk(absl::Span<const int32_t> tokens, int64_t sta
       MOEFLOW_RETURN_IF_ERROR(DispatchExperts(il, n, k, ls));
       if (overlap_shared_experts_ || !has_shared || !gpu.in_process) return absl::OkStatus();
       experts_done = true;
+      local_gpu_->Idle();  // its pool sleeps while the expert workers compute
       MOEFLOW_RETURN_IF_ERROR(AwaitExperts(h, ls));
       experts_end = absl::Now();
       return absl::OkStatus();
@@ -1037,6 +1038,7 @@ absl::Status Coordinator::RunChunk(absl::Span<const int32_t> tokens, int64_t sta
             ? reinterpret_cast<const float*>(gpu_recv_ + gpu_part1_offset_ + sizeof(ReplyHeader))
             : nullptr;
     if (!experts_done) {
+      if (gpu.in_process) local_gpu_->Idle();  // nothing for its pool until the replies
       if (absl::Status s = AwaitExperts(h, ls); !s.ok()) {
         ReleaseExpertTransfers();
         return s;

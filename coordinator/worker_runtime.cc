@@ -333,6 +333,7 @@ class WorkerServer final : public proto::WorkerService::Service {
       stats.set_compute_time_us(absl::ToInt64Microseconds(absl::Now() - t0) -
                                 stats.transport_time_us());
       Record(stats);
+      compute_.Idle();
       ++seq;
     }
   }

@@ -54,6 +54,12 @@ class WorkerCompute {
                               ReplyWriter& reply, proto::LayerStats& stats) = 0;
   // Bytes of memory this worker's shard holds (for Health / memory report).
   virtual int64_t ShardBytes() const = 0;
+  // The caller is about to wait on another process (for the next request,
+  // or for the expert replies): a compute with a thread pool lets its idle
+  // threads sleep now (ThreadPool::Rest) rather than spin on cores that
+  // process needs. Between Handle calls, or from inside Handle's reply
+  // callbacks; never concurrently with a parallel loop of the pool.
+  virtual void Idle() {}
 };
 
 // Parses --listen (default 127.0.0.1:0), serves until Shutdown, prints

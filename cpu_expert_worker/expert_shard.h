@@ -45,6 +45,9 @@ class ExpertShard final : public dataflow::WorkerCompute {
   absl::Status Handle(const dataflow::RequestHeader& header, absl::Span<const uint8_t> payload,
                       dataflow::ReplyWriter& reply, proto::LayerStats& stats) override;
   int64_t ShardBytes() const override { return shard_bytes_; }
+  void Idle() override {
+    if (pool_ != nullptr) pool_->Rest();
+  }
 
   // Binds the process to `numa_node` when hwloc describes the real machine.
   // Returns a line for the log saying what was done.

@@ -38,6 +38,9 @@ class CpuGpuWorkerBackend final : public dataflow::WorkerCompute {
   absl::Status Handle(const dataflow::RequestHeader& header, absl::Span<const uint8_t> payload,
                       dataflow::ReplyWriter& reply, proto::LayerStats& stats) override;
   int64_t ShardBytes() const override { return shard_bytes_; }
+  void Idle() override {
+    if (pool_ != nullptr) pool_->Rest();
+  }
 
  private:
   proto::ConfigureRequest config_request_;

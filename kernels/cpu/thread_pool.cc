@@ -84,6 +84,7 @@ void ThreadPool::Run(JobFn job, void* ctx) {
   MOEFLOW_CHECK(!running_.exchange(true, std::memory_order_acquire));  // one owner at a time
   job_ = job;
   job_ctx_ = ctx;
+  rest_.store(false, std::memory_order_relaxed);
   next_.store(0, std::memory_order_relaxed);
   const uint64_t generation = (state_.load(std::memory_order_relaxed) >> 32) + 1;
   state_.store(generation << 32, std::memory_order_seq_cst);  // open, nobody inside
@@ -129,13 +130,19 @@ void ThreadPool::WorkerLoop(int thread) {
   int spin_budget = kMinSpin * 4;
   while (true) {
     uint64_t s = state_.load(std::memory_order_acquire);
+    bool rested = false;
     for (int spin = 0; spin < spin_budget && (s >> 32) == seen; ++spin) {
+      if ((spin & 15) == 0 && rest_.load(std::memory_order_relaxed)) {
+        rested = true;
+        break;
+      }
       CpuRelax();
       s = state_.load(std::memory_order_acquire);
     }
     if ((s >> 32) == seen) {
-      // Nothing came during the spin: spin less next time, and sleep.
-      spin_budget = std::max(kMinSpin, spin_budget / 2);
+      // Nothing came during the spin: spin less next time, and sleep. After
+      // a Rest() the gap was announced, so the budget stays as it was.
+      if (!rested) spin_budget = std::max(kMinSpin, spin_budget / 2);
       std::unique_lock<std::mutex> lock(mu_);
       sleepers_.fetch_add(1, std::memory_order_seq_cst);
       work_cv_.wait(lock, [&] {

@@ -28,7 +28,10 @@
 // grows while jobs keep arriving during the spin and shrinks when they do
 // not, at most a few tens of microseconds), then sleep on a condition
 // variable; the caller waits for the last chunks the same way. Nothing
-// busy-waits for long.
+// busy-waits for long. Rest() cuts the spin short: the owner calls it before
+// it blocks on another process (an expert worker between requests, the
+// coordinator awaiting expert replies), so that the idle pool leaves this
+// host's cores to that process at once instead of spinning on them.
 //
 // Thread-safety: ParallelFor may be called from one thread at a time (the
 // owner; CHECKed). Called from inside a job of the same pool (nesting), it
@@ -60,6 +63,12 @@ class ThreadPool {
   ThreadPool& operator=(const ThreadPool&) = delete;
 
   int size() const { return n_threads_; }
+
+  // The owner will not start a job for a while (it is about to wait on
+  // another process): workers spinning for the next job sleep now, without
+  // shrinking their spin budget. The next ParallelFor wakes them. Called by
+  // the owner between ParallelFors; cheap (one atomic store).
+  void Rest() { rest_.store(true, std::memory_order_relaxed); }
 
   // Calls fn(begin, end, thread) on disjoint chunks [begin, end) that cover
   // [0, n) exactly once, on up to size() threads (thread < size()); returns
@@ -124,6 +133,7 @@ class ThreadPool {
   alignas(64) std::atomic<int64_t> next_{0};  // first unclaimed index
   alignas(64) std::atomic<int> sleepers_{0};  // workers blocked on work_cv_ (changed under mu_)
   std::atomic<bool> running_{false};
+  std::atomic<bool> rest_{false};  // Rest() called since the last job started
   bool stop_ = false;  // guarded by mu_
   int started_ = 0;    // workers past on_worker_start, guarded by mu_
 };

@@ -1,6 +1,7 @@
 // kernels/cpu/thread_pool: every index of a ParallelFor runs exactly once on
 // a valid thread, for odd sizes, nested calls, many calls in a row, calls
-// separated by sleeps (workers asleep), a slowed-down thread (dynamic
+// separated by sleeps (workers asleep), workers sent to sleep by Rest(), a
+// slowed-down thread (dynamic
 // splitting moves work to the other threads), start hooks, and destruction
 // while idle.
 #include "kernels/cpu/thread_pool.h"
@@ -70,6 +71,37 @@ TEST(ThreadPoolTest, CallsAfterWorkersFellAsleep) {
     // Long enough for the adaptive spin to give up and the worker to block.
     std::this_thread::sleep_for(std::chrono::milliseconds(3));
     ExpectCoversOnce(pool, 1000);
+  }
+}
+
+// Rest() sends spinning workers to sleep; the next ParallelFor must wake them
+// (each round's first chunk waits until the worker has taken the second) and
+// cover every index, whether the Rest lands before, during or after the
+// workers' spin.
+TEST(ThreadPoolTest, WorkersRestedBetweenJobsJoinTheNextOne) {
+  ThreadPool pool(2);
+  for (int round = 0; round < 200; ++round) {
+    ExpectCoversOnce(pool, 257);
+    pool.Rest();
+    if (round % 3 == 1) std::this_thread::sleep_for(std::chrono::microseconds(200));
+    std::atomic<bool> worker_joined{false};
+    std::atomic<bool> timed_out{false};
+    pool.ParallelFor(2, [&](int64_t, int64_t, int thread) {
+      if (thread != 0) {
+        worker_joined = true;
+        return;
+      }
+      const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+      while (!worker_joined.load()) {
+        if (std::chrono::steady_clock::now() > deadline) {
+          timed_out = true;
+          return;
+        }
+        std::this_thread::yield();
+      }
+    });
+    ASSERT_FALSE(timed_out.load()) << "round " << round << ": the rested worker never joined";
+    pool.Rest();
   }
 }
 
