@@ -8,6 +8,7 @@
 #include "base/check.h"
 #include "chat/chat_message.h"
 #include "chat/chat_template.h"
+#include "coordinator/bearer_auth.h"
 #include "sampling/sampler.h"
 #include "sampling/stop_condition.h"
 
@@ -105,16 +106,7 @@ absl::StatusOr<std::vector<int32_t>> ControlServiceImpl::RenderChatPrompt(
 }
 
 grpc::Status ControlServiceImpl::Authorize(grpc::ServerContext* context) const {
-  if (token_.empty()) return grpc::Status::OK;
-  const auto& metadata = context->client_metadata();
-  auto it = metadata.find("authorization");
-  if (it == metadata.end() ||
-      std::string(it->second.data(), it->second.size()) != "Bearer " + token_) {
-    return grpc::Status(grpc::UNAUTHENTICATED,
-                        "this control service requires 'authorization: Bearer TOKEN' "
-                        "(moeflowctl --token)");
-  }
-  return grpc::Status::OK;
+  return dataflow::CheckBearer(*context, token_, "moeflowctl --token");
 }
 
 proto::CoordinatorState ControlServiceImpl::State() {

@@ -13,10 +13,12 @@
 #include <fstream>
 #include <sstream>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "base/check.h"
 #include "base/read_line.h"
+#include "coordinator/bearer_auth.h"
 #include "coordinator/dataflow_messages.h"
 #include "coordinator/topology.h"
 #include "gpu_worker/cpu_backend.h"
@@ -89,9 +91,6 @@ absl::Status FromGrpc(const grpc::Status& s, const std::string& what) {
                       absl::StrCat(what, ": ", s.error_message()));
 }
 
-void SetDeadline(grpc::ClientContext& context, int ms) {
-  context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Milliseconds(ms)));
-}
 
 uint64_t MemTotalBytes() {
   std::ifstream in("/proc/meminfo");
@@ -158,6 +157,16 @@ absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Start(CoordinatorOptio
   MOEFLOW_ASSIGN_OR_RETURN(c->file_, GgufFile::Open(topo.model_path()));
   MOEFLOW_ASSIGN_OR_RETURN(c->config_, Deepseek2Config::FromGguf(*c->file_));
   c->model_name_ = c->file_->GetString("general.name").value_or("");
+  if (!topo.worker_token_file().empty()) {
+    absl::StatusOr<std::string> token = dataflow::ReadTokenFile(topo.worker_token_file());
+    if (!token.ok()) {
+      return absl::Status(token.status().code(),
+                          absl::StrCat("worker_token_file: ", token.status().message()));
+    }
+    c->worker_token_ = *std::move(token);
+  } else {
+    MOEFLOW_ASSIGN_OR_RETURN(c->worker_token_, dataflow::NewRandomToken());
+  }
   const Deepseek2Config& cfg = c->config_;
   c->k_ = static_cast<int>(cfg.n_experts_used);
   c->max_batch_ = topo.max_batch_tokens() > 0 ? topo.max_batch_tokens() : 64;
@@ -372,12 +381,27 @@ absl::Status Coordinator::LoadInProcess(Worker& w) {
   return absl::OkStatus();
 }
 
+void Coordinator::PrepareCall(grpc::ClientContext& context, int ms) const {
+  context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Milliseconds(ms)));
+  context.AddMetadata("authorization", "Bearer " + worker_token_);
+}
+
 absl::Status Coordinator::SpawnProcess(Worker& w) {
   int fds[2];
   if (pipe2(fds, O_CLOEXEC) != 0) return absl::InternalError("pipe2 failed");
   const std::string listen = "--listen=127.0.0.1:0";
   std::vector<char*> argv = {const_cast<char*>(w.binary.c_str()), const_cast<char*>(listen.c_str()),
                              nullptr};
+  // The token travels in the environment (not argv, which `ps` shows):
+  // this process's environment without any MOEFLOW_WORKER_TOKEN, plus ours.
+  const std::string token_var = absl::StrCat(dataflow::kWorkerTokenEnv, "=", worker_token_);
+  const std::string token_prefix = absl::StrCat(dataflow::kWorkerTokenEnv, "=");
+  std::vector<char*> envp;
+  for (char** e = environ; *e != nullptr; ++e) {
+    if (!absl::StartsWith(*e, token_prefix)) envp.push_back(*e);
+  }
+  envp.push_back(const_cast<char*>(token_var.c_str()));
+  envp.push_back(nullptr);
   const pid_t parent = getpid();
   const pid_t pid = fork();
   if (pid < 0) return absl::InternalError(absl::StrCat("fork failed: ", std::strerror(errno)));
@@ -389,7 +413,7 @@ absl::Status Coordinator::SpawnProcess(Worker& w) {
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     if (getppid() != parent) _exit(1);
     dup2(fds[1], STDOUT_FILENO);
-    execv(argv[0], argv.data());
+    execve(argv[0], argv.data(), envp.data());
     _exit(127);
   }
   close(fds[1]);
@@ -422,7 +446,7 @@ absl::Status Coordinator::SpawnAndLoad(Worker& w) {
       grpc::CreateCustomChannel(w.grpc_address, grpc::InsecureChannelCredentials(), args));
   {
     grpc::ClientContext ctx;
-    SetDeadline(ctx, options_.rpc_timeout_ms);
+    PrepareCall(ctx, options_.rpc_timeout_ms);
     proto::ConfigureResponse response;
     grpc::Status s = w.stub->Configure(&ctx, w.configure, &response);
     if (!s.ok()) {
@@ -433,7 +457,7 @@ absl::Status Coordinator::SpawnAndLoad(Worker& w) {
   }
   {
     grpc::ClientContext ctx;
-    SetDeadline(ctx, options_.load_timeout_ms);
+    PrepareCall(ctx, options_.load_timeout_ms);
     auto reader = w.stub->Load(&ctx, proto::LoadRequest());
     proto::LoadProgress progress;
     while (reader->Read(&progress)) {
@@ -458,7 +482,7 @@ absl::Status Coordinator::ConnectWorker(Worker& w) {
   proto::GetTransportAddressResponse address;
   {
     grpc::ClientContext ctx;
-    SetDeadline(ctx, options_.rpc_timeout_ms);
+    PrepareCall(ctx, options_.rpc_timeout_ms);
     MOEFLOW_RETURN_IF_ERROR(
         FromGrpc(w.stub->GetTransportAddress(&ctx, {}, &address), w.name + ": GetTransportAddress"));
   }
@@ -492,7 +516,7 @@ absl::Status Coordinator::ConnectWorker(Worker& w) {
   peer->set_ucx_worker_address(ucx_worker_->address());
   proto::ConnectResponse response;
   grpc::ClientContext ctx;
-  SetDeadline(ctx, options_.rpc_timeout_ms);
+  PrepareCall(ctx, options_.rpc_timeout_ms);
   MOEFLOW_RETURN_IF_ERROR(FromGrpc(w.stub->Connect(&ctx, request, &response), w.name + ": Connect"));
   w.alive.store(true);
   absl::MutexLock lock(&mu_);
@@ -593,7 +617,7 @@ void Coordinator::MonitorLoop() {
         Worker& w = *wp;
         if (!w.alive.load() || w.stub == nullptr) continue;
         grpc::ClientContext ctx;
-        SetDeadline(ctx, 1000);
+        PrepareCall(ctx, 1000);
         proto::HealthResponse health;
         grpc::Status s = w.stub->Health(&ctx, proto::HealthRequest(), &health);
         if (!s.ok() && !w.attach_address.empty() && s.error_code() == grpc::UNAVAILABLE) {
@@ -632,7 +656,7 @@ void Coordinator::Shutdown() {
     Worker& w = *wp;
     if ((w.pid > 0 || (!w.attach_address.empty() && w.alive.load())) && w.stub != nullptr) {
       grpc::ClientContext ctx;
-      SetDeadline(ctx, 1000);
+      PrepareCall(ctx, 1000);
       proto::WorkerShutdownRequest request;
       request.set_reason("coordinator shutting down");
       proto::WorkerShutdownResponse response;
@@ -1180,7 +1204,7 @@ void Coordinator::FillWorkerMetrics(proto::MetricsResponse* metrics, bool reset)
     Worker& w = *wp;
     if (!w.alive.load() || w.stub == nullptr) continue;
     grpc::ClientContext ctx;
-    SetDeadline(ctx, options_.rpc_timeout_ms);
+    PrepareCall(ctx, options_.rpc_timeout_ms);
     proto::StatsRequest request;
     request.set_reset(reset);
     proto::StatsResponse response;

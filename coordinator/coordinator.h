@@ -178,11 +178,16 @@ class Coordinator {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(dataplane_mu_);
   absl::Status CheckReply(Worker& w, const uint8_t* reply, size_t bytes, size_t expected_payload);
   void SetWorkerError(Worker& w, const std::string& error);
+  // Deadline `ms` from now and the worker token.
+  void PrepareCall(grpc::ClientContext& context, int ms) const;
 
   CoordinatorOptions options_;
   std::unique_ptr<GgufFile> file_;
   Deepseek2Config config_;
   std::string model_name_;
+  // Sent on every worker call (coordinator/bearer_auth.h): the topology's
+  // worker_token_file, else a random one given to the workers spawned here.
+  std::string worker_token_;
   proto::ExpertPlacement placement_ = proto::EXPERT_PLACEMENT_REPLICATE;
   // See OverlapSharedExperts in coordinator.cc; set in Start.
   bool overlap_shared_experts_ = true;

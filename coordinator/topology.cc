@@ -98,7 +98,7 @@ class TopologyParser {
     const std::set<std::string> top_keys = {
         "model_path",   "control_address", "http_address",    "gpu_workers",
         "expert_workers", "placement",     "ucx_transports",  "ucx_net_devices",
-        "max_batch_tokens"};
+        "max_batch_tokens", "worker_token_file"};
     if (absl::Status s = CheckKeys(root, "", top_keys); !s.ok()) return s;
     try {
       return ParseFields(root, t);
@@ -154,6 +154,13 @@ class TopologyParser {
     }
     if (root["ucx_net_devices"]) {
       TOPO_ASSIGN(t.set_ucx_net_devices, String(root["ucx_net_devices"], "ucx_net_devices"));
+    }
+    if (root["worker_token_file"]) {
+      TOPO_ASSIGN(t.set_worker_token_file,
+                  String(root["worker_token_file"], "worker_token_file"));
+      if (t.worker_token_file().empty()) {
+        return Error(root["worker_token_file"], "worker_token_file", "empty (omit it for none)");
+      }
     }
     t.set_max_batch_tokens(64);
     if (root["max_batch_tokens"]) {
@@ -251,8 +258,14 @@ class TopologyParser {
       if (!spec->host().empty() && !IsLocalHost(spec->host()) && spec->address().empty()) {
         return Error(e, where + ".address",
                      absl::StrCat("required for a worker on host ", spec->host(),
-                                  ": start it there (cpu_expert_worker --listen=0.0.0.0:PORT) "
-                                  "and give host:PORT"));
+                                  ": start it there (cpu_expert_worker --listen=0.0.0.0:PORT "
+                                  "--token_file=PATH) and give host:PORT"));
+      }
+      if (!spec->host().empty() && !IsLocalHost(spec->host()) && t.worker_token_file().empty()) {
+        return Error(e, where + ".host",
+                     absl::StrCat("a worker on host ", spec->host(),
+                                  " needs worker_token_file: the file of the secret it was "
+                                  "started with (cpu_expert_worker --token_file)"));
       }
       const std::string host_key = spec->host().empty() ? "localhost" : spec->host();
       const int64_t key = *node + (static_cast<int64_t>(std::hash<std::string>()(host_key) & 0xffff) << 16);

@@ -6,6 +6,7 @@
 
 #include <atomic>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <map>
@@ -19,6 +20,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
+#include "coordinator/bearer_auth.h"
 #include "proto/worker.grpc.pb.h"
 #include "transport/activation_channel.h"
 #include "transport/ucx_handles.h"
@@ -45,12 +47,13 @@ int64_t ResidentBytes() {
 
 class WorkerServer final : public proto::WorkerService::Service {
  public:
-  WorkerServer(const char* program, WorkerCompute& compute)
-      : program_(program), compute_(compute), start_(absl::Now()) {}
+  WorkerServer(const char* program, WorkerCompute& compute, std::string token)
+      : program_(program), compute_(compute), token_(std::move(token)), start_(absl::Now()) {}
   ~WorkerServer() override { StopDataPlane(); }
 
-  grpc::Status Configure(grpc::ServerContext*, const proto::ConfigureRequest* request,
+  grpc::Status Configure(grpc::ServerContext* context, const proto::ConfigureRequest* request,
                          proto::ConfigureResponse* response) override {
+    if (grpc::Status a = Authorize(*context); !a.ok()) return a;
     absl::MutexLock lock(&mu_);
     if (state_ != proto::WORKER_STATE_NEW && state_ != proto::WORKER_STATE_CONFIGURED) {
       return Precondition("Configure");
@@ -79,8 +82,9 @@ class WorkerServer final : public proto::WorkerService::Service {
     return grpc::Status::OK;
   }
 
-  grpc::Status Load(grpc::ServerContext*, const proto::LoadRequest*,
+  grpc::Status Load(grpc::ServerContext* context, const proto::LoadRequest*,
                     grpc::ServerWriter<proto::LoadProgress>* writer) override {
+    if (grpc::Status a = Authorize(*context); !a.ok()) return a;
     {
       absl::MutexLock lock(&mu_);
       if (state_ != proto::WORKER_STATE_CONFIGURED) return Precondition("Load");
@@ -108,8 +112,9 @@ class WorkerServer final : public proto::WorkerService::Service {
     return grpc::Status::OK;
   }
 
-  grpc::Status GetTransportAddress(grpc::ServerContext*, const proto::GetTransportAddressRequest*,
+  grpc::Status GetTransportAddress(grpc::ServerContext* context, const proto::GetTransportAddressRequest*,
                                    proto::GetTransportAddressResponse* response) override {
+    if (grpc::Status a = Authorize(*context); !a.ok()) return a;
     absl::MutexLock lock(&mu_);
     if (state_ == proto::WORKER_STATE_NEW || ucx_worker_ == nullptr) {
       return Precondition("GetTransportAddress");
@@ -120,8 +125,9 @@ class WorkerServer final : public proto::WorkerService::Service {
     return grpc::Status::OK;
   }
 
-  grpc::Status Connect(grpc::ServerContext*, const proto::ConnectRequest* request,
+  grpc::Status Connect(grpc::ServerContext* context, const proto::ConnectRequest* request,
                        proto::ConnectResponse* response) override {
+    if (grpc::Status a = Authorize(*context); !a.ok()) return a;
     absl::MutexLock lock(&mu_);
     if (state_ != proto::WORKER_STATE_LOADED) return Precondition("Connect");
     const proto::PeerAddress* coordinator = nullptr;
@@ -157,8 +163,9 @@ class WorkerServer final : public proto::WorkerService::Service {
     return grpc::Status::OK;
   }
 
-  grpc::Status Health(grpc::ServerContext*, const proto::HealthRequest*,
+  grpc::Status Health(grpc::ServerContext* context, const proto::HealthRequest*,
                       proto::HealthResponse* response) override {
+    if (grpc::Status a = Authorize(*context); !a.ok()) return a;
     absl::MutexLock lock(&mu_);
     response->set_state(state_);
     response->set_message(message_);
@@ -173,8 +180,9 @@ class WorkerServer final : public proto::WorkerService::Service {
     return grpc::Status::OK;
   }
 
-  grpc::Status Stats(grpc::ServerContext*, const proto::StatsRequest* request,
+  grpc::Status Stats(grpc::ServerContext* context, const proto::StatsRequest* request,
                      proto::StatsResponse* response) override {
+    if (grpc::Status a = Authorize(*context); !a.ok()) return a;
     absl::MutexLock lock(&stats_mu_);
     int64_t sent = 0, received = 0, steps = 0;
     for (const auto& [layer, s] : layer_stats_) {
@@ -194,8 +202,9 @@ class WorkerServer final : public proto::WorkerService::Service {
     return grpc::Status::OK;
   }
 
-  grpc::Status Shutdown(grpc::ServerContext*, const proto::WorkerShutdownRequest* request,
+  grpc::Status Shutdown(grpc::ServerContext* context, const proto::WorkerShutdownRequest* request,
                         proto::WorkerShutdownResponse*) override {
+    if (grpc::Status a = Authorize(*context); !a.ok()) return a;
     {
       absl::MutexLock lock(&mu_);
       state_ = proto::WORKER_STATE_STOPPING;
@@ -350,8 +359,15 @@ class WorkerServer final : public proto::WorkerService::Service {
     total.set_rows_computed(total.rows_computed() + s.rows_computed());
   }
 
+  // Every call carries the launch's token (empty: none required).
+  grpc::Status Authorize(const grpc::ServerContext& context) const {
+    return CheckBearer(context, token_,
+                       "the coordinator's token: topology worker_token_file, worker --token_file");
+  }
+
   const char* program_;
   WorkerCompute& compute_;
+  const std::string token_;
   const absl::Time start_;
 
   absl::Mutex mu_;
@@ -379,17 +395,48 @@ class WorkerServer final : public proto::WorkerService::Service {
 
 int RunWorkerProcess(int argc, char** argv, const char* program, WorkerCompute& compute) {
   std::string listen = "127.0.0.1:0";
+  std::string token_file;
+  const char* usage = "[--listen=HOST:PORT] [--token_file=PATH]";
   for (int i = 1; i < argc; ++i) {
     const absl::string_view arg = argv[i];
     if (absl::StartsWith(arg, "--listen=")) {
       listen = std::string(arg.substr(9));
+    } else if (absl::StartsWith(arg, "--token_file=")) {
+      token_file = std::string(arg.substr(13));
     } else {
-      std::fprintf(stderr, "%s: unknown argument '%s' (usage: %s [--listen=HOST:PORT])\n", program,
-                   argv[i], program);
+      std::fprintf(stderr, "%s: unknown argument '%s' (usage: %s %s)\n", program, argv[i],
+                   program, usage);
       return 2;
     }
   }
-  WorkerServer server(program, compute);
+  // The token: --token_file, else the launcher's environment variable
+  // (removed here so that nothing this process starts inherits it).
+  std::string token;
+  if (!token_file.empty()) {
+    absl::StatusOr<std::string> t = ReadTokenFile(token_file);
+    if (!t.ok()) {
+      std::fprintf(stderr, "%s: --token_file: %s\n", program, std::string(t.status().message()).c_str());
+      return 2;
+    }
+    token = *std::move(t);
+  } else if (const char* env = std::getenv(kWorkerTokenEnv); env != nullptr) {
+    token = env;
+    unsetenv(kWorkerTokenEnv);
+    if (absl::Status s = ValidateToken(token, kWorkerTokenEnv); !s.ok()) {
+      std::fprintf(stderr, "%s: %s\n", program, std::string(s.message()).c_str());
+      return 2;
+    }
+  }
+  if (token.empty() && !IsLoopbackAddress(listen)) {
+    std::fprintf(stderr,
+                 "%s: refusing to listen on %s without a token: anyone who reaches that "
+                 "address could configure or stop this worker. Put a secret in a file, pass "
+                 "--token_file=PATH here and name the same file as worker_token_file in the "
+                 "topology\n",
+                 program, listen.c_str());
+    return 2;
+  }
+  WorkerServer server(program, compute, std::move(token));
   grpc::ServerBuilder builder;
   int port = 0;
   builder.AddListeningPort(listen, grpc::InsecureServerCredentials(), &port);

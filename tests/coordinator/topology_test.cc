@@ -15,6 +15,7 @@ placement: shard
 ucx_transports: tcp
 ucx_net_devices: lo
 max_batch_tokens: 32
+worker_token_file: /etc/moeflow/worker.token
 gpu_workers:
   - {backend: cpu, kv_cache_tokens: 1024, threads: 2}
 expert_workers:
@@ -31,6 +32,7 @@ TEST(TopologyTest, ParsesEveryField) {
   EXPECT_EQ(t->ucx_transports(), "tcp");
   EXPECT_EQ(t->ucx_net_devices(), "lo");
   EXPECT_EQ(t->max_batch_tokens(), 32);
+  EXPECT_EQ(t->worker_token_file(), "/etc/moeflow/worker.token");
   ASSERT_EQ(t->gpu_workers_size(), 1);
   EXPECT_EQ(t->gpu_workers(0).backend(), proto::GPU_BACKEND_CPU);
   EXPECT_EQ(t->gpu_workers(0).kv_cache_tokens(), 1024);
@@ -130,13 +132,21 @@ INSTANTIATE_TEST_SUITE_P(
         BadCase{"model_path: m\nucx_transports: tcp\ngpu_workers: [{backend: cpu}]\n"
                 "expert_workers:\n  - {numa_node: 0, host: box2, address: 'box2:0'}\n",
                 "expert_workers[0].address: port 0"},
-        BadCase{"model_path: m\nucx_transports: sm,self\ngpu_workers: [{backend: cpu}]\n"
+        BadCase{"model_path: m\nucx_transports: sm,self\nworker_token_file: /t\n"
+                "gpu_workers: [{backend: cpu}]\n"
                 "expert_workers:\n  - {numa_node: 0, host: box2, address: 'box2:50070'}\n",
-                "bad.yaml:2: ucx_transports: 'sm,self' has no network transport"}));
+                "bad.yaml:2: ucx_transports: 'sm,self' has no network transport"},
+        BadCase{"model_path: m\nucx_transports: tcp\ngpu_workers: [{backend: cpu}]\n"
+                "expert_workers:\n  - {numa_node: 0, host: box2, address: 'box2:50070'}\n",
+                "bad.yaml:5: expert_workers[0].host: a worker on host box2 needs "
+                "worker_token_file"},
+        BadCase{"model_path: m\nworker_token_file: ''\n",
+                "bad.yaml:2: worker_token_file: empty"}));
 
 TEST(TopologyTest, RemoteExpertWorkerAndSeparateGpuProcess) {
   auto t = ParseTopologyYaml(R"(model_path: /m.gguf
 ucx_transports: tcp
+worker_token_file: /etc/moeflow/worker.token
 gpu_workers:
   - {backend: cpu, separate_process: true}
 expert_workers:

@@ -207,12 +207,17 @@ TEST(ExpertWorkerConfigureTest, NodeMemoryOnAMissingNodeFailsLoad) {
 }
 
 // An expert worker "on another host": started by hand (as one would on the
-// other box) and attached to by address, over UCX tcp on loopback, beside a
-// worker the launcher starts itself. Logits bit-identical to the engine's.
+// other box, listening on every address, so with a token file) and attached
+// to by address (the topology names the same token file), over UCX tcp on
+// loopback, beside a worker the launcher starts itself. Logits bit-identical
+// to the engine's.
 TEST(LaunchRemoteExpertWorkerTest, AttachedWorkerOverTcpMatchesSingleProcessEngine) {
-  testing::HandStartedWorker remote;
+  const std::string token_file =
+      testing::WriteTempFile("worker_token", "tcp-remote-worker-secret\n");
+  testing::HandStartedWorker remote("0.0.0.0:0", {}, {"--token_file=" + token_file});
   ASSERT_TRUE(remote.ok()) << remote.error();
   LaunchSpec spec;
+  spec.worker_token_file = token_file;
   spec.expert_addresses = {absl::StrCat("127.0.0.1:", remote.port())};
   ExpectLaunchMatchesEngine(Case{"tiny-v2", "q8_0", "shard", true}, "tcp", spec);
 }

@@ -17,14 +17,19 @@
 #include "base/read_line.h"
 
 namespace moeflow::testing {
-namespace {
 
 std::string Runfile(const std::string& path) {
   const char* srcdir = std::getenv("TEST_SRCDIR");
   return srcdir != nullptr ? absl::StrCat(srcdir, "/moeflow/", path) : path;
 }
 
-}  // namespace
+std::string WriteTempFile(const std::string& name, const std::string& text) {
+  const char* tmp = std::getenv("TEST_TMPDIR");
+  const std::string path = absl::StrCat(tmp != nullptr ? tmp : "/tmp", "/", getpid(), "_", name);
+  std::ofstream(path) << text;
+  return path;
+}
+
 
 LaunchProcess::LaunchProcess(const LaunchSpec& spec) {
   const char* tmp = std::getenv("TEST_TMPDIR");
@@ -38,6 +43,8 @@ LaunchProcess::LaunchProcess(const LaunchSpec& spec) {
         << "placement: " << spec.placement << "\n"
         << "ucx_transports: " << spec.ucx_transports << "\n"
         << (spec.ucx_net_devices.empty() ? "" : "ucx_net_devices: " + spec.ucx_net_devices + "\n")
+        << (spec.worker_token_file.empty() ? ""
+                                           : "worker_token_file: " + spec.worker_token_file + "\n")
         << "max_batch_tokens: " << spec.max_batch_tokens << "\n"
         << "gpu_workers:\n  - {backend: cpu, kv_cache_tokens: " << spec.kv_cache_tokens
         << ", threads: 1, separate_process: " << (spec.gpu_separate_process ? "true" : "false")
@@ -153,10 +160,12 @@ bool LaunchProcess::WaitServing(int timeout_ms) {
 namespace moeflow::testing {
 
 HandStartedWorker::HandStartedWorker(const std::string& listen,
-                                     const std::vector<std::string>& wrapper) {
+                                     const std::vector<std::string>& wrapper,
+                                     const std::vector<std::string>& extra_args) {
   std::vector<std::string> args = wrapper;
   args.push_back(Runfile("cpu_expert_worker/cpu_expert_worker"));
   args.push_back("--listen=" + listen);
+  for (const std::string& a : extra_args) args.push_back(a);
   std::vector<char*> argv;
   for (std::string& a : args) argv.push_back(a.data());
   argv.push_back(nullptr);

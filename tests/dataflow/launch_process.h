@@ -16,6 +16,14 @@
 
 namespace moeflow::testing {
 
+// Path of a data dependency (e.g. "cpu_expert_worker/cpu_expert_worker") in
+// the test's runfiles.
+std::string Runfile(const std::string& path);
+
+// Writes `text` to a file `name` (prefixed with this process's id) in
+// $TEST_TMPDIR (else /tmp); returns its path.
+std::string WriteTempFile(const std::string& name, const std::string& text);
+
 struct LaunchSpec {
   std::string model_path;
   std::string placement = "replicate";
@@ -35,6 +43,8 @@ struct LaunchSpec {
   std::vector<std::string> extra_flags;
   // memory: of every expert worker (auto, mapped, node); empty: not written.
   std::string expert_memory;
+  // worker_token_file of the topology; empty: not written.
+  std::string worker_token_file;
 };
 
 // A cpu_expert_worker started by hand, as on another host: listens on
@@ -42,9 +52,11 @@ struct LaunchSpec {
 class HandStartedWorker {
  public:
   // `wrapper` goes before the worker's command line (e.g. {"ip", "netns",
-  // "exec", "ns1"} to start it in another network namespace).
+  // "exec", "ns1"} to start it in another network namespace); `extra_args`
+  // after --listen (e.g. --token_file=PATH).
   explicit HandStartedWorker(const std::string& listen = "127.0.0.1:0",
-                             const std::vector<std::string>& wrapper = {});
+                             const std::vector<std::string>& wrapper = {},
+                             const std::vector<std::string>& extra_args = {});
   ~HandStartedWorker();
   bool ok() const { return port_ > 0; }
   const std::string& error() const { return error_; }

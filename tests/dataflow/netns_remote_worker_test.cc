@@ -92,10 +92,16 @@ TEST(NetnsRemoteWorkerTest, WorkerInAnotherNetworkNamespaceMatchesEngine) {
   auto expected = (*engine)->Forward(tokens, 0);
   ASSERT_TRUE(expected.ok()) << expected.status();
 
+  // Not on loopback, so the worker needs a token (the same file on both
+  // sides, as one would copy it to the other host).
+  const std::string token_file =
+      testing::WriteTempFile("worker_token", "netns-remote-worker-secret\n");
   testing::HandStartedWorker remote(absl::StrCat(net.ns_ip(), ":0"),
-                                    {"ip", "netns", "exec", net.ns()});
+                                    {"ip", "netns", "exec", net.ns()},
+                                    {"--token_file=" + token_file});
   ASSERT_TRUE(remote.ok()) << remote.error();
   testing::LaunchSpec spec;
+  spec.worker_token_file = token_file;
   spec.model_path = kModel;
   spec.placement = "shard";
   spec.ucx_transports = "tcp";
