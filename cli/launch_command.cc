@@ -14,18 +14,26 @@
 #include <string>
 #include <vector>
 
+#include "absl/flags/declare.h"
 #include "absl/flags/flag.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "cli/commands.h"
 #include "cli/common_flags.h"
+#include "cli/http_api.h"
 #include "cli/pem_file.h"
+#include "coordinator/bearer_auth.h"
 #include "coordinator/control_service.h"
 #include "coordinator/coordinator.h"
+#include "coordinator/coordinator_sequence_model.h"
 #include "coordinator/topology.h"
+#include "server/metrics.h"
+#include "server/scheduler.h"
+#include "tokenizer/bpe_tokenizer.h"
 
 ABSL_FLAG(std::string, control_address, "",
           "host:port the control service binds to; empty: the topology's control_address "
@@ -45,6 +53,12 @@ ABSL_FLAG(std::string, overlap_shared_experts, "auto",
 ABSL_FLAG(std::string, expert_worker_binary, "",
           "cpu_expert_worker executable; empty: the one built beside this binary");
 ABSL_FLAG(bool, restart_workers, true, "start a worker again when its process exits");
+ABSL_FLAG(std::string, http_address, "",
+          "launch: host:port of the OpenAI / Ollama HTTP API (overrides the topology's "
+          "http_address; empty in both: no HTTP API). Off loopback it needs --api_key");
+// Shared with `serve` (serve_command.cc): requests waiting before 429.
+ABSL_DECLARE_FLAG(int64_t, max_queue);
+ABSL_DECLARE_FLAG(std::string, api_key);
 ABSL_FLAG(bool, validate_only, false,
           "parse and validate the topology, print it, and exit without starting anything");
 
@@ -101,10 +115,7 @@ std::shared_ptr<grpc::ServerCredentials> ControlCredentials(const std::optional<
   return grpc::SslServerCredentials(options);
 }
 
-bool IsLoopback(const std::string& address) {
-  return absl::StartsWith(address, "127.") || absl::StartsWith(address, "localhost:") ||
-         absl::StartsWith(address, "[::1]:");
-}
+bool IsLoopback(const std::string& address) { return dataflow::IsLoopbackAddress(address); }
 
 int RunLaunch(const std::vector<std::string>& args) {
   if (args.size() != 1) {
@@ -128,6 +139,39 @@ int RunLaunch(const std::vector<std::string>& args) {
                  "--control_token so that only holders of the token can control it\n",
                  topology->control_address().c_str());
     return kExitUsage;
+  }
+  std::string http_address = absl::GetFlag(FLAGS_http_address);
+  if (http_address.empty()) http_address = topology->http_address();
+  HttpApiConfig http_config;
+  if (!http_address.empty()) {
+    const size_t colon = http_address.rfind(':');
+    int port = -1;
+    if (colon == std::string::npos || colon == 0 ||
+        !absl::SimpleAtoi(http_address.substr(colon + 1), &port) || port < 0 || port > 65535) {
+      std::fprintf(stderr, "moeflow launch: --http_address=%s: not host:port\n",
+                   http_address.c_str());
+      return kExitUsage;
+    }
+    http_config.host = http_address.substr(0, colon);
+    if (absl::StartsWith(http_config.host, "[") && absl::EndsWith(http_config.host, "]")) {
+      http_config.host = http_config.host.substr(1, http_config.host.size() - 2);
+    }
+    http_config.port = port;
+    if (!IsLoopback(http_address) && absl::GetFlag(FLAGS_api_key).empty()) {
+      std::fprintf(stderr,
+                   "moeflow launch: http_address %s is not a loopback address: give --api_key "
+                   "so that only holders of the key can use the HTTP API\n",
+                   http_address.c_str());
+      return kExitUsage;
+    }
+    if (absl::Status s = CheckHttpApiFlags(); !s.ok()) {
+      std::fprintf(stderr, "moeflow launch: %s\n", std::string(s.message()).c_str());
+      return kExitUsage;
+    }
+    if (absl::GetFlag(FLAGS_max_queue) < 0) {
+      std::fprintf(stderr, "moeflow launch: --max-queue must be >= 0\n");
+      return kExitUsage;
+    }
   }
   absl::StatusOr<std::optional<ControlTls>> tls = ReadControlTls();
   if (!tls.ok()) {
@@ -190,7 +234,58 @@ int RunLaunch(const std::vector<std::string>& args) {
   }
   const std::string host =
       topology->control_address().substr(0, topology->control_address().rfind(':'));
-  std::printf("CONTROL %s:%d\n", host.c_str(), port);
+
+  // The OpenAI / Ollama API over the coordinator: one sequence at a time
+  // (SerialScheduler; the KV cache is shared with the control service's
+  // Generate, coordinator_sequence_model.h).
+  std::unique_ptr<BpeTokenizer> tokenizer;
+  std::unique_ptr<CoordinatorSequenceModel> sequence_model;
+  server::ServerMetrics metrics;
+  std::unique_ptr<server::SerialScheduler> scheduler;
+  std::optional<HttpApi> http;
+  if (!http_address.empty()) {
+    auto opened = BpeTokenizer::FromGguf((*coordinator)->model_file());
+    if (!opened.ok()) {
+      std::fprintf(stderr, "moeflow launch: HTTP API: the model has no usable tokenizer: %s\n",
+                   std::string(opened.status().message()).c_str());
+      server->Shutdown();
+      (*coordinator)->Shutdown();
+      return kExitFailure;
+    }
+    tokenizer = std::move(*opened);
+    sequence_model = std::make_unique<CoordinatorSequenceModel>(coordinator->get(), tokenizer.get());
+    server::SerialSchedulerOptions scheduler_options;
+    scheduler_options.max_queue = absl::GetFlag(FLAGS_max_queue);
+    scheduler = std::make_unique<server::SerialScheduler>(sequence_model.get(), scheduler_options,
+                                                          &metrics);
+    http_config.model_path = topology->model_path();
+    const GgufFile& file = (*coordinator)->model_file();
+    if (file.Find("tokenizer.chat_template") != nullptr) {
+      http_config.chat_template = file.GetString("tokenizer.chat_template").value_or("");
+    }
+    absl::StatusOr<HttpApi> started = StartHttpApi(http_config, tokenizer.get(), scheduler.get(),
+                                                   &metrics);
+    if (!started.ok()) {
+      std::fprintf(stderr, "moeflow launch: HTTP API: %s\n",
+                   std::string(started.status().message()).c_str());
+      scheduler->Shutdown();
+      server->Shutdown();
+      (*coordinator)->Shutdown();
+      return kExitFailure;
+    }
+    http = std::move(*started);
+    std::fprintf(stderr, "moeflow launch: OpenAI / Ollama API on http://%s:%d (model %s)\n",
+                 http_address.substr(0, http_address.rfind(':')).c_str(), http->http->port(),
+                 http->model_name.c_str());
+  }
+  // One line for whoever started us: the control address, then the HTTP
+  // address when there is one.
+  if (http) {
+    std::printf("CONTROL %s:%d HTTP %s:%d\n", host.c_str(), port,
+                http_address.substr(0, http_address.rfind(':')).c_str(), http->http->port());
+  } else {
+    std::printf("CONTROL %s:%d\n", host.c_str(), port);
+  }
   std::fflush(stdout);
   std::fprintf(stderr, "moeflow launch: serving %s on %s:%d (ready in %.1f s); Ctrl-C stops\n",
                (*coordinator)->model_name().c_str(), host.c_str(), port,
@@ -198,6 +293,11 @@ int RunLaunch(const std::vector<std::string>& args) {
   int sig = 0;
   sigwait(&signals, &sig);
   std::fprintf(stderr, "moeflow launch: %s: shutting down\n", sig == SIGINT ? "SIGINT" : "SIGTERM");
+  if (http) {
+    // Running HTTP generations end ("cancelled") before the workers go.
+    scheduler->Shutdown();
+    http->http->Stop();
+  }
   server->Shutdown(absl::ToChronoTime(absl::Now() + absl::Seconds(2)));
   (*coordinator)->Shutdown();
   std::fprintf(stderr, "moeflow launch: stopped\n");
@@ -214,9 +314,13 @@ Command LaunchCommand() {
       "Starts the gpu worker (a CPU-backend one runs inside this process unless the topology\n"
       "says separate_process: true) and one cpu_expert_worker per expert_workers entry (or\n"
       "attaches to one started by hand when the entry gives its address), prints each\n"
-      "worker's load progress and the memory plan, then serves the control service\n"
-      "(see deploy/topologies/). Stays in the foreground; Ctrl-C stops everything.",
+      "worker's load progress and the memory plan, then serves the control service and,\n"
+      "with http_address (topology or flag), the OpenAI / Ollama HTTP API of `moeflow serve`\n"
+      "(one request at a time; see deploy/topologies/). Stays in the foreground; Ctrl-C\n"
+      "stops everything.",
       {"model", "control_address", "control_token", "control_tls_cert", "control_tls_key",
+       "http_address", "api_key", "max_body_bytes", "cors_origin", "http_workers", "model_name",
+       "max_queue",
        "gpu_worker_binary", "expert_worker_binary",
        "restart_workers", "validate_only", "overlap_shared_experts"},
       &RunLaunch,

@@ -11,7 +11,6 @@
 // (with --port 0 the kernel picks a free port; this line names it).
 #include <pthread.h>
 #include <signal.h>
-#include <sys/stat.h>
 
 #include <cstdint>
 #include <cstdio>
@@ -25,30 +24,21 @@
 #include "absl/strings/str_cat.h"
 #include "cli/commands.h"
 #include "cli/common_flags.h"
+#include "cli/http_api.h"
 #include "cli/open_generator.h"
 #include "generation/text_generator.h"
 #include "server/batching_scheduler.h"
 #include "server/engine_batch_model.h"
 #include "server/engine_sequence_model.h"
-#include "server/http_server.h"
 #include "server/metrics.h"
-#include "server/openai_api.h"
 #include "server/scheduler.h"
 
 ABSL_FLAG(std::string, host, "127.0.0.1", "serve: address to listen on");
 ABSL_FLAG(int32_t, port, 8080, "serve: TCP port to listen on (0: a free port, printed on stderr)");
-ABSL_FLAG(std::string, api_key, "",
-          "serve: require \"Authorization: Bearer KEY\" on every endpoint but /health (empty: "
-          "no key)");
-ABSL_FLAG(int64_t, max_body_bytes, 4 * 1024 * 1024,
-          "serve: largest request body accepted, bytes (larger: 413)");
-ABSL_FLAG(std::string, cors_origin, "",
-          "serve: send Access-Control-Allow-Origin with this value (empty: CORS off)");
 ABSL_FLAG(int64_t, max_queue, 64, "serve: requests waiting for the engine before new ones get 429");
 ABSL_FLAG(int64_t, context_tokens, 4096,
           "serve: positions (prompt + generated) one request may use; 0: the model's "
           "context_length");
-ABSL_FLAG(int32_t, http_workers, 2, "serve: threads that parse and validate requests");
 ABSL_FLAG(std::string, scheduler, "batching",
           "serve: \"batching\" (continuous batching over a paged KV cache) or \"serial\" (one "
           "request at a time)");
@@ -66,8 +56,6 @@ ABSL_FLAG(int64_t, decode_reserve_tokens, 128,
           "serve: KV positions past its prompt a request must find free to be admitted (at most "
           "its max_tokens); more pages are taken as it decodes, and the newest request is "
           "preempted (recomputed later) when they run out (batching scheduler)");
-ABSL_FLAG(std::string, model_name, "",
-          "serve: the model id clients name (empty: the file name without .gguf)");
 
 namespace moeflow {
 namespace {
@@ -80,14 +68,11 @@ int RunServe(const std::vector<std::string>& args) {
   if (model.empty()) return Usage("--model is required");
   const int32_t port = absl::GetFlag(FLAGS_port);
   if (port < 0 || port > 65535) return Usage(absl::StrCat("--port=", port, ": not a TCP port"));
-  const int64_t max_body = absl::GetFlag(FLAGS_max_body_bytes);
-  if (max_body < 1) return Usage("--max-body-bytes must be >= 1");
+  if (absl::Status s = CheckHttpApiFlags(); !s.ok()) return Usage(std::string(s.message()));
   const int64_t max_queue = absl::GetFlag(FLAGS_max_queue);
   if (max_queue < 0) return Usage("--max-queue must be >= 0");
   const int64_t context_tokens = absl::GetFlag(FLAGS_context_tokens);
   if (context_tokens < 0) return Usage("--context-tokens must be >= 0");
-  const int32_t workers = absl::GetFlag(FLAGS_http_workers);
-  if (workers < 1) return Usage("--http-workers must be >= 1");
   const std::string scheduler_kind = absl::GetFlag(FLAGS_scheduler);
   if (scheduler_kind != "batching" && scheduler_kind != "serial") {
     return Usage("--scheduler must be \"batching\" or \"serial\", got \"" + scheduler_kind +
@@ -148,33 +133,15 @@ int RunServe(const std::vector<std::string>& args) {
   }
   server::GenerationBackend& scheduler = *backend;
 
-  server::ApiOptions api_options;
-  api_options.model_name = absl::GetFlag(FLAGS_model_name);
-  if (api_options.model_name.empty()) {
-    std::string name = model.substr(model.find_last_of('/') + 1);
-    if (absl::EndsWith(name, ".gguf")) name.resize(name.size() - 5);
-    api_options.model_name = name;
-  }
-  api_options.api_key = absl::GetFlag(FLAGS_api_key);
-  api_options.chat_template = (*generator)->chat_template();
-  struct stat st {};
-  if (stat(model.c_str(), &st) == 0) api_options.model_file_bytes = st.st_size;
-  server::OpenAiApi api(api_options, &(*generator)->tokenizer(), &scheduler, &metrics);
-
-  server::HttpServerOptions http_options;
-  http_options.host = absl::GetFlag(FLAGS_host);
-  http_options.port = port;
-  http_options.worker_threads = workers;
-  http_options.limits.max_body_bytes = max_body;
-  server::HttpServer http(http_options, [&api](const server::HttpRequest& request,
-                                               std::shared_ptr<server::HttpResponder> responder) {
-    api.Handle(request, std::move(responder));
-  });
-  const std::string cors = absl::GetFlag(FLAGS_cors_origin);
-  if (!cors.empty()) http.SetExtraHeaders({{"Access-Control-Allow-Origin", cors}});
-  absl::Status started = http.Start();
-  if (!started.ok()) {
-    std::fprintf(stderr, "moeflow serve: %s\n", std::string(started.message()).c_str());
+  HttpApiConfig http_config;
+  http_config.host = absl::GetFlag(FLAGS_host);
+  http_config.port = port;
+  http_config.model_path = model;
+  http_config.chat_template = (*generator)->chat_template();
+  absl::StatusOr<HttpApi> http =
+      StartHttpApi(http_config, &(*generator)->tokenizer(), &scheduler, &metrics);
+  if (!http.ok()) {
+    std::fprintf(stderr, "moeflow serve: %s\n", std::string(http.status().message()).c_str());
     return kExitFailure;
   }
   const std::string scheduling =
@@ -183,7 +150,7 @@ int RunServe(const std::vector<std::string>& args) {
                : std::string("serial");
   std::fprintf(stderr,
                "moeflow serve: listening on http://%s:%d (model %s, context %lld tokens, %s)\n",
-               http_options.host.c_str(), http.port(), api_options.model_name.c_str(),
+               http_config.host.c_str(), http->http->port(), http->model_name.c_str(),
                static_cast<long long>(scheduler.context_tokens()), scheduling.c_str());
   std::fflush(stderr);
 
@@ -193,7 +160,7 @@ int RunServe(const std::vector<std::string>& args) {
   // Running generations are cancelled first so their streams end; then the
   // HTTP server drains what is left to write.
   scheduler.Shutdown();
-  http.Stop();
+  http->http->Stop();
   return kExitOk;
 }
 

@@ -195,7 +195,9 @@ grpc::Status ControlServiceImpl::Generate(grpc::ServerContext* context,
     ++queued_;
     ++requests_total_;
   }
-  absl::MutexLock run(&run_mu_);
+  // The KV cache is this request's until it ends (Coordinator::kv_mutex).
+  absl::MutexLock run(&coordinator_.kv_mutex());
+  coordinator_.SwapKvUser(this);
   {
     absl::MutexLock lock(&mu_);
     --queued_;
@@ -394,7 +396,8 @@ grpc::Status ControlServiceImpl::ComputeLogits(grpc::ServerContext* context,
   }
   std::vector<int32_t> tokens(request->tokens().begin(), request->tokens().end());
   std::vector<float> logits;
-  absl::MutexLock run(&run_mu_);
+  absl::MutexLock run(&coordinator_.kv_mutex());
+  coordinator_.SwapKvUser(this);
   absl::Status s = coordinator_.Forward(tokens, 0, /*last_only=*/false, &logits);
   if (!s.ok()) return ToGrpc(s);
   response->set_n_vocab(static_cast<int32_t>(coordinator_.config().vocab_size));

@@ -68,8 +68,6 @@ class ControlServiceImpl final : public proto::ControlService::Service {
   std::string tokenizer_error_;
   std::string chat_template_;  // tokenizer.chat_template of the model file, or empty
 
-  // Serializes model passes: one sequence in the KV cache at a time.
-  absl::Mutex run_mu_;
   absl::Mutex mu_;
   bool draining_ ABSL_GUARDED_BY(mu_) = false;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;

@@ -117,6 +117,19 @@ class Coordinator {
   const GgufFile& model_file() const { return *file_; }
   std::string model_name() const { return model_name_; }
 
+  // The KV cache holds one sequence, so its users take turns: whoever runs
+  // Forward holds kv_mutex() for as long as it needs the cache to stay its
+  // own (the control service for a whole request; the HTTP API's
+  // CoordinatorSequenceModel for one step), and records itself with
+  // SwapKvUser, which returns the previous user: a caller that finds
+  // another one there knows the cached positions are no longer its own.
+  absl::Mutex& kv_mutex() ABSL_LOCK_RETURNED(kv_mu_) { return kv_mu_; }
+  const void* SwapKvUser(const void* user) ABSL_EXCLUSIVE_LOCKS_REQUIRED(kv_mu_) {
+    const void* previous = kv_user_;
+    kv_user_ = user;
+    return previous;
+  }
+
   // Workers and their states; state SERVING when every worker serves.
   void FillStatus(proto::StatusResponse* status);
   bool AllServing();
@@ -185,6 +198,8 @@ class Coordinator {
   std::unique_ptr<GgufFile> file_;
   Deepseek2Config config_;
   std::string model_name_;
+  absl::Mutex kv_mu_;
+  const void* kv_user_ ABSL_GUARDED_BY(kv_mu_) = nullptr;
   // Sent on every worker call (coordinator/bearer_auth.h): the topology's
   // worker_token_file, else a random one given to the workers spawned here.
   std::string worker_token_;

@@ -534,6 +534,9 @@ void OpenAiApi::HandleOpenAiGeneration(const HttpRequest& http,
   request->stop.max_tokens = max_tokens;
   if (!ReadStop(body, "stop", &request->stop.stop_strings, &error)) return fail(error);
   if (!ReadBool(body, "stream", &e->stream, &error)) return fail(error);
+  // An extension (vLLM, llama.cpp): keep generating past the end-of-sequence
+  // token, for benchmarks that want max_tokens every time.
+  if (!ReadBool(body, "ignore_eos", &request->ignore_eos, &error)) return fail(error);
   auto stream_options = body.find("stream_options");
   if (stream_options != body.end() && !stream_options->is_null()) {
     if (!stream_options->is_object()) {

@@ -45,6 +45,7 @@ LaunchProcess::LaunchProcess(const LaunchSpec& spec) {
         << (spec.ucx_net_devices.empty() ? "" : "ucx_net_devices: " + spec.ucx_net_devices + "\n")
         << (spec.worker_token_file.empty() ? ""
                                            : "worker_token_file: " + spec.worker_token_file + "\n")
+        << (spec.http_address.empty() ? "" : "http_address: " + spec.http_address + "\n")
         << "max_batch_tokens: " << spec.max_batch_tokens << "\n"
         << "gpu_workers:\n  - {backend: cpu, kv_cache_tokens: " << spec.kv_cache_tokens
         << ", threads: 1, separate_process: " << (spec.gpu_separate_process ? "true" : "false")
@@ -88,6 +89,11 @@ LaunchProcess::LaunchProcess(const LaunchSpec& spec) {
     return;
   }
   address_ = address;
+  // "CONTROL host:port HTTP host:port" when the launch serves HTTP too.
+  if (const size_t http = line.find(" HTTP "); http != std::string::npos) {
+    const size_t colon = line.rfind(':');
+    if (colon != std::string::npos && colon > http) http_port_ = std::atoi(line.c_str() + colon + 1);
+  }
   // A wildcard bind is reached through loopback.
   if (address_.rfind("0.0.0.0:", 0) == 0) address_ = "127.0.0.1:" + address_.substr(8);
   grpc::ChannelArguments channel_args;

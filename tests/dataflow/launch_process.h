@@ -45,6 +45,9 @@ struct LaunchSpec {
   std::string expert_memory;
   // worker_token_file of the topology; empty: not written.
   std::string worker_token_file;
+  // http_address of the topology (the OpenAI API; "127.0.0.1:0": any free
+  // port); empty: not written.
+  std::string http_address;
 };
 
 // A cpu_expert_worker started by hand, as on another host: listens on
@@ -80,6 +83,8 @@ class LaunchProcess {
   bool ok() const { return stub_ != nullptr; }
   const std::string& error() const { return error_; }
   const std::string& address() const { return address_; }
+  // Port of the HTTP API (spec.http_address), 0 without one.
+  int http_port() const { return http_port_; }
   proto::ControlService::Stub& stub() { return *stub_; }
   pid_t pid() const { return pid_; }
 
@@ -92,6 +97,7 @@ class LaunchProcess {
 
  private:
   pid_t pid_ = -1;
+  int http_port_ = 0;
   std::string address_;
   std::string error_;
   std::unique_ptr<proto::ControlService::Stub> stub_;

@@ -132,6 +132,16 @@ TEST(OpenAiApiTest, MaxTokensAndStopStrings) {
           .body);
   EXPECT_EQ(j["choices"][0]["message"]["content"], "Hello from ");
   EXPECT_EQ(j["choices"][0]["finish_reason"], "stop");
+  // ignore_eos: the script's end-of-sequence does not end the reply.
+  j = json::parse(Post(f.port(), "/v1/chat/completions",
+                       std::string(kChat) + R"(,"max_tokens":40,"ignore_eos":true})")
+                      .body);
+  EXPECT_EQ(j["choices"][0]["finish_reason"], "length");
+  EXPECT_EQ(j["usage"]["completion_tokens"], 40);
+  ParsedResponse bad = Post(f.port(), "/v1/chat/completions",
+                            std::string(kChat) + R"(,"ignore_eos":"yes"})");
+  EXPECT_EQ(bad.status, 400);
+  EXPECT_NE(bad.body.find("ignore_eos"), std::string::npos) << bad.body;
 }
 
 TEST(OpenAiApiTest, StreamsChatAsSseWithRoleFirstAndUsageLast) {
