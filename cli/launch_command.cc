@@ -220,20 +220,6 @@ int RunLaunch(const std::vector<std::string>& args) {
     return kExitFailure;
   }
   ControlServiceImpl service(**coordinator, token, [] { kill(getpid(), SIGTERM); });
-  grpc::ServerBuilder builder;
-  int port = 0;
-  builder.AddListeningPort(topology->control_address(), ControlCredentials(*tls), &port);
-  builder.RegisterService(&service);
-  builder.SetMaxSendMessageSize(256 << 20);
-  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
-  if (server == nullptr || port == 0) {
-    std::fprintf(stderr, "moeflow launch: cannot bind the control service to %s\n",
-                 topology->control_address().c_str());
-    (*coordinator)->Shutdown();
-    return kExitFailure;
-  }
-  const std::string host =
-      topology->control_address().substr(0, topology->control_address().rfind(':'));
 
   // The OpenAI / Ollama API over the coordinator: one sequence at a time
   // (SerialScheduler; the KV cache is shared with the control service's
@@ -248,7 +234,6 @@ int RunLaunch(const std::vector<std::string>& args) {
     if (!opened.ok()) {
       std::fprintf(stderr, "moeflow launch: HTTP API: the model has no usable tokenizer: %s\n",
                    std::string(opened.status().message()).c_str());
-      server->Shutdown();
       (*coordinator)->Shutdown();
       return kExitFailure;
     }
@@ -269,7 +254,6 @@ int RunLaunch(const std::vector<std::string>& args) {
       std::fprintf(stderr, "moeflow launch: HTTP API: %s\n",
                    std::string(started.status().message()).c_str());
       scheduler->Shutdown();
-      server->Shutdown();
       (*coordinator)->Shutdown();
       return kExitFailure;
     }
@@ -277,7 +261,25 @@ int RunLaunch(const std::vector<std::string>& args) {
     std::fprintf(stderr, "moeflow launch: OpenAI / Ollama API on http://%s:%d (model %s)\n",
                  http_address.substr(0, http_address.rfind(':')).c_str(), http->http->port(),
                  http->model_name.c_str());
+    // moeflowctl drain covers the HTTP requests too.
+    server::SerialScheduler* s = scheduler.get();
+    service.AddFrontend({[s] { s->StopAccepting(); }, [s] { return s->pending(); },
+                         [s] { s->Shutdown(); }});
   }
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort(topology->control_address(), ControlCredentials(*tls), &port);
+  builder.RegisterService(&service);
+  builder.SetMaxSendMessageSize(256 << 20);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server == nullptr || port == 0) {
+    std::fprintf(stderr, "moeflow launch: cannot bind the control service to %s\n",
+                 topology->control_address().c_str());
+    (*coordinator)->Shutdown();
+    return kExitFailure;
+  }
+  const std::string host =
+      topology->control_address().substr(0, topology->control_address().rfind(':'));
   // One line for whoever started us: the control address, then the HTTP
   // address when there is one.
   if (http) {

@@ -1,5 +1,6 @@
 #include "coordinator/control_service.h"
 
+#include <algorithm>
 #include <cstring>
 #include <thread>
 
@@ -297,30 +298,57 @@ grpc::Status ControlServiceImpl::Drain(grpc::ServerContext* context,
   if (request->timeout_ms() < 0) {
     return grpc::Status(grpc::INVALID_ARGUMENT, "timeout_ms: must be >= 0");
   }
+  // The other front ends (HTTP) stop taking requests first; their pending
+  // ones are waited for by polling (they do not signal mu_).
+  int64_t frontend_before = 0;
+  for (const Frontend& f : frontends_) {
+    f.stop_accepting();
+    frontend_before += f.pending();
+  }
+  auto frontends_pending = [this] {
+    int64_t n = 0;
+    for (const Frontend& f : frontends_) n += f.pending();
+    return n;
+  };
   absl::MutexLock lock(&mu_);
   draining_ = true;
   const int before = active_ + queued_;
   const int64_t cancelled_before = requests_cancelled_;
   auto idle = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return active_ == 0 && queued_ == 0; };
-  if (request->timeout_ms() == 0) {
-    mu_.Await(absl::Condition(&idle));
-  } else if (!mu_.AwaitWithTimeout(absl::Condition(&idle),
-                                   absl::Milliseconds(request->timeout_ms()))) {
+  // Waits until this service and the front ends are idle or `deadline`.
+  auto wait_idle = [&](absl::Time deadline) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    static constexpr bool kNever = false;
+    while (true) {
+      const absl::Time slice = std::min(deadline, absl::Now() + absl::Milliseconds(50));
+      if (mu_.AwaitWithDeadline(absl::Condition(&idle), slice)) {
+        if (frontends_pending() == 0) return true;
+        mu_.AwaitWithDeadline(absl::Condition(&kNever), slice);  // sleeps, mu_ released
+      }
+      if (absl::Now() >= deadline) return false;
+    }
+  };
+  int64_t frontend_cancelled = 0;
+  if (!wait_idle(request->timeout_ms() == 0
+                     ? absl::InfiniteFuture()
+                     : absl::Now() + absl::Milliseconds(request->timeout_ms()))) {
     // Cancel what is left: each request stops at its next step (one forward
     // pass, bounded by the coordinator's step timeout).
+    frontend_cancelled = frontends_pending();
+    for (const Frontend& f : frontends_) f.cancel_all();
     cancel_running_.store(true);
-    const bool done = mu_.AwaitWithTimeout(absl::Condition(&idle), absl::Seconds(70));
+    const bool done = wait_idle(absl::Now() + absl::Seconds(70));
     cancel_running_.store(false);
     if (!done) {
       return grpc::Status(grpc::DEADLINE_EXCEEDED,
-                          absl::StrCat(active_ + queued_, " requests still running ",
-                                       request->timeout_ms(), " ms + 70 s after Drain, though "
-                                       "cancelled"));
+                          absl::StrCat(active_ + queued_ + frontends_pending(),
+                                       " requests still running ", request->timeout_ms(),
+                                       " ms + 70 s after Drain, though cancelled"));
     }
   }
-  const int cancelled = static_cast<int>(requests_cancelled_ - cancelled_before);
+  const int cancelled =
+      static_cast<int>(requests_cancelled_ - cancelled_before + frontend_cancelled);
   response->set_requests_cancelled(cancelled);
-  response->set_requests_finished(before - cancelled);
+  response->set_requests_finished(static_cast<int>(before + frontend_before) - cancelled);
   return grpc::Status::OK;
 }
 

@@ -18,6 +18,7 @@
 
 #include <atomic>
 #include <functional>
+#include <vector>
 #include <memory>
 #include <string>
 
@@ -53,6 +54,17 @@ class ControlServiceImpl final : public proto::ControlService::Service {
                              const proto::ComputeLogitsRequest* request,
                              proto::ComputeLogitsResponse* response) override;
 
+  // Another front end on the same coordinator (the HTTP API of `moeflow
+  // launch`), which Drain covers too: stop_accepting() when Drain starts,
+  // pending() requests waited for (polled), cancel_all() when its timeout
+  // passes. Set before the service serves.
+  struct Frontend {
+    std::function<void()> stop_accepting;
+    std::function<int64_t()> pending;
+    std::function<void()> cancel_all;
+  };
+  void AddFrontend(Frontend frontend) { frontends_.push_back(std::move(frontend)); }
+
  private:
   grpc::Status Authorize(grpc::ServerContext* context) const;
   // Renders chat input with the model's chat template (DeepSeek V3's when the
@@ -64,6 +76,7 @@ class ControlServiceImpl final : public proto::ControlService::Service {
   Coordinator& coordinator_;
   const std::string token_;
   std::function<void()> on_shutdown_;
+  std::vector<Frontend> frontends_;
   std::unique_ptr<BpeTokenizer> tokenizer_;
   std::string tokenizer_error_;
   std::string chat_template_;  // tokenizer.chat_template of the model file, or empty

@@ -67,6 +67,7 @@ absl::Status SerialScheduler::Submit(std::shared_ptr<GenerationRequest> request)
         n_prompt + request->stop.max_tokens, " exceeds the context of ", context, " tokens"));
   }
   absl::MutexLock lock(&mu_);
+  if (draining_) return absl::UnavailableError("the server is draining (moeflowctl drain)");
   if (stop_) return absl::UnavailableError("the server is shutting down");
   if (static_cast<int64_t>(queue_.size()) >= options_.max_queue) {
     return absl::ResourceExhaustedError(
@@ -75,6 +76,16 @@ absl::Status SerialScheduler::Submit(std::shared_ptr<GenerationRequest> request)
   queue_.push_back({std::move(request), NowS()});
   UpdateGauges();
   return absl::OkStatus();
+}
+
+void SerialScheduler::StopAccepting() {
+  absl::MutexLock lock(&mu_);
+  draining_ = true;
+}
+
+int64_t SerialScheduler::pending() {
+  absl::MutexLock lock(&mu_);
+  return static_cast<int64_t>(queue_.size()) + (running_ ? 1 : 0);
 }
 
 void SerialScheduler::Shutdown() {

@@ -141,6 +141,10 @@ class SerialScheduler final : public GenerationBackend {
   absl::Status Submit(std::shared_ptr<GenerationRequest> request) override;
   int64_t context_tokens() const override { return model_->context_tokens(); }
   void Shutdown() override;
+  // Draining: from now on Submit answers Unavailable ("draining"); what is
+  // queued or running goes on. pending() counts it (queued + running).
+  void StopAccepting();
+  int64_t pending();
 
  private:
   struct Queued {
@@ -161,6 +165,7 @@ class SerialScheduler final : public GenerationBackend {
   std::deque<Queued> queue_ ABSL_GUARDED_BY(mu_);
   bool running_ ABSL_GUARDED_BY(mu_) = false;
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  bool draining_ ABSL_GUARDED_BY(mu_) = false;
   std::thread thread_;
 };
 

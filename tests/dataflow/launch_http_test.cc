@@ -5,7 +5,9 @@
 // run between two HTTP requests (they share the coordinator's one KV cache)
 // does not change the second HTTP answer (the HTTP side recomputes its
 // cached prefix); /v1/models and /health answer; a non-loopback http_address
-// without --api_key is refused.
+// without --api_key is refused; moeflowctl drain covers the HTTP requests.
+#include <unistd.h>
+
 #include <cstdlib>
 #include <string>
 
@@ -81,6 +83,51 @@ TEST(LaunchHttpTest, CompletionsMatchTheControlServiceAcrossInterleavedRequests)
   // The control service agrees with the HTTP API (EOS never came within 12
   // tokens above: finish_reason "length").
   EXPECT_EQ(ControlGenerate(launch, kPrompt, 12), first);
+  EXPECT_EQ(launch.Stop(10000), 0);
+}
+
+// moeflowctl drain covers the HTTP API: a streaming request in flight ends
+// (finished or cancelled at the drain's timeout, counted in the reply) and
+// is well-formed; a new HTTP request is answered 503.
+TEST(LaunchHttpTest, DrainCoversHttpRequests) {
+  testing::LaunchSpec spec;
+  spec.model_path = kModel;
+  spec.http_address = "127.0.0.1:0";
+  spec.kv_cache_tokens = 4096;
+  testing::LaunchProcess launch(spec);
+  ASSERT_TRUE(launch.ok()) << launch.error();
+  ASSERT_TRUE(launch.WaitServing(30000));
+  const nlohmann::json body = {{"model", "tiny-v3.q8_0"}, {"prompt", kPrompt},
+                               {"max_tokens", 3000},      {"temperature", 0},
+                               {"ignore_eos", true},      {"stream", true}};
+  const int fd = server::testing::ConnectLocal(launch.http_port());
+  ASSERT_GE(fd, 0);
+  server::testing::WriteAll(fd, server::testing::PostRequest("/v1/completions", body.dump()));
+  // The request runs once its first event is here.
+  std::string head;
+  char buffer[4096];
+  while (head.find("data: ") == std::string::npos) {
+    const ssize_t n = read(fd, buffer, sizeof(buffer));
+    ASSERT_GT(n, 0) << head;
+    head.append(buffer, static_cast<size_t>(n));
+  }
+  grpc::ClientContext ctx;
+  ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(60)));
+  proto::DrainRequest drain;
+  drain.set_timeout_ms(100);
+  proto::DrainResponse drained;
+  const grpc::Status s = launch.stub().Drain(&ctx, drain, &drained);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  EXPECT_EQ(drained.requests_cancelled() + drained.requests_finished(), 1)
+      << drained.DebugString();
+  const std::string rest = head + server::testing::ReadToEof(fd);
+  close(fd);
+  EXPECT_NE(rest.find("data: [DONE]"), std::string::npos) << rest.substr(rest.size() - 300);
+  const server::testing::ParsedResponse refused = server::testing::Post(
+      launch.http_port(), "/v1/completions",
+      nlohmann::json({{"model", "tiny-v3.q8_0"}, {"prompt", kPrompt}, {"max_tokens", 2}}).dump());
+  EXPECT_EQ(refused.status, 503) << refused.body;
+  EXPECT_NE(refused.body.find("draining"), std::string::npos) << refused.body;
   EXPECT_EQ(launch.Stop(10000), 0);
 }
 
