@@ -137,9 +137,10 @@ int Main(int argc, char** argv) {
     proto::StatusResponse r;
     grpc::Status s = stub->Status(&ctx, {}, &r);
     if (!s.ok()) return Fail(s, "status");
-    std::printf("coordinator %s  model %s  uptime %.1f s  active %d  queued %d\n",
+    std::printf("coordinator %s  model %s  uptime %.1f s  active %d  queued %d  http %d\n",
                 proto::CoordinatorState_Name(r.state()).c_str(), r.model_name().c_str(),
-                r.uptime_ms() / 1000.0, r.active_requests(), r.queued_requests());
+                r.uptime_ms() / 1000.0, r.active_requests(), r.queued_requests(),
+                r.http_requests());
     bool ready = r.state() == proto::COORDINATOR_STATE_SERVING;
     for (const proto::WorkerStatus& w : r.workers()) {
       std::string shard;

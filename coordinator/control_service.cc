@@ -131,6 +131,9 @@ grpc::Status ControlServiceImpl::Status(grpc::ServerContext* context, const prot
   if (grpc::Status s = Authorize(context); !s.ok()) return s;
   coordinator_.FillStatus(response);
   response->set_state(State());
+  int64_t http = 0;
+  for (const Frontend& f : frontends_) http += f.pending();
+  response->set_http_requests(static_cast<int32_t>(http));
   absl::MutexLock lock(&mu_);
   response->set_active_requests(active_);
   response->set_queued_requests(queued_);

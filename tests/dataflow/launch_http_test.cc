@@ -111,6 +111,14 @@ TEST(LaunchHttpTest, DrainCoversHttpRequests) {
     ASSERT_GT(n, 0) << head;
     head.append(buffer, static_cast<size_t>(n));
   }
+  {
+    grpc::ClientContext status_ctx;
+    status_ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
+    proto::StatusResponse status;
+    ASSERT_TRUE(launch.stub().Status(&status_ctx, {}, &status).ok());
+    EXPECT_EQ(status.http_requests(), 1);
+    EXPECT_EQ(status.active_requests(), 0);
+  }
   grpc::ClientContext ctx;
   ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(60)));
   proto::DrainRequest drain;
