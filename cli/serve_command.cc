@@ -35,7 +35,8 @@
 
 ABSL_FLAG(std::string, host, "127.0.0.1", "serve: address to listen on");
 ABSL_FLAG(int32_t, port, 8080, "serve: TCP port to listen on (0: a free port, printed on stderr)");
-ABSL_FLAG(int64_t, max_queue, 64, "serve: requests waiting for the engine before new ones get 429");
+ABSL_FLAG(int64_t, max_queue, 64,
+          "serve, launch: HTTP requests waiting for the engine before new ones get 429");
 ABSL_FLAG(int64_t, context_tokens, 4096,
           "serve: positions (prompt + generated) one request may use; 0: the model's "
           "context_length");
