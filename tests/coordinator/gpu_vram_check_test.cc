@@ -60,5 +60,27 @@ TEST(GpuVramCheckTest, StartRefusesCardsTooSmallForTheirShare) {
   EXPECT_NE(m.find("but has 256.0 MiB (vram_gib)"), std::string::npos) << m;
 }
 
+// An unreadable worker_token_file is refused before any process starts,
+// naming the field and the path.
+TEST(CoordinatorStartTest, UnreadableWorkerTokenFileIsRefused) {
+  auto t = ParseTopologyYaml(std::string("model_path: ") + kModel +
+                                 "\nworker_token_file: /nonexistent/worker.token\n"
+                                 "gpu_workers:\n  - {backend: cpu}\nexpert_workers:\n"
+                                 "  - {numa_node: 0}\n",
+                             "t.yaml");
+  ASSERT_TRUE(t.ok()) << t.status();
+  CoordinatorOptions options;
+  options.topology = *t;
+  options.gpu_worker_binary = "/nonexistent/gpu_worker";
+  options.expert_worker_binary = "/nonexistent/cpu_expert_worker";
+  auto c = Coordinator::Start(options);
+  ASSERT_FALSE(c.ok());
+  EXPECT_EQ(c.status().code(), absl::StatusCode::kNotFound) << c.status();
+  EXPECT_NE(std::string(c.status().message())
+                .find("worker_token_file: /nonexistent/worker.token: cannot read the token file"),
+            std::string::npos)
+      << c.status();
+}
+
 }  // namespace
 }  // namespace moeflow

@@ -9,6 +9,8 @@
 #include <unistd.h>
 
 #include <cstdlib>
+#include <fstream>
+#include <iterator>
 #include <string>
 
 #include "absl/strings/str_cat.h"
@@ -149,6 +151,20 @@ TEST(LaunchHttpTest, NonLoopbackHttpWithoutApiKeyIsRefused) {
       " > /dev/null 2> ", testing::WriteTempFile("launch_http_err.txt", ""));
   const int status = std::system(command.c_str());
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 2) << status;
+  // A malformed --http_address is a usage error too.
+  const std::string err = testing::WriteTempFile("launch_http_err2.txt", "");
+  const std::string bad = absl::StrCat(
+      testing::Runfile("cli/moeflow"), " launch ",
+      testing::WriteTempFile("topology_http2.yaml",
+                             absl::StrCat("model_path: ", kModel,
+                                          "\ngpu_workers: [{backend: cpu}]\nexpert_workers: "
+                                          "[{numa_node: 0}]\n")),
+      " --http_address=localhost > /dev/null 2> ", err);
+  const int bad_status = std::system(bad.c_str());
+  EXPECT_TRUE(WIFEXITED(bad_status) && WEXITSTATUS(bad_status) == 2) << bad_status;
+  std::ifstream in(err);
+  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  EXPECT_NE(text.find("--http_address=localhost: not host:port"), std::string::npos) << text;
 }
 
 }  // namespace

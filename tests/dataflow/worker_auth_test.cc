@@ -31,11 +31,12 @@ struct Exit {
   int code = -1;
   std::string stderr_text;
 };
-Exit RunWorker(const std::string& args) {
+Exit RunWorker(const std::string& args, const std::string& env = "") {
   const std::string err = WriteTempFile("worker_stderr.txt", "");
   const std::string command =
-      absl::StrCat("timeout 10 ", testing::Runfile("cpu_expert_worker/cpu_expert_worker"), " ",
-                   args, " > /dev/null 2> ", err);
+      absl::StrCat(env, env.empty() ? "" : " ", "timeout 10 ",
+                   testing::Runfile("cpu_expert_worker/cpu_expert_worker"), " ", args,
+                   " > /dev/null 2> ", err);
   const int status = std::system(command.c_str());
   Exit e;
   e.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
@@ -76,6 +77,17 @@ TEST(WorkerAuthTest, MalformedOrMissingTokenFileIsRefused) {
   e = RunWorker(absl::StrCat("--token_file=", WriteTempFile("empty_token", "  \n")));
   EXPECT_EQ(e.code, 2);
   EXPECT_NE(e.stderr_text.find("the token file is empty"), std::string::npos) << e.stderr_text;
+  e = RunWorker("--token_file=/nonexistent/moeflow-token");
+  EXPECT_EQ(e.code, 2);
+  EXPECT_NE(e.stderr_text.find("/nonexistent/moeflow-token: cannot read the token file"),
+            std::string::npos)
+      << e.stderr_text;
+  // The launcher's environment variable is checked the same way.
+  e = RunWorker("", "MOEFLOW_WORKER_TOKEN='two words'");
+  EXPECT_EQ(e.code, 2);
+  EXPECT_NE(e.stderr_text.find("MOEFLOW_WORKER_TOKEN: a token may hold printable ASCII"),
+            std::string::npos)
+      << e.stderr_text;
   e = RunWorker("--token_file=/nonexistent/moeflow-token");
   EXPECT_EQ(e.code, 2);
   EXPECT_NE(e.stderr_text.find("/nonexistent/moeflow-token: cannot read the token file"),
