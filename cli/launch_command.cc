@@ -115,7 +115,6 @@ std::shared_ptr<grpc::ServerCredentials> ControlCredentials(const std::optional<
   return grpc::SslServerCredentials(options);
 }
 
-bool IsLoopback(const std::string& address) { return dataflow::IsLoopbackAddress(address); }
 
 int RunLaunch(const std::vector<std::string>& args) {
   if (args.size() != 1) {
@@ -133,7 +132,7 @@ int RunLaunch(const std::vector<std::string>& args) {
     topology->set_control_address(absl::GetFlag(FLAGS_control_address));
   }
   const std::string token = absl::GetFlag(FLAGS_control_token);
-  if (!IsLoopback(topology->control_address()) && token.empty()) {
+  if (!dataflow::IsLoopbackAddress(topology->control_address()) && token.empty()) {
     std::fprintf(stderr,
                  "moeflow launch: control_address %s is not a loopback address: give "
                  "--control_token so that only holders of the token can control it\n",
@@ -157,7 +156,7 @@ int RunLaunch(const std::vector<std::string>& args) {
       http_config.host = http_config.host.substr(1, http_config.host.size() - 2);
     }
     http_config.port = port;
-    if (!IsLoopback(http_address) && absl::GetFlag(FLAGS_api_key).empty()) {
+    if (!dataflow::IsLoopbackAddress(http_address) && absl::GetFlag(FLAGS_api_key).empty()) {
       std::fprintf(stderr,
                    "moeflow launch: http_address %s is not a loopback address: give --api_key "
                    "so that only holders of the key can use the HTTP API\n",

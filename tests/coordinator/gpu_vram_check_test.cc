@@ -2,6 +2,7 @@
 // of the model (gpu_workers[i].vram_gib, model/memory_plan.h PlanGpuMemory),
 // before it starts any process; vram_gib is parsed and validated from YAML.
 #include <cstdio>
+#include <memory>
 #include <string>
 
 #include "coordinator/coordinator.h"
@@ -12,6 +13,16 @@ namespace moeflow {
 namespace {
 
 constexpr char kModel[] = "tests/data/llamacpp/tiny-v2/tiny-v2.f32.gguf";
+
+// Coordinator::Start on `topology` with worker binaries that do not exist:
+// for refusals that must come before any process starts.
+absl::StatusOr<std::unique_ptr<Coordinator>> StartWithoutWorkers(const proto::Topology& topology) {
+  CoordinatorOptions options;
+  options.topology = topology;
+  options.gpu_worker_binary = "/nonexistent/gpu_worker";
+  options.expert_worker_binary = "/nonexistent/cpu_expert_worker";
+  return Coordinator::Start(options);
+}
 
 std::string Yaml(const std::string& gpu_worker) {
   return std::string("model_path: ") + kModel + "\ngpu_workers:\n  - " + gpu_worker +
@@ -45,11 +56,7 @@ TEST(GpuVramCheckTest, StartRefusesCardsTooSmallForTheirShare) {
   auto t = ParseTopologyYaml(
       Yaml("{backend: cuda, device_ids: [3, 1], kv_cache_tokens: 512, vram_gib: 0.25}"), "t.yaml");
   ASSERT_TRUE(t.ok()) << t.status();
-  CoordinatorOptions options;
-  options.topology = *t;
-  options.gpu_worker_binary = "/nonexistent/gpu_worker";
-  options.expert_worker_binary = "/nonexistent/cpu_expert_worker";
-  auto c = Coordinator::Start(options);
+  auto c = StartWithoutWorkers(*t);
   ASSERT_FALSE(c.ok());
   EXPECT_EQ(c.status().code(), absl::StatusCode::kFailedPrecondition) << c.status();
   const std::string m(c.status().message());
@@ -69,11 +76,7 @@ TEST(CoordinatorStartTest, UnreadableWorkerTokenFileIsRefused) {
                                  "  - {numa_node: 0}\n",
                              "t.yaml");
   ASSERT_TRUE(t.ok()) << t.status();
-  CoordinatorOptions options;
-  options.topology = *t;
-  options.gpu_worker_binary = "/nonexistent/gpu_worker";
-  options.expert_worker_binary = "/nonexistent/cpu_expert_worker";
-  auto c = Coordinator::Start(options);
+  auto c = StartWithoutWorkers(*t);
   ASSERT_FALSE(c.ok());
   EXPECT_EQ(c.status().code(), absl::StatusCode::kNotFound) << c.status();
   EXPECT_NE(std::string(c.status().message())

@@ -1,11 +1,11 @@
 // `moeflow launch` with http_address serves the OpenAI / Ollama HTTP API of
 // `moeflow serve` over the coordinator and its worker processes: a greedy
-// completion equals the control service's Generate for the same prompt and
-// the single-process engine's (TextGenerator) text; a control-service request
-// run between two HTTP requests (they share the coordinator's one KV cache)
-// does not change the second HTTP answer (the HTTP side recomputes its
-// cached prefix); /v1/models and /health answer; a non-loopback http_address
-// without --api_key is refused; moeflowctl drain covers the HTTP requests.
+// completion equals the control service's Generate for the same prompt; a
+// control-service request run between two HTTP requests (they share the
+// coordinator's one KV cache) does not change the second HTTP answer (the
+// HTTP side recomputes its cached prefix); /v1/models and /health answer; a
+// non-loopback http_address without --api_key and a malformed --http_address
+// are refused; moeflowctl drain and status cover the HTTP requests.
 #include <unistd.h>
 
 #include <cstdlib>
@@ -141,30 +141,29 @@ TEST(LaunchHttpTest, DrainCoversHttpRequests) {
   EXPECT_EQ(launch.Stop(10000), 0);
 }
 
-TEST(LaunchHttpTest, NonLoopbackHttpWithoutApiKeyIsRefused) {
-  const std::string command = absl::StrCat(
+// `moeflow launch` on a topology of `yaml_tail` (after model_path) with
+// `flags`, run to its exit.
+testing::CommandExit RunLaunchToExit(const std::string& name, const std::string& yaml_tail,
+                                     const std::string& flags) {
+  return testing::RunToExit(absl::StrCat(
       testing::Runfile("cli/moeflow"), " launch ",
-      testing::WriteTempFile("topology_http.yaml",
-                             absl::StrCat("model_path: ", kModel,
-                                          "\nhttp_address: 0.0.0.0:0\ngpu_workers: [{backend: "
-                                          "cpu}]\nexpert_workers: [{numa_node: 0}]\n")),
-      " > /dev/null 2> ", testing::WriteTempFile("launch_http_err.txt", ""));
-  const int status = std::system(command.c_str());
-  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 2) << status;
-  // A malformed --http_address is a usage error too.
-  const std::string err = testing::WriteTempFile("launch_http_err2.txt", "");
-  const std::string bad = absl::StrCat(
-      testing::Runfile("cli/moeflow"), " launch ",
-      testing::WriteTempFile("topology_http2.yaml",
-                             absl::StrCat("model_path: ", kModel,
-                                          "\ngpu_workers: [{backend: cpu}]\nexpert_workers: "
-                                          "[{numa_node: 0}]\n")),
-      " --http_address=localhost > /dev/null 2> ", err);
-  const int bad_status = std::system(bad.c_str());
-  EXPECT_TRUE(WIFEXITED(bad_status) && WEXITSTATUS(bad_status) == 2) << bad_status;
-  std::ifstream in(err);
-  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  EXPECT_NE(text.find("--http_address=localhost: not host:port"), std::string::npos) << text;
+      testing::WriteTempFile(name + ".yaml", absl::StrCat("model_path: ", kModel, "\n", yaml_tail)),
+      " ", flags));
+}
+
+TEST(LaunchHttpTest, NonLoopbackHttpWithoutApiKeyAndMalformedAddressAreRefused) {
+  constexpr char kWorkers[] = "gpu_workers: [{backend: cpu}]\nexpert_workers: [{numa_node: 0}]\n";
+  testing::CommandExit e =
+      RunLaunchToExit("public_http", absl::StrCat("http_address: 0.0.0.0:0\n", kWorkers), "");
+  EXPECT_EQ(e.code, 2);
+  EXPECT_NE(e.stderr_text.find("http_address 0.0.0.0:0 is not a loopback address: give "
+                               "--api_key"),
+            std::string::npos)
+      << e.stderr_text;
+  e = RunLaunchToExit("bad_http", kWorkers, "--http_address=localhost");
+  EXPECT_EQ(e.code, 2);
+  EXPECT_NE(e.stderr_text.find("--http_address=localhost: not host:port"), std::string::npos)
+      << e.stderr_text;
 }
 
 }  // namespace

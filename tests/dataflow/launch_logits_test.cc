@@ -152,17 +152,21 @@ TEST(LaunchLogitsNodeMemoryTest, ExpertsCopiedToNodeMemoryMatchSingleProcessEngi
 // A worker configured by another client than the coordinator (whose
 // topology parser already refuses bad values) answers a bad expert_memory
 // with INVALID_ARGUMENT naming the field and the value.
-TEST(ExpertWorkerConfigureTest, UnknownExpertMemoryIsInvalidArgument) {
-  testing::HandStartedWorker worker;
-  ASSERT_TRUE(worker.ok()) << worker.error();
-  auto stub = proto::WorkerService::NewStub(grpc::CreateChannel(
-      absl::StrCat("127.0.0.1:", worker.port()), grpc::InsecureChannelCredentials()));
+proto::ConfigureRequest ExpertConfigure(int numa_node, const std::string& expert_memory) {
   proto::ConfigureRequest request;
   request.set_model_path("tests/data/llamacpp/tiny-v2/tiny-v2.q8_0.gguf");
   request.set_role(proto::WORKER_ROLE_CPU_EXPERT);
-  request.set_numa_node(0);
+  request.set_numa_node(numa_node);
   request.set_max_batch_tokens(16);
-  request.set_expert_memory("huge");
+  request.set_expert_memory(expert_memory);
+  return request;
+}
+
+TEST(ExpertWorkerConfigureTest, UnknownExpertMemoryIsInvalidArgument) {
+  testing::HandStartedWorker worker;
+  ASSERT_TRUE(worker.ok()) << worker.error();
+  auto stub = testing::WorkerStub(absl::StrCat("127.0.0.1:", worker.port()));
+  const proto::ConfigureRequest request = ExpertConfigure(0, "huge");
   grpc::ClientContext ctx;
   ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
   proto::ConfigureResponse response;
@@ -178,14 +182,8 @@ TEST(ExpertWorkerConfigureTest, UnknownExpertMemoryIsInvalidArgument) {
 TEST(ExpertWorkerConfigureTest, NodeMemoryOnAMissingNodeFailsLoad) {
   testing::HandStartedWorker worker;
   ASSERT_TRUE(worker.ok()) << worker.error();
-  auto stub = proto::WorkerService::NewStub(grpc::CreateChannel(
-      absl::StrCat("127.0.0.1:", worker.port()), grpc::InsecureChannelCredentials()));
-  proto::ConfigureRequest request;
-  request.set_model_path("tests/data/llamacpp/tiny-v2/tiny-v2.q8_0.gguf");
-  request.set_role(proto::WORKER_ROLE_CPU_EXPERT);
-  request.set_numa_node(900);
-  request.set_max_batch_tokens(16);
-  request.set_expert_memory("node");
+  auto stub = testing::WorkerStub(absl::StrCat("127.0.0.1:", worker.port()));
+  const proto::ConfigureRequest request = ExpertConfigure(900, "node");
   {
     grpc::ClientContext ctx;
     ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));

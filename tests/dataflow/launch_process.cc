@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <iterator>
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
@@ -21,6 +22,21 @@ namespace moeflow::testing {
 std::string Runfile(const std::string& path) {
   const char* srcdir = std::getenv("TEST_SRCDIR");
   return srcdir != nullptr ? absl::StrCat(srcdir, "/moeflow/", path) : path;
+}
+
+CommandExit RunToExit(const std::string& command) {
+  const std::string err = WriteTempFile("command_stderr.txt", "");
+  const int status = std::system(absl::StrCat(command, " > /dev/null 2> ", err).c_str());
+  CommandExit e;
+  e.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  std::ifstream in(err);
+  e.stderr_text.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  return e;
+}
+
+std::unique_ptr<proto::WorkerService::Stub> WorkerStub(const std::string& address) {
+  return proto::WorkerService::NewStub(
+      grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
 }
 
 std::string WriteTempFile(const std::string& name, const std::string& text) {

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "proto/control.grpc.pb.h"
+#include "proto/worker.grpc.pb.h"
 
 namespace moeflow::testing {
 
@@ -23,6 +24,17 @@ std::string Runfile(const std::string& path);
 // Writes `text` to a file `name` (prefixed with this process's id) in
 // $TEST_TMPDIR (else /tmp); returns its path.
 std::string WriteTempFile(const std::string& name, const std::string& text);
+
+// Runs a shell command to its exit, stdout discarded: its exit code (-1 if
+// killed) and everything it wrote on stderr.
+struct CommandExit {
+  int code = -1;
+  std::string stderr_text;
+};
+CommandExit RunToExit(const std::string& command);
+
+// A plaintext WorkerService stub for a worker's gRPC address ("host:port").
+std::unique_ptr<proto::WorkerService::Stub> WorkerStub(const std::string& address);
 
 struct LaunchSpec {
   std::string model_path;

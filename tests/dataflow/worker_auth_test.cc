@@ -23,28 +23,15 @@
 namespace moeflow {
 namespace {
 
+using testing::WorkerStub;
 using testing::WriteTempFile;
 
-// Runs the worker binary with `args` to its exit (or 10 s); its exit code
-// and stderr.
-struct Exit {
-  int code = -1;
-  std::string stderr_text;
-};
-Exit RunWorker(const std::string& args, const std::string& env = "") {
-  const std::string err = WriteTempFile("worker_stderr.txt", "");
-  const std::string command =
-      absl::StrCat(env, env.empty() ? "" : " ", "timeout 10 ",
-                   testing::Runfile("cpu_expert_worker/cpu_expert_worker"), " ", args,
-                   " > /dev/null 2> ", err);
-  const int status = std::system(command.c_str());
-  Exit e;
-  e.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  std::ifstream in(err);
-  std::ostringstream text;
-  text << in.rdbuf();
-  e.stderr_text = text.str();
-  return e;
+// Runs the worker binary with `args` (after environment assignments `env`)
+// to its exit, or 10 s.
+testing::CommandExit RunWorker(const std::string& args, const std::string& env = "") {
+  return testing::RunToExit(absl::StrCat(env, env.empty() ? "" : " ", "timeout 10 ",
+                                         testing::Runfile("cpu_expert_worker/cpu_expert_worker"),
+                                         " ", args));
 }
 
 grpc::StatusCode HealthCode(proto::WorkerService::Stub& stub, const std::string& authorization) {
@@ -55,13 +42,8 @@ grpc::StatusCode HealthCode(proto::WorkerService::Stub& stub, const std::string&
   return stub.Health(&ctx, proto::HealthRequest(), &response).error_code();
 }
 
-std::unique_ptr<proto::WorkerService::Stub> WorkerStub(const std::string& address) {
-  return proto::WorkerService::NewStub(
-      grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
-}
-
 TEST(WorkerAuthTest, NonLoopbackListenWithoutTokenIsRefused) {
-  const Exit e = RunWorker("--listen=0.0.0.0:0");
+  const testing::CommandExit e = RunWorker("--listen=0.0.0.0:0");
   EXPECT_EQ(e.code, 2);
   EXPECT_NE(e.stderr_text.find("refusing to listen on 0.0.0.0:0 without a token"),
             std::string::npos)
@@ -69,7 +51,8 @@ TEST(WorkerAuthTest, NonLoopbackListenWithoutTokenIsRefused) {
 }
 
 TEST(WorkerAuthTest, MalformedOrMissingTokenFileIsRefused) {
-  Exit e = RunWorker(absl::StrCat("--token_file=", WriteTempFile("short_token", "abc\n")));
+  testing::CommandExit e =
+      RunWorker(absl::StrCat("--token_file=", WriteTempFile("short_token", "abc\n")));
   EXPECT_EQ(e.code, 2);
   EXPECT_NE(e.stderr_text.find("a token must have 8 to 4096 characters (has 3)"),
             std::string::npos)
