@@ -504,7 +504,8 @@ absl::Status Coordinator::ConnectWorker(Worker& w) {
         dataflow::AlignUp(sizeof(ReplyHeader) + n * h * sizeof(float) + 4096));
   } else {
     options.send_buffer_bytes = static_cast<int64_t>(dataflow::AlignUp(
-        sizeof(RequestHeader) + n * h * sizeof(float) + 2 * n * k * sizeof(int32_t)));
+        sizeof(RequestHeader) + n * h * sizeof(float) + 2 * n * k * sizeof(int32_t) +
+        n * k * sizeof(float)));  // kExpertsCombine's weights
     options.recv_buffer_bytes =
         static_cast<int64_t>(dataflow::AlignUp(sizeof(ReplyHeader) + n * k * h * sizeof(float) + 4096));
   }
@@ -893,6 +894,18 @@ absl::Status Coordinator::DispatchExperts(int64_t il, int64_t n, int64_t k,
     }
   }
   const int n_expert_workers = static_cast<int>(workers_.size()) - 1;
+  // One worker holding every pair of the step sums them itself
+  // (kExpertsCombine): its reply is n rows instead of n · k.
+  combined_worker_ = 0;
+  if (!slice) {
+    const int32_t owner = expert_owner_[static_cast<size_t>(ids[0])];
+    bool one_owner = true;
+    for (int64_t p = 1; p < n * k && one_owner; ++p) {
+      one_owner = expert_owner_[static_cast<size_t>(ids[p])] == owner;
+    }
+    if (one_owner) combined_worker_ = owner;
+    combined_rows_ = n;
+  }
   for (int wi = 1; wi <= n_expert_workers; ++wi) {
     Worker& w = *workers_[static_cast<size_t>(wi)];
     uint8_t* send = w.channel->send_buffer().data();
@@ -927,9 +940,17 @@ absl::Status Coordinator::DispatchExperts(int64_t il, int64_t n, int64_t k,
     eh.layer = static_cast<int32_t>(il);
     eh.n_rows = rows;
     eh.n_pairs = pairs;
+    size_t bytes = sizeof(eh) + static_cast<size_t>(rows * h) * sizeof(float) +
+                   2 * static_cast<size_t>(pairs) * sizeof(int32_t);
+    if (wi == combined_worker_) {
+      // Every token's k pairs, in token and j order: row_of_pair[p] = p / k.
+      const float* weights = reinterpret_cast<const float*>(ids + n * k);
+      std::memcpy(expert_of_pair + pairs, weights, static_cast<size_t>(pairs) * sizeof(float));
+      bytes += static_cast<size_t>(pairs) * sizeof(float);
+      eh.flags = dataflow::kExpertsCombine;
+      eh.k = static_cast<int32_t>(k);
+    }
     std::memcpy(send, &eh, sizeof(eh));
-    const size_t bytes = sizeof(eh) + static_cast<size_t>(rows * h) * sizeof(float) +
-                         2 * static_cast<size_t>(pairs) * sizeof(int32_t);
     const uint32_t seq = w.seq++;
     expert_recv_ids_[static_cast<size_t>(wi)] = w.channel->PostRecv(
         dataflow::ReplyTag(seq, 0, static_cast<uint8_t>(w.configure.transport_source())),
@@ -960,8 +981,9 @@ absl::Status Coordinator::AwaitExperts(int64_t h, proto::LayerStats& ls) {
     absl::StatusOr<size_t> got =
         Await(w, expert_recv_ids_[static_cast<size_t>(wi)], "expert reply");
     expert_recv_ids_[static_cast<size_t>(wi)] = TransferId();
+    const int64_t reply_rows = wi == combined_worker_ ? combined_rows_ : pairs;
     absl::Status s = got.ok() ? CheckReply(w, w.channel->recv_buffer().data(), *got,
-                                           static_cast<size_t>(pairs * h) * sizeof(float))
+                                           static_cast<size_t>(reply_rows * h) * sizeof(float))
                               : got.status();
     if (!s.ok()) {
       return s;
@@ -1095,8 +1117,15 @@ absl::Status Coordinator::RunChunk(absl::Span<const int32_t> tokens, int64_t sta
         }
       }
     }
-    // out[t] = Σ_j w[t, j] · y[t, j], in j order: EngineRoutedExperts' sum.
-    for (int64_t t = 0; t < n; ++t) {
+    // out[t] = Σ_j w[t, j] · y[t, j], in j order: EngineRoutedExperts' sum,
+    // done by the worker itself when it held every pair.
+    if (combined_worker_ != 0) {
+      std::memcpy(routed_.data(),
+                  workers_[static_cast<size_t>(combined_worker_)]->channel->recv_buffer().data() +
+                      sizeof(ReplyHeader),
+                  x_bytes);
+    }
+    for (int64_t t = 0; t < n && combined_worker_ == 0; ++t) {
       float* o = routed_.data() + t * h;
       std::fill(o, o + h, 0.f);
       for (int64_t j = 0; j < k; ++j) {

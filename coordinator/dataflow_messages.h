@@ -19,6 +19,14 @@
 //   kExperts   f32 rows[n_rows × hidden],         f32 y[n_pairs × hidden]: the unweighted
 //              i32 row_of_pair[n_pairs],          output of each pair's expert (or of this
 //              i32 expert_of_pair[n_pairs]        worker's slice of it)
+//   kExperts   as above, then                     f32 out[n_rows × hidden]: Σ_j w · y over
+//   + flags    f32 weight_of_pair[n_pairs]        each row's k pairs in j order, the
+//   kCombine   (n_pairs = n_rows × k, row r's     single-process engine's routed sum
+//              pairs at r·k .. r·k + k − 1)       (EngineRoutedExperts), bit for bit
+//
+// The coordinator asks for kCombine when one expert worker holds every pair
+// of the step (one worker; or all of a step's experts on one shard): the
+// reply is then k times smaller and the weighted sum runs on the worker.
 //
 // A failed request is answered on part 0 with code != 0 and a message.
 // Thread-safety: plain values. Failure: none here; receivers validate sizes.
@@ -47,8 +55,12 @@ struct RequestHeader {
   int32_t k = 0;  // router top-k (kLayer)
   int32_t n_rows = 0;   // kExperts
   int32_t n_pairs = 0;  // kExperts
-  int32_t reserved = 0;
+  uint32_t flags = 0;   // kExperts: kExpertsCombine
 };
+
+// RequestHeader::flags of a kExperts request: reply with the weighted sum per
+// row instead of one output per pair (see the table above).
+inline constexpr uint32_t kExpertsCombine = 1u;
 static_assert(sizeof(RequestHeader) == 32, "wire format");
 
 struct ReplyHeader {

@@ -305,11 +305,14 @@ absl::Status ExpertShard::Load(const std::function<void(const proto::LoadProgres
                                     shard_config_.n_experts, shard_config_.expert_ff,
                                     shard_config_.hidden},
                          max_pairs_, 1, threads);
+    scratch_.moe.Reserve(MoeExperts{lw.ffn_gate_exps, lw.ffn_up_exps, lw.ffn_down_exps,
+                                    shard_config_.n_experts, shard_config_.expert_ff,
+                                    shard_config_.hidden},
+                         max_rows_, config_.n_experts_used, threads);  // kExpertsCombine
   }
   ctx_ = EngineContext{&shard_config_, &rope_, SelectedIsa(), pool_.get(), &scratch_};
   expanded_.resize(static_cast<size_t>(max_pairs_ * hidden));
   ones_.assign(static_cast<size_t>(max_pairs_), 1.f);
-  ids_.resize(static_cast<size_t>(max_pairs_));
   p.set_phase(proto::LOAD_PHASE_READING);
   p.set_bytes_done(shard_bytes_);
   p.set_bytes_total(shard_bytes_);
@@ -318,8 +321,10 @@ absl::Status ExpertShard::Load(const std::function<void(const proto::LoadProgres
 }
 
 size_t ExpertShard::MaxRequestBytes() const {
+  // rows, row_of_pair, expert_of_pair and (kExpertsCombine) weight_of_pair.
   return static_cast<size_t>(max_rows_ * config_.hidden) * sizeof(float) +
-         static_cast<size_t>(2 * max_pairs_) * sizeof(int32_t);
+         static_cast<size_t>(2 * max_pairs_) * sizeof(int32_t) +
+         static_cast<size_t>(max_pairs_) * sizeof(float);
 }
 
 std::vector<size_t> ExpertShard::ReplyPartBytes() const {
@@ -341,9 +346,24 @@ absl::Status ExpertShard::Handle(const RequestHeader& header, absl::Span<const u
                                                    " outside [1, ", max_rows_, "] / [1, ",
                                                    max_pairs_, "]"));
   }
+  if ((header.flags & ~dataflow::kExpertsCombine) != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("kExperts: unknown flags 0x", absl::Hex(header.flags)));
+  }
+  const bool combine = (header.flags & dataflow::kExpertsCombine) != 0;
+  const int64_t k = header.k;
+  if (combine && (k < 1 || k > config_.n_experts || pairs != rows * k)) {
+    return absl::InvalidArgumentError(absl::StrCat("kExperts combine: n_pairs ", pairs,
+                                                   " is not n_rows ", rows, " × k ", k));
+  }
   const size_t row_bytes = static_cast<size_t>(rows * h) * sizeof(float);
-  if (payload.size() != row_bytes + static_cast<size_t>(2 * pairs) * sizeof(int32_t)) {
-    return absl::InvalidArgumentError("kExperts: payload size does not match n_rows / n_pairs");
+  const size_t want = row_bytes + static_cast<size_t>(2 * pairs) * sizeof(int32_t) +
+                      (combine ? static_cast<size_t>(pairs) * sizeof(float) : 0);
+  if (payload.size() != want) {
+    return absl::InvalidArgumentError(absl::StrCat("kExperts: payload of ", payload.size(),
+                                                   " bytes, expected ", want, " for n_rows ",
+                                                   rows, " / n_pairs ", pairs,
+                                                   combine ? " with weights" : ""));
   }
   const float* x = reinterpret_cast<const float*>(payload.data());
   const int32_t* row_of_pair = reinterpret_cast<const int32_t*>(payload.data() + row_bytes);
@@ -356,13 +376,25 @@ absl::Status ExpertShard::Handle(const RequestHeader& header, absl::Span<const u
           request_.worker_name(), ": pair ", p, " (row ", r, ", expert ", e,
           ") is out of range or its expert is not held by this shard"));
     }
-    std::memcpy(expanded_.data() + p * h, x + r * h, static_cast<size_t>(h) * sizeof(float));
-    ids_[static_cast<size_t>(p)] = e;
+    if (combine && r != p / k) {
+      return absl::InvalidArgumentError(absl::StrCat("kExperts combine: pair ", p, " names row ", r,
+                                                     ", expected ", p / k, " (k = ", k, ")"));
+    }
   }
   float* out = reinterpret_cast<float*>(reply.Payload(0));
-  EngineRoutedExperts(ctx_, shard_layers_[static_cast<size_t>(il)])
-      .Forward(expanded_.data(), pairs, ids_.data(), ones_.data(), 1, out);
+  const EngineRoutedExperts experts(ctx_, shard_layers_[static_cast<size_t>(il)]);
   stats.set_rows_computed(pairs);
+  if (combine) {
+    // The single-process engine's own call: the same pairs, weights and sum.
+    const float* weights = reinterpret_cast<const float*>(expert_of_pair + pairs);
+    experts.Forward(x, rows, expert_of_pair, weights, k, out);
+    return reply.Send(0, row_bytes);
+  }
+  for (int64_t p = 0; p < pairs; ++p) {
+    std::memcpy(expanded_.data() + p * h, x + row_of_pair[p] * h,
+                static_cast<size_t>(h) * sizeof(float));
+  }
+  experts.Forward(expanded_.data(), pairs, expert_of_pair, ones_.data(), 1, out);
   return reply.Send(0, static_cast<size_t>(pairs * h) * sizeof(float));
 }
 

@@ -11,6 +11,9 @@
 // yields each pair's unweighted expert output; the coordinator weights and
 // sums them in the engine's order, so replicate/shard results are
 // bit-identical to Deepseek2Engine (slice: equal up to float summation).
+// A kExpertsCombine request (this worker holds every pair of the step) is
+// the engine's own call — the rows, their k experts and weights — and the
+// reply is the weighted sum per row, k times smaller.
 //
 // NUMA: when the hwloc topology is the real machine, the process binds its
 // threads and memory to the node; HWLOC_SYNTHETIC topologies are only
@@ -19,7 +22,9 @@
 // Thread-safety: as WorkerCompute. Failure: Configure INVALID_ARGUMENT names
 // the bad ShardSpec field; Load INVALID_ARGUMENT for expert ids outside the
 // model or a slice that does not fall on quant-block boundaries; Handle
-// INVALID_ARGUMENT for a pair whose expert this shard does not hold.
+// INVALID_ARGUMENT for a pair whose expert this shard does not hold, a
+// payload whose size does not match n_rows / n_pairs / flags, unknown flags,
+// or a kExpertsCombine request whose pairs are not k per row in row order.
 #ifndef MOEFLOW_CPU_EXPERT_WORKER_EXPERT_SHARD_H_
 #define MOEFLOW_CPU_EXPERT_WORKER_EXPERT_SHARD_H_
 
@@ -82,7 +87,6 @@ class ExpertShard final : public dataflow::WorkerCompute {
   int64_t shard_bytes_ = 0;
   int node_cores_ = 0;
   std::vector<float> expanded_, ones_;
-  std::vector<int32_t> ids_;
 };
 
 }  // namespace moeflow

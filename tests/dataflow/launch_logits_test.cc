@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <fstream>
+#include <functional>
 #include <sstream>
 #include <cstring>
 #include <string>
@@ -63,8 +64,10 @@ struct Case {
 
 class LaunchLogitsTest : public ::testing::TestWithParam<Case> {};
 
+// `before_stop` (if set) runs on the still-serving launch after the check.
 void ExpectLaunchMatchesEngine(const Case& c, const std::string& tls,
-                               LaunchSpec spec = LaunchSpec()) {
+                               LaunchSpec spec = LaunchSpec(),
+                               const std::function<void(LaunchProcess&)>& before_stop = nullptr) {
   const std::string model = std::string("tests/data/llamacpp/") + c.model_dir + "/" + c.model_dir +
                             "." + c.quant + ".gguf";
   const std::vector<int32_t> tokens = Sequence64(c.model_dir);
@@ -103,6 +106,7 @@ void ExpectLaunchMatchesEngine(const Case& c, const std::string& tls,
     EXPECT_EQ(std::max_element(g, g + vocab) - g, std::max_element(e, e + vocab) - e)
         << "top-1 differs at position " << t;
   }
+  if (before_stop) before_stop(launch);
   // A clean stop: SIGTERM -> exit 0.
   const int status = launch.Stop(10000);
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
@@ -112,6 +116,43 @@ TEST_P(LaunchLogitsTest, MatchesSingleProcessEngine) { ExpectLaunchMatchesEngine
 
 // The same data plane over UCX tcp (loopback; the test environment sets
 // UCX_NET_DEVICES=lo), as expert workers on another host would use it.
+// One expert worker holds every (token, expert) pair, so the coordinator
+// asks it for kExpertsCombine replies (the weighted sum per token, computed
+// on the worker): still bit-identical, and the replies are n rows, not n · k.
+TEST(LaunchLogitsCombinedRepliesTest, OneExpertWorkerSumsItsPairsBitIdentically) {
+  LaunchSpec spec;
+  spec.expert_workers = 1;
+  for (const char* quant : {"q4_k_m", "q8_0"}) {
+    SCOPED_TRACE(quant);
+    const std::string model =
+        std::string("tests/data/llamacpp/tiny-v2/tiny-v2.") + quant + ".gguf";
+    Deepseek2EngineOptions options;
+    options.n_threads = 1;
+    auto engine = Deepseek2Engine::Open(model, options);
+    ASSERT_TRUE(engine.ok()) << engine.status();
+    const Deepseek2Config config = (*engine)->config();
+    ExpectLaunchMatchesEngine(
+        Case{"tiny-v2", quant, "replicate", true}, "sm,self", spec, [&](LaunchProcess& launch) {
+          grpc::ClientContext ctx;
+          ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
+          proto::MetricsResponse metrics;
+          ASSERT_TRUE(launch.stub().Metrics(&ctx, proto::MetricsRequest(), &metrics).ok());
+          int checked = 0;
+          for (const proto::WorkerLayerMetrics& w : metrics.workers()) {
+            if (w.worker_name() != "coordinator") continue;
+            for (const proto::LayerStats& l : w.layers()) {
+              if (!config.is_moe_layer(l.layer())) continue;
+              // One 64-token step: 64 rows of hidden floats and the reply
+              // header (per-pair replies would be k times as many rows).
+              EXPECT_EQ(l.bytes_received(), 16 + 64 * config.hidden * 4) << "layer " << l.layer();
+              ++checked;
+            }
+          }
+          EXPECT_EQ(checked, config.n_layers - config.n_dense_layers);
+        });
+  }
+}
+
 TEST(LaunchLogitsTcpTest, ShardOverTcpMatchesSingleProcessEngine) {
   ExpectLaunchMatchesEngine(Case{"tiny-v3", "q8_0", "shard", true}, "tcp");
 }

@@ -1,0 +1,185 @@
+// ExpertShard (cpu_expert_worker's compute) in process, on the tiny-v2
+// fixture: a kExpertsCombine request returns, per row, the weighted sum of
+// the per-pair outputs the plain request returns, and the malformed requests
+// are refused with INVALID_ARGUMENT before anything is sent.
+#include "cpu_expert_worker/expert_shard.h"
+
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "coordinator/dataflow_messages.h"
+#include "gtest/gtest.h"
+#include "proto/worker.pb.h"
+
+namespace moeflow {
+namespace {
+
+using dataflow::RequestHeader;
+
+class BufferReplyWriter final : public dataflow::ReplyWriter {
+ public:
+  explicit BufferReplyWriter(size_t capacity) : buffer_(capacity / sizeof(float) + 1) {}
+  uint8_t* Payload(int part) override {
+    EXPECT_EQ(part, 0);
+    return reinterpret_cast<uint8_t*>(buffer_.data());
+  }
+  absl::Status Send(int part, size_t payload_bytes) override {
+    EXPECT_EQ(part, 0);
+    ++sends_;
+    sent_bytes_ = payload_bytes;
+    return absl::OkStatus();
+  }
+  const float* data() const { return buffer_.data(); }
+  int sends() const { return sends_; }
+  size_t sent_bytes() const { return sent_bytes_; }
+
+ private:
+  std::vector<float> buffer_;
+  int sends_ = 0;
+  size_t sent_bytes_ = 0;
+};
+
+class ExpertShardTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    proto::ConfigureRequest request;
+    request.set_model_path("tests/data/llamacpp/tiny-v2/tiny-v2.q8_0.gguf");
+    request.set_role(proto::WORKER_ROLE_CPU_EXPERT);
+    request.set_max_batch_tokens(8);
+    request.set_worker_name("expert-test");
+    ASSERT_TRUE(shard_.Configure(request).ok());
+    ASSERT_TRUE(shard_.Load([](const proto::LoadProgress&) {}).ok());
+    auto engine_options = Deepseek2EngineOptions();
+    engine_options.n_threads = 1;
+    auto engine = Deepseek2Engine::Open(request.model_path(), engine_options);
+    ASSERT_TRUE(engine.ok()) << engine.status();
+    config_ = (*engine)->config();
+  }
+
+  // rows × hidden random activations, then row_of_pair, expert_of_pair and
+  // (combine) weight_of_pair for k distinct experts per row.
+  std::vector<uint8_t> Payload(int rows, int k, bool with_weights, uint32_t seed = 1) {
+    std::mt19937 rng(seed);
+    std::uniform_real_distribution<float> u(-1.f, 1.f);
+    const int64_t h = config_.hidden;
+    const int pairs = rows * k;
+    std::vector<uint8_t> bytes(static_cast<size_t>(rows * h) * 4 + static_cast<size_t>(pairs) * 8 +
+                               (with_weights ? static_cast<size_t>(pairs) * 4 : 0));
+    float* x = reinterpret_cast<float*>(bytes.data());
+    for (int64_t i = 0; i < rows * h; ++i) x[i] = u(rng);
+    int32_t* row_of_pair = reinterpret_cast<int32_t*>(x + rows * h);
+    int32_t* expert_of_pair = row_of_pair + pairs;
+    for (int p = 0; p < pairs; ++p) {
+      row_of_pair[p] = p / k;
+      expert_of_pair[p] = static_cast<int32_t>((p / k * 3 + (p % k)) % config_.n_experts);
+    }
+    if (with_weights) {
+      float* w = reinterpret_cast<float*>(expert_of_pair + pairs);
+      for (int p = 0; p < pairs; ++p) w[p] = 0.25f + 0.5f * std::fabs(u(rng));
+    }
+    return bytes;
+  }
+
+  RequestHeader Header(int rows, int k, uint32_t flags) const {
+    RequestHeader header;
+    header.op = static_cast<uint32_t>(dataflow::DataflowOp::kExperts);
+    header.layer = static_cast<int32_t>(config_.n_dense_layers);
+    header.n_rows = rows;
+    header.n_pairs = rows * k;
+    header.k = k;
+    header.flags = flags;
+    return header;
+  }
+
+  absl::Status Handle(const RequestHeader& header, const std::vector<uint8_t>& payload,
+                      BufferReplyWriter& writer) {
+    proto::LayerStats stats;
+    return shard_.Handle(header, absl::MakeConstSpan(payload), writer, stats);
+  }
+
+  ExpertShard shard_;
+  Deepseek2Config config_;
+};
+
+TEST_F(ExpertShardTest, CombinedReplyIsTheWeightedSumOfThePerPairOutputs) {
+  const int rows = 5, k = static_cast<int>(config_.n_experts_used);
+  const int64_t h = config_.hidden;
+  const std::vector<uint8_t> combined_payload = Payload(rows, k, true);
+  // The same activations and pairs without the weights.
+  std::vector<uint8_t> plain_payload(combined_payload.begin(),
+                                     combined_payload.end() - rows * k * 4);
+  const float* weights = reinterpret_cast<const float*>(combined_payload.data() +
+                                                        plain_payload.size());
+
+  BufferReplyWriter plain(shard_.ReplyPartBytes()[0]);
+  ASSERT_TRUE(Handle(Header(rows, k, 0), plain_payload, plain).ok());
+  ASSERT_EQ(plain.sent_bytes(), static_cast<size_t>(rows * k * h) * 4);
+  BufferReplyWriter combined(shard_.ReplyPartBytes()[0]);
+  ASSERT_TRUE(Handle(Header(rows, k, dataflow::kExpertsCombine), combined_payload, combined).ok());
+  ASSERT_EQ(combined.sent_bytes(), static_cast<size_t>(rows * h) * 4);
+
+  float max_abs = 0.f;
+  for (int r = 0; r < rows; ++r) {
+    for (int64_t i = 0; i < h; ++i) {
+      double sum = 0;
+      for (int j = 0; j < k; ++j) {
+        sum += static_cast<double>(weights[r * k + j]) * plain.data()[(r * k + j) * h + i];
+      }
+      max_abs = std::max(max_abs, std::fabs(static_cast<float>(sum)));
+      EXPECT_NEAR(combined.data()[r * h + i], sum, 1e-5 * (1.0 + std::fabs(sum)))
+          << "row " << r << " column " << i;
+    }
+  }
+  EXPECT_GT(max_abs, 0.f);  // the experts did produce something
+}
+
+TEST_F(ExpertShardTest, MalformedRequestsAreRefusedBeforeAnythingIsSent) {
+  const int rows = 2, k = static_cast<int>(config_.n_experts_used);
+  struct BadCase {
+    const char* what;
+    RequestHeader header;
+    std::vector<uint8_t> payload;
+    const char* message;
+  };
+  std::vector<BadCase> cases;
+  cases.push_back({"unknown flag", Header(rows, k, 2), Payload(rows, k, false), "unknown flags 0x2"});
+  cases.push_back({"combine without weights", Header(rows, k, dataflow::kExpertsCombine),
+                   Payload(rows, k, false), "with weights"});
+  cases.push_back({"weights without combine", Header(rows, k, 0), Payload(rows, k, true),
+                   "kExperts: payload of"});
+  {
+    RequestHeader header = Header(rows, k, dataflow::kExpertsCombine);
+    header.k = k + 1;  // n_pairs is then not n_rows × k
+    cases.push_back({"pairs not rows × k", header, Payload(rows, k, true), "is not n_rows 2 × k"});
+  }
+  {
+    std::vector<uint8_t> payload = Payload(rows, k, true);
+    int32_t* row_of_pair =
+        reinterpret_cast<int32_t*>(payload.data() + static_cast<size_t>(rows * config_.hidden) * 4);
+    std::swap(row_of_pair[0], row_of_pair[rows * k - 1]);  // rows out of order
+    cases.push_back({"row out of order", Header(rows, k, dataflow::kExpertsCombine), payload,
+                     "kExperts combine: pair 0 names row 1, expected 0"});
+  }
+  {
+    std::vector<uint8_t> payload = Payload(rows, k, false);
+    int32_t* expert_of_pair = reinterpret_cast<int32_t*>(
+                                  payload.data() + static_cast<size_t>(rows * config_.hidden) * 4) +
+                              rows * k;
+    expert_of_pair[1] = static_cast<int32_t>(config_.n_experts);
+    cases.push_back({"expert id past the model", Header(rows, k, 0), payload, "is out of range"});
+  }
+  for (const BadCase& c : cases) {
+    SCOPED_TRACE(c.what);
+    BufferReplyWriter writer(shard_.ReplyPartBytes()[0]);
+    const absl::Status s = Handle(c.header, c.payload, writer);
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+    EXPECT_NE(s.message().find(c.message), absl::string_view::npos) << s;
+    EXPECT_EQ(writer.sends(), 0);
+  }
+}
+
+}  // namespace
+}  // namespace moeflow
