@@ -1,11 +1,14 @@
 // Kernel micro-benchmarks of kernels/cpu on this machine:
 //
-//   kernel_bench [--threads N] [--isa scalar|avx2|avx512f|avx512] [--tokens 64] [--quick] [--json]
+//   kernel_bench [--threads N] [--isa scalar|avx2|avx512f|avx512] [--tokens 64]
+//                [--gemv-mib 128] [--quick] [--json]
 //
 // Prints the machine's measured memory bandwidth (read and STREAM triad,
 // kernels/cpu/membw), its measured int8 peak (a vpdpbusd loop), then for each
 // weight type the achieved GEMV bandwidth (1 token, a matrix larger than the
-// caches: bytes of weights streamed per second) and GEMM throughput (64
+// caches: bytes of weights streamed per second; --gemv-mib sets its size, and
+// a small one such as 2 keeps it in the caches, timing the kernel's own
+// decode rate instead of the memory's) and GEMM throughput (64
 // tokens by default, --tokens N: 2·rows·cols·tokens operations per second).
 // --quick skips the bandwidth and peak measurements (for tuning the tiles).
 // Then the fused MoE operator (kernels/cpu/moe) on one v2-lite-shaped
@@ -39,11 +42,12 @@ struct Result {
   double gemv_gbps = 0, gemm_gops = 0;
 };
 
-Result BenchType(GgmlType type, CpuIsa isa, int64_t tokens, ThreadPool* pool) {
+Result BenchType(GgmlType type, CpuIsa isa, int64_t tokens, int64_t gemv_mib, ThreadPool* pool) {
   const int64_t cols = 2048;
-  // ~100+ MB of weights for GEMV (past every cache).
+  // gemv_mib of weights for GEMV (default 128: past every cache), at least
+  // one expert matrix.
   const int64_t row_bytes = RowBytes(type, cols).value();
-  const int64_t rows = std::max<int64_t>(1408, (128LL << 20) / row_bytes / 8 * 8);
+  const int64_t rows = std::max<int64_t>(1408, (gemv_mib << 20) / row_bytes / 8 * 8);
   std::vector<uint8_t> w(static_cast<size_t>(rows * row_bytes));
   std::mt19937 rng(1);
   std::normal_distribution<float> dist(0.f, 1.f);
@@ -161,6 +165,7 @@ MoeResult BenchMoe(CpuIsa isa, int64_t tokens, ThreadPool* pool) {
 int main(int argc, char** argv) {
   int threads = 2;
   int64_t tokens = 64;
+  int64_t gemv_mib = 128;
   bool json = false, quick = false;
   moeflow::CpuIsa isa = moeflow::SelectedIsa();
   for (int i = 1; i < argc; ++i) {
@@ -171,6 +176,8 @@ int main(int argc, char** argv) {
       quick = true;
     } else if (a == "--tokens" && i + 1 < argc) {
       tokens = std::max<int64_t>(1, std::atoll(argv[++i]));
+    } else if (a == "--gemv-mib" && i + 1 < argc) {
+      gemv_mib = std::max<int64_t>(1, std::atoll(argv[++i]));
     } else if (a == "--threads" && i + 1 < argc) {
       threads = std::atoi(argv[++i]);
     } else if (a == "--isa" && i + 1 < argc) {
@@ -182,7 +189,8 @@ int main(int argc, char** argv) {
       if (!moeflow::CpuSupportsIsa(isa)) isa = moeflow::SelectedIsa();
     } else {
       std::fprintf(stderr,
-                   "usage: kernel_bench [--threads N] [--isa NAME] [--tokens N] [--quick] [--json]\n");
+                   "usage: kernel_bench [--threads N] [--isa NAME] [--tokens N] [--gemv-mib N] "
+                   "[--quick] [--json]\n");
       return 2;
     }
   }
@@ -197,7 +205,7 @@ int main(int argc, char** argv) {
   const moeflow::GgmlType types[] = {moeflow::GgmlType::kQ4_K, moeflow::GgmlType::kQ6_K,
                                      moeflow::GgmlType::kQ5_0, moeflow::GgmlType::kQ8_0};
   std::vector<moeflow::Result> results;
-  for (moeflow::GgmlType t : types) results.push_back(moeflow::BenchType(t, isa, tokens, &pool));
+  for (moeflow::GgmlType t : types) results.push_back(moeflow::BenchType(t, isa, tokens, gemv_mib, &pool));
   const int64_t moe_tokens = 512;
   const moeflow::MoeResult moe = moeflow::BenchMoe(isa, moe_tokens, &pool);
   if (json) {
