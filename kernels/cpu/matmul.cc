@@ -636,11 +636,32 @@ int64_t ActivationRowBytes(GgmlType weight_type, int64_t cols) {
 
 void QuantizeActivations(GgmlType weight_type, const float* x, int64_t n_rows, int64_t cols,
                          int64_t x_stride, uint8_t* out) {
+  QuantizeActivations(weight_type, x, n_rows, cols, x_stride, out, SelectedIsa());
+}
+
+void QuantizeActivations(GgmlType weight_type, const float* x, int64_t n_rows, int64_t cols,
+                         int64_t x_stride, uint8_t* out, CpuIsa isa) {
   const GgmlType at = ActivationType(weight_type);
   const int64_t row_bytes = ActivationRowBytes(weight_type, cols);
+  // The SIMD quantizer of `isa`, if it has one for this activation type.
+  const SimdVecDots* simd = nullptr;
+  if (isa == CpuIsa::kAvx2) simd = &Avx2VecDots();
+  if (isa == CpuIsa::kAvx512NoVnni) simd = &Avx512NoVnniVecDots();
+  if (IsAvx512Vnni(isa)) simd = &Avx512VecDots();
+  QuantizeRowFn fast = nullptr;
+  if (simd != nullptr) {
+    fast = at == GgmlType::kQ8_0   ? simd->quantize_q8_0
+           : at == GgmlType::kQ8_1 ? simd->quantize_q8_1
+           : at == GgmlType::kQ8_K ? simd->quantize_q8_k
+                                   : nullptr;
+  }
   for (int64_t r = 0; r < n_rows; ++r) {
     const float* xr = x + r * x_stride;
     uint8_t* o = out + r * row_bytes;
+    if (fast != nullptr) {
+      fast(xr, o, cols);
+      continue;
+    }
     switch (at) {
       case GgmlType::kF32:
         std::memcpy(o, xr, static_cast<size_t>(cols) * sizeof(float));

@@ -106,8 +106,13 @@ int64_t ActivationRowBytes(GgmlType weight_type, int64_t cols);
 
 // Converts n_rows rows of `cols` floats (row i at x + i * x_stride) into
 // activation blocks for `weight_type`, row i at out + i * ActivationRowBytes.
+// Runs SelectedIsa()'s quantizer; every variant writes the same bytes.
 void QuantizeActivations(GgmlType weight_type, const float* x, int64_t n_rows, int64_t cols,
                          int64_t x_stride, uint8_t* out);
+// The same with `isa`'s quantizer (Q8_0 / Q8_1 / Q8_K activations have
+// SIMD variants; the scalar one is the reference). `isa` must be supported.
+void QuantizeActivations(GgmlType weight_type, const float* x, int64_t n_rows, int64_t cols,
+                         int64_t x_stride, uint8_t* out, CpuIsa isa);
 
 // One weight row (`cols` elements, blocks of `weight_type`) · one activation
 // row (as QuantizeActivations writes it).

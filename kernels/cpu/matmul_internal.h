@@ -33,7 +33,15 @@ using GemmFn = void (*)(int64_t cols, const uint8_t* w, int64_t w_row_bytes, int
                         const uint8_t* act, int64_t act_row_bytes, int64_t n_tokens, float* y,
                         int64_t y_stride);
 
+// Converts n floats (a multiple of the block size) into activation blocks.
+using QuantizeRowFn = void (*)(const float* x, void* blocks, int64_t n);
+
 struct SimdVecDots {
+  // Activation quantizers (ggml's from_float), bit-identical to the scalar
+  // QuantizeRowQ8_0 / Q8_1 / Q8_K of matmul.cc.
+  QuantizeRowFn quantize_q8_0 = nullptr;
+  QuantizeRowFn quantize_q8_1 = nullptr;
+  QuantizeRowFn quantize_q8_k = nullptr;
   GemmFn gemm_q8_0 = nullptr;
   GemmFn gemm_q5_0 = nullptr;
   GemmFn gemm_q4_k = nullptr;

@@ -171,6 +171,62 @@ TEST(MatmulTest, ActivationQuantizationFollowsGgml) {
   }
 }
 
+// The SIMD activation quantizers write the scalar reference's bytes: random
+// rows, an all-zero row, exact halves after scaling (round half to even:
+// 0.5 -> 0, 1.5 -> 2, -1.5 -> -2), Q8_K's first-of-equal-magnitude rule
+// (-3 before +3 picks a negative scale), and a row with huge and tiny values.
+TEST(MatmulTest, SimdActivationQuantizersMatchScalarByteForByte) {
+  constexpr int64_t kRows = 6;
+  std::vector<float> x = RandomFloats(kRows * kCols, 11);
+  float* zero = x.data() + 1 * kCols;
+  std::fill(zero, zero + kCols, 0.f);
+  float* halves = x.data() + 2 * kCols;
+  for (int64_t j = 0; j < kCols; ++j) {
+    // |max| = 127 in every 32-block: scale 1 (Q8_0, Q8_1) and -1 (Q8_K, max -127).
+    halves[j] = j % 32 == 0 ? -127.f : static_cast<float>((j % 7) - 3) + 0.5f;
+  }
+  float* ties = x.data() + 3 * kCols;
+  for (int64_t j = 0; j < kCols; ++j) ties[j] = static_cast<float>(j % 5) * 0.5f;  // max 2
+  for (int64_t b = 0; b < kCols; b += 256) {
+    ties[b + 7] = -3.f;
+    ties[b + 9] = 3.f;
+  }
+  float* extremes = x.data() + 4 * kCols;
+  for (int64_t j = 0; j < kCols; ++j) {
+    extremes[j] = (j % 3 == 0 ? 1e30f : 1e-30f) * (j % 2 ? -1.f : 1.f);
+  }
+  float* one_value = x.data() + 5 * kCols;
+  std::fill(one_value, one_value + kCols, 0.f);
+  one_value[100] = -0.75f;  // one non-zero per row: other blocks all zero
+  int checked = 0;
+  for (CpuIsa isa : SimdIsas()) {
+    // Weight types whose activations are Q8_0, Q8_1 and Q8_K.
+    for (GgmlType type : {GgmlType::kQ8_0, GgmlType::kQ4_1, GgmlType::kQ4_K}) {
+      SCOPED_TRACE(std::string(CpuIsaName(isa)) + " " + std::string(Traits(type).name));
+      const int64_t row_bytes = ActivationRowBytes(type, kCols);
+      std::vector<uint8_t> want(static_cast<size_t>(kRows * row_bytes), 0xAA);
+      std::vector<uint8_t> got(want.size(), 0x55);
+      QuantizeActivations(type, x.data(), kRows, kCols, kCols, want.data(), CpuIsa::kScalar);
+      QuantizeActivations(type, x.data(), kRows, kCols, kCols, got.data(), isa);
+      for (int64_t r = 0; r < kRows; ++r) {
+        EXPECT_EQ(std::memcmp(got.data() + r * row_bytes, want.data() + r * row_bytes,
+                              static_cast<size_t>(row_bytes)),
+                  0)
+            << "row " << r;
+      }
+      ++checked;
+    }
+  }
+  if (checked == 0) GTEST_SKIP() << "no SIMD variant runs on this CPU";
+  // The halves really are halves for the scalar reference: Q8_0's scale is 1.
+  std::vector<uint8_t> act(static_cast<size_t>(ActivationRowBytes(GgmlType::kQ8_0, kCols)));
+  QuantizeActivations(GgmlType::kQ8_0, halves, 1, kCols, kCols, act.data(), CpuIsa::kScalar);
+  const auto* blk = reinterpret_cast<const BlockQ8_0*>(act.data());
+  EXPECT_EQ(blk->qs[3], 0);   // 0.5 -> 0 (even)
+  EXPECT_EQ(blk->qs[4], 2);   // 1.5 -> 2
+  EXPECT_EQ(blk->qs[1], -2);  // -1.5 -> -2
+}
+
 // Realistic data (weights and activations from the quantizers): SIMD within
 // a few ulp of Σ|w·a| of the scalar reference.
 TEST(MatmulTest, SimdVariantsMatchScalarOnQuantizedData) {
