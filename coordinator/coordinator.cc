@@ -338,6 +338,7 @@ absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Start(CoordinatorOptio
   c->pair_worker_.resize(pairs);
   c->pair_pos_.resize(pairs);
   c->n_pairs_.resize(c->workers_.size());
+  c->reply_rows_.resize(c->workers_.size());
   c->expert_send_ids_.resize(c->workers_.size());
   c->expert_recv_ids_.resize(c->workers_.size());
   // Layers, plus the embedding (index n_layers) and output head (n_layers + 1)
@@ -904,7 +905,6 @@ absl::Status Coordinator::DispatchExperts(int64_t il, int64_t n, int64_t k,
       one_owner = expert_owner_[static_cast<size_t>(ids[p])] == owner;
     }
     if (one_owner) combined_worker_ = owner;
-    combined_rows_ = n;
   }
   for (int wi = 1; wi <= n_expert_workers; ++wi) {
     Worker& w = *workers_[static_cast<size_t>(wi)];
@@ -925,6 +925,7 @@ absl::Status Coordinator::DispatchExperts(int64_t il, int64_t n, int64_t k,
       pair_pos_[static_cast<size_t>(p)] = pairs++;
     }
     n_pairs_[static_cast<size_t>(wi)] = pairs;
+    reply_rows_[static_cast<size_t>(wi)] = wi == combined_worker_ ? rows : pairs;
     if (pairs == 0) continue;
     int32_t* row_of_pair = reinterpret_cast<int32_t*>(row_out + rows * h);
     int32_t* expert_of_pair = row_of_pair + pairs;
@@ -981,7 +982,7 @@ absl::Status Coordinator::AwaitExperts(int64_t h, proto::LayerStats& ls) {
     absl::StatusOr<size_t> got =
         Await(w, expert_recv_ids_[static_cast<size_t>(wi)], "expert reply");
     expert_recv_ids_[static_cast<size_t>(wi)] = TransferId();
-    const int64_t reply_rows = wi == combined_worker_ ? combined_rows_ : pairs;
+    const int64_t reply_rows = reply_rows_[static_cast<size_t>(wi)];
     absl::Status s = got.ok() ? CheckReply(w, w.channel->recv_buffer().data(), *got,
                                            static_cast<size_t>(reply_rows * h) * sizeof(float))
                               : got.status();
@@ -1118,23 +1119,24 @@ absl::Status Coordinator::RunChunk(absl::Span<const int32_t> tokens, int64_t sta
       }
     }
     // out[t] = Σ_j w[t, j] · y[t, j], in j order: EngineRoutedExperts' sum,
-    // done by the worker itself when it held every pair.
+    // already done by the worker when it held every pair (kExpertsCombine).
+    const float* routed = routed_.data();
     if (combined_worker_ != 0) {
-      std::memcpy(routed_.data(),
-                  workers_[static_cast<size_t>(combined_worker_)]->channel->recv_buffer().data() +
-                      sizeof(ReplyHeader),
-                  x_bytes);
-    }
-    for (int64_t t = 0; t < n && combined_worker_ == 0; ++t) {
-      float* o = routed_.data() + t * h;
-      std::fill(o, o + h, 0.f);
-      for (int64_t j = 0; j < k; ++j) {
-        const float w = weights[t * k + j];
-        const float* yr = slice ? ysum_.data() + (t * k + j) * h : y_of(t * k + j);
-        for (int64_t i = 0; i < h; ++i) o[i] += yr[i] * w;
+      routed = reinterpret_cast<const float*>(
+          workers_[static_cast<size_t>(combined_worker_)]->channel->recv_buffer().data() +
+          sizeof(ReplyHeader));
+    } else {
+      for (int64_t t = 0; t < n; ++t) {
+        float* o = routed_.data() + t * h;
+        std::fill(o, o + h, 0.f);
+        for (int64_t j = 0; j < k; ++j) {
+          const float w = weights[t * k + j];
+          const float* yr = slice ? ysum_.data() + (t * k + j) * h : y_of(t * k + j);
+          for (int64_t i = 0; i < h; ++i) o[i] += yr[i] * w;
+        }
       }
     }
-    Combine(ffn_inp, routed_.data(), shared, n, h, x_.data());
+    Combine(ffn_inp, routed, shared, n, h, x_.data());
     ls.set_compute_time_us(absl::ToInt64Microseconds(absl::Now() - combine_start));
   }
   if (want_logits) {

@@ -228,10 +228,12 @@ class Coordinator {
   // Scratch of the pass (sized at Start): no step allocates.
   std::vector<float> x_, routed_, ysum_;
   std::vector<int32_t> row_of_token_, pair_worker_, pair_pos_, n_pairs_;
+  // Rows of each expert worker's reply this layer: its pairs, or its tokens
+  // when it was asked for a kExpertsCombine reply.
+  std::vector<int32_t> reply_rows_;
   // The expert worker asked for a kExpertsCombine reply this layer (it holds
   // every pair), or 0 when the replies are per pair.
   int combined_worker_ = 0;
-  int64_t combined_rows_ = 0;
   std::vector<transport::TransferId> expert_send_ids_, expert_recv_ids_;
   std::vector<proto::LayerStats> step_stats_, local_gpu_step_stats_;
 

@@ -99,6 +99,15 @@ bool IsAvx512Vnni(CpuIsa isa) {
   return isa == CpuIsa::kAvx512 || isa == CpuIsa::kAvx512Bf16 || isa == CpuIsa::kAmx;
 }
 
+// The SIMD tables of `isa` (nullptr for kScalar): kAvx512Bf16 and kAmx
+// run the AVX-512 VNNI ones for everything but their own special cases.
+const SimdVecDots* SimdTable(CpuIsa isa) {
+  if (isa == CpuIsa::kAvx2) return &Avx2VecDots();
+  if (isa == CpuIsa::kAvx512NoVnni) return &Avx512NoVnniVecDots();
+  if (IsAvx512Vnni(isa)) return &Avx512VecDots();
+  return nullptr;
+}
+
 // kAmx's Q8_0 GEMM: AMX tiles from 16 tokens on (a 16-token tile column is
 // the AMX unit of work), the AVX-512 VNNI tiles below that (decode).
 constexpr int64_t kAmxMinTokens = 16;
@@ -644,10 +653,7 @@ void QuantizeActivations(GgmlType weight_type, const float* x, int64_t n_rows, i
   const GgmlType at = ActivationType(weight_type);
   const int64_t row_bytes = ActivationRowBytes(weight_type, cols);
   // The SIMD quantizer of `isa`, if it has one for this activation type.
-  const SimdVecDots* simd = nullptr;
-  if (isa == CpuIsa::kAvx2) simd = &Avx2VecDots();
-  if (isa == CpuIsa::kAvx512NoVnni) simd = &Avx512NoVnniVecDots();
-  if (IsAvx512Vnni(isa)) simd = &Avx512VecDots();
+  const SimdVecDots* simd = SimdTable(isa);
   QuantizeRowFn fast = nullptr;
   if (simd != nullptr) {
     fast = at == GgmlType::kQ8_0   ? simd->quantize_q8_0
@@ -696,9 +702,8 @@ VecDotFn GetVecDot(GgmlType weight_type, CpuIsa isa) {
   if ((isa == CpuIsa::kAvx512Bf16 || isa == CpuIsa::kAmx) && weight_type == GgmlType::kBF16) {
     fn = Avx512Bf16VecDots().bf16;
   }
-  if (fn == nullptr && IsAvx512Vnni(isa)) fn = SimdVecDot(Avx512VecDots(), weight_type);
-  if (isa == CpuIsa::kAvx512NoVnni) fn = SimdVecDot(Avx512NoVnniVecDots(), weight_type);
-  if (isa == CpuIsa::kAvx2) fn = SimdVecDot(Avx2VecDots(), weight_type);
+  const SimdVecDots* simd = SimdTable(isa);
+  if (fn == nullptr && simd != nullptr) fn = SimdVecDot(*simd, weight_type);
   if (fn == nullptr) fn = ScalarVecDot(weight_type);
   MOEFLOW_CHECK(fn != nullptr);
   return fn;
@@ -718,10 +723,9 @@ VecDotFn F16ViaBf16VecDot() {
 
 GemmFn SimdGemm(GgmlType type, CpuIsa isa) {
   if (isa == CpuIsa::kAmx && type == GgmlType::kQ8_0) return GemmQ8_0Amx;
-  if (isa == CpuIsa::kScalar) return nullptr;
-  const SimdVecDots& t = isa == CpuIsa::kAvx2            ? Avx2VecDots()
-                         : isa == CpuIsa::kAvx512NoVnni ? Avx512NoVnniVecDots()
-                                                         : Avx512VecDots();
+  const SimdVecDots* simd = SimdTable(isa);
+  if (simd == nullptr) return nullptr;
+  const SimdVecDots& t = *simd;
   switch (type) {
     case GgmlType::kQ8_0:
       return t.gemm_q8_0;
