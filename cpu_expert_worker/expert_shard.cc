@@ -305,10 +305,10 @@ absl::Status ExpertShard::Load(const std::function<void(const proto::LoadProgres
                                     shard_config_.n_experts, shard_config_.expert_ff,
                                     shard_config_.hidden},
                          max_pairs_, 1, threads);
-    scratch_.moe.Reserve(MoeExperts{lw.ffn_gate_exps, lw.ffn_up_exps, lw.ffn_down_exps,
-                                    shard_config_.n_experts, shard_config_.expert_ff,
-                                    shard_config_.hidden},
-                         max_rows_, config_.n_experts_used, threads);  // kExpertsCombine
+    scratch_.moe.Reserve(
+        MoeExperts{lw.ffn_gate_exps, lw.ffn_up_exps, lw.ffn_down_exps, shard_config_.n_experts,
+                   shard_config_.expert_ff, shard_config_.hidden},
+        max_rows_, config_.n_experts_used, threads);  // kExpertsCombine
   }
   ctx_ = EngineContext{&shard_config_, &rope_, SelectedIsa(), pool_.get(), &scratch_};
   expanded_.resize(static_cast<size_t>(max_pairs_ * hidden));
@@ -353,17 +353,16 @@ absl::Status ExpertShard::Handle(const RequestHeader& header, absl::Span<const u
   const bool combine = (header.flags & dataflow::kExpertsCombine) != 0;
   const int64_t k = header.k;
   if (combine && (k < 1 || k > config_.n_experts || pairs != rows * k)) {
-    return absl::InvalidArgumentError(absl::StrCat("kExperts combine: n_pairs ", pairs,
-                                                   " is not n_rows ", rows, " × k ", k));
+    return absl::InvalidArgumentError(
+        absl::StrCat("kExperts combine: n_pairs ", pairs, " is not n_rows ", rows, " × k ", k));
   }
   const size_t row_bytes = static_cast<size_t>(rows * h) * sizeof(float);
   const size_t want = row_bytes + static_cast<size_t>(2 * pairs) * sizeof(int32_t) +
                       (combine ? static_cast<size_t>(pairs) * sizeof(float) : 0);
   if (payload.size() != want) {
-    return absl::InvalidArgumentError(absl::StrCat("kExperts: payload of ", payload.size(),
-                                                   " bytes, expected ", want, " for n_rows ",
-                                                   rows, " / n_pairs ", pairs,
-                                                   combine ? " with weights" : ""));
+    return absl::InvalidArgumentError(
+        absl::StrCat("kExperts: payload of ", payload.size(), " bytes, expected ", want,
+                     " for n_rows ", rows, " / n_pairs ", pairs, combine ? " with weights" : ""));
   }
   const float* x = reinterpret_cast<const float*>(payload.data());
   const int32_t* row_of_pair = reinterpret_cast<const int32_t*>(payload.data() + row_bytes);

@@ -177,7 +177,16 @@ int main(int argc, char** argv) {
     } else if (a == "--tokens" && i + 1 < argc) {
       tokens = std::max<int64_t>(1, std::atoll(argv[++i]));
     } else if (a == "--gemv-mib" && i + 1 < argc) {
-      gemv_mib = std::max<int64_t>(1, std::atoll(argv[++i]));
+      const std::string v = argv[++i];
+      char* end = nullptr;
+      gemv_mib = std::strtoll(v.c_str(), &end, 10);
+      if (v.empty() || *end != '\0' || gemv_mib < 1 || gemv_mib > 65536) {
+        std::fprintf(stderr,
+                     "kernel_bench: --gemv-mib: '%s' is not a whole number of MiB in "
+                     "[1, 65536]\n",
+                     v.c_str());
+        return 2;
+      }
     } else if (a == "--threads" && i + 1 < argc) {
       threads = std::atoi(argv[++i]);
     } else if (a == "--isa" && i + 1 < argc) {
@@ -205,7 +214,8 @@ int main(int argc, char** argv) {
   const moeflow::GgmlType types[] = {moeflow::GgmlType::kQ4_K, moeflow::GgmlType::kQ6_K,
                                      moeflow::GgmlType::kQ5_0, moeflow::GgmlType::kQ8_0};
   std::vector<moeflow::Result> results;
-  for (moeflow::GgmlType t : types) results.push_back(moeflow::BenchType(t, isa, tokens, gemv_mib, &pool));
+  for (moeflow::GgmlType t : types)
+    results.push_back(moeflow::BenchType(t, isa, tokens, gemv_mib, &pool));
   const int64_t moe_tokens = 512;
   const moeflow::MoeResult moe = moeflow::BenchMoe(isa, moe_tokens, &pool);
   if (json) {

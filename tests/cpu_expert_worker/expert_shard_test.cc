@@ -111,8 +111,8 @@ TEST_F(ExpertShardTest, CombinedReplyIsTheWeightedSumOfThePerPairOutputs) {
   // The same activations and pairs without the weights.
   std::vector<uint8_t> plain_payload(combined_payload.begin(),
                                      combined_payload.end() - rows * k * 4);
-  const float* weights = reinterpret_cast<const float*>(combined_payload.data() +
-                                                        plain_payload.size());
+  const float* weights =
+      reinterpret_cast<const float*>(combined_payload.data() + plain_payload.size());
 
   BufferReplyWriter plain(shard_.ReplyPartBytes()[0]);
   ASSERT_TRUE(Handle(Header(rows, k, 0), plain_payload, plain).ok());
@@ -145,7 +145,8 @@ TEST_F(ExpertShardTest, MalformedRequestsAreRefusedBeforeAnythingIsSent) {
     const char* message;
   };
   std::vector<BadCase> cases;
-  cases.push_back({"unknown flag", Header(rows, k, 2), Payload(rows, k, false), "unknown flags 0x2"});
+  cases.push_back(
+      {"unknown flag", Header(rows, k, 2), Payload(rows, k, false), "unknown flags 0x2"});
   cases.push_back({"combine without weights", Header(rows, k, dataflow::kExpertsCombine),
                    Payload(rows, k, false), "with weights"});
   cases.push_back({"weights without combine", Header(rows, k, 0), Payload(rows, k, true),

@@ -7,17 +7,17 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <functional>
 #include <sstream>
-#include <cstring>
 #include <string>
 #include <vector>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "absl/time/clock.h"
 #include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
 #include "gtest/gtest.h"
 #include "model/deepseek2/engine.h"
 #include "proto/worker.grpc.pb.h"
@@ -124,8 +124,7 @@ TEST(LaunchLogitsCombinedRepliesTest, OneExpertWorkerSumsItsPairsBitIdentically)
   spec.expert_workers = 1;
   for (const char* quant : {"q4_k_m", "q8_0"}) {
     SCOPED_TRACE(quant);
-    const std::string model =
-        std::string("tests/data/llamacpp/tiny-v2/tiny-v2.") + quant + ".gguf";
+    const std::string model = std::string("tests/data/llamacpp/tiny-v2/tiny-v2.") + quant + ".gguf";
     Deepseek2EngineOptions options;
     options.n_threads = 1;
     auto engine = Deepseek2Engine::Open(model, options);
