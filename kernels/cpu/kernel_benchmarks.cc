@@ -137,6 +137,12 @@ KernelBenchReport RunKernelBenchmarks(const KernelBenchOptions& options, ThreadP
             },
             options.repetitions, options.max_seconds);
         row.gemv_gb_per_s = static_cast<double>(n_experts * expert_bytes) / gemv_s / 1e9;
+        // Cached GEMV: the first expert again and again (in the caches after
+        // the warm-up run).
+        const double cached_s = BestSeconds(
+            [&] { MatmulQuantized(jobs[0].w, act.data(), 1, y.data(), shape.rows, isa, pool); },
+            options.repetitions, options.max_seconds);
+        row.gemv_cached_gb_per_s = static_cast<double>(expert_bytes) / cached_s / 1e9;
         // GEMM: one expert (cache-resident after the warm-up), T tokens.
         // Compute-bound, so a slow variant (scalar: seconds per call) is
         // timed on its first 64 rows instead of all of them.

@@ -32,6 +32,7 @@ TEST(KernelBenchmarksTest, RowsForEveryValidShapeAndVariant) {
   for (const KernelBenchRow& row : r.rows) {
     EXPECT_TRUE(row.isa == CpuIsa::kScalar || row.isa == SelectedIsa());
     EXPECT_GT(row.gemv_gb_per_s, 0);
+    EXPECT_GT(row.gemv_cached_gb_per_s, 0);
     ASSERT_EQ(row.gemm_gops.size(), 2u);
     EXPECT_GT(row.gemm_gops[0], 0);
     EXPECT_GT(row.gemm_gops[1], 0);
