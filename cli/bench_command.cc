@@ -184,13 +184,14 @@ int RunKernelBench(int threads, bool json) {
                 r.int8_peak_gops);
     for (size_t i = 0; i < r.rows.size(); ++i) {
       const KernelBenchRow& k = r.rows[i];
-      std::printf("%s{\"type\": \"%s\", \"isa\": \"%s\", \"rows\": %lld, \"cols\": %lld, "
-                  "\"gemv_gb_per_s\": %.3f, \"gemv_fraction_of_read_bandwidth\": %.4f, "
-                  "\"gemv_cached_gb_per_s\": %.3f",
-                  i ? ", " : "", type_name(k.type).c_str(), CpuIsaName(k.isa),
-                  static_cast<long long>(k.rows), static_cast<long long>(k.cols), k.gemv_gb_per_s,
-                  r.bandwidth.read_gbps > 0 ? k.gemv_gb_per_s / r.bandwidth.read_gbps : 0.0,
-                  k.gemv_cached_gb_per_s);
+      std::printf(
+          "%s{\"type\": \"%s\", \"isa\": \"%s\", \"rows\": %lld, \"cols\": %lld, "
+          "\"gemv_gb_per_s\": %.3f, \"gemv_fraction_of_read_bandwidth\": %.4f, "
+          "\"gemv_cached_gb_per_s\": %.3f",
+          i ? ", " : "", type_name(k.type).c_str(), CpuIsaName(k.isa),
+          static_cast<long long>(k.rows), static_cast<long long>(k.cols), k.gemv_gb_per_s,
+          r.bandwidth.read_gbps > 0 ? k.gemv_gb_per_s / r.bandwidth.read_gbps : 0.0,
+          k.gemv_cached_gb_per_s);
       for (size_t j = 0; j < r.gemm_tokens.size(); ++j) {
         std::printf(", \"gemm%lld_gops\": %.2f", static_cast<long long>(r.gemm_tokens[j]),
                     k.gemm_gops[j]);

@@ -1,9 +1,9 @@
 // Kernel micro-benchmarks of kernels/cpu on DeepSeek-V2-Lite expert shapes,
 // for `moeflow bench --kernels`: per weight type and ISA variant, the GEMV
 // (decode: 1 token) bandwidth achieved while streaming many experts' weights
-// from memory and over one expert held in the caches, and the GEMM (prefill: 64 and 512 tokens on one expert) int8
-// throughput — next to this machine's measured memory bandwidth and int8
-// peak (kernels/cpu/membw), the two ceilings they are bound by.
+// from memory and over one expert held in the caches, and the GEMM (prefill: 64 and 512 tokens on
+// one expert) int8 throughput — next to this machine's measured memory bandwidth and int8 peak
+// (kernels/cpu/membw), the two ceilings they are bound by.
 //
 // Shapes are (rows × cols) of one expert matrix: 1408 × 2048 (ffn_gate /
 // ffn_up: 1408 outputs over the 2048-wide hidden state) and 2048 × 1408
@@ -32,8 +32,8 @@ struct KernelBenchOptions {
   // variant in the list uses, or amx's Q8_0 GEMM): avx512bf16 only for
   // BF16, avx2 / avx512 not for BF16 (they run the scalar dot there).
   std::vector<CpuIsa> isas;
-  std::vector<GgmlType> types = {GgmlType::kQ4_K, GgmlType::kQ6_K, GgmlType::kQ5_0,
-                                 GgmlType::kQ8_0, GgmlType::kBF16};
+  std::vector<GgmlType> types = {GgmlType::kQ4_K, GgmlType::kQ6_K, GgmlType::kQ5_0, GgmlType::kQ8_0,
+                                 GgmlType::kBF16};
   // GEMV: experts are cycled through until this many weight bytes have been
   // allocated, so the stream does not come from the caches.
   int64_t gemv_bytes = int64_t{256} << 20;
