@@ -293,6 +293,19 @@ absl::Status ExpertShard::Load(const std::function<void(const proto::LoadProgres
     }
   }
   if (pool_ == nullptr) pool_ = std::make_unique<ThreadPool>(threads);
+  // The held experts into the layout this CPU's kernels want (the engine
+  // does the same, so the results stay bit-identical to it): the slices and
+  // node copies are this process's own and are rewritten in place; mapped
+  // experts get their own buffers and their file pages are released.
+  const bool own_copies = slices > 1 || copy_to_node;
+  const int64_t repacked = RepackRoutedExperts(
+      config_, SelectedIsa(), slices > 1 ? std::vector<uint8_t>() : holds_expert_, own_copies,
+      file_.get(), shard_layers_, &repacked_, pool_.get());
+  if (repacked > 0) {
+    std::fprintf(stderr, "cpu_expert_worker %s: %.0f MiB of experts repacked for %s\n",
+                 request_.worker_name().c_str(), static_cast<double>(repacked) / (1 << 20),
+                 CpuIsaName(SelectedIsa()));
+  }
   max_rows_ = request_.max_batch_tokens();
   max_pairs_ = max_rows_ * config_.n_experts_used;
   // Only the routed experts' buffers: EngineRoutedExperts uses scratch.moe

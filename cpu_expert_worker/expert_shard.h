@@ -78,6 +78,9 @@ class ExpertShard final : public dataflow::WorkerCompute {
   // no memory). numa_ outlives the buffers (declared first).
   std::unique_ptr<NumaTopology> numa_;
   std::vector<NodeBuffer> node_buffers_;
+  // The held experts in the layout this CPU's kernels want, when they were
+  // mapped from the file (RepackRoutedExperts; copies are repacked in place).
+  std::vector<std::unique_ptr<uint8_t[]>> repacked_;
   std::vector<EngineLayerWeights> shard_layers_;
   std::vector<uint8_t> holds_expert_;
   std::unique_ptr<ThreadPool> pool_;

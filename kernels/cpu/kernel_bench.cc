@@ -1,7 +1,7 @@
 // Kernel micro-benchmarks of kernels/cpu on this machine:
 //
 //   kernel_bench [--threads N] [--isa scalar|avx2|avx512f|avx512] [--tokens 64]
-//                [--gemv-mib 128] [--quick] [--json]
+//                [--gemv-mib 128] [--quick] [--no-repack] [--json]
 //
 // Prints the machine's measured memory bandwidth (read and STREAM triad,
 // kernels/cpu/membw), its measured int8 peak (a vpdpbusd loop), then for each
@@ -11,6 +11,9 @@
 // decode rate instead of the memory's) and GEMM throughput (64
 // tokens by default, --tokens N: 2·rows·cols·tokens operations per second).
 // --quick skips the bandwidth and peak measurements (for tuning the tiles).
+// Weights are timed in the layout the engine repacks them into on this ISA
+// (matmul.h: PreferredLayout; the type shows it, e.g. q5_0/q5_0_pairs);
+// --no-repack times the GGUF blocks as they are.
 // Then the fused MoE operator (kernels/cpu/moe) on one v2-lite-shaped
 // layer: 512 tokens (prefill) and 1 token (decode). Wall-clock numbers,
 // best of several repetitions.
@@ -42,7 +45,8 @@ struct Result {
   double gemv_gbps = 0, gemm_gops = 0;
 };
 
-Result BenchType(GgmlType type, CpuIsa isa, int64_t tokens, int64_t gemv_mib, ThreadPool* pool) {
+Result BenchType(GgmlType type, bool repack, CpuIsa isa, int64_t tokens, int64_t gemv_mib,
+                 ThreadPool* pool) {
   const int64_t cols = 2048;
   // gemv_mib of weights for GEMV (default 128: past every cache), at least
   // one expert matrix.
@@ -68,7 +72,14 @@ Result BenchType(GgmlType type, CpuIsa isa, int64_t tokens, int64_t gemv_mib, Th
   std::vector<float> y(static_cast<size_t>(tokens * rows));
   Result res;
   res.type = std::string(Traits(type).name.data(), Traits(type).name.size());
-  const MatmulWeight mw{type, w.data(), cols, rows, row_bytes};
+  MatmulWeight mw{type, w.data(), cols, rows, row_bytes};
+  // The layout the engine repacks these weights into at load time on `isa`.
+  const WeightLayout layout = repack ? PreferredLayout(type, cols, isa) : WeightLayout::kGgml;
+  if (layout != WeightLayout::kGgml) {
+    RepackRows(mw, layout, w.data(), w.data(), rows);
+    mw.layout = layout;
+    res.type += std::string("/") + WeightLayoutName(layout);
+  }
   double best = 1e30;
   for (int rep = 0; rep < 5; ++rep) {
     const double t0 = Now();
@@ -96,7 +107,7 @@ struct MoeResult {
   double prefill_gops = 0, prefill_ms = 0, decode_ms = 0;
 };
 
-MoeResult BenchMoe(CpuIsa isa, int64_t tokens, ThreadPool* pool) {
+MoeResult BenchMoe(bool repack, CpuIsa isa, int64_t tokens, ThreadPool* pool) {
   const int64_t n_experts = 64, hidden = 2048, ff = 1408, k = 6;
   std::mt19937 rng(3);
   std::normal_distribution<float> dist(0.f, 0.05f);
@@ -114,7 +125,13 @@ MoeResult BenchMoe(CpuIsa isa, int64_t tokens, ThreadPool* pool) {
                     static_cast<size_t>(row_bytes));
       }
     }
-    return MatmulWeight{type, bytes->data(), cols, rows, row_bytes};
+    MatmulWeight w{type, bytes->data(), cols, rows, row_bytes};
+    const WeightLayout layout = repack ? PreferredLayout(type, cols, isa) : WeightLayout::kGgml;
+    if (layout != WeightLayout::kGgml) {
+      RepackRows(w, layout, bytes->data(), bytes->data(), rows);
+      w.layout = layout;
+    }
+    return w;
   };
   std::vector<uint8_t> gb, ub, db;
   const MoeExperts experts{matrix(GgmlType::kQ4_K, n_experts * ff, hidden, &gb),
@@ -166,7 +183,7 @@ int main(int argc, char** argv) {
   int threads = 2;
   int64_t tokens = 64;
   int64_t gemv_mib = 128;
-  bool json = false, quick = false;
+  bool json = false, quick = false, repack = true;
   moeflow::CpuIsa isa = moeflow::SelectedIsa();
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
@@ -174,6 +191,8 @@ int main(int argc, char** argv) {
       json = true;
     } else if (a == "--quick") {
       quick = true;
+    } else if (a == "--no-repack") {
+      repack = false;
     } else if (a == "--tokens" && i + 1 < argc) {
       tokens = std::max<int64_t>(1, std::atoll(argv[++i]));
     } else if (a == "--gemv-mib" && i + 1 < argc) {
@@ -199,7 +218,7 @@ int main(int argc, char** argv) {
     } else {
       std::fprintf(stderr,
                    "usage: kernel_bench [--threads N] [--isa NAME] [--tokens N] [--gemv-mib N] "
-                   "[--quick] [--json]\n");
+                   "[--quick] [--no-repack] [--json]\n");
       return 2;
     }
   }
@@ -215,9 +234,9 @@ int main(int argc, char** argv) {
                                      moeflow::GgmlType::kQ5_0, moeflow::GgmlType::kQ8_0};
   std::vector<moeflow::Result> results;
   for (moeflow::GgmlType t : types)
-    results.push_back(moeflow::BenchType(t, isa, tokens, gemv_mib, &pool));
+    results.push_back(moeflow::BenchType(t, repack, isa, tokens, gemv_mib, &pool));
   const int64_t moe_tokens = 512;
-  const moeflow::MoeResult moe = moeflow::BenchMoe(isa, moe_tokens, &pool);
+  const moeflow::MoeResult moe = moeflow::BenchMoe(repack, isa, moe_tokens, &pool);
   if (json) {
     std::printf("{\"isa\": \"%s\", \"threads\": %d, \"read_gb_per_s\": %.2f, \"triad_gb_per_s\": %.2f, "
                 "\"int8_peak_gops\": %.1f, \"kernels\": [",
@@ -235,10 +254,10 @@ int main(int argc, char** argv) {
     std::printf("isa %s, %d threads\n", moeflow::CpuIsaName(isa), threads);
     std::printf("memory bandwidth: read %.1f GB/s, triad %.1f GB/s; int8 peak (vpdpbusd) %.0f GOP/s\n",
                 bw.read_gbps, bw.triad_gbps, peak);
-    std::printf("%-6s %14s %10s %14s %10s\n", "type", "GEMV GB/s", "of read", "GEMM GOP/s",
+    std::printf("%-15s %14s %10s %14s %10s\n", "type", "GEMV GB/s", "of read", "GEMM GOP/s",
                 "of peak");
     for (const auto& r : results) {
-      std::printf("%-6s %14.1f %9.0f%% %14.1f %9.0f%%\n", r.type.c_str(), r.gemv_gbps,
+      std::printf("%-15s %14.1f %9.0f%% %14.1f %9.0f%%\n", r.type.c_str(), r.gemv_gbps,
                   bw.read_gbps > 0 ? 100 * r.gemv_gbps / bw.read_gbps : 0.0, r.gemm_gops,
                   peak > 0 ? 100 * r.gemm_gops / peak : 0.0);
     }

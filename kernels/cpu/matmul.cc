@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <vector>
 
 #include "base/check.h"
 #include "kernels/cpu/matmul_internal.h"
@@ -721,11 +722,15 @@ VecDotFn F16ViaBf16VecDot() {
   return Features().avx512bf16 ? Avx512Bf16VecDots().f16_via_bf16 : nullptr;
 }
 
-GemmFn SimdGemm(GgmlType type, CpuIsa isa) {
-  if (isa == CpuIsa::kAmx && type == GgmlType::kQ8_0) return GemmQ8_0Amx;
+GemmFn SimdGemm(const MatmulWeight& w, CpuIsa isa) {
+  const GgmlType type = w.type;
+  if (isa == CpuIsa::kAmx && type == GgmlType::kQ8_0 && w.layout == WeightLayout::kGgml) {
+    return GemmQ8_0Amx;
+  }
   const SimdVecDots* simd = SimdTable(isa);
   if (simd == nullptr) return nullptr;
   const SimdVecDots& t = *simd;
+  if (w.layout == WeightLayout::kQ5_0Pairs) return t.gemm_q5_0_pairs;
   switch (type) {
     case GgmlType::kQ8_0:
       return t.gemm_q8_0;
@@ -740,9 +745,160 @@ GemmFn SimdGemm(GgmlType type, CpuIsa isa) {
   }
 }
 
+// ---------------------------------------------------------------------------
+// Repacked layouts (matmul.h: WeightLayout).
+
+namespace {
+
+bool LayoutAllowed(const MatmulWeight& w, WeightLayout layout) {
+  switch (layout) {
+    case WeightLayout::kGgml:
+      return true;
+    case WeightLayout::kQ5_0Pairs:
+      return w.type == GgmlType::kQ5_0 && w.cols > 0 && w.cols % (2 * kQK) == 0 &&
+             w.cols <= kQ5_0PairsMaxCols;
+  }
+  return false;
+}
+
+// Blocks 2p, 2p + 1 of a Q5_0 row -> one kQ5_0Pairs pair (and back). `in`
+// and `out` may be the same 44 bytes.
+void PackQ5_0Pair(const uint8_t* in, uint8_t* out) {
+  BlockQ5_0 b[2];
+  std::memcpy(b, in, sizeof(b));
+  uint8_t p[kQ5_0PairBytes];
+  // Low 4 bits: qs byte j holds elements j (low nibble) and j + 16 (high).
+  for (int j = 0; j < kQK / 2; ++j) {
+    p[j] = static_cast<uint8_t>((b[0].qs[j] & 0x0F) | (b[1].qs[j] << 4));
+    p[j + kQK / 2] = static_cast<uint8_t>((b[0].qs[j] >> 4) | (b[1].qs[j] & 0xF0));
+  }
+  // Fifth bits: bits k, 8 + k, 16 + k, 24 + k of a block's qh become bits
+  // 0..3 of plane byte k (one multiply gathers them into bits 24..27; the
+  // 16 partial products land on distinct bits, so nothing carries).
+  const uint32_t qh0 = LoadU32(b[0].qh), qh1 = LoadU32(b[1].qh);
+  for (int k = 0; k < 8; ++k) {
+    const uint32_t g0 = (((qh0 >> k) & 0x01010101u) * 0x01020408u) >> 24;
+    const uint32_t g1 = (((qh1 >> k) & 0x01010101u) * 0x01020408u) >> 24;
+    p[32 + k] = static_cast<uint8_t>((g0 & 0x0F) | ((g1 & 0x0F) << 4));
+  }
+  std::memcpy(p + 40, &b[0].d, 2);
+  std::memcpy(p + 42, &b[1].d, 2);
+  std::memcpy(out, p, sizeof(p));
+}
+
+void UnpackQ5_0Pair(const uint8_t* in, uint8_t* out) {
+  uint8_t p[kQ5_0PairBytes];
+  std::memcpy(p, in, sizeof(p));
+  BlockQ5_0 b[2] = {};
+  for (int blk = 0; blk < 2; ++blk) {
+    uint8_t q[kQK];
+    uint32_t qh = 0;
+    for (int j = 0; j < kQK; ++j) {
+      const int k = j % 8, lane = j / 8;
+      const int hi = (p[32 + k] >> (4 * blk + lane)) & 1;
+      q[j] = static_cast<uint8_t>(((p[j] >> (4 * blk)) & 0x0F) | (hi << 4));
+      qh |= static_cast<uint32_t>(hi) << j;
+    }
+    for (int j = 0; j < kQK / 2; ++j) {
+      b[blk].qs[j] = static_cast<uint8_t>((q[j] & 0x0F) | ((q[j + kQK / 2] & 0x0F) << 4));
+    }
+    std::memcpy(b[blk].qh, &qh, 4);
+    std::memcpy(&b[blk].d, p + 40 + 2 * blk, 2);
+  }
+  std::memcpy(out, b, sizeof(b));
+}
+
+}  // namespace
+
+const char* WeightLayoutName(WeightLayout layout) {
+  switch (layout) {
+    case WeightLayout::kGgml:
+      return "ggml";
+    case WeightLayout::kQ5_0Pairs:
+      return "q5_0_pairs";
+  }
+  return "?";
+}
+
+WeightLayout PreferredLayout(GgmlType type, int64_t cols, CpuIsa isa) {
+  static const bool repack = [] {
+    const char* v = std::getenv("MOEFLOW_REPACK");
+    return v == nullptr || std::string(v) != "0";
+  }();
+  if (!repack) return WeightLayout::kGgml;
+  MatmulWeight probe;
+  probe.type = type;
+  probe.cols = cols;
+  if (isa == CpuIsa::kAvx2 && LayoutAllowed(probe, WeightLayout::kQ5_0Pairs)) {
+    return WeightLayout::kQ5_0Pairs;
+  }
+  return WeightLayout::kGgml;
+}
+
+void RepackRows(const MatmulWeight& w, WeightLayout to, const uint8_t* src, uint8_t* dst,
+                int64_t rows) {
+  MOEFLOW_CHECK(w.layout == WeightLayout::kGgml);
+  MOEFLOW_CHECK(LayoutAllowed(w, to));
+  if (to == WeightLayout::kGgml) {
+    if (src != dst) std::memcpy(dst, src, static_cast<size_t>(rows * w.row_bytes));
+    return;
+  }
+  const int64_t pairs = w.cols / (2 * kQK);
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t i = 0; i < pairs; ++i) {
+      const int64_t off = r * w.row_bytes + i * kQ5_0PairBytes;
+      PackQ5_0Pair(src + off, dst + off);
+    }
+  }
+}
+
+void UnpackRowsToGgml(const MatmulWeight& w, const uint8_t* src, uint8_t* dst, int64_t rows) {
+  if (w.layout == WeightLayout::kGgml) {
+    if (src != dst) std::memcpy(dst, src, static_cast<size_t>(rows * w.row_bytes));
+    return;
+  }
+  MOEFLOW_CHECK(w.layout == WeightLayout::kQ5_0Pairs && LayoutAllowed(w, w.layout));
+  const int64_t pairs = w.cols / (2 * kQK);
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t i = 0; i < pairs; ++i) {
+      const int64_t off = r * w.row_bytes + i * kQ5_0PairBytes;
+      UnpackQ5_0Pair(src + off, dst + off);
+    }
+  }
+}
+
+namespace {
+
+// The scalar path of a repacked weight: each row read back into GGUF blocks
+// (a per-thread row buffer), then the scalar vec_dot, so the results are
+// the scalar reference's on the original bytes.
+void MatmulRepackedScalar(const MatmulWeight& w, const uint8_t* act, int64_t n_act_rows, float* y,
+                          int64_t y_stride, ThreadPool* pool) {
+  const VecDotFn dot = ScalarVecDot(w.type);
+  MOEFLOW_CHECK(dot != nullptr);
+  const int64_t act_bytes = ActivationRowBytes(w.type, w.cols);
+  auto rows_job = [&](int64_t r0, int64_t r1, int /*thread*/) {
+    thread_local std::vector<uint8_t> row;
+    if (static_cast<int64_t>(row.size()) < w.row_bytes) row.resize(static_cast<size_t>(w.row_bytes));
+    for (int64_t r = r0; r < r1; ++r) {
+      UnpackRowsToGgml(w, w.row(r), row.data(), 1);
+      for (int64_t t = 0; t < n_act_rows; ++t) {
+        y[t * y_stride + r] = dot(w.cols, row.data(), act + t * act_bytes);
+      }
+    }
+  };
+  if (pool == nullptr) {
+    rows_job(0, w.rows, 0);
+  } else {
+    pool->ParallelFor(w.rows, rows_job);
+  }
+}
+
+}  // namespace
+
 void MatmulQuantized(const MatmulWeight& w, const uint8_t* act, int64_t n_act_rows, float* y,
                      int64_t y_stride, CpuIsa isa, ThreadPool* pool) {
-  if (const GemmFn gemm = SimdGemm(w.type, isa)) {
+  if (const GemmFn gemm = SimdGemm(w, isa)) {
     const int64_t act_bytes = ActivationRowBytes(w.type, w.cols);
     // Rows in multiples of 8 per thread (the decode tile height).
     const int64_t units = (w.rows + 7) / 8;
@@ -755,6 +911,10 @@ void MatmulQuantized(const MatmulWeight& w, const uint8_t* act, int64_t n_act_ro
     } else {
       pool->ParallelFor(units, job);
     }
+    return;
+  }
+  if (w.layout != WeightLayout::kGgml) {
+    MatmulRepackedScalar(w, act, n_act_rows, y, y_stride, pool);
     return;
   }
   const VecDotFn dot = GetVecDot(w.type, isa);
@@ -781,7 +941,7 @@ void MatmulQuantized(const MatmulWeight& w, const uint8_t* act, int64_t n_act_ro
 
 void MatmulQuantizedBatch(const MatmulJob* jobs, int64_t n_jobs, CpuIsa isa, ThreadPool* pool) {
   bool all_simd = true;
-  for (int64_t j = 0; j < n_jobs; ++j) all_simd = all_simd && SimdGemm(jobs[j].w.type, isa) != nullptr;
+  for (int64_t j = 0; j < n_jobs; ++j) all_simd = all_simd && SimdGemm(jobs[j].w, isa) != nullptr;
   constexpr int64_t kMaxJobs = 128;
   if (!all_simd || pool == nullptr || pool->size() == 1 || n_jobs > kMaxJobs) {
     for (int64_t j = 0; j < n_jobs; ++j) {
@@ -803,7 +963,7 @@ void MatmulQuantizedBatch(const MatmulJob* jobs, int64_t n_jobs, CpuIsa isa, Thr
       const int64_t a1 = std::min(u1, first_unit[j + 1]) - first_unit[j];
       const int64_t r0 = a0 * 8, r1 = std::min(b.w.rows, a1 * 8);
       if (r0 >= r1) continue;
-      SimdGemm(b.w.type, isa)(b.w.cols, b.w.row(r0), b.w.row_bytes, r1 - r0, b.act,
+      SimdGemm(b.w, isa)(b.w.cols, b.w.row(r0), b.w.row_bytes, r1 - r0, b.act,
                               ActivationRowBytes(b.w.type, b.w.cols), b.n_act_rows, b.y + r0,
                               b.y_stride);
     }

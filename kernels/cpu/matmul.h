@@ -128,19 +128,55 @@ VecDotFn GetVecDot(GgmlType weight_type, CpuIsa isa);
 // plus the summation bound above, times Σ|w·a|. Not used by Matmul; for callers that accept the precision.
 VecDotFn F16ViaBf16VecDot();
 
+// How a weight's rows are laid out in memory.
+//   kGgml: the GGUF file's blocks, as they are.
+//   kQ5_0Pairs: Q5_0 rows repacked at load time (RepackRows) for the AVX2
+//     kernel, in pairs of blocks of the same row (2p, 2p + 1), 44 bytes each:
+//       bytes  0..31  byte j: element j of block 2p in the low nibble, of
+//                     block 2p + 1 in the high nibble (the 4 low bits);
+//       bytes 32..39  the fifth bits: byte k, bit 4b + L is that of element
+//                     8L + k of block 2p + b (b = 0, 1; L = 0..3);
+//       bytes 40..43  d of block 2p, d of block 2p + 1 (IEEE half).
+//     The same bytes per row as the GGUF blocks (row_bytes unchanged), so
+//     rows keep their offsets; cols must be a multiple of 64 and at most
+//     28,032 (the kernel's activation buffer; every DeepSeek shape fits).
+// Every ISA multiplies either layout (the scalar path reads kQ5_0Pairs
+// blocks back into GGUF ones, so its results are those of the GGUF bytes).
+enum class WeightLayout : uint8_t { kGgml = 0, kQ5_0Pairs = 1 };
+
+const char* WeightLayoutName(WeightLayout layout);
+
 // A 2-D view of a ggml weight tensor {cols, rows}: row r is `row_bytes`
-// bytes at data + r * row_bytes.
+// bytes at data + r * row_bytes, in `layout`.
 struct MatmulWeight {
   GgmlType type = GgmlType::kF32;
   const uint8_t* data = nullptr;
   int64_t cols = 0;
   int64_t rows = 0;
   int64_t row_bytes = 0;
+  WeightLayout layout = WeightLayout::kGgml;
 
   const uint8_t* row(int64_t r) const { return data + r * row_bytes; }
   // Rows [first, first + n) as their own matrix (e.g. one expert or head).
   MatmulWeight Slice(int64_t first, int64_t n) const;
 };
+
+// Load-time repacking (the weights' side of "the layout the chosen kernel
+// wants"). PreferredLayout is the layout `isa`'s kernels are fastest on for
+// weights of `type` with `cols` columns: kQ5_0Pairs for Q5_0 on AVX2 with
+// cols a multiple of 64 (on Zen 3, one thread, weights in cache: GEMV 10.2
+// -> 16.4 GB/s, GEMM 50 -> 73 GOP/s; README.md, Performance), kGgml otherwise (the AVX-512 tiles expand the
+// fifth bits with a mask register and keep the GGUF blocks). The
+// environment variable MOEFLOW_REPACK=0 makes it kGgml always (read once).
+WeightLayout PreferredLayout(GgmlType type, int64_t cols, CpuIsa isa);
+// Rewrites `rows` rows of `w` (type, cols, row_bytes; w.layout must be
+// kGgml) from GGUF blocks at `src` into `to` at `dst`. src == dst repacks in
+// place; otherwise the two must not overlap. CHECK-fails when `to` is not
+// kGgml and not allowed for the shape (see WeightLayout).
+void RepackRows(const MatmulWeight& w, WeightLayout to, const uint8_t* src, uint8_t* dst,
+                int64_t rows);
+// The inverse: `rows` rows of `w` (in w.layout) back to GGUF blocks at dst.
+void UnpackRowsToGgml(const MatmulWeight& w, const uint8_t* src, uint8_t* dst, int64_t rows);
 
 // y[t * y_stride + r] = W[r] · act[t] for t < n_act_rows, r < W.rows, where
 // act holds rows of ActivationRowBytes(W.type, W.cols) bytes. Rows of W are

@@ -23,6 +23,16 @@ struct BlockQ8_1 {
 #pragma pack(pop)
 static_assert(sizeof(BlockQ8_1) == 36, "ggml block_q8_1");
 
+// Bytes of one pair of Q5_0 blocks in WeightLayout::kQ5_0Pairs (= 2 × 22:
+// repacking keeps every row's size and position).
+constexpr int64_t kQ5_0PairBytes = 2 * static_cast<int64_t>(sizeof(BlockQ5_0));
+// Its kernel's prepared activations: per pair a0[32] a1[32] neg[8 × i32]
+// d_a[4 × f32], for a chunk of tokens in a stack buffer of
+// kQ5_0PairsActBufferBytes; one token's row must fit, hence the column limit.
+constexpr int64_t kQ5_0PairActBytes = 112;
+constexpr int64_t kQ5_0PairsActBufferBytes = 48 << 10;
+constexpr int64_t kQ5_0PairsMaxCols = kQ5_0PairsActBufferBytes / kQ5_0PairActBytes * 64;
+
 // Many rows × many tokens at once: y[t * y_stride + r] for r < n_rows,
 // t < n_tokens; row r of W at w + r * w_row_bytes, token t's activation row
 // at act + t * act_row_bytes. Register-blocked tiles reuse each unpacked
@@ -44,6 +54,7 @@ struct SimdVecDots {
   QuantizeRowFn quantize_q8_k = nullptr;
   GemmFn gemm_q8_0 = nullptr;
   GemmFn gemm_q5_0 = nullptr;
+  GemmFn gemm_q5_0_pairs = nullptr;  // WeightLayout::kQ5_0Pairs rows
   GemmFn gemm_q4_k = nullptr;
   GemmFn gemm_q6_k = nullptr;
   VecDotFn f32 = nullptr;

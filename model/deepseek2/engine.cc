@@ -170,6 +170,54 @@ absl::StatusOr<EngineWeights> EngineWeights::Map(
 }
 
 // ---------------------------------------------------------------------------
+// Load-time repacking of the routed experts.
+
+int64_t RepackRoutedExperts(const Deepseek2Config& c, CpuIsa isa, const std::vector<uint8_t>& held,
+                            bool in_place, const GgufFile* file,
+                            std::vector<EngineLayerWeights>& layers,
+                            std::vector<std::unique_ptr<uint8_t[]>>* storage, ThreadPool* pool) {
+  int64_t repacked = 0;
+  const auto holds = [&](int64_t e) { return held.empty() || held[static_cast<size_t>(e)] != 0; };
+  for (int64_t il = c.n_dense_layers; il < c.n_layers && il < static_cast<int64_t>(layers.size());
+       ++il) {
+    EngineLayerWeights& lw = layers[static_cast<size_t>(il)];
+    for (MatmulWeight* w : {&lw.ffn_gate_exps, &lw.ffn_up_exps, &lw.ffn_down_exps}) {
+      if (w->layout != WeightLayout::kGgml || w->data == nullptr) continue;
+      const WeightLayout to = PreferredLayout(w->type, w->cols, isa);
+      if (to == WeightLayout::kGgml) continue;
+      const int64_t rows_per_expert = w->rows / c.n_experts;
+      const int64_t expert_bytes = rows_per_expert * w->row_bytes;
+      uint8_t* dst = const_cast<uint8_t*>(w->data);
+      if (!in_place) {
+        // Default-initialized: the pages of experts not held are never touched.
+        storage->emplace_back(new uint8_t[static_cast<size_t>(w->rows * w->row_bytes)]);
+        dst = storage->back().get();
+      }
+      const MatmulWeight src = *w;
+      auto job = [&](int64_t e0, int64_t e1, int /*thread*/) {
+        for (int64_t e = e0; e < e1; ++e) {
+          if (!holds(e)) continue;
+          RepackRows(src, to, src.row(e * rows_per_expert), dst + e * expert_bytes,
+                     rows_per_expert);
+          if (!in_place && file != nullptr) {
+            file->ReleasePages(src.row(e * rows_per_expert), static_cast<uint64_t>(expert_bytes));
+          }
+        }
+      };
+      if (pool != nullptr) {
+        pool->ParallelFor(c.n_experts, job);
+      } else {
+        job(0, c.n_experts, 0);
+      }
+      for (int64_t e = 0; e < c.n_experts; ++e) repacked += holds(e) ? expert_bytes : 0;
+      w->data = dst;
+      w->layout = to;
+    }
+  }
+  return repacked;
+}
+
+// ---------------------------------------------------------------------------
 // Scratch.
 
 void EngineScratch::Reserve(const Deepseek2Config& c, int64_t k, int n_threads, int64_t tokens,
@@ -555,6 +603,8 @@ absl::StatusOr<std::unique_ptr<Deepseek2Engine>> Deepseek2Engine::Open(
                            e->file_->GetFloatOr("deepseek2.rope.scaling.attn_factor", 1.0));
   e->rope_ = Deepseek2RopeParams::FromConfig(c, static_cast<float>(rope_attn_factor));
   e->pool_ = std::make_unique<ThreadPool>(options.n_threads);
+  RepackRoutedExperts(c, SelectedIsa(), /*held=*/{}, /*in_place=*/false, e->file_.get(),
+                      e->weights_.layers, &e->repacked_, e->pool_.get());
   const int64_t max_context = std::min(options.max_context, c.context_length);
   e->scratch_.Reserve(c, e->k_, options.n_threads, std::min(options.max_batch, max_context),
                       max_context);

@@ -91,6 +91,25 @@ struct EngineWeights {
 
 // Heads per unit of attention work (one token × this many heads): the
 // cached rows are read once per unit for all its heads (kernels/cpu/attention.h).
+// Load-time repacking of the routed experts (kernels/cpu/matmul.h:
+// PreferredLayout, WeightLayout): in every MoE layer of `layers`, each of
+// ffn_{gate,up,down}_exps whose type `isa`'s kernels want in another layout
+// (today: Q5_0 -> kQ5_0Pairs on AVX2, same bytes per row) is rewritten into
+// it, expert by expert, for the experts `held` marks (empty: all of them;
+// the others' rows are left unwritten and must never be used). With
+// `in_place` the views point at this process's own writable copies and are
+// rewritten where they are; otherwise each tensor gets a buffer appended to
+// `storage` (untouched pages of unheld experts stay unallocated) and the
+// file's pages of each expert are released as soon as it is repacked
+// (`file`), so the process's resident memory does not grow. Experts are
+// split over `pool` (may be null). Returns the bytes repacked. Every process
+// that computes routed experts (the engine, cpu_expert_worker) repacks the
+// same way, so their results stay bit-identical to one another.
+int64_t RepackRoutedExperts(const Deepseek2Config& config, CpuIsa isa,
+                            const std::vector<uint8_t>& held, bool in_place, const GgufFile* file,
+                            std::vector<EngineLayerWeights>& layers,
+                            std::vector<std::unique_ptr<uint8_t[]>>* storage, ThreadPool* pool);
+
 inline constexpr int64_t kAttentionHeadGroup = 4;
 
 // Buffers of one forward pass, sized for `capacity` tokens and `kv_capacity`
@@ -340,6 +359,7 @@ class Deepseek2Engine {
   Deepseek2Config config_;
   Deepseek2RopeParams rope_;
   EngineWeights weights_;
+  std::vector<std::unique_ptr<uint8_t[]>> repacked_;  // RepackRoutedExperts' buffers
   std::unique_ptr<ThreadPool> pool_;
   EngineScratch scratch_;
   EngineContext ctx_;
