@@ -879,7 +879,8 @@ void MatmulRepackedScalar(const MatmulWeight& w, const uint8_t* act, int64_t n_a
   const int64_t act_bytes = ActivationRowBytes(w.type, w.cols);
   auto rows_job = [&](int64_t r0, int64_t r1, int /*thread*/) {
     thread_local std::vector<uint8_t> row;
-    if (static_cast<int64_t>(row.size()) < w.row_bytes) row.resize(static_cast<size_t>(w.row_bytes));
+    if (static_cast<int64_t>(row.size()) < w.row_bytes)
+      row.resize(static_cast<size_t>(w.row_bytes));
     for (int64_t r = r0; r < r1; ++r) {
       UnpackRowsToGgml(w, w.row(r), row.data(), 1);
       for (int64_t t = 0; t < n_act_rows; ++t) {
@@ -964,8 +965,8 @@ void MatmulQuantizedBatch(const MatmulJob* jobs, int64_t n_jobs, CpuIsa isa, Thr
       const int64_t r0 = a0 * 8, r1 = std::min(b.w.rows, a1 * 8);
       if (r0 >= r1) continue;
       SimdGemm(b.w, isa)(b.w.cols, b.w.row(r0), b.w.row_bytes, r1 - r0, b.act,
-                              ActivationRowBytes(b.w.type, b.w.cols), b.n_act_rows, b.y + r0,
-                              b.y_stride);
+                         ActivationRowBytes(b.w.type, b.w.cols), b.n_act_rows, b.y + r0,
+                         b.y_stride);
     }
   };
   pool->ParallelFor(first_unit[n_jobs], job);

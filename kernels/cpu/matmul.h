@@ -164,10 +164,11 @@ struct MatmulWeight {
 // Load-time repacking (the weights' side of "the layout the chosen kernel
 // wants"). PreferredLayout is the layout `isa`'s kernels are fastest on for
 // weights of `type` with `cols` columns: kQ5_0Pairs for Q5_0 on AVX2 with
-// cols a multiple of 64 (on Zen 3, one thread, weights in cache: GEMV 10.2
-// -> 16.4 GB/s, GEMM 50 -> 73 GOP/s; README.md, Performance), kGgml otherwise (the AVX-512 tiles expand the
-// fifth bits with a mask register and keep the GGUF blocks). The
-// environment variable MOEFLOW_REPACK=0 makes it kGgml always (read once).
+// cols a multiple of 64 (on Zen 3, one thread, weights in cache: GEMV
+// 10.2 -> 16.4 GB/s, GEMM 50 -> 73 GOP/s; README.md, Performance), kGgml
+// otherwise (the AVX-512 tiles expand the fifth bits with a mask register
+// and keep the GGUF blocks). The environment variable MOEFLOW_REPACK=0 makes
+// it kGgml always (read once).
 WeightLayout PreferredLayout(GgmlType type, int64_t cols, CpuIsa isa);
 // Rewrites `rows` rows of `w` (type, cols, row_bytes; w.layout must be
 // kGgml) from GGUF blocks at `src` into `to` at `dst`. src == dst repacks in

@@ -454,7 +454,8 @@ TEST(MatmulTest, Q5_0PairsMatchScalarReferenceExactly) {
   pw.layout = WeightLayout::kQ5_0Pairs;
   for (int64_t tokens : {1, 2, 3, 4, 5, 9, 40}) {
     std::vector<uint8_t> a(static_cast<size_t>(tokens * a_bytes));
-    for (int64_t t = 0; t < tokens; ++t) FillRawActivations(type, a.data() + t * a_bytes, cols, rng);
+    for (int64_t t = 0; t < tokens; ++t)
+      FillRawActivations(type, a.data() + t * a_bytes, cols, rng);
     std::vector<float> ref(static_cast<size_t>(tokens * rows));
     MatmulQuantized(gw, a.data(), tokens, ref.data(), rows, CpuIsa::kScalar, nullptr);
     std::vector<CpuIsa> isas = SimdIsas();
