@@ -20,7 +20,7 @@
 //   4. down: units of (expert, block of hidden rows);
 //   5. weighted sum per token, in slot order j (llama.cpp's chain of adds).
 // GEMV vs GEMM is chosen per expert by its token count: MatmulQuantized runs
-// the prefetching 4-row × 1-token GEMV tiles for ≤ 2 tokens and the
+// the prefetching R-row × 1-token GEMV tiles for ≤ 2 tokens and the
 // register-blocked GEMM tiles above (kernels/cpu/matmul_simd.inc); the work
 // units are smaller when the whole batch has few pairs (decode), so that
 // both threads get several.
