@@ -185,10 +185,10 @@ int RunKernelBench(int threads, bool json) {
     for (size_t i = 0; i < r.rows.size(); ++i) {
       const KernelBenchRow& k = r.rows[i];
       std::printf(
-          "%s{\"type\": \"%s\", \"isa\": \"%s\", \"rows\": %lld, \"cols\": %lld, "
-          "\"gemv_gb_per_s\": %.3f, \"gemv_fraction_of_read_bandwidth\": %.4f, "
+          "%s{\"type\": \"%s\", \"isa\": \"%s\", \"layout\": \"%s\", \"rows\": %lld, "
+          "\"cols\": %lld, \"gemv_gb_per_s\": %.3f, \"gemv_fraction_of_read_bandwidth\": %.4f, "
           "\"gemv_cached_gb_per_s\": %.3f",
-          i ? ", " : "", type_name(k.type).c_str(), CpuIsaName(k.isa),
+          i ? ", " : "", type_name(k.type).c_str(), CpuIsaName(k.isa), WeightLayoutName(k.layout),
           static_cast<long long>(k.rows), static_cast<long long>(k.cols), k.gemv_gb_per_s,
           r.bandwidth.read_gbps > 0 ? k.gemv_gb_per_s / r.bandwidth.read_gbps : 0.0,
           k.gemv_cached_gb_per_s);
@@ -210,16 +210,16 @@ int RunKernelBench(int threads, bool json) {
       "peak for quantized types)\n",
       r.threads, CpuIsaName(SelectedIsa()), r.bandwidth.read_gbps, r.bandwidth.triad_gbps,
       CpuSupportsIsa(CpuIsa::kAvx512) ? "vpdpbusd" : "vpmaddubsw+vpmaddwd", r.int8_peak_gops);
-  std::printf("%-5s %-10s %-11s %9s %6s %9s", "type", "rows×cols", "isa", "GEMV GB/s", "of bw",
-              "in cache");
+  std::printf("%-5s %-10s %-11s %-10s %9s %6s %9s", "type", "rows×cols", "isa", "layout",
+              "GEMV GB/s", "of bw", "in cache");
   for (int64_t t : r.gemm_tokens) {
     std::printf(" %11s %7s", absl::StrCat("GEMM", t, " GOP/s").c_str(), "of peak");
   }
   std::printf("\n");
   for (const KernelBenchRow& k : r.rows) {
     const std::string shape = absl::StrCat(k.rows, "x", k.cols);
-    std::printf("%-5s %-10s %-11s %9.2f %5.0f%% %9.2f", type_name(k.type).c_str(), shape.c_str(),
-                CpuIsaName(k.isa), k.gemv_gb_per_s,
+    std::printf("%-5s %-10s %-11s %-10s %9.2f %5.0f%% %9.2f", type_name(k.type).c_str(),
+                shape.c_str(), CpuIsaName(k.isa), WeightLayoutName(k.layout), k.gemv_gb_per_s,
                 r.bandwidth.read_gbps > 0 ? 100 * k.gemv_gb_per_s / r.bandwidth.read_gbps : 0.0,
                 k.gemv_cached_gb_per_s);
     for (size_t j = 0; j < r.gemm_tokens.size(); ++j) {
@@ -231,7 +231,9 @@ int RunKernelBench(int threads, bool json) {
     }
     std::printf("\n");
   }
-  std::printf("(K-quants need 256-column blocks: no q4_K / q6_K row for 2048x1408)\n");
+  std::printf("(K-quants need 256-column blocks: no q4_K / q6_K row for 2048x1408; layout: the\n"
+              "one the engine repacks these weights into at load on that isa, MOEFLOW_REPACK=0: "
+              "ggml)\n");
   return kExitOk;
 }
 

@@ -117,13 +117,30 @@ KernelBenchReport RunKernelBenchmarks(const KernelBenchOptions& options, ThreadP
                                    row_bytes},
                       act.data(), 1, y.data() + e * shape.rows, shape.rows};
       }
+      // The same experts repacked, for the ISAs whose engine repacks them
+      // at load (made on first use).
+      std::vector<uint8_t> repacked;
+      std::vector<MatmulJob> repacked_jobs;
       std::vector<CpuIsa> timed;
       for (CpuIsa isa : isas) {
         if (!CpuSupportsIsa(isa) || !HasOwnKernel(isa, type, timed)) continue;
         timed.push_back(isa);
+        const WeightLayout layout = PreferredLayout(type, shape.cols, isa);
+        std::vector<MatmulJob>& jobs_isa = layout == WeightLayout::kGgml ? jobs : repacked_jobs;
+        if (layout != WeightLayout::kGgml && repacked_jobs.empty()) {
+          repacked.resize(weights.size());
+          RepackRows(jobs[0].w, layout, weights.data(), repacked.data(), n_experts * shape.rows);
+          repacked_jobs = jobs;
+          for (int64_t e = 0; e < n_experts; ++e) {
+            MatmulWeight& w = repacked_jobs[static_cast<size_t>(e)].w;
+            w.data = repacked.data() + e * expert_bytes;
+            w.layout = layout;
+          }
+        }
         KernelBenchRow row;
         row.type = type;
         row.isa = isa;
+        row.layout = layout;
         row.rows = shape.rows;
         row.cols = shape.cols;
         // GEMV: every expert once, in batches of 16 matrices (a decode
@@ -132,7 +149,8 @@ KernelBenchReport RunKernelBenchmarks(const KernelBenchOptions& options, ThreadP
         const double gemv_s = BestSeconds(
             [&] {
               for (int64_t e = 0; e < n_experts; e += kBatch) {
-                MatmulQuantizedBatch(jobs.data() + e, std::min(kBatch, n_experts - e), isa, pool);
+                MatmulQuantizedBatch(jobs_isa.data() + e, std::min(kBatch, n_experts - e), isa,
+                                     pool);
               }
             },
             options.repetitions, options.max_seconds);
@@ -140,14 +158,16 @@ KernelBenchReport RunKernelBenchmarks(const KernelBenchOptions& options, ThreadP
         // Cached GEMV: the first expert again and again (in the caches after
         // the warm-up run).
         const double cached_s = BestSeconds(
-            [&] { MatmulQuantized(jobs[0].w, act.data(), 1, y.data(), shape.rows, isa, pool); },
+            [&] {
+              MatmulQuantized(jobs_isa[0].w, act.data(), 1, y.data(), shape.rows, isa, pool);
+            },
             options.repetitions, options.max_seconds);
         row.gemv_cached_gb_per_s = static_cast<double>(expert_bytes) / cached_s / 1e9;
         // GEMM: one expert (cache-resident after the warm-up), T tokens.
         // Compute-bound, so a slow variant (scalar: seconds per call) is
         // timed on its first 64 rows instead of all of them.
         for (int64_t tokens : options.gemm_tokens) {
-          MatmulWeight w = jobs[0].w;
+          MatmulWeight w = jobs_isa[0].w;
           const double t0 = Now();
           MatmulQuantized(w.Slice(0, std::min<int64_t>(64, w.rows)), act.data(), tokens, y.data(),
                           shape.rows, isa, pool);

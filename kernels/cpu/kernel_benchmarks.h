@@ -48,6 +48,9 @@ struct KernelBenchOptions {
 struct KernelBenchRow {
   GgmlType type = GgmlType::kF32;
   CpuIsa isa = CpuIsa::kScalar;
+  // The layout the engine repacks these weights into on `isa` (matmul.h:
+  // PreferredLayout), which is what was timed.
+  WeightLayout layout = WeightLayout::kGgml;
   int64_t rows = 0, cols = 0;
   double gemv_gb_per_s = 0;              // weight bytes streamed per second, 1 token
   // The same GEMV over one expert matrix that stays in the caches: the

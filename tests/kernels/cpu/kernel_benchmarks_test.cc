@@ -46,6 +46,26 @@ TEST(KernelBenchmarksTest, RowsForEveryValidShapeAndVariant) {
   EXPECT_EQ(seen.count({static_cast<int>(GgmlType::kQ8_0), 2048}), 1u);
 }
 
+// Q5_0 rows are timed in the layout the engine repacks them into on each ISA
+// (kQ5_0Pairs on AVX2, the GGUF blocks on the scalar path).
+TEST(KernelBenchmarksTest, RowsTimeTheLayoutTheEngineUses) {
+  KernelBenchOptions o = Tiny();
+  o.isas = {CpuIsa::kScalar};
+  if (CpuSupportsIsa(CpuIsa::kAvx2)) o.isas.push_back(CpuIsa::kAvx2);
+  o.types = {GgmlType::kQ5_0};
+  ThreadPool pool(2);
+  const KernelBenchReport r = RunKernelBenchmarks(o, &pool);
+  ASSERT_EQ(r.rows.size(), 2 * o.isas.size());
+  for (const KernelBenchRow& row : r.rows) {
+    EXPECT_EQ(row.layout, PreferredLayout(GgmlType::kQ5_0, row.cols, row.isa))
+        << CpuIsaName(row.isa) << " " << row.rows << "x" << row.cols;
+    if (row.isa == CpuIsa::kAvx2) EXPECT_EQ(row.layout, WeightLayout::kQ5_0Pairs);
+    if (row.isa == CpuIsa::kScalar) EXPECT_EQ(row.layout, WeightLayout::kGgml);
+    EXPECT_GT(row.gemv_gb_per_s, 0);
+    EXPECT_GT(row.gemm_gops[0], 0);
+  }
+}
+
 TEST(KernelBenchmarksTest, VariantsThatRepeatAnotherKernelAreSkipped) {
   if (!CpuSupportsIsa(CpuIsa::kAvx512Bf16)) GTEST_SKIP() << "no AVX-512 BF16 on this CPU";
   KernelBenchOptions o = Tiny();
