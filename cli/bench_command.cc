@@ -231,9 +231,10 @@ int RunKernelBench(int threads, bool json) {
     }
     std::printf("\n");
   }
-  std::printf("(K-quants need 256-column blocks: no q4_K / q6_K row for 2048x1408; layout: the\n"
-              "one the engine repacks these weights into at load on that isa, MOEFLOW_REPACK=0: "
-              "ggml)\n");
+  std::printf(
+      "(K-quants need 256-column blocks: no q4_K / q6_K row for 2048x1408; layout: the\n"
+      "one the engine repacks these weights into at load on that isa, MOEFLOW_REPACK=0: "
+      "ggml)\n");
   return kExitOk;
 }
 

@@ -158,9 +158,7 @@ KernelBenchReport RunKernelBenchmarks(const KernelBenchOptions& options, ThreadP
         // Cached GEMV: the first expert again and again (in the caches after
         // the warm-up run).
         const double cached_s = BestSeconds(
-            [&] {
-              MatmulQuantized(jobs_isa[0].w, act.data(), 1, y.data(), shape.rows, isa, pool);
-            },
+            [&] { MatmulQuantized(jobs_isa[0].w, act.data(), 1, y.data(), shape.rows, isa, pool); },
             options.repetitions, options.max_seconds);
         row.gemv_cached_gb_per_s = static_cast<double>(expert_bytes) / cached_s / 1e9;
         // GEMM: one expert (cache-resident after the warm-up), T tokens.
