@@ -34,7 +34,7 @@
 // matmul_tiles_avx2.inc, 256-bit): R rows × 1 token with software prefetch
 // for decode (≤ 2 tokens: GEMV, bandwidth-bound; each block prefetched into
 // L2 one tile — R rows — ahead, since rows are contiguous; R = 4 on AVX-512;
-// on AVX2 Q4_K 1, Q6_K 1, Q8_0 4, Q5_0 2), R rows × 4 tokens in chunks of
+// on AVX2 Q4_K 1, Q6_K 1, Q8_0 1, Q5_0 2), R rows × 4 tokens in chunks of
 // 64 tokens for prefill (GEMM: each unpacked weight block serves 4 tokens,
 // each activation block R rows; AVX-512 4 × 4 (Q6_K 2 × 4), AVX2 2 × 4
 // (Q6_K 1 × 4)). Q5_0 routed experts are repacked at load on AVX2 (see
