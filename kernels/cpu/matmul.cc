@@ -750,13 +750,13 @@ GemmFn SimdGemm(const MatmulWeight& w, CpuIsa isa) {
 
 namespace {
 
-bool LayoutAllowed(const MatmulWeight& w, WeightLayout layout) {
+bool LayoutAllowed(GgmlType type, int64_t cols, WeightLayout layout) {
   switch (layout) {
     case WeightLayout::kGgml:
       return true;
     case WeightLayout::kQ5_0Pairs:
-      return w.type == GgmlType::kQ5_0 && w.cols > 0 && w.cols % (2 * kQK) == 0 &&
-             w.cols <= kQ5_0PairsMaxCols;
+      return type == GgmlType::kQ5_0 && cols > 0 && cols % (2 * kQK) == 0 &&
+             cols <= kQ5_0PairsMaxCols;
   }
   return false;
 }
@@ -825,31 +825,37 @@ WeightLayout PreferredLayout(GgmlType type, int64_t cols, CpuIsa isa) {
     const char* v = std::getenv("MOEFLOW_REPACK");
     return v == nullptr || std::string(v) != "0";
   }();
-  if (!repack) return WeightLayout::kGgml;
-  MatmulWeight probe;
-  probe.type = type;
-  probe.cols = cols;
-  if (isa == CpuIsa::kAvx2 && LayoutAllowed(probe, WeightLayout::kQ5_0Pairs)) {
+  if (repack && isa == CpuIsa::kAvx2 && LayoutAllowed(type, cols, WeightLayout::kQ5_0Pairs)) {
     return WeightLayout::kQ5_0Pairs;
   }
   return WeightLayout::kGgml;
 }
 
-void RepackRows(const MatmulWeight& w, WeightLayout to, const uint8_t* src, uint8_t* dst,
-                int64_t rows) {
-  MOEFLOW_CHECK(w.layout == WeightLayout::kGgml);
-  MOEFLOW_CHECK(LayoutAllowed(w, to));
-  if (to == WeightLayout::kGgml) {
-    if (src != dst) std::memcpy(dst, src, static_cast<size_t>(rows * w.row_bytes));
-    return;
-  }
+namespace {
+
+// `convert` on every 44-byte pair of `rows` rows of `w` (kQ5_0Pairs shape).
+void ForEachQ5_0Pair(const MatmulWeight& w, const uint8_t* src, uint8_t* dst, int64_t rows,
+                     void (*convert)(const uint8_t*, uint8_t*)) {
   const int64_t pairs = w.cols / (2 * kQK);
   for (int64_t r = 0; r < rows; ++r) {
     for (int64_t i = 0; i < pairs; ++i) {
       const int64_t off = r * w.row_bytes + i * kQ5_0PairBytes;
-      PackQ5_0Pair(src + off, dst + off);
+      convert(src + off, dst + off);
     }
   }
+}
+
+}  // namespace
+
+void RepackRows(const MatmulWeight& w, WeightLayout to, const uint8_t* src, uint8_t* dst,
+                int64_t rows) {
+  MOEFLOW_CHECK(w.layout == WeightLayout::kGgml);
+  MOEFLOW_CHECK(LayoutAllowed(w.type, w.cols, to));
+  if (to == WeightLayout::kGgml) {
+    if (src != dst) std::memcpy(dst, src, static_cast<size_t>(rows * w.row_bytes));
+    return;
+  }
+  ForEachQ5_0Pair(w, src, dst, rows, PackQ5_0Pair);
 }
 
 void UnpackRowsToGgml(const MatmulWeight& w, const uint8_t* src, uint8_t* dst, int64_t rows) {
@@ -857,45 +863,9 @@ void UnpackRowsToGgml(const MatmulWeight& w, const uint8_t* src, uint8_t* dst, i
     if (src != dst) std::memcpy(dst, src, static_cast<size_t>(rows * w.row_bytes));
     return;
   }
-  MOEFLOW_CHECK(w.layout == WeightLayout::kQ5_0Pairs && LayoutAllowed(w, w.layout));
-  const int64_t pairs = w.cols / (2 * kQK);
-  for (int64_t r = 0; r < rows; ++r) {
-    for (int64_t i = 0; i < pairs; ++i) {
-      const int64_t off = r * w.row_bytes + i * kQ5_0PairBytes;
-      UnpackQ5_0Pair(src + off, dst + off);
-    }
-  }
+  MOEFLOW_CHECK(w.layout == WeightLayout::kQ5_0Pairs && LayoutAllowed(w.type, w.cols, w.layout));
+  ForEachQ5_0Pair(w, src, dst, rows, UnpackQ5_0Pair);
 }
-
-namespace {
-
-// The scalar path of a repacked weight: each row read back into GGUF blocks
-// (a per-thread row buffer), then the scalar vec_dot, so the results are
-// the scalar reference's on the original bytes.
-void MatmulRepackedScalar(const MatmulWeight& w, const uint8_t* act, int64_t n_act_rows, float* y,
-                          int64_t y_stride, ThreadPool* pool) {
-  const VecDotFn dot = ScalarVecDot(w.type);
-  MOEFLOW_CHECK(dot != nullptr);
-  const int64_t act_bytes = ActivationRowBytes(w.type, w.cols);
-  auto rows_job = [&](int64_t r0, int64_t r1, int /*thread*/) {
-    thread_local std::vector<uint8_t> row;
-    if (static_cast<int64_t>(row.size()) < w.row_bytes)
-      row.resize(static_cast<size_t>(w.row_bytes));
-    for (int64_t r = r0; r < r1; ++r) {
-      UnpackRowsToGgml(w, w.row(r), row.data(), 1);
-      for (int64_t t = 0; t < n_act_rows; ++t) {
-        y[t * y_stride + r] = dot(w.cols, row.data(), act + t * act_bytes);
-      }
-    }
-  };
-  if (pool == nullptr) {
-    rows_job(0, w.rows, 0);
-  } else {
-    pool->ParallelFor(w.rows, rows_job);
-  }
-}
-
-}  // namespace
 
 void MatmulQuantized(const MatmulWeight& w, const uint8_t* act, int64_t n_act_rows, float* y,
                      int64_t y_stride, CpuIsa isa, ThreadPool* pool) {
@@ -914,21 +884,30 @@ void MatmulQuantized(const MatmulWeight& w, const uint8_t* act, int64_t n_act_ro
     }
     return;
   }
-  if (w.layout != WeightLayout::kGgml) {
-    MatmulRepackedScalar(w, act, n_act_rows, y, y_stride, pool);
-    return;
-  }
-  const VecDotFn dot = GetVecDot(w.type, isa);
+  // Every SIMD ISA has a GEMM for the repacked layouts, so a repacked weight
+  // gets here on the scalar path only: its rows are read back into GGUF
+  // blocks (a per-thread row buffer) for the scalar reference's vec_dot.
+  const bool repacked = w.layout != WeightLayout::kGgml;
+  const VecDotFn dot = repacked ? ScalarVecDot(w.type) : GetVecDot(w.type, isa);
+  MOEFLOW_CHECK(dot != nullptr);
   const int64_t act_bytes = ActivationRowBytes(w.type, w.cols);
   const int64_t cols = w.cols;
   // Activation rows in tiles, so that a tile stays in L2 while every weight
   // row of the thread's range streams past it once.
   constexpr int64_t kTokenTile = 32;
   auto rows_job = [&](int64_t r0, int64_t r1, int /*thread*/) {
+    thread_local std::vector<uint8_t> unpacked;
+    if (repacked && static_cast<int64_t>(unpacked.size()) < w.row_bytes) {
+      unpacked.resize(static_cast<size_t>(w.row_bytes));
+    }
     for (int64_t t0 = 0; t0 < n_act_rows; t0 += kTokenTile) {
       const int64_t t1 = std::min(n_act_rows, t0 + kTokenTile);
       for (int64_t r = r0; r < r1; ++r) {
         const uint8_t* wr = w.row(r);
+        if (repacked) {
+          UnpackRowsToGgml(w, wr, unpacked.data(), 1);
+          wr = unpacked.data();
+        }
         for (int64_t t = t0; t < t1; ++t) y[t * y_stride + r] = dot(cols, wr, act + t * act_bytes);
       }
     }
