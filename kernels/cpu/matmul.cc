@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -822,8 +823,16 @@ const char* WeightLayoutName(WeightLayout layout) {
 
 WeightLayout PreferredLayout(GgmlType type, int64_t cols, CpuIsa isa) {
   static const bool repack = [] {
-    const char* v = std::getenv("MOEFLOW_REPACK");
-    return v == nullptr || std::string(v) != "0";
+    const char* env = std::getenv("MOEFLOW_REPACK");
+    if (env == nullptr) return true;
+    const std::string v(env);
+    if (v != "0" && v != "1") {
+      std::fprintf(stderr,
+                   "moeflow: MOEFLOW_REPACK='%s' is neither 0 nor 1; weights are repacked (the "
+                   "default)\n",
+                   env);
+    }
+    return v != "0";
   }();
   if (repack && isa == CpuIsa::kAvx2 && LayoutAllowed(type, cols, WeightLayout::kQ5_0Pairs)) {
     return WeightLayout::kQ5_0Pairs;

@@ -170,7 +170,8 @@ struct MatmulWeight {
 // 10.2 -> 16.4 GB/s, GEMM 50 -> 73 GOP/s; README.md, Performance), kGgml
 // otherwise (the AVX-512 tiles expand the fifth bits with a mask register
 // and keep the GGUF blocks). The environment variable MOEFLOW_REPACK=0 makes
-// it kGgml always (read once).
+// it kGgml always (read once; 1 is the default, any other value says so on
+// stderr and keeps the default).
 WeightLayout PreferredLayout(GgmlType type, int64_t cols, CpuIsa isa);
 // Rewrites `rows` rows of `w` (type, cols, row_bytes; w.layout must be
 // kGgml) from GGUF blocks at `src` into `to` at `dst`. src == dst repacks in
