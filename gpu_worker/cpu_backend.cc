@@ -46,6 +46,8 @@ absl::Status CpuGpuWorkerBackend::Load(
   MOEFLOW_ASSIGN_OR_RETURN(file_, GgufFile::Open(config_request_.model_path()));
   MOEFLOW_ASSIGN_OR_RETURN(config_, Deepseek2Config::FromGguf(*file_));
   MOEFLOW_ASSIGN_OR_RETURN(weights_, EngineWeights::Map(*file_, config_));
+  // As the single-process engine repacks them, so that the logits stay bit-identical.
+  RepackLayerWeights(SelectedIsa(), file_.get(), weights_.layers, &repacked_);
   MOEFLOW_ASSIGN_OR_RETURN(double rope_attn_factor,
                            file_->GetFloatOr("deepseek2.rope.scaling.attn_factor", 1.0));
   rope_ = Deepseek2RopeParams::FromConfig(config_, static_cast<float>(rope_attn_factor));

@@ -217,6 +217,29 @@ int64_t RepackRoutedExperts(const Deepseek2Config& c, CpuIsa isa, const std::vec
   return repacked;
 }
 
+int64_t RepackLayerWeights(CpuIsa isa, const GgufFile* file,
+                           std::vector<EngineLayerWeights>& layers,
+                           std::vector<std::unique_ptr<uint8_t[]>>* storage) {
+  int64_t repacked = 0;
+  for (EngineLayerWeights& lw : layers) {
+    for (MatmulWeight* w : {&lw.attn_q, &lw.attn_q_a, &lw.attn_q_b, &lw.attn_kv_a_mqa, &lw.attn_k_b,
+                            &lw.attn_v_b, &lw.attn_output, &lw.ffn_gate, &lw.ffn_up, &lw.ffn_down,
+                            &lw.ffn_gate_shexp, &lw.ffn_up_shexp, &lw.ffn_down_shexp}) {
+      if (w->layout != WeightLayout::kGgml || w->data == nullptr) continue;
+      const WeightLayout to = PreferredLayout(w->type, w->cols, isa);
+      if (to == WeightLayout::kGgml) continue;
+      const int64_t bytes = w->rows * w->row_bytes;
+      storage->emplace_back(new uint8_t[static_cast<size_t>(bytes)]);
+      RepackRows(*w, to, w->data, storage->back().get(), w->rows);
+      if (file != nullptr) file->ReleasePages(w->data, static_cast<uint64_t>(bytes));
+      w->data = storage->back().get();
+      w->layout = to;
+      repacked += bytes;
+    }
+  }
+  return repacked;
+}
+
 // ---------------------------------------------------------------------------
 // Scratch.
 
@@ -265,6 +288,7 @@ void EngineScratch::Reserve(const Deepseek2Config& c, int64_t k, int n_threads, 
   GrowTo(act, n * max_cols * kMaxActBytesPerElement);
   GrowTo(act_heads, n * h * std::max(c.qk_nope_dim, c.kv_lora_rank) * kMaxActBytesPerElement);
   GrowTo(act_up, n * c.hidden * kMaxActBytesPerElement);
+  GrowTo(rope_angles, c.qk_rope_dim);
   capacity = n;
   kv_capacity = n_kv;
 }
@@ -354,12 +378,14 @@ void EngineAttentionBlock::ForwardSegments(const float* x, int64_t n,
     for (int64_t t = seg.first; t < seg.first + seg.n; ++t) {
       const int64_t pos = seg.start_pos + (t - seg.first);
       float* qt = q + t * q_width;
-      for (int64_t h = 0; h < n_heads; ++h) rope.Apply(pos, qt + h * head_dim + nope);
+      float* angles = s.rope_angles.data();  // once per position for all heads
+      rope.Angles(pos, angles);
+      for (int64_t h = 0; h < n_heads; ++h) rope.Rotate(angles, qt + h * head_dim + nope);
       const float* kv = kv_a + t * row_dim;
       float* row = seg.kv.row(pos);
       RmsNorm(kv, w_.attn_kv_a_norm.data(), kv_lora, c.rms_eps, row);
       std::copy(kv + kv_lora, kv + row_dim, row + kv_lora);
-      rope.Apply(pos, row + kv_lora);
+      rope.Rotate(angles, row + kv_lora);
     }
   }
 
@@ -605,6 +631,7 @@ absl::StatusOr<std::unique_ptr<Deepseek2Engine>> Deepseek2Engine::Open(
   e->pool_ = std::make_unique<ThreadPool>(options.n_threads);
   RepackRoutedExperts(c, SelectedIsa(), /*held=*/{}, /*in_place=*/false, e->file_.get(),
                       e->weights_.layers, &e->repacked_, e->pool_.get());
+  RepackLayerWeights(SelectedIsa(), e->file_.get(), e->weights_.layers, &e->repacked_);
   const int64_t max_context = std::min(options.max_context, c.context_length);
   e->scratch_.Reserve(c, e->k_, options.n_threads, std::min(options.max_batch, max_context),
                       max_context);

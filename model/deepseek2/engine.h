@@ -110,6 +110,19 @@ int64_t RepackRoutedExperts(const Deepseek2Config& config, CpuIsa isa,
                             std::vector<EngineLayerWeights>& layers,
                             std::vector<std::unique_ptr<uint8_t[]>>* storage, ThreadPool* pool);
 
+// The same for the other matrices of every layer (attention, dense FFN,
+// shared experts; today attn_k_b of Q4_K_M files, Q5_0 -> kQ5_0Pairs on
+// AVX2): each one whose type `isa`'s kernels want in another layout gets a
+// buffer appended to `storage`, and its file pages are released (`file`, may
+// be null). token_embd and output keep the GGUF layout (token_embd's rows
+// are dequantized one at a time, and output may be the same tensor).
+// Every process that runs attention and the shared experts on the CPU (the
+// engine, the gpu worker's CPU backend) calls it, so their results stay
+// bit-identical to one another. Returns the bytes repacked.
+int64_t RepackLayerWeights(CpuIsa isa, const GgufFile* file,
+                           std::vector<EngineLayerWeights>& layers,
+                           std::vector<std::unique_ptr<uint8_t[]>>* storage);
+
 inline constexpr int64_t kAttentionHeadGroup = 4;
 
 // Buffers of one forward pass, sized for `capacity` tokens and `kv_capacity`
@@ -123,6 +136,7 @@ struct EngineScratch {
   std::vector<float> x, ffn_inp, x_norm, routed, shared, logits_norm;
   // Attention.
   std::vector<float> q, q_a, kv_a, q_abs, ctx, heads_out, attn_out;
+  std::vector<float> rope_angles;  // Deepseek2RopeParams::Angles of one position
   // Per thread: scores of one head group (kAttentionHeadGroup × kv_capacity)
   // and the row pointers of one token's cached positions (kv_capacity).
   std::vector<std::vector<float>> scores;
@@ -359,7 +373,7 @@ class Deepseek2Engine {
   Deepseek2Config config_;
   Deepseek2RopeParams rope_;
   EngineWeights weights_;
-  std::vector<std::unique_ptr<uint8_t[]>> repacked_;  // RepackRoutedExperts' buffers
+  std::vector<std::unique_ptr<uint8_t[]>> repacked_;  // Repack{RoutedExperts,LayerWeights} buffers
   std::unique_ptr<ThreadPool> pool_;
   EngineScratch scratch_;
   EngineContext ctx_;

@@ -128,7 +128,7 @@ Deepseek2RopeParams Deepseek2RopeParams::FromConfig(const Deepseek2Config& c,
   return p;
 }
 
-void Deepseek2RopeParams::Apply(int64_t pos, float* x) const {
+void Deepseek2RopeParams::Angles(int64_t pos, float* cos_sin) const {
   const float theta_scale = std::pow(freq_base, -2.0f / static_cast<float>(n_dims));
   float theta_extrap = static_cast<float>(pos);
   for (int64_t i0 = 0; i0 < n_dims; i0 += 2) {
@@ -141,14 +141,34 @@ void Deepseek2RopeParams::Apply(int64_t pos, float* x) const {
       theta = theta_interp * (1 - ramp_mix) + theta_extrap * ramp_mix;
       mscale *= 1.0f + 0.1f * std::log(1.0f / freq_scale);
     }
-    const float cos_theta = std::cos(theta) * mscale;
-    const float sin_theta = std::sin(theta) * mscale;
+    cos_sin[i0] = std::cos(theta) * mscale;
+    cos_sin[i0 + 1] = std::sin(theta) * mscale;
+    theta_extrap *= theta_scale;
+  }
+}
+
+void Deepseek2RopeParams::Rotate(const float* cos_sin, float* x) const {
+  for (int64_t i0 = 0; i0 < n_dims; i0 += 2) {
+    const float cos_theta = cos_sin[i0];
+    const float sin_theta = cos_sin[i0 + 1];
     const float x0 = x[i0];
     const float x1 = x[i0 + 1];
     x[i0] = x0 * cos_theta - x1 * sin_theta;
     x[i0 + 1] = x0 * sin_theta + x1 * cos_theta;
-    theta_extrap *= theta_scale;
   }
+}
+
+void Deepseek2RopeParams::Apply(int64_t pos, float* x) const {
+  constexpr int64_t kOnStack = 256;  // DeepSeek's qk_rope_dim is 64
+  float on_stack[kOnStack];
+  std::vector<float> on_heap;
+  float* cos_sin = on_stack;
+  if (n_dims > kOnStack) {
+    on_heap.resize(static_cast<size_t>(n_dims));
+    cos_sin = on_heap.data();
+  }
+  Angles(pos, cos_sin);
+  Rotate(cos_sin, x);
 }
 
 // ---------------------------------------------------------------------------

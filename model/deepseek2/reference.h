@@ -69,7 +69,14 @@ struct Deepseek2RopeParams {
                                         float rope_attn_factor = 1.f);
 
   // Rotates x[0..n_dims) in place for position `pos`: pairs (x[2i], x[2i+1]).
+  // Apply(pos, x) is Angles(pos, cs) then Rotate(cs, x), bit for bit; the
+  // engine computes the angles of a position once for all its heads.
   void Apply(int64_t pos, float* x) const;
+  // cos_sin[2i], cos_sin[2i+1] = the cosine and sine (times the YaRN
+  // magnitude) of pair i's angle at `pos`; cos_sin holds n_dims floats.
+  void Angles(int64_t pos, float* cos_sin) const;
+  // Rotates x[0..n_dims) in place by the angles Angles wrote.
+  void Rotate(const float* cos_sin, float* x) const;
 };
 
 // The compressed (MLA) KV cache of one layer: per position the RMS-normed

@@ -7,18 +7,22 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <memory>
 #include <sstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "kernels/cpu/matmul.h"
+#include "model/deepseek2/config.h"
 #include "model/deepseek2/logits_file.h"
 #include "model/deepseek2/reference.h"
+#include "model/ggml_types.h"
 #include "model/gguf.h"
 #include "tests/model/deepseek2/llamacpp_fixture.h"
 
@@ -358,6 +362,74 @@ std::string WriteModifiedCopy(const std::string& src, const std::string& drop,
   }
   EXPECT_TRUE(writer.Finish().ok());
   return path;
+}
+
+// RepackLayerWeights rewrites exactly the non-expert matrices whose type the
+// ISA's kernels want in another layout (the tiny Q4_K_M files hold Q5_0
+// matrices of 128 columns: kQ5_0Pairs on AVX2), the new bytes unpack back to
+// the file's, and the others keep pointing into the file.
+TEST(EngineTest, RepackLayerWeightsRewritesWhatTheKernelsWant) {
+  for (const char* model : {"tiny-v2", "tiny-v3"}) {
+    SCOPED_TRACE(model);
+    auto file = GgufFile::Open(FixturePath(model, "q4_k_m.gguf"));
+    ASSERT_TRUE(file.ok()) << file.status();
+    auto config = Deepseek2Config::FromGguf(**file);
+    ASSERT_TRUE(config.ok()) << config.status();
+    auto mapped = EngineWeights::Map(**file, *config);
+    ASSERT_TRUE(mapped.ok()) << mapped.status();
+    for (CpuIsa isa : {CpuIsa::kScalar, CpuIsa::kAvx2}) {
+      EngineWeights w = *mapped;
+      std::vector<std::unique_ptr<uint8_t[]>> storage;
+      // No file: the mapped pages stay resident for the comparison below.
+      const int64_t bytes = RepackLayerWeights(isa, nullptr, w.layers, &storage);
+      int64_t expected = 0, repacked_matrices = 0;
+      for (size_t il = 0; il < w.layers.size(); ++il) {
+        const EngineLayerWeights& before = mapped->layers[il];
+        const EngineLayerWeights& after = w.layers[il];
+        const std::pair<const MatmulWeight*, const MatmulWeight*> pairs[] = {
+            {&before.attn_q, &after.attn_q},
+            {&before.attn_q_a, &after.attn_q_a},
+            {&before.attn_q_b, &after.attn_q_b},
+            {&before.attn_kv_a_mqa, &after.attn_kv_a_mqa},
+            {&before.attn_k_b, &after.attn_k_b},
+            {&before.attn_v_b, &after.attn_v_b},
+            {&before.attn_output, &after.attn_output},
+            {&before.ffn_gate, &after.ffn_gate},
+            {&before.ffn_up, &after.ffn_up},
+            {&before.ffn_down, &after.ffn_down},
+            {&before.ffn_gate_shexp, &after.ffn_gate_shexp},
+            {&before.ffn_up_shexp, &after.ffn_up_shexp},
+            {&before.ffn_down_shexp, &after.ffn_down_shexp},
+            {&before.ffn_down_exps, &after.ffn_down_exps},  // routed: not this function's
+        };
+        for (const auto& [b, a] : pairs) {
+          if (b->data == nullptr) continue;
+          const bool routed = b == &before.ffn_down_exps;
+          const WeightLayout want =
+              routed ? WeightLayout::kGgml : PreferredLayout(b->type, b->cols, isa);
+          EXPECT_EQ(a->layout, want) << "layer " << il << " " << Traits(b->type).name;
+          if (want == WeightLayout::kGgml) {
+            EXPECT_EQ(a->data, b->data);
+            continue;
+          }
+          ++repacked_matrices;
+          const int64_t n = b->rows * b->row_bytes;
+          expected += n;
+          EXPECT_NE(a->data, b->data);
+          std::vector<uint8_t> back(static_cast<size_t>(n));
+          UnpackRowsToGgml(*a, a->data, back.data(), a->rows);
+          EXPECT_EQ(0, std::memcmp(back.data(), b->data, static_cast<size_t>(n))) << "layer " << il;
+        }
+      }
+      EXPECT_EQ(bytes, expected);
+      EXPECT_EQ(static_cast<int64_t>(storage.size()), repacked_matrices);
+      if (isa == CpuIsa::kScalar) EXPECT_EQ(repacked_matrices, 0);
+      if (isa == CpuIsa::kAvx2 &&
+          PreferredLayout(GgmlType::kQ5_0, 128, isa) != WeightLayout::kGgml) {
+        EXPECT_GT(repacked_matrices, 0);  // the fixtures' Q5_0 attn_output, at least
+      }
+    }
+  }
 }
 
 TEST(EngineTest, MissingMisShapedAndUnsupportedTensorsAreNamed) {

@@ -305,6 +305,36 @@ TEST(Deepseek2ReferenceTest, RouterFollowsModelRules) {
   }
 }
 
+// The engine computes a position's rotation angles once for all its heads
+// (Angles, then Rotate per head): bit for bit what Apply does, with and
+// without YaRN, at small and large positions.
+TEST(Deepseek2ReferenceTest, RopeAnglesThenRotateEqualsApply) {
+  for (const float ext_factor : {0.f, 1.f}) {
+    Deepseek2RopeParams rope;
+    rope.n_dims = 64;
+    rope.freq_base = 10000.f;
+    rope.freq_scale = ext_factor != 0.f ? 1.f / 40.f : 1.f;
+    rope.ext_factor = ext_factor;
+    rope.attn_factor = 1.f;
+    rope.corr_dims[0] = 10.f;
+    rope.corr_dims[1] = 23.f;
+    std::vector<float> angles(64);
+    for (const int64_t pos :
+         {int64_t{0}, int64_t{1}, int64_t{37}, int64_t{4095}, int64_t{163839}}) {
+      std::vector<float> x(64);
+      for (size_t i = 0; i < x.size(); ++i) x[i] = std::sin(0.7f * static_cast<float>(i) + 0.1f);
+      std::vector<float> want = x;
+      rope.Apply(pos, want.data());
+      rope.Angles(pos, angles.data());
+      rope.Rotate(angles.data(), x.data());
+      for (size_t i = 0; i < x.size(); ++i) {
+        ASSERT_EQ(x[i], want[i]) << "ext_factor " << ext_factor << " pos " << pos << " dim " << i;
+      }
+      EXPECT_NE(want, std::vector<float>(64, 0.f));
+    }
+  }
+}
+
 TEST(Deepseek2ReferenceTest, RejectsOutOfRangeTokenId) {
   auto model = OpenModel("tiny-v2", "f32");
   ASSERT_NE(model, nullptr);
