@@ -355,17 +355,19 @@ int RunBench(const std::vector<std::string>& args) {
         "\"bandwidth_read_gb_per_s_before\": %.2f, \"bandwidth_read_gb_per_s_after\": %.2f, "
         "\"bandwidth_triad_gb_per_s_before\": %.2f, \"bandwidth_triad_gb_per_s_after\": %.2f, "
         "\"decode_bytes_per_token\": %.0f, \"decode_floor_tokens_per_s\": %.3f, "
-        "\"decode_fraction_of_floor\": %.4f}\n",
+        "\"decode_fraction_of_floor\": %.4f, \"weight_memory\": \"%s\"}\n",
         model.c_str(), model_bytes, isa, threads, static_cast<long long>(k),
         static_cast<long long>(prompt), static_cast<long long>(gen), reps, sp.mean, sp.sd, st.mean,
         st.sd, static_cast<long long>(rss), static_cast<double>(rss) / model_bytes,
         bw_before.read_gbps, bw_after.read_gbps, bw_before.triad_gbps, bw_after.triad_gbps,
-        bytes_per_token, floor_tps, floor_tps > 0 ? st.mean / floor_tps : 0.0);
+        bytes_per_token, floor_tps, floor_tps > 0 ? st.mean / floor_tps : 0.0,
+        e.weight_memory().c_str());
     return kExitOk;
   }
   std::printf("model %s (%s), isa %s, %d threads, %lld of %lld routed experts\n", model.c_str(),
               HumanBytes(model_bytes).c_str(), isa, threads, static_cast<long long>(k),
               static_cast<long long>(c.n_experts_used));
+  std::printf("%s\n", e.weight_memory().c_str());
   std::printf("%-8s %10s %20s\n", "test", "reps", "tokens/s");
   if (prompt > 0) {
     std::printf("%-8s %10d %12.2f ± %5.2f\n", absl::StrCat("pp", prompt).c_str(), reps, sp.mean,

@@ -124,9 +124,33 @@ absl::StatusOr<bool> ExpertShard::CopyExpertsToNode() {
           absl::StrCat("expert_memory node: numa_node ", node, " is not one of the ",
                        (*topology)->num_nodes(), " NUMA nodes hwloc sees"));
     }
-  } else if (!topology.ok() || !(*topology)->is_this_system() ||
-             (*topology)->num_nodes() < 2 || node < 0 || node >= (*topology)->num_nodes()) {
-    return false;  // auto: mapped unless binding to a node of this machine means something
+  } else {
+    // auto: bound to the node when that means something (a machine with
+    // several nodes); otherwise a private huge-page copy
+    // (kernels/cpu/weight_memory.h) when huge pages are on and the copy fits,
+    // else the mapping.
+    if (!topology.ok() || node < 0 || node >= (*topology)->num_nodes()) return false;
+    const bool bindable = (*topology)->is_this_system() && (*topology)->num_nodes() > 1;
+    if (!bindable) {
+      if (!HugePagesEnabled()) return false;
+      int64_t held_bytes = 0;
+      for (int64_t il = config_.n_dense_layers; il < config_.n_layers; ++il) {
+        const EngineLayerWeights& lw = weights_.layers[static_cast<size_t>(il)];
+        for (const MatmulWeight* w : {&lw.ffn_gate_exps, &lw.ffn_up_exps, &lw.ffn_down_exps}) {
+          const int64_t expert_bytes = w->rows / config_.n_experts * w->row_bytes;
+          for (uint8_t h : holds_expert_) held_bytes += h != 0 ? expert_bytes : 0;
+        }
+      }
+      const int64_t available = AvailableMemoryBytes();
+      if (available >= 0 && held_bytes > available / 10 * 8) {
+        std::fprintf(stderr,
+                     "cpu_expert_worker %s: experts stay mapped: copying %.2f GiB would take "
+                     "more than 80 %% of the %.2f GiB available\n",
+                     request_.worker_name().c_str(), static_cast<double>(held_bytes) / (1 << 30),
+                     static_cast<double>(available) / (1 << 30));
+        return false;
+      }
+    }
   }
   numa_ = std::move(*topology);
   return true;

@@ -35,6 +35,7 @@
 #include "coordinator/worker_runtime.h"
 #include "kernels/cpu/numa.h"
 #include "kernels/cpu/thread_pool.h"
+#include "kernels/cpu/weight_memory.h"
 #include "model/deepseek2/config.h"
 #include "model/deepseek2/engine.h"
 #include "model/gguf.h"
@@ -59,9 +60,12 @@ class ExpertShard final : public dataflow::WorkerCompute {
   static std::string BindToNode(int numa_node, int* node_cores);
 
  private:
-  // Whether Load copies the held experts into node-bound memory (expert
-  // memory "node", or "auto" on a machine with more than one NUMA node);
-  // sets numa_ when it does. FAILED_PRECONDITION when "node" cannot be had.
+  // Whether Load copies the held experts into this process's memory (a
+  // NodeBuffer per tensor): expert memory "node", or "auto" — bound to the
+  // node on a machine with more than one NUMA node, else a huge-page copy
+  // (kernels/cpu/weight_memory.h) unless MOEFLOW_HUGEPAGES=0 or the copy
+  // would take more than 80 % of the available memory. Sets numa_ when it
+  // does. FAILED_PRECONDITION when "node" cannot be had.
   absl::StatusOr<bool> CopyExpertsToNode();
 
   proto::ConfigureRequest request_;

@@ -1,8 +1,9 @@
 #include "gpu_worker/cpu_backend.h"
 
 #include <algorithm>
-#include <thread>
+#include <cstdio>
 #include <cstring>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "base/check.h"
@@ -46,14 +47,21 @@ absl::Status CpuGpuWorkerBackend::Load(
   MOEFLOW_ASSIGN_OR_RETURN(file_, GgufFile::Open(config_request_.model_path()));
   MOEFLOW_ASSIGN_OR_RETURN(config_, Deepseek2Config::FromGguf(*file_));
   MOEFLOW_ASSIGN_OR_RETURN(weights_, EngineWeights::Map(*file_, config_));
-  // As the single-process engine repacks them, so that the logits stay bit-identical.
-  RepackLayerWeights(SelectedIsa(), file_.get(), weights_.layers, &repacked_);
   MOEFLOW_ASSIGN_OR_RETURN(double rope_attn_factor,
                            file_->GetFloatOr("deepseek2.rope.scaling.attn_factor", 1.0));
   rope_ = Deepseek2RopeParams::FromConfig(config_, static_cast<float>(rope_attn_factor));
   int threads = config_request_.compute_threads();
   if (threads <= 0) threads = std::max(1u, std::thread::hardware_concurrency());
   pool_ = std::make_unique<ThreadPool>(threads);
+  // As the single-process engine holds and repacks them (the routed experts
+  // are the expert workers'), so that the logits stay bit-identical.
+  std::string weight_memory;
+  MOEFLOW_ASSIGN_OR_RETURN(const int64_t copied,
+                           MoveWeightsToOwnMemory(*file_, /*routed_experts=*/false, weights_,
+                                                  &resident_, pool_.get(), &weight_memory));
+  RepackLayerWeights(SelectedIsa(), /*in_place=*/copied > 0, file_.get(), weights_.layers,
+                     &repacked_);
+  std::fprintf(stderr, "gpu_worker (cpu backend): %s\n", weight_memory.c_str());
   kv_tokens_ = config_request_.kv_cache_tokens() > 0
                    ? std::min<int64_t>(config_request_.kv_cache_tokens(), config_.context_length)
                    : config_.context_length;

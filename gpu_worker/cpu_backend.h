@@ -48,6 +48,7 @@ class CpuGpuWorkerBackend final : public dataflow::WorkerCompute {
   Deepseek2Config config_;
   Deepseek2RopeParams rope_;
   EngineWeights weights_;
+  std::vector<WeightBuffer> resident_;                // MoveWeightsToOwnMemory's buffers
   std::vector<std::unique_ptr<uint8_t[]>> repacked_;  // RepackLayerWeights' buffers
   std::unique_ptr<ThreadPool> pool_;
   EngineScratch scratch_;

@@ -222,7 +222,8 @@ NodeBuffer NodeBuffer::Allocate(const NumaTopology& topology, int node, size_t b
       b.data_ = static_cast<uint8_t*>(p);
       b.bound_ = true;
       b.from_hwloc_ = true;
-      b.binding_ = absl::StrCat("bound to NUMA node ", node);
+      const bool huge = HugePagesEnabled() && AdviseHugePages(p, bytes);
+      b.binding_ = absl::StrCat("bound to NUMA node ", node, huge ? ", huge pages" : "");
       return b;
     }
     b.binding_ = absl::StrCat("not bound (hwloc_alloc_membind to node ", node,
@@ -232,19 +233,18 @@ NodeBuffer NodeBuffer::Allocate(const NumaTopology& topology, int node, size_t b
   } else {
     b.binding_ = "not bound (one NUMA node)";
   }
-  void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  MOEFLOW_CHECK(p != MAP_FAILED);
-  b.data_ = static_cast<uint8_t*>(p);
+  absl::StatusOr<WeightBuffer> plain = WeightBuffer::Allocate(bytes);
+  MOEFLOW_CHECK(plain.ok());
+  b.plain_ = std::move(*plain);
+  b.data_ = b.plain_.data();
+  if (b.plain_.huge_pages()) absl::StrAppend(&b.binding_, ", huge pages");
   return b;
 }
 
 void NodeBuffer::Release() {
   if (data_ == nullptr) return;
-  if (from_hwloc_) {
-    hwloc_free(Topo(*topology_), data_, size_);
-  } else {
-    munmap(data_, size_);
-  }
+  if (from_hwloc_) hwloc_free(Topo(*topology_), data_, size_);
+  plain_ = WeightBuffer();
   data_ = nullptr;
   size_ = 0;
 }
@@ -262,6 +262,7 @@ NodeBuffer& NodeBuffer::operator=(NodeBuffer&& other) noexcept {
     bound_ = other.bound_;
     from_hwloc_ = other.from_hwloc_;
     binding_ = std::move(other.binding_);
+    plain_ = std::move(other.plain_);
   }
   return *this;
 }

@@ -31,6 +31,7 @@
 
 #include "absl/status/statusor.h"
 #include "kernels/cpu/thread_pool.h"
+#include "kernels/cpu/weight_memory.h"
 
 namespace moeflow {
 
@@ -104,7 +105,9 @@ bool PinCurrentThreadToCpu(const NumaTopology& topology, int os_cpu);
 
 // A page-aligned buffer whose memory is bound to one NUMA node
 // (hwloc_alloc_membind, policy BIND) when the topology is this machine and
-// has more than one node; otherwise a plain allocation. Move-only RAII; the
+// has more than one node; otherwise a plain allocation (a WeightBuffer).
+// Either way advised for transparent huge pages unless MOEFLOW_HUGEPAGES=0
+// (kernels/cpu/weight_memory.h); binding() says which. Move-only RAII; the
 // topology must outlive the buffer.
 class NodeBuffer {
  public:
@@ -132,6 +135,7 @@ class NodeBuffer {
   size_t size_ = 0;
   bool bound_ = false;
   bool from_hwloc_ = false;
+  WeightBuffer plain_;  // the memory when not from hwloc
   std::string binding_;
 };
 

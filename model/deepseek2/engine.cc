@@ -10,6 +10,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "base/check.h"
 #include "kernels/cpu/attention.h"
@@ -217,7 +218,7 @@ int64_t RepackRoutedExperts(const Deepseek2Config& c, CpuIsa isa, const std::vec
   return repacked;
 }
 
-int64_t RepackLayerWeights(CpuIsa isa, const GgufFile* file,
+int64_t RepackLayerWeights(CpuIsa isa, bool in_place, const GgufFile* file,
                            std::vector<EngineLayerWeights>& layers,
                            std::vector<std::unique_ptr<uint8_t[]>>* storage) {
   int64_t repacked = 0;
@@ -229,15 +230,90 @@ int64_t RepackLayerWeights(CpuIsa isa, const GgufFile* file,
       const WeightLayout to = PreferredLayout(w->type, w->cols, isa);
       if (to == WeightLayout::kGgml) continue;
       const int64_t bytes = w->rows * w->row_bytes;
-      storage->emplace_back(new uint8_t[static_cast<size_t>(bytes)]);
-      RepackRows(*w, to, w->data, storage->back().get(), w->rows);
-      if (file != nullptr) file->ReleasePages(w->data, static_cast<uint64_t>(bytes));
-      w->data = storage->back().get();
+      if (in_place) {
+        RepackRows(*w, to, w->data, const_cast<uint8_t*>(w->data), w->rows);
+      } else {
+        storage->emplace_back(new uint8_t[static_cast<size_t>(bytes)]);
+        RepackRows(*w, to, w->data, storage->back().get(), w->rows);
+        if (file != nullptr) file->ReleasePages(w->data, static_cast<uint64_t>(bytes));
+        w->data = storage->back().get();
+      }
       w->layout = to;
       repacked += bytes;
     }
   }
   return repacked;
+}
+
+absl::StatusOr<int64_t> MoveWeightsToOwnMemory(const GgufFile& file, bool routed_experts,
+                                               EngineWeights& weights,
+                                               std::vector<WeightBuffer>* buffers, ThreadPool* pool,
+                                               std::string* note) {
+  std::vector<MatmulWeight*> todo;
+  for (EngineLayerWeights& lw : weights.layers) {
+    for (MatmulWeight* w : {&lw.attn_q, &lw.attn_q_a, &lw.attn_q_b, &lw.attn_kv_a_mqa, &lw.attn_k_b,
+                            &lw.attn_v_b, &lw.attn_output, &lw.ffn_gate, &lw.ffn_up, &lw.ffn_down,
+                            &lw.ffn_gate_shexp, &lw.ffn_up_shexp, &lw.ffn_down_shexp}) {
+      todo.push_back(w);
+    }
+    if (routed_experts) {
+      for (MatmulWeight* w : {&lw.ffn_gate_exps, &lw.ffn_up_exps, &lw.ffn_down_exps}) {
+        todo.push_back(w);
+      }
+    }
+  }
+  todo.push_back(&weights.output);
+  int64_t total = 0;
+  std::vector<MatmulWeight*> mapped;
+  for (MatmulWeight* w : todo) {
+    if (w->data == nullptr || w->layout != WeightLayout::kGgml || w->rows * w->row_bytes == 0) {
+      continue;
+    }
+    mapped.push_back(w);
+    total += w->rows * w->row_bytes;
+  }
+  auto say = [&](std::string line) {
+    if (note != nullptr) *note = std::move(line);
+  };
+  const double gib = static_cast<double>(total) / (1 << 30);
+  if (!HugePagesEnabled()) {
+    say(absl::StrFormat("weights in the file mapping (MOEFLOW_HUGEPAGES=0), %.2f GiB", gib));
+    return 0;
+  }
+  const int64_t available = AvailableMemoryBytes();
+  if (available >= 0 && total > available / 10 * 8) {
+    say(absl::StrFormat(
+        "weights in the file mapping: copying %.2f GiB would take more than 80 %% of the "
+        "%.2f GiB available",
+        gib, static_cast<double>(available) / (1 << 30)));
+    return 0;
+  }
+  bool all_huge = true;
+  for (MatmulWeight* w : mapped) {
+    const size_t bytes = static_cast<size_t>(w->rows * w->row_bytes);
+    MOEFLOW_ASSIGN_OR_RETURN(WeightBuffer buf, WeightBuffer::Allocate(bytes));
+    all_huge = all_huge && buf.huge_pages();
+    const uint8_t* src = w->data;
+    uint8_t* dst = buf.data();
+    const int64_t chunks = static_cast<int64_t>((bytes + kHugePageBytes - 1) / kHugePageBytes);
+    auto copy = [&](int64_t c0, int64_t c1, int /*thread*/) {
+      const size_t b0 = static_cast<size_t>(c0) * kHugePageBytes;
+      const size_t b1 = std::min(bytes, static_cast<size_t>(c1) * kHugePageBytes);
+      std::memcpy(dst + b0, src + b0, b1 - b0);
+    };
+    if (pool != nullptr) {
+      pool->ParallelFor(chunks, copy);
+    } else {
+      copy(0, chunks, 0);
+    }
+    // Tied embeddings: token_embd's rows are read from the mapping again.
+    file.ReleasePages(src, static_cast<uint64_t>(bytes));
+    w->data = dst;
+    buffers->push_back(std::move(buf));
+  }
+  say(absl::StrFormat("weights copied into %s memory, %.2f GiB",
+                      all_huge ? "huge-page" : "4 KiB-page (huge pages refused)", gib));
+  return total;
 }
 
 // ---------------------------------------------------------------------------
@@ -629,9 +705,15 @@ absl::StatusOr<std::unique_ptr<Deepseek2Engine>> Deepseek2Engine::Open(
                            e->file_->GetFloatOr("deepseek2.rope.scaling.attn_factor", 1.0));
   e->rope_ = Deepseek2RopeParams::FromConfig(c, static_cast<float>(rope_attn_factor));
   e->pool_ = std::make_unique<ThreadPool>(options.n_threads);
-  RepackRoutedExperts(c, SelectedIsa(), /*held=*/{}, /*in_place=*/false, e->file_.get(),
+  MOEFLOW_ASSIGN_OR_RETURN(
+      const int64_t copied,
+      MoveWeightsToOwnMemory(*e->file_, /*routed_experts=*/true, e->weights_, &e->resident_,
+                             e->pool_.get(), &e->weight_memory_));
+  const bool own = copied > 0;
+  RepackRoutedExperts(c, SelectedIsa(), /*held=*/{}, /*in_place=*/own, e->file_.get(),
                       e->weights_.layers, &e->repacked_, e->pool_.get());
-  RepackLayerWeights(SelectedIsa(), e->file_.get(), e->weights_.layers, &e->repacked_);
+  RepackLayerWeights(SelectedIsa(), /*in_place=*/own, e->file_.get(), e->weights_.layers,
+                     &e->repacked_);
   const int64_t max_context = std::min(options.max_context, c.context_length);
   e->scratch_.Reserve(c, e->k_, options.n_threads, std::min(options.max_batch, max_context),
                       max_context);

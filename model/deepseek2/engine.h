@@ -52,6 +52,7 @@
 #include "kernels/cpu/matmul.h"
 #include "kernels/cpu/moe.h"
 #include "kernels/cpu/thread_pool.h"
+#include "kernels/cpu/weight_memory.h"
 #include "model/deepseek2/config.h"
 #include "model/deepseek2/kv_pages.h"
 #include "model/deepseek2/reference.h"
@@ -119,9 +120,27 @@ int64_t RepackRoutedExperts(const Deepseek2Config& config, CpuIsa isa,
 // Every process that runs attention and the shared experts on the CPU (the
 // engine, the gpu worker's CPU backend) calls it, so their results stay
 // bit-identical to one another. Returns the bytes repacked.
-int64_t RepackLayerWeights(CpuIsa isa, const GgufFile* file,
+// With `in_place` the matrices are this process's own copies
+// (MoveWeightsToOwnMemory) and are rewritten where they are.
+int64_t RepackLayerWeights(CpuIsa isa, bool in_place, const GgufFile* file,
                            std::vector<EngineLayerWeights>& layers,
                            std::vector<std::unique_ptr<uint8_t[]>>* storage);
+
+// Load-time residency (kernels/cpu/weight_memory.h): copies the matrices the
+// forward pass streams — every layer's attention, dense-FFN and
+// shared-expert matrices, the routed experts when `routed_experts`, and the
+// output head — from the file mapping into WeightBuffers (huge pages)
+// appended to `buffers`, releasing the file's pages of each as it goes, so
+// resident memory stays about the file's size. token_embd (one row read per
+// token) stays mapped. Chunks are copied over `pool` (may be null). Keeps
+// the mapping, copying nothing, when MOEFLOW_HUGEPAGES=0 or when the copy
+// would take more than 80 % of the memory available now; `*note` (may be
+// null) gets one line saying what was done. Returns the bytes copied, or
+// RESOURCE_EXHAUSTED when memory the kernel promised cannot be had.
+absl::StatusOr<int64_t> MoveWeightsToOwnMemory(const GgufFile& file, bool routed_experts,
+                                               EngineWeights& weights,
+                                               std::vector<WeightBuffer>* buffers, ThreadPool* pool,
+                                               std::string* note);
 
 inline constexpr int64_t kAttentionHeadGroup = 4;
 
@@ -284,6 +303,8 @@ class Deepseek2Engine {
       const std::string& gguf_path, const Deepseek2EngineOptions& options = {});
 
   const Deepseek2Config& config() const { return config_; }
+  // Where the weights live: one line from MoveWeightsToOwnMemory.
+  const std::string& weight_memory() const { return weight_memory_; }
   CpuIsa isa() const { return ctx_.isa; }
 
   // Deepseek2Reference::Forward's contract: logits of every position,
@@ -373,6 +394,8 @@ class Deepseek2Engine {
   Deepseek2Config config_;
   Deepseek2RopeParams rope_;
   EngineWeights weights_;
+  std::vector<WeightBuffer> resident_;                // MoveWeightsToOwnMemory's buffers
+  std::string weight_memory_;                         // its note
   std::vector<std::unique_ptr<uint8_t[]>> repacked_;  // Repack{RoutedExperts,LayerWeights} buffers
   std::unique_ptr<ThreadPool> pool_;
   EngineScratch scratch_;

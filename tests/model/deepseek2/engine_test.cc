@@ -19,6 +19,7 @@
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "kernels/cpu/matmul.h"
+#include "kernels/cpu/weight_memory.h"
 #include "model/deepseek2/config.h"
 #include "model/deepseek2/logits_file.h"
 #include "model/deepseek2/reference.h"
@@ -381,7 +382,8 @@ TEST(EngineTest, RepackLayerWeightsRewritesWhatTheKernelsWant) {
       EngineWeights w = *mapped;
       std::vector<std::unique_ptr<uint8_t[]>> storage;
       // No file: the mapped pages stay resident for the comparison below.
-      const int64_t bytes = RepackLayerWeights(isa, nullptr, w.layers, &storage);
+      const int64_t bytes =
+          RepackLayerWeights(isa, /*in_place=*/false, nullptr, w.layers, &storage);
       int64_t expected = 0, repacked_matrices = 0;
       for (size_t il = 0; il < w.layers.size(); ++il) {
         const EngineLayerWeights& before = mapped->layers[il];
@@ -423,12 +425,82 @@ TEST(EngineTest, RepackLayerWeightsRewritesWhatTheKernelsWant) {
       }
       EXPECT_EQ(bytes, expected);
       EXPECT_EQ(static_cast<int64_t>(storage.size()), repacked_matrices);
-      if (isa == CpuIsa::kScalar) EXPECT_EQ(repacked_matrices, 0);
+      if (isa == CpuIsa::kScalar) {
+        EXPECT_EQ(repacked_matrices, 0);
+      }
       if (isa == CpuIsa::kAvx2 &&
           PreferredLayout(GgmlType::kQ5_0, 128, isa) != WeightLayout::kGgml) {
         EXPECT_GT(repacked_matrices, 0);  // the fixtures' Q5_0 attn_output, at least
       }
     }
+  }
+}
+
+// MoveWeightsToOwnMemory copies every streamed matrix (the routed experts
+// only when asked) into huge-page buffers with the file's bytes, leaves
+// token_embd mapped, and copies nothing under MOEFLOW_HUGEPAGES=0 (the
+// engine_mapped_test target runs this file so).
+TEST(EngineTest, MoveWeightsToOwnMemoryCopiesTheStreamedMatrices) {
+  auto file = GgufFile::Open(FixturePath("tiny-v3", "q4_k_m.gguf"));
+  ASSERT_TRUE(file.ok()) << file.status();
+  auto config = Deepseek2Config::FromGguf(**file);
+  ASSERT_TRUE(config.ok()) << config.status();
+  auto mapped = EngineWeights::Map(**file, *config);
+  ASSERT_TRUE(mapped.ok()) << mapped.status();
+  for (const bool routed : {false, true}) {
+    SCOPED_TRACE(routed ? "with routed experts" : "without routed experts");
+    EngineWeights w = *mapped;
+    std::vector<WeightBuffer> buffers;
+    std::string note;
+    auto copied = MoveWeightsToOwnMemory(**file, routed, w, &buffers, nullptr, &note);
+    ASSERT_TRUE(copied.ok()) << copied.status();
+    EXPECT_EQ(w.token_embd.data, mapped->token_embd.data);
+    if (!HugePagesEnabled()) {
+      EXPECT_EQ(*copied, 0);
+      EXPECT_TRUE(buffers.empty());
+      EXPECT_NE(note.find("MOEFLOW_HUGEPAGES=0"), std::string::npos) << note;
+      EXPECT_EQ(w.output.data, mapped->output.data);
+      continue;
+    }
+    EXPECT_NE(note.find("weights copied into"), std::string::npos) << note;
+    int64_t expected = 0;
+    auto check = [&](const MatmulWeight& before, const MatmulWeight& after, bool moved,
+                     const std::string& what) {
+      if (before.data == nullptr) return;
+      if (!moved) {
+        EXPECT_EQ(after.data, before.data) << what;
+        return;
+      }
+      const int64_t n = before.rows * before.row_bytes;
+      expected += n;
+      EXPECT_NE(after.data, before.data) << what;
+      // The mapping's pages were released; reading them faults them back in.
+      EXPECT_EQ(0, std::memcmp(after.data, before.data, static_cast<size_t>(n))) << what;
+    };
+    check(mapped->output, w.output, true, "output");
+    for (size_t il = 0; il < w.layers.size(); ++il) {
+      const EngineLayerWeights& b = mapped->layers[il];
+      const EngineLayerWeights& a = w.layers[il];
+      const std::string layer = absl::StrCat("layer ", il, " ");
+      check(b.attn_q, a.attn_q, true, layer + "attn_q");
+      check(b.attn_q_a, a.attn_q_a, true, layer + "attn_q_a");
+      check(b.attn_q_b, a.attn_q_b, true, layer + "attn_q_b");
+      check(b.attn_kv_a_mqa, a.attn_kv_a_mqa, true, layer + "attn_kv_a_mqa");
+      check(b.attn_k_b, a.attn_k_b, true, layer + "attn_k_b");
+      check(b.attn_v_b, a.attn_v_b, true, layer + "attn_v_b");
+      check(b.attn_output, a.attn_output, true, layer + "attn_output");
+      check(b.ffn_gate, a.ffn_gate, true, layer + "ffn_gate");
+      check(b.ffn_up, a.ffn_up, true, layer + "ffn_up");
+      check(b.ffn_down, a.ffn_down, true, layer + "ffn_down");
+      check(b.ffn_gate_shexp, a.ffn_gate_shexp, true, layer + "ffn_gate_shexp");
+      check(b.ffn_up_shexp, a.ffn_up_shexp, true, layer + "ffn_up_shexp");
+      check(b.ffn_down_shexp, a.ffn_down_shexp, true, layer + "ffn_down_shexp");
+      check(b.ffn_gate_exps, a.ffn_gate_exps, routed, layer + "ffn_gate_exps");
+      check(b.ffn_up_exps, a.ffn_up_exps, routed, layer + "ffn_up_exps");
+      check(b.ffn_down_exps, a.ffn_down_exps, routed, layer + "ffn_down_exps");
+    }
+    EXPECT_EQ(*copied, expected);
+    EXPECT_GT(expected, 0);
   }
 }
 
