@@ -1067,6 +1067,7 @@ absl::Status Coordinator::RunChunk(absl::Span<const int32_t> tokens, int64_t sta
       experts_done = true;
       local_gpu_->Idle();  // its pool sleeps while the expert workers compute
       MOEFLOW_RETURN_IF_ERROR(AwaitExperts(h, ls));
+      local_gpu_->Busy();  // and wakes for the shared experts that follow
       experts_end = absl::Now();
       return absl::OkStatus();
     };
@@ -1090,6 +1091,7 @@ absl::Status Coordinator::RunChunk(absl::Span<const int32_t> tokens, int64_t sta
         ReleaseExpertTransfers();
         return s;
       }
+      if (gpu.in_process) local_gpu_->Busy();  // the next layer follows the combine
       experts_end = absl::Now();
     }
     // Expert round trip: staging, sends, the workers' compute, replies.

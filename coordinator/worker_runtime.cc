@@ -317,6 +317,7 @@ class WorkerServer final : public proto::WorkerService::Service {
         Fail(absl::StrCat("lost the coordinator: ", got.status().message()));
         return;
       }
+      compute_.Busy();  // the pool wakes while the request is unpacked
       (void)wait_start;
       RequestHeader header;
       if (*got < sizeof(header)) {

@@ -60,6 +60,12 @@ class WorkerCompute {
   // process needs. Between Handle calls, or from inside Handle's reply
   // callbacks; never concurrently with a parallel loop of the pool.
   virtual void Idle() {}
+  // The opposite: work arrives within microseconds (a request has just been
+  // received, or the expert replies the caller awaited): a compute with a
+  // thread pool wakes its sleeping threads now (ThreadPool::Wake), so that
+  // their wake-up overlaps the request's unpacking instead of delaying its
+  // first parallel loop. Same calling rules as Idle.
+  virtual void Busy() {}
 };
 
 // Parses --listen (default 127.0.0.1:0) and --token_file (else the token in

@@ -54,6 +54,9 @@ class ExpertShard final : public dataflow::WorkerCompute {
   void Idle() override {
     if (pool_ != nullptr) pool_->Rest();
   }
+  void Busy() override {
+    if (pool_ != nullptr) pool_->Wake();
+  }
 
   // Binds the process to `numa_node` when hwloc describes the real machine.
   // Returns a line for the log saying what was done.

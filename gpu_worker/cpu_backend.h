@@ -41,6 +41,9 @@ class CpuGpuWorkerBackend final : public dataflow::WorkerCompute {
   void Idle() override {
     if (pool_ != nullptr) pool_->Rest();
   }
+  void Busy() override {
+    if (pool_ != nullptr) pool_->Wake();
+  }
 
  private:
   proto::ConfigureRequest config_request_;

@@ -123,6 +123,16 @@ void ThreadPool::Run(JobFn job, void* ctx) {
   running_.store(false, std::memory_order_release);
 }
 
+void ThreadPool::Wake() {
+  rest_.store(false, std::memory_order_relaxed);
+  wakes_.fetch_add(1, std::memory_order_seq_cst);
+  if (sleepers_.load(std::memory_order_seq_cst) > 0) {
+    // As in Run: a worker between its predicate check and its wait holds mu_.
+    { std::lock_guard<std::mutex> lock(mu_); }
+    work_cv_.notify_all();
+  }
+}
+
 void ThreadPool::WorkerLoop(int thread) {
   tls_pool_ = this;
   tls_thread_ = thread;
@@ -144,13 +154,24 @@ void ThreadPool::WorkerLoop(int thread) {
       // a Rest() the gap was announced, so the budget stays as it was.
       if (!rested) spin_budget = std::max(kMinSpin, spin_budget / 2);
       std::unique_lock<std::mutex> lock(mu_);
+      // A Wake() from now on ends the sleep (earlier ones found us awake).
+      // Read before announcing the sleep: a Wake that sees the sleeper has
+      // incremented past this value.
+      const uint64_t wakes = wakes_.load(std::memory_order_seq_cst);
       sleepers_.fetch_add(1, std::memory_order_seq_cst);
       work_cv_.wait(lock, [&] {
-        return stop_ || (state_.load(std::memory_order_seq_cst) >> 32) != seen;
+        return stop_ || (state_.load(std::memory_order_seq_cst) >> 32) != seen ||
+               wakes_.load(std::memory_order_seq_cst) != wakes;
       });
       sleepers_.fetch_sub(1, std::memory_order_relaxed);
       if (stop_) return;
       s = state_.load(std::memory_order_acquire);
+      if ((s >> 32) == seen) {
+        // Woken ahead of a job (Wake): spin for it as long as we ever do.
+        early_wake_ups_.fetch_add(1, std::memory_order_relaxed);
+        spin_budget = kMaxSpin;
+        continue;
+      }
     } else {
       // Jobs are arriving back to back (a decode step): spin longer.
       spin_budget = std::min(kMaxSpin, spin_budget * 2);

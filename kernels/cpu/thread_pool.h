@@ -70,6 +70,18 @@ class ThreadPool {
   // the owner between ParallelFors; cheap (one atomic store).
   void Rest() { rest_.store(true, std::memory_order_relaxed); }
 
+  // The owner will start a job within microseconds (a request from another
+  // process has just arrived): sleeping workers wake now and spin for it
+  // (the longest spin budget, then sleep again if nothing came), so that
+  // their wake-up overlaps the owner's preparation instead of delaying the
+  // first ParallelFor. Cancels a Rest(). Called by the owner between
+  // ParallelFors; one atomic increment, plus a notify when workers sleep.
+  void Wake();
+
+  // Diagnostics: workers asleep now, and sleeps a Wake() has ended so far.
+  int sleeping_workers() const { return sleepers_.load(std::memory_order_relaxed); }
+  int64_t early_wake_ups() const { return early_wake_ups_.load(std::memory_order_relaxed); }
+
   // Calls fn(begin, end, thread) on disjoint chunks [begin, end) that cover
   // [0, n) exactly once, on up to size() threads (thread < size()); returns
   // when all chunks are done. No heap allocation.
@@ -134,6 +146,8 @@ class ThreadPool {
   alignas(64) std::atomic<int> sleepers_{0};  // workers blocked on work_cv_ (changed under mu_)
   std::atomic<bool> running_{false};
   std::atomic<bool> rest_{false};  // Rest() called since the last job started
+  alignas(64) std::atomic<uint64_t> wakes_{0};  // Wake() calls so far
+  std::atomic<int64_t> early_wake_ups_{0};      // sleeps ended by Wake(), not a job
   bool stop_ = false;  // guarded by mu_
   int started_ = 0;    // workers past on_worker_start, guarded by mu_
 };

@@ -1,6 +1,7 @@
 // kernels/cpu/thread_pool: every index of a ParallelFor runs exactly once on
 // a valid thread, for odd sizes, nested calls, many calls in a row, calls
-// separated by sleeps (workers asleep), workers sent to sleep by Rest(), a
+// separated by sleeps (workers asleep), workers sent to sleep by Rest() and
+// woken ahead of a job by Wake(), a
 // slowed-down thread (dynamic
 // splitting moves work to the other threads), start hooks, and destruction
 // while idle.
@@ -103,6 +104,51 @@ TEST(ThreadPoolTest, WorkersRestedBetweenJobsJoinTheNextOne) {
     ASSERT_FALSE(timed_out.load()) << "round " << round << ": the rested worker never joined";
     pool.Rest();
   }
+}
+
+// Waits up to 5 s for pred(); false on timeout.
+template <typename Pred>
+bool WaitFor(Pred pred) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  while (!pred()) {
+    if (std::chrono::steady_clock::now() > deadline) return false;
+    std::this_thread::sleep_for(std::chrono::microseconds(50));
+  }
+  return true;
+}
+
+// Wake() ends a sleeping worker's sleep without a job (it spins, then sleeps
+// again when none comes), cancels a Rest(), and leaves every ParallelFor
+// after it correct, whether the job comes at once, later, or not at all.
+TEST(ThreadPoolTest, WakeEndsSleepsAheadOfTheNextJob) {
+  ThreadPool pool(2);
+  // A job the worker surely enters (its first chunk waits for the worker),
+  // so that the sleep counted below is the one after it, not an older one.
+  std::atomic<bool> worker_joined{false};
+  pool.ParallelFor(2, [&](int64_t, int64_t, int thread) {
+    if (thread != 0) {
+      worker_joined = true;
+      return;
+    }
+    WaitFor([&] { return worker_joined.load(); });
+  });
+  ASSERT_TRUE(worker_joined.load());
+  pool.Rest();
+  ASSERT_TRUE(WaitFor([&] { return pool.sleeping_workers() == 1; })) << "the worker never slept";
+  EXPECT_EQ(pool.early_wake_ups(), 0);
+  pool.Wake();
+  ASSERT_TRUE(WaitFor([&] { return pool.early_wake_ups() == 1; })) << "Wake did not wake it";
+  // No job came: it goes back to sleep after its spin.
+  ASSERT_TRUE(WaitFor([&] { return pool.sleeping_workers() == 1; }));
+  for (int round = 0; round < 200; ++round) {
+    if (round % 2 == 0) pool.Rest();
+    pool.Wake();
+    if (round % 3 == 1) std::this_thread::sleep_for(std::chrono::microseconds(200));
+    ExpectCoversOnce(pool, 1 + round % 97);
+  }
+  ThreadPool single(1);
+  single.Wake();  // no workers: nothing to wake
+  ExpectCoversOnce(single, 10);
 }
 
 TEST(ThreadPoolTest, NestedCallRunsInlineOnTheCallingThread) {
