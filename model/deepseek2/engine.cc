@@ -300,13 +300,17 @@ absl::StatusOr<int64_t> MoveWeightsToOwnMemory(const GgufFile& file, bool routed
       const size_t b0 = static_cast<size_t>(c0) * kHugePageBytes;
       const size_t b1 = std::min(bytes, static_cast<size_t>(c1) * kHugePageBytes);
       std::memcpy(dst + b0, src + b0, b1 - b0);
+      // Released chunk by chunk, so that at most a few chunks of a tensor
+      // are resident twice (peak RSS), not the whole tensor.
+      file.ReleasePages(src + b0, static_cast<uint64_t>(b1 - b0));
     };
     if (pool != nullptr) {
       pool->ParallelFor(chunks, copy);
     } else {
       copy(0, chunks, 0);
     }
-    // Tied embeddings: token_embd's rows are read from the mapping again.
+    // The pages the chunks shared. (Tied embeddings: token_embd's rows are
+    // read from the mapping again.)
     file.ReleasePages(src, static_cast<uint64_t>(bytes));
     w->data = dst;
     buffers->push_back(std::move(buf));
@@ -351,8 +355,8 @@ void EngineScratch::Reserve(const Deepseek2Config& c, int64_t k, int n_threads, 
   if (static_cast<int>(kv_rows.size()) < n_threads) kv_rows.resize(static_cast<size_t>(n_threads));
   for (std::vector<const float*>& r : kv_rows) GrowTo(r, n_kv);
   // The routed experts keep their own buffers (moe, reserved by MoeForward).
-  GrowTo(gate, n * ffn_width);
-  GrowTo(up, n * ffn_width);
+  GrowTo(gate, std::min(n, kSwigluTokenChunk) * ffn_width);
+  GrowTo(up, std::min(n, kSwigluTokenChunk) * ffn_width);
   GrowTo(router_logits, n * c.n_experts);
   GrowTo(probs, c.n_experts);
   GrowTo(selection, c.n_experts);
@@ -622,6 +626,13 @@ void EngineRoutedExperts::Forward(const float* x_norm, int64_t n, const int32_t*
 }
 
 void EngineSwigluFfn::Forward(const float* x_norm, int64_t n, float* out) const {
+  const int64_t hidden = ctx_.config->hidden;
+  for (int64_t t0 = 0; t0 < n; t0 += kSwigluTokenChunk) {
+    ForwardChunk(x_norm + t0 * hidden, std::min(kSwigluTokenChunk, n - t0), out + t0 * hidden);
+  }
+}
+
+void EngineSwigluFfn::ForwardChunk(const float* x_norm, int64_t n, float* out) const {
   const Deepseek2Config& c = *ctx_.config;
   EngineScratch& s = *ctx_.scratch;
   const int64_t hidden = c.hidden;
