@@ -222,8 +222,10 @@ absl::Status ExpertShard::Load(const std::function<void(const proto::LoadProgres
       const size_t gate_total = static_cast<size_t>(E * ffs * gate.row_bytes);
       const size_t up_total = static_cast<size_t>(E * ffs * up.row_bytes);
       const size_t down_total = static_cast<size_t>(E * hidden * down_row_bytes);
-      std::vector<uint8_t>& buf = slice_bytes_[static_cast<size_t>(il)];
-      buf.resize(gate_total + up_total + down_total);
+      // Huge pages like every copy of streamed weights
+      // (kernels/cpu/weight_memory.h; 4 KiB pages under MOEFLOW_HUGEPAGES=0).
+      MOEFLOW_ASSIGN_OR_RETURN(WeightBuffer buf,
+                               WeightBuffer::Allocate(gate_total + up_total + down_total));
       uint8_t* g = buf.data();
       uint8_t* u = g + gate_total;
       uint8_t* d = u + up_total;
@@ -242,6 +244,7 @@ absl::Status ExpertShard::Load(const std::function<void(const proto::LoadProgres
       lw.ffn_up_exps = MatmulWeight{up.type, u, up.cols, E * ffs, up.row_bytes};
       lw.ffn_down_exps = MatmulWeight{down.type, d, ffs, E * hidden, down_row_bytes};
       shard_bytes_ += static_cast<int64_t>(buf.size());
+      slice_bytes_[static_cast<size_t>(il)] = std::move(buf);
       // The file's pages of this layer's experts are no longer needed.
       file_->ReleasePages(gate.data, static_cast<uint64_t>(gate.rows * gate.row_bytes));
       file_->ReleasePages(up.data, static_cast<uint64_t>(up.rows * up.row_bytes));

@@ -78,7 +78,7 @@ class ExpertShard final : public dataflow::WorkerCompute {
   Deepseek2RopeParams rope_;
   EngineWeights weights_;
   // Slice placement: per layer, the repacked gate/up/down of this slice.
-  std::vector<std::vector<uint8_t>> slice_bytes_;
+  std::vector<WeightBuffer> slice_bytes_;
   // memory "node" (replicate, shard): the held experts copied into memory
   // bound to the worker's node, one buffer per expert tensor, laid out as
   // the file's tensor (the experts not held are never touched, so they take
