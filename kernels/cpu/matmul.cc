@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "base/check.h"
+#include "base/env_switch.h"
 #include "kernels/cpu/matmul_internal.h"
 #include "kernels/cpu/quant_blocks.h"
 #include "kernels/cpu/quants.h"
@@ -822,18 +823,7 @@ const char* WeightLayoutName(WeightLayout layout) {
 }
 
 WeightLayout PreferredLayout(GgmlType type, int64_t cols, CpuIsa isa) {
-  static const bool repack = [] {
-    const char* env = std::getenv("MOEFLOW_REPACK");
-    if (env == nullptr) return true;
-    const std::string v(env);
-    if (v != "0" && v != "1") {
-      std::fprintf(stderr,
-                   "moeflow: MOEFLOW_REPACK='%s' is neither 0 nor 1; weights are repacked (the "
-                   "default)\n",
-                   env);
-    }
-    return v != "0";
-  }();
+  static const bool repack = EnvSwitchOnByDefault("MOEFLOW_REPACK", "weights are repacked");
   if (repack && isa == CpuIsa::kAvx2 && LayoutAllowed(type, cols, WeightLayout::kQ5_0Pairs)) {
     return WeightLayout::kQ5_0Pairs;
   }

@@ -3,8 +3,6 @@
 #include <sys/mman.h>
 
 #include <cerrno>
-#include <cstdio>
-#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <string>
@@ -12,6 +10,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "base/env_switch.h"
 
 namespace moeflow {
 
@@ -76,19 +75,9 @@ WeightBuffer& WeightBuffer::operator=(WeightBuffer&& other) noexcept {
 }
 
 bool HugePagesEnabled() {
-  static const bool copy = [] {
-    const char* env = std::getenv("MOEFLOW_HUGEPAGES");
-    if (env == nullptr) return true;
-    const std::string v(env);
-    if (v != "0" && v != "1") {
-      std::fprintf(stderr,
-                   "moeflow: MOEFLOW_HUGEPAGES='%s' is neither 0 nor 1; weights are copied into "
-                   "huge-page memory (the default)\n",
-                   env);
-    }
-    return v != "0";
-  }();
-  return copy;
+  static const bool on =
+      EnvSwitchOnByDefault("MOEFLOW_HUGEPAGES", "weights are copied into huge-page memory");
+  return on;
 }
 
 int64_t AvailableMemoryBytes() {
