@@ -218,14 +218,23 @@ int64_t RepackRoutedExperts(const Deepseek2Config& c, CpuIsa isa, const std::vec
   return repacked;
 }
 
+std::vector<MatmulWeight*> LayerMatrices(EngineLayerWeights& lw, bool routed_experts) {
+  std::vector<MatmulWeight*> m = {
+      &lw.attn_q,         &lw.attn_q_a,     &lw.attn_q_b,      &lw.attn_kv_a_mqa, &lw.attn_k_b,
+      &lw.attn_v_b,       &lw.attn_output,  &lw.ffn_gate,      &lw.ffn_up,        &lw.ffn_down,
+      &lw.ffn_gate_shexp, &lw.ffn_up_shexp, &lw.ffn_down_shexp};
+  if (routed_experts) {
+    m.insert(m.end(), {&lw.ffn_gate_exps, &lw.ffn_up_exps, &lw.ffn_down_exps});
+  }
+  return m;
+}
+
 int64_t RepackLayerWeights(CpuIsa isa, bool in_place, const GgufFile* file,
                            std::vector<EngineLayerWeights>& layers,
                            std::vector<std::unique_ptr<uint8_t[]>>* storage) {
   int64_t repacked = 0;
   for (EngineLayerWeights& lw : layers) {
-    for (MatmulWeight* w : {&lw.attn_q, &lw.attn_q_a, &lw.attn_q_b, &lw.attn_kv_a_mqa, &lw.attn_k_b,
-                            &lw.attn_v_b, &lw.attn_output, &lw.ffn_gate, &lw.ffn_up, &lw.ffn_down,
-                            &lw.ffn_gate_shexp, &lw.ffn_up_shexp, &lw.ffn_down_shexp}) {
+    for (MatmulWeight* w : LayerMatrices(lw, /*routed_experts=*/false)) {
       if (w->layout != WeightLayout::kGgml || w->data == nullptr) continue;
       const WeightLayout to = PreferredLayout(w->type, w->cols, isa);
       if (to == WeightLayout::kGgml) continue;
@@ -251,16 +260,7 @@ absl::StatusOr<int64_t> MoveWeightsToOwnMemory(const GgufFile& file, bool routed
                                                std::string* note) {
   std::vector<MatmulWeight*> todo;
   for (EngineLayerWeights& lw : weights.layers) {
-    for (MatmulWeight* w : {&lw.attn_q, &lw.attn_q_a, &lw.attn_q_b, &lw.attn_kv_a_mqa, &lw.attn_k_b,
-                            &lw.attn_v_b, &lw.attn_output, &lw.ffn_gate, &lw.ffn_up, &lw.ffn_down,
-                            &lw.ffn_gate_shexp, &lw.ffn_up_shexp, &lw.ffn_down_shexp}) {
-      todo.push_back(w);
-    }
-    if (routed_experts) {
-      for (MatmulWeight* w : {&lw.ffn_gate_exps, &lw.ffn_up_exps, &lw.ffn_down_exps}) {
-        todo.push_back(w);
-      }
-    }
+    for (MatmulWeight* w : LayerMatrices(lw, routed_experts)) todo.push_back(w);
   }
   todo.push_back(&weights.output);
   int64_t total = 0;

@@ -111,6 +111,11 @@ int64_t RepackRoutedExperts(const Deepseek2Config& config, CpuIsa isa,
                             std::vector<EngineLayerWeights>& layers,
                             std::vector<std::unique_ptr<uint8_t[]>>* storage, ThreadPool* pool);
 
+// The matrices of `layer` that the forward pass multiplies: attention, dense
+// FFN and shared experts (those the layer lacks are null views), then, when
+// `routed_experts`, ffn_{gate,up,down}_exps.
+std::vector<MatmulWeight*> LayerMatrices(EngineLayerWeights& layer, bool routed_experts);
+
 // The same for the other matrices of every layer (attention, dense FFN,
 // shared experts; today attn_k_b of Q4_K_M files, Q5_0 -> kQ5_0Pairs on
 // AVX2): each one whose type `isa`'s kernels want in another layout gets a
