@@ -109,7 +109,7 @@ absl::Status ExpertShard::Configure(const proto::ConfigureRequest& request) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<bool> ExpertShard::CopyExpertsToNode() {
+absl::StatusOr<bool> ExpertShard::CopyExpertsToNode(int64_t held_bytes) {
   const std::string& memory = request_.expert_memory();
   if (memory == "mapped") return false;
   const int node = request_.numa_node();
@@ -133,21 +133,9 @@ absl::StatusOr<bool> ExpertShard::CopyExpertsToNode() {
     const bool bindable = (*topology)->is_this_system() && (*topology)->num_nodes() > 1;
     if (!bindable) {
       if (!HugePagesEnabled()) return false;
-      int64_t held_bytes = 0;
-      for (int64_t il = config_.n_dense_layers; il < config_.n_layers; ++il) {
-        const EngineLayerWeights& lw = weights_.layers[static_cast<size_t>(il)];
-        for (const MatmulWeight* w : {&lw.ffn_gate_exps, &lw.ffn_up_exps, &lw.ffn_down_exps}) {
-          const int64_t expert_bytes = w->rows / config_.n_experts * w->row_bytes;
-          for (uint8_t h : holds_expert_) held_bytes += h != 0 ? expert_bytes : 0;
-        }
-      }
-      const int64_t available = AvailableMemoryBytes();
-      if (available >= 0 && held_bytes > available / 10 * 8) {
-        std::fprintf(stderr,
-                     "cpu_expert_worker %s: experts stay mapped: copying %.2f GiB would take "
-                     "more than 80 %% of the %.2f GiB available\n",
-                     request_.worker_name().c_str(), static_cast<double>(held_bytes) / (1 << 30),
-                     static_cast<double>(available) / (1 << 30));
+      if (const std::string why = CopyWouldNotFit(held_bytes); !why.empty()) {
+        std::fprintf(stderr, "cpu_expert_worker %s: experts stay mapped: %s\n",
+                     request_.worker_name().c_str(), why.c_str());
         return false;
       }
     }
@@ -182,10 +170,6 @@ absl::Status ExpertShard::Load(const std::function<void(const proto::LoadProgres
   const int64_t ff = config_.expert_ff;
   const int64_t hidden = config_.hidden;
   shard_bytes_ = 0;
-  bool copy_to_node = false;
-  if (slices <= 1) {
-    MOEFLOW_ASSIGN_OR_RETURN(copy_to_node, CopyExpertsToNode());
-  }
   // What the copying loops below will have done, for their progress lines:
   // the held experts (replicate, shard), or every expert's slice.
   int64_t copy_total = 0;
@@ -195,6 +179,10 @@ absl::Status ExpertShard::Load(const std::function<void(const proto::LoadProgres
     const GgmlTypeTraits& dt = Traits(lw.ffn_down_exps.type);
     copy_total += experts * (ff / slices * (lw.ffn_gate_exps.row_bytes + lw.ffn_up_exps.row_bytes) +
                              hidden * (ff / slices / dt.block_size * dt.type_size));
+  }
+  bool copy_to_node = false;
+  if (slices <= 1) {
+    MOEFLOW_ASSIGN_OR_RETURN(copy_to_node, CopyExpertsToNode(copy_total));
   }
   p.set_bytes_total(copy_total);
   if (slices > 1) {
@@ -285,11 +273,7 @@ absl::Status ExpertShard::Load(const std::function<void(const proto::LoadProgres
       progress(p);
     }
   } else {
-    for (int64_t il = config_.n_dense_layers; il < config_.n_layers; ++il) {
-      const EngineLayerWeights& lw = weights_.layers[static_cast<size_t>(il)];
-      shard_bytes_ += held * (ff * (lw.ffn_gate_exps.row_bytes + lw.ffn_up_exps.row_bytes) +
-                              hidden * lw.ffn_down_exps.row_bytes);
-    }
+    shard_bytes_ = copy_total;  // the held experts, mapped
   }
   int threads = request_.compute_threads();
   if (threads <= 0) threads = node_cores_ > 0 ? node_cores_ : 1;

@@ -69,7 +69,8 @@ class ExpertShard final : public dataflow::WorkerCompute {
   // (kernels/cpu/weight_memory.h) unless MOEFLOW_HUGEPAGES=0 or the copy
   // would take more than 80 % of the available memory. Sets numa_ when it
   // does. FAILED_PRECONDITION when "node" cannot be had.
-  absl::StatusOr<bool> CopyExpertsToNode();
+  // `held_bytes`: the held experts' bytes (what a copy takes).
+  absl::StatusOr<bool> CopyExpertsToNode(int64_t held_bytes);
 
   proto::ConfigureRequest request_;
   std::unique_ptr<GgufFile> file_;

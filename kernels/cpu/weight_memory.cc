@@ -10,6 +10,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "base/env_switch.h"
 
 namespace moeflow {
@@ -78,6 +79,14 @@ bool HugePagesEnabled() {
   static const bool on =
       EnvSwitchOnByDefault("MOEFLOW_HUGEPAGES", "weights are copied into huge-page memory");
   return on;
+}
+
+std::string CopyWouldNotFit(int64_t bytes) {
+  const int64_t available = AvailableMemoryBytes();
+  if (available < 0 || bytes <= available / 10 * 8) return "";
+  return absl::StrFormat("copying %.2f GiB would take more than 80 %% of the %.2f GiB available",
+                         static_cast<double>(bytes) / (1 << 30),
+                         static_cast<double>(available) / (1 << 30));
 }
 
 int64_t AvailableMemoryBytes() {

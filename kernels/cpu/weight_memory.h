@@ -32,6 +32,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
 
 #include "absl/status/statusor.h"
 
@@ -75,6 +76,12 @@ bool HugePagesEnabled();
 
 // MemAvailable of /proc/meminfo in bytes, or -1 when it cannot be read.
 int64_t AvailableMemoryBytes();
+
+// The callers' rule for copying `bytes` of weights: empty when the copy
+// fits (at most 80 % of AvailableMemoryBytes(), or that cannot be read),
+// else why not, in one phrase ("copying 3.10 GiB would take more than 80 %
+// of the 2.00 GiB available").
+std::string CopyWouldNotFit(int64_t bytes);
 
 }  // namespace moeflow
 

@@ -280,12 +280,8 @@ absl::StatusOr<int64_t> MoveWeightsToOwnMemory(const GgufFile& file, bool routed
     say(absl::StrFormat("weights in the file mapping (MOEFLOW_HUGEPAGES=0), %.2f GiB", gib));
     return 0;
   }
-  const int64_t available = AvailableMemoryBytes();
-  if (available >= 0 && total > available / 10 * 8) {
-    say(absl::StrFormat(
-        "weights in the file mapping: copying %.2f GiB would take more than 80 %% of the "
-        "%.2f GiB available",
-        gib, static_cast<double>(available) / (1 << 30)));
+  if (const std::string why = CopyWouldNotFit(total); !why.empty()) {
+    say(absl::StrCat("weights in the file mapping: ", why));
     return 0;
   }
   bool all_huge = true;

@@ -100,5 +100,16 @@ TEST(WeightMemoryTest, AvailableMemoryIsReadFromProc) {
   EXPECT_GT(available, int64_t{1} << 20);
 }
 
+TEST(WeightMemoryTest, CopiesOverEightyPercentOfAvailableMemoryDoNotFit) {
+  EXPECT_EQ(CopyWouldNotFit(0), "");
+  EXPECT_EQ(CopyWouldNotFit(4096), "");
+  const int64_t available = AvailableMemoryBytes();
+  if (available < 0) GTEST_SKIP() << "no MemAvailable";
+  const std::string why = CopyWouldNotFit(int64_t{1} << 60);
+  EXPECT_NE(why.find("copying 1073741824.00 GiB would take more than 80 % of the "),
+            std::string::npos)
+      << why;
+}
+
 }  // namespace
 }  // namespace moeflow
