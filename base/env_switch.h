@@ -1,5 +1,5 @@
-// On/off switches read from the environment (MOEFLOW_REPACK,
-// MOEFLOW_HUGEPAGES, ...): "0" is off, "1" on, unset the default (on);
+// Settings read from the environment. On/off switches (MOEFLOW_REPACK,
+// MOEFLOW_HUGEPAGES, MOEFLOW_PIN, ...): "0" is off, "1" on, unset the default (on);
 // any other value is reported on stderr, naming the variable and what the
 // default does, and keeps the default. Callers read a switch once (a
 // function-local static), so the message appears at most once per process.
@@ -14,6 +14,13 @@ namespace moeflow {
 // `default_means`: what the default does, for the message ("weights are
 // repacked").
 bool EnvSwitchOnByDefault(const char* name, const char* default_means);
+
+// Integer settings (MOEFLOW_YIELD_US): unset is `default_value`; a decimal
+// integer in [min_value, max_value] is taken; any other value is reported
+// on stderr (the variable, the range accepted, what the default does) and
+// keeps the default.
+int EnvIntOr(const char* name, int default_value, int min_value, int max_value,
+             const char* default_means);
 
 }  // namespace moeflow
 

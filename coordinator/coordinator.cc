@@ -495,6 +495,7 @@ absl::Status Coordinator::ConnectWorker(Worker& w) {
   const size_t n = static_cast<size_t>(max_batch_);
   const size_t k = static_cast<size_t>(config_.n_experts_used);
   transport::ActivationChannelOptions options;
+  options.yield_before_sleep_us = dataflow::DataflowYieldMicros();
   if (w.role == proto::WORKER_ROLE_GPU) {
     options.send_buffer_bytes =
         static_cast<int64_t>(dataflow::AlignUp(sizeof(RequestHeader) + n * h * sizeof(float)));
@@ -684,6 +685,11 @@ void Coordinator::Shutdown() {
   }
   absl::MutexLock lock(&dataplane_mu_);
   for (auto& wp : workers_) {
+    if (wp->channel != nullptr && wp->channel->late_wakeups() > 0) {
+      options_.log(absl::StrCat(wp->name, ": ", wp->channel->late_wakeups(),
+                                " waits found their transfer complete only at a timed-out poll "
+                                "(the event fd was not signalled)"));
+    }
     wp->channel.reset();
     if (wp->endpoint != nullptr) (void)wp->endpoint->Close(100);
     wp->endpoint.reset();
@@ -1008,6 +1014,10 @@ absl::Status Coordinator::RunChunk(absl::Span<const int32_t> tokens, int64_t sta
   const size_t part1_capacity =
       dataflow::AlignUp(sizeof(ReplyHeader) + max_batch_ * h * sizeof(float) + 4096);
   if (gpu.in_process) {
+    if (std::this_thread::get_id() != local_gpu_caller_) {
+      local_gpu_caller_ = std::this_thread::get_id();
+      local_gpu_->PinCaller();  // this thread runs the in-process gpu worker's loops
+    }
     gpu_send_ = local_send_.data();
     gpu_recv_ = local_recv_.data();
     gpu_part1_offset_ = local_recv_.size() - part1_capacity;

@@ -219,6 +219,7 @@ class Coordinator {
   // separate_process), with its request and reply buffers laid out as the
   // UCX channel's would be.
   std::unique_ptr<dataflow::WorkerCompute> local_gpu_;
+  std::thread::id local_gpu_caller_;  // the thread local_gpu_->PinCaller() last pinned
   std::vector<uint8_t> local_send_, local_recv_;
   // The gpu worker's request / reply buffers (channel's or local_*_) and the
   // offset of reply part 1 in gpu_recv_; set before each pass.

@@ -20,6 +20,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
+#include "base/env_switch.h"
 #include "coordinator/bearer_auth.h"
 #include "proto/worker.grpc.pb.h"
 #include "transport/activation_channel.h"
@@ -44,6 +45,17 @@ int64_t ResidentBytes() {
   in >> size >> resident;
   return resident * sysconf(_SC_PAGESIZE);
 }
+
+}  // namespace
+
+int DataflowYieldMicros() {
+  static const int us =
+      EnvIntOr("MOEFLOW_YIELD_US", 3000, 0, 1000000,
+               "idle dataflow threads yield their core for up to 3 ms, then sleep");
+  return us;
+}
+
+namespace {
 
 class WorkerServer final : public proto::WorkerService::Service {
  public:
@@ -142,6 +154,7 @@ class WorkerServer final : public proto::WorkerService::Service {
                                   coordinator->peer_name());
     if (!ep.ok()) return ToGrpc(ep.status());
     transport::ActivationChannelOptions options;
+    options.yield_before_sleep_us = DataflowYieldMicros();
     options.recv_buffer_bytes =
         static_cast<int64_t>(AlignUp(sizeof(RequestHeader) + compute_.MaxRequestBytes()));
     part_offsets_.clear();
@@ -226,6 +239,12 @@ class WorkerServer final : public proto::WorkerService::Service {
       if (ucx_worker_ != nullptr) ucx_worker_->Signal();
       data_plane_.join();
     }
+    if (channel_ != nullptr && channel_->late_wakeups() > 0) {
+      std::fprintf(stderr,
+                   "%s: %lld waits found their transfer complete only at a timed-out poll "
+                   "(the event fd was not signalled)\n",
+                   program_, static_cast<long long>(channel_->late_wakeups()));
+    }
     channel_.reset();
     if (endpoint_ != nullptr) (void)endpoint_->Close(200);
     endpoint_.reset();
@@ -299,6 +318,7 @@ class WorkerServer final : public proto::WorkerService::Service {
   }
 
   void DataPlaneLoop() {
+    compute_.PinCaller();  // this thread is the caller of the compute's loops
     uint32_t seq = 0;
     absl::Span<uint8_t> recv = channel_->recv_buffer();
     while (!stop_.load()) {

@@ -66,7 +66,21 @@ class WorkerCompute {
   // their wake-up overlaps the request's unpacking instead of delaying its
   // first parallel loop. Same calling rules as Idle.
   virtual void Busy() {}
+  // The calling thread runs this compute's Handle from now on (and so the
+  // caller's share of its pool's loops): a worker process's data-plane
+  // thread, or the coordinator's step thread for the in-process gpu worker.
+  // A compute whose pool has its workers pinned one per core pins this
+  // thread to the remaining core (PinReport::caller_cpu), unless
+  // MOEFLOW_PIN=0. Once per thread, never concurrently with Handle.
+  virtual void PinCaller() {}
 };
+
+// How long the dataflow's idle threads poll between sched_yield() calls
+// before they sleep (ThreadPool::SetYieldBeforeSleep and the channels'
+// yield_before_sleep_us), in microseconds: MOEFLOW_YIELD_US, default 3000
+// (a decode layer's turn of the other process is ~1-3 ms here), 0 to sleep
+// right after the short spin. Read once.
+int DataflowYieldMicros();
 
 // Parses --listen (default 127.0.0.1:0) and --token_file (else the token in
 // $MOEFLOW_WORKER_TOKEN, coordinator/bearer_auth.h; every call must then

@@ -287,11 +287,15 @@ absl::Status ExpertShard::Load(const std::function<void(const proto::LoadProgres
       NodePoolOptions pool_options;
       pool_options.n_threads = threads;
       pool_ = MakeNodePool(**topology, request_.numa_node(), pool_options, &pin);
+      caller_cpu_ = pin.caller_cpu;
       std::fprintf(stderr, "cpu_expert_worker %s: %s\n", request_.worker_name().c_str(),
                    pin.message.c_str());
     }
   }
   if (pool_ == nullptr) pool_ = std::make_unique<ThreadPool>(threads);
+  // Between the layers the coordinator computes on these cores: idle
+  // threads yield them rather than halt (coordinator/worker_runtime.h).
+  pool_->SetYieldBeforeSleep(dataflow::DataflowYieldMicros());
   // The held experts into the layout this CPU's kernels want (the engine
   // does the same, so the results stay bit-identical to it): the slices and
   // node copies are this process's own and are rewritten in place; mapped

@@ -57,6 +57,9 @@ class ExpertShard final : public dataflow::WorkerCompute {
   void Busy() override {
     if (pool_ != nullptr) pool_->Wake();
   }
+  void PinCaller() override {
+    if (caller_cpu_ >= 0 && PinCallersEnabled()) (void)PinCurrentThreadToOsCpu(caller_cpu_);
+  }
 
   // Binds the process to `numa_node` when hwloc describes the real machine.
   // Returns a line for the log saying what was done.
@@ -92,6 +95,7 @@ class ExpertShard final : public dataflow::WorkerCompute {
   std::vector<EngineLayerWeights> shard_layers_;
   std::vector<uint8_t> holds_expert_;
   std::unique_ptr<ThreadPool> pool_;
+  int caller_cpu_ = -1;  // PinReport::caller_cpu of pool_
   EngineScratch scratch_;
   EngineContext ctx_;
   int64_t max_rows_ = 0, max_pairs_ = 0;

@@ -52,7 +52,11 @@ absl::Status CpuGpuWorkerBackend::Load(
   rope_ = Deepseek2RopeParams::FromConfig(config_, static_cast<float>(rope_attn_factor));
   int threads = config_request_.compute_threads();
   if (threads <= 0) threads = std::max(1u, std::thread::hardware_concurrency());
-  pool_ = std::make_unique<ThreadPool>(threads);
+  PinReport pin;
+  pool_ = MakeCpuPool(threads, &pin);
+  caller_cpu_ = pin.caller_cpu;
+  pool_->SetYieldBeforeSleep(dataflow::DataflowYieldMicros());
+  std::fprintf(stderr, "gpu_worker (cpu backend): %s\n", pin.message.c_str());
   // As the single-process engine holds and repacks them (the routed experts
   // are the expert workers'), so that the logits stay bit-identical.
   std::string weight_memory;

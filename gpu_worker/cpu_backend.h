@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "coordinator/worker_runtime.h"
+#include "kernels/cpu/numa.h"
 #include "kernels/cpu/thread_pool.h"
 #include "model/deepseek2/config.h"
 #include "model/deepseek2/engine.h"
@@ -44,6 +45,9 @@ class CpuGpuWorkerBackend final : public dataflow::WorkerCompute {
   void Busy() override {
     if (pool_ != nullptr) pool_->Wake();
   }
+  void PinCaller() override {
+    if (caller_cpu_ >= 0 && PinCallersEnabled()) (void)PinCurrentThreadToOsCpu(caller_cpu_);
+  }
 
  private:
   proto::ConfigureRequest config_request_;
@@ -54,6 +58,7 @@ class CpuGpuWorkerBackend final : public dataflow::WorkerCompute {
   std::vector<WeightBuffer> resident_;                // MoveWeightsToOwnMemory's buffers
   std::vector<std::unique_ptr<uint8_t[]>> repacked_;  // RepackLayerWeights' buffers
   std::unique_ptr<ThreadPool> pool_;
+  int caller_cpu_ = -1;  // PinReport::caller_cpu of pool_
   EngineScratch scratch_;
   EngineContext ctx_;
   MlaKvCache cache_;

@@ -1,5 +1,7 @@
 #include "transport/activation_channel.h"
 
+#include <sched.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstring>
@@ -43,10 +45,11 @@ absl::StatusOr<std::unique_ptr<ActivationChannel>> ActivationChannel::Create(
         ") and recv_buffer_bytes (", options.recv_buffer_bytes, ") must be > 0"));
   }
   if (options.max_in_flight <= 0 || options.spin_before_sleep_us < 0 ||
-      options.liveness_poll_ms <= 0) {
+      options.yield_before_sleep_us < 0 || options.liveness_poll_ms <= 0) {
     return absl::InvalidArgumentError(absl::StrCat(
         "channel to '", endpoint.peer_name(), "': need max_in_flight > 0 (got ",
         options.max_in_flight, "), spin_before_sleep_us >= 0 (got ", options.spin_before_sleep_us,
+        "), yield_before_sleep_us >= 0 (got ", options.yield_before_sleep_us,
         "), liveness_poll_ms > 0 (got ", options.liveness_poll_ms, ")"));
   }
   UcxContext& context = endpoint.worker().context();
@@ -243,6 +246,11 @@ absl::StatusOr<size_t> ActivationChannel::Wait(TransferId id, int timeout_ms) {
   while (slot.state == SlotState::kInProgress && !slot.completed && NowUs() < spin_end_us) {
     worker_->Progress();
   }
+  // Polite poll: other runnable threads first, then this transfer.
+  const int64_t yield_end_us = spin_end_us + options_.yield_before_sleep_us;
+  while (slot.state == SlotState::kInProgress && !slot.completed && NowUs() < yield_end_us) {
+    if (worker_->Progress() == 0) sched_yield();
+  }
   while (true) {
     while (worker_->Progress() != 0) {
     }
@@ -266,6 +274,10 @@ absl::StatusOr<size_t> ActivationChannel::Wait(TransferId id, int timeout_ms) {
         break;
       case WorkerWait::kTimeout:
         worker_->ProgressKeepalive();  // A quiet peer may be a dead one.
+        while (worker_->Progress() != 0) {
+        }
+        Reap(slot);
+        if (slot.state != SlotState::kInProgress) ++late_wakeups_;  // arrived, not signalled
         break;
       case WorkerWait::kError:
         return absl::InternalError(absl::StrCat(

@@ -45,6 +45,11 @@ struct ActivationChannelOptions {
   // Wait() polls UCX for this long before sleeping on the worker's event fd;
   // short, because cores are shared with compute threads.
   int spin_before_sleep_us = 20;
+  // Then, for up to this long, Wait() polls between sched_yield() calls
+  // before it sleeps: the core runs any other runnable thread (the peer
+  // process computing on it) and returns to the poll when there is none,
+  // instead of halting and waking through the event fd. 0: no yield phase.
+  int yield_before_sleep_us = 0;
   // Longest single sleep inside Wait(); each wake-up runs UCX progress, which
   // is where keepalive notices a dead shared-memory peer.
   int liveness_poll_ms = 50;

@@ -16,6 +16,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "base/check.h"
+#include "base/env_switch.h"
 
 namespace moeflow {
 namespace {
@@ -157,6 +158,67 @@ bool PinCurrentThreadToCpu(const NumaTopology& topology, int os_cpu) {
   return pthread_setaffinity_np(pthread_self(), sizeof(set), &set) == 0;
 }
 
+bool PinCurrentThreadToOsCpu(int os_cpu) {
+  if (!CpuUsableHere(os_cpu)) return false;
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  CPU_SET(os_cpu, &set);
+  return pthread_setaffinity_np(pthread_self(), sizeof(set), &set) == 0;
+}
+
+bool PinCallersEnabled() {
+  static const bool on = EnvSwitchOnByDefault(
+      "MOEFLOW_PIN", "the dataflow's step threads and CPU-backend pool are pinned one per core");
+  return on;
+}
+
+std::unique_ptr<ThreadPool> MakeCpuPool(int n_threads, PinReport* report) {
+  MOEFLOW_CHECK(n_threads >= 1);
+  PinReport r;
+  std::vector<int> allowed;
+  cpu_set_t mask;
+  CPU_ZERO(&mask);
+  if (sched_getaffinity(0, sizeof(mask), &mask) == 0) {
+    for (int cpu = 0; cpu < CPU_SETSIZE; ++cpu) {
+      if (CPU_ISSET(cpu, &mask)) allowed.push_back(cpu);
+    }
+  }
+  const int workers = n_threads - 1;
+  std::string why;
+  if (!PinCallersEnabled()) {
+    why = "MOEFLOW_PIN=0";
+  } else if (allowed.empty()) {
+    why = "sched_getaffinity failed";
+  } else if (n_threads > static_cast<int>(allowed.size())) {
+    why = absl::StrCat("more threads than the ", allowed.size(), " CPUs this process may use");
+  }
+  std::unique_ptr<ThreadPool> pool;
+  if (why.empty()) {
+    std::mutex mu;
+    int pinned = 0;
+    pool = std::make_unique<ThreadPool>(n_threads, [&](int thread) {
+      const bool ok = PinCurrentThreadToOsCpu(allowed[static_cast<size_t>(thread)]);
+      std::lock_guard<std::mutex> lock(mu);
+      if (ok) ++pinned;
+    });
+    r.threads_pinned = pinned;
+    r.threads_unpinned = workers - pinned;
+    if (r.threads_unpinned == 0) r.caller_cpu = allowed[0];
+    r.message = absl::StrCat(
+        n_threads, " thread", n_threads == 1 ? "" : "s", " on CPUs ",
+        CpuRanges(std::vector<int>(allowed.begin(), allowed.begin() + n_threads)), ": pinned ",
+        pinned, " of ", workers, " worker thread", workers == 1 ? "" : "s", " one per CPU",
+        r.threads_unpinned == 0 ? " (the caller's thread goes on the first)" : "");
+  } else {
+    pool = std::make_unique<ThreadPool>(n_threads);
+    r.threads_unpinned = workers;
+    r.message =
+        absl::StrCat(n_threads, " thread", n_threads == 1 ? "" : "s", ", not pinned (", why, ")");
+  }
+  if (report != nullptr) *report = std::move(r);
+  return pool;
+}
+
 std::unique_ptr<ThreadPool> MakeNodePool(const NumaTopology& topology, int node,
                                          const NodePoolOptions& options, PinReport* report) {
   MOEFLOW_CHECK(options.n_threads >= 1);
@@ -184,6 +246,7 @@ std::unique_ptr<ThreadPool> MakeNodePool(const NumaTopology& topology, int node,
   PinReport r;
   r.threads_pinned = pinned;
   r.threads_unpinned = considered - pinned;
+  if (r.threads_unpinned == 0 && CpuUsableHere(cpus[0])) r.caller_cpu = cpus[0];
   r.message = absl::StrCat("NUMA node ", node, " of ", topology.Describe(), ": pinned ", pinned,
                            " of ", considered, options.pin_caller ? "" : " worker",
                            " thread", considered == 1 ? "" : "s", " to the node's cores (CPUs ",

@@ -81,6 +81,14 @@ struct PinReport {
   // pinned and, if some were not, why (e.g. "CPUs 32-34 do not exist on
   // this machine (simulated topology)").
   std::string message;
+  // The core the caller's thread (thread 0) belongs on — the first of the
+  // pool's cores — when every worker thread was pinned; -1 otherwise. The
+  // owner pins the thread that will run the pool's loops there
+  // (PinCurrentThreadToOsCpu), so that each process keeps one compute
+  // thread per core: two processes that take turns on the same cores (the
+  // coordinator's CPU backend and an expert worker) then never stack their
+  // own two threads on one core while another core idles.
+  int caller_cpu = -1;
 };
 
 struct NodePoolOptions {
@@ -102,6 +110,21 @@ std::unique_ptr<ThreadPool> MakeNodePool(const NumaTopology& topology, int node,
 // nothing) when the CPU does not exist here or is outside the process's
 // affinity mask, or the system call fails.
 bool PinCurrentThreadToCpu(const NumaTopology& topology, int os_cpu);
+// The same without a topology (sched affinity of this machine's CPUs).
+bool PinCurrentThreadToOsCpu(int os_cpu);
+
+// A ThreadPool of n_threads for a process not placed on a NUMA node (the
+// gpu worker's CPU backend): worker i pinned to the i-th CPU of this
+// process's affinity mask, report->caller_cpu the first, when
+// MOEFLOW_PIN is not 0 and n_threads is at most the CPUs allowed; a plain
+// pool otherwise (oversubscribed threads are left to the scheduler). The
+// report says which, in one line.
+std::unique_ptr<ThreadPool> MakeCpuPool(int n_threads, PinReport* report);
+
+// MOEFLOW_PIN (default 1; base/env_switch.h): 0 leaves the threads the
+// dataflow would pin beyond a node pool's workers — the callers and the
+// CPU backend's pool — to the scheduler. Read once.
+bool PinCallersEnabled();
 
 // A page-aligned buffer whose memory is bound to one NUMA node
 // (hwloc_alloc_membind, policy BIND) when the topology is this machine and

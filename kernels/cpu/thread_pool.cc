@@ -1,8 +1,10 @@
 #include "kernels/cpu/thread_pool.h"
 
 #include <immintrin.h>
+#include <sched.h>
 
 #include <algorithm>
+#include <chrono>
 
 #include "base/check.h"
 
@@ -149,6 +151,32 @@ void ThreadPool::WorkerLoop(int thread) {
       CpuRelax();
       s = state_.load(std::memory_order_acquire);
     }
+    const int yield_us = yield_us_.load(std::memory_order_relaxed);
+    bool came_while_yielding = false;
+    if (yield_us > 0 && (s >> 32) == seen) {
+      // Give the core to whoever else wants it, and keep it when nobody does.
+      const uint64_t wakes = wakes_.load(std::memory_order_relaxed);
+      const auto end = std::chrono::steady_clock::now() + std::chrono::microseconds(yield_us);
+      bool woken = false;
+      while (true) {
+        sched_yield();
+        s = state_.load(std::memory_order_acquire);
+        if ((s >> 32) != seen) break;
+        if (wakes_.load(std::memory_order_relaxed) != wakes) {
+          woken = true;
+          break;
+        }
+        if (std::chrono::steady_clock::now() >= end ||
+            yield_us_.load(std::memory_order_relaxed) == 0) {
+          break;
+        }
+      }
+      if (woken) {  // a Wake(): the job is microseconds away, spin for it
+        spin_budget = kMaxSpin;
+        continue;
+      }
+      came_while_yielding = (s >> 32) != seen;
+    }
     if ((s >> 32) == seen) {
       // Nothing came during the spin: spin less next time, and sleep. After
       // a Rest() the gap was announced, so the budget stays as it was.
@@ -172,7 +200,7 @@ void ThreadPool::WorkerLoop(int thread) {
         spin_budget = kMaxSpin;
         continue;
       }
-    } else {
+    } else if (!came_while_yielding) {
       // Jobs are arriving back to back (a decode step): spin longer.
       spin_budget = std::min(kMaxSpin, spin_budget * 2);
     }

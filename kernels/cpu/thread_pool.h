@@ -32,6 +32,13 @@
 // it blocks on another process (an expert worker between requests, the
 // coordinator awaiting expert replies), so that the idle pool leaves this
 // host's cores to that process at once instead of spinning on them.
+// SetYieldBeforeSleep(us) adds a polite phase between the spin and the
+// sleep (off by default): the worker calls sched_yield() in a loop for up to
+// `us`, so its core runs any other runnable thread at once (the other
+// process's compute) and comes back to the worker when there is none,
+// instead of halting and being woken through the kernel. Measured on a
+// 2-vCPU VM with two processes taking turns on the same cores (one layer
+// each, ~1.4 ms): the cross-process wake-ups cost ~1 ms per token less.
 //
 // Thread-safety: ParallelFor may be called from one thread at a time (the
 // owner; CHECKed). Called from inside a job of the same pool (nesting), it
@@ -77,6 +84,15 @@ class ThreadPool {
   // first ParallelFor. Cancels a Rest(). Called by the owner between
   // ParallelFors; one atomic increment, plus a notify when workers sleep.
   void Wake();
+
+  // Workers that found no job after their spin yield their core
+  // (sched_yield) for up to `microseconds` before they sleep; 0 (the
+  // default) sleeps right after the spin. Any thread; a worker already
+  // yielding stops at once when set to 0, other values apply from the
+  // workers' next wait.
+  void SetYieldBeforeSleep(int microseconds) {
+    yield_us_.store(microseconds < 0 ? 0 : microseconds, std::memory_order_relaxed);
+  }
 
   // Diagnostics: workers asleep now, and sleeps a Wake() has ended so far.
   int sleeping_workers() const { return sleepers_.load(std::memory_order_relaxed); }
@@ -148,6 +164,7 @@ class ThreadPool {
   std::atomic<bool> rest_{false};  // Rest() called since the last job started
   alignas(64) std::atomic<uint64_t> wakes_{0};  // Wake() calls so far
   std::atomic<int64_t> early_wake_ups_{0};      // sleeps ended by Wake(), not a job
+  std::atomic<int> yield_us_{0};                // SetYieldBeforeSleep
   bool stop_ = false;  // guarded by mu_
   int started_ = 0;    // workers past on_worker_start, guarded by mu_
 };

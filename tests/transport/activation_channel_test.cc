@@ -46,9 +46,10 @@ TransportConfig ConfigFor(const std::string& tls) {
   return config;
 }
 
-// Connects a and b; each gets a channel with `buffer_bytes` send/recv buffers.
-void Connect(const std::string& tls, size_t buffer_bytes, Side& a, Side& b,
-             int max_in_flight = 16) {
+// Connects a and b; each gets a channel with `buffer_bytes` send/recv buffers
+// (and `base`'s wait settings when given).
+void Connect(const std::string& tls, size_t buffer_bytes, Side& a, Side& b, int max_in_flight = 16,
+             const ActivationChannelOptions* base = nullptr) {
   for (Side* side : {&a, &b}) {
     auto context = UcxContext::Create(ConfigFor(tls));
     ASSERT_TRUE(context.ok()) << context.status();
@@ -64,6 +65,7 @@ void Connect(const std::string& tls, size_t buffer_bytes, Side& a, Side& b,
   ASSERT_TRUE(ba.ok()) << ba.status();
   b.endpoint = std::move(*ba);
   ActivationChannelOptions options;
+  if (base != nullptr) options = *base;
   options.send_buffer_bytes = buffer_bytes;
   options.recv_buffer_bytes = buffer_bytes;
   options.max_in_flight = max_in_flight;
@@ -88,6 +90,27 @@ void TearDownBoth(Side& a, Side& b) {
   std::thread thread_b([&] { b.Reset(); });
   a.Reset();
   thread_b.join();
+}
+
+// Both sides wait `wait_ms` for a message that never comes (the receive
+// stays posted); returns the process's CPU seconds (user + system) meanwhile.
+double IdleWaitCpuSeconds(Side& a, Side& b, int wait_ms) {
+  auto idle_wait = [wait_ms](Side& s) {
+    TransferId never = s.channel->PostRecv(ActivationTag{99, 99, ActivationKind::kHidden, 9},
+                                           s.channel->recv_buffer());
+    EXPECT_EQ(s.channel->Check(never), TransferState::kInProgress);
+    auto got = s.channel->Wait(never, wait_ms);
+    EXPECT_EQ(got.status().code(), absl::StatusCode::kDeadlineExceeded) << got.status();
+    EXPECT_EQ(s.channel->Check(never), TransferState::kInProgress);  // Still posted.
+    s.channel->Release(never);
+  };
+  rusage before{}, after{};
+  getrusage(RUSAGE_SELF, &before);
+  RunBothSides(a, b, idle_wait, idle_wait);
+  getrusage(RUSAGE_SELF, &after);
+  auto seconds = [](const timeval& t) { return t.tv_sec + t.tv_usec * 1e-6; };
+  return seconds(after.ru_utime) - seconds(before.ru_utime) + seconds(after.ru_stime) -
+         seconds(before.ru_stime);
 }
 
 uint8_t PatternByte(size_t message, size_t i) {
@@ -212,24 +235,52 @@ TEST_P(ActivationChannelTest, IdleWaitUsesAlmostNoCpu) {
   Side a, b;
   Connect(GetParam(), 4096, a, b);
   if (HasFatalFailure()) return;
-  auto idle_wait = [](Side& s) {
-    TransferId never = s.channel->PostRecv(ActivationTag{99, 99, ActivationKind::kHidden, 9},
-                                           s.channel->recv_buffer());
-    EXPECT_EQ(s.channel->Check(never), TransferState::kInProgress);
-    auto got = s.channel->Wait(never, 1000);
-    EXPECT_EQ(got.status().code(), absl::StatusCode::kDeadlineExceeded) << got.status();
-    EXPECT_EQ(s.channel->Check(never), TransferState::kInProgress);  // Still posted.
-    s.channel->Release(never);
-  };
-  rusage before{}, after{};
-  getrusage(RUSAGE_SELF, &before);
-  RunBothSides(a, b, idle_wait, idle_wait);
-  getrusage(RUSAGE_SELF, &after);
-  auto seconds = [](const timeval& t) { return t.tv_sec + t.tv_usec * 1e-6; };
-  const double cpu_s = seconds(after.ru_utime) - seconds(before.ru_utime) +
-                       seconds(after.ru_stime) - seconds(before.ru_stime);
+  const double cpu_s = IdleWaitCpuSeconds(a, b, 1000);
   std::printf("idle wait, %s: %.4f s CPU over 1 s on two threads\n", GetParam().c_str(), cpu_s);
   EXPECT_LT(cpu_s, 0.2);
+  TearDownBoth(a, b);
+}
+
+// The dataflow's 3 ms sched_yield phase, after traffic: a 1.5 s idle wait
+// on both sides still costs (much) less than 0.3 s of CPU — the phase ends
+// and the wait sleeps on the event fd.
+TEST_P(ActivationChannelTest, IdleWaitAfterTrafficStaysCheapWithAYieldPhase) {
+  ActivationChannelOptions base;
+  base.yield_before_sleep_us = 3000;
+  Side a, b;
+  Connect(GetParam(), 4096, a, b, /*max_in_flight=*/16, &base);
+  if (HasFatalFailure()) return;
+  const ActivationTag ping{1, 1, ActivationKind::kHidden, 0};
+  RunBothSides(
+      a, b,
+      [&](Side& s) {
+        std::memset(s.channel->send_buffer().data(), 5, 64);
+        auto sent = s.channel->Wait(
+            s.channel->PostSend(ping, s.channel->send_buffer().subspan(0, 64)), kTimeoutMs);
+        ASSERT_TRUE(sent.ok()) << sent.status();
+      },
+      [&](Side& s) {
+        auto got = s.channel->Wait(s.channel->PostRecv(ping, s.channel->recv_buffer()), kTimeoutMs);
+        ASSERT_TRUE(got.ok()) << got.status();
+        EXPECT_EQ(*got, 64u);
+        EXPECT_EQ(s.channel->recv_buffer()[63], 5);
+      });
+  if (HasFatalFailure()) return;
+  const double cpu_s = IdleWaitCpuSeconds(a, b, 1500);
+  std::printf("idle wait after traffic, %s: %.4f s CPU over 1.5 s on two threads\n",
+              GetParam().c_str(), cpu_s);
+  EXPECT_LT(cpu_s, 0.3);
+  // A negative yield phase is refused, by name.
+  ActivationChannelOptions bad;
+  bad.send_buffer_bytes = 4096;
+  bad.recv_buffer_bytes = 4096;
+  bad.yield_before_sleep_us = -1;
+  auto refused = ActivationChannel::Create(*a.endpoint, bad);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(refused.status().message().find("yield_before_sleep_us >= 0 (got -1)"),
+            std::string::npos)
+      << refused.status();
   TearDownBoth(a, b);
 }
 

@@ -7,10 +7,11 @@
 #include <sched.h>
 #include <stdlib.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
-#include <thread>
 #include <cstring>
+#include <thread>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -52,6 +53,16 @@ std::vector<std::vector<int>> WorkerAffinities(ThreadPool& pool) {
   return out;
 }
 
+// The pool works whatever was pinned: every index of [0, n) runs once.
+void ExpectCoversOnce(ThreadPool& pool, int n) {
+  std::vector<std::atomic<int>> hits(static_cast<size_t>(n));
+  for (auto& h : hits) h.store(0);
+  pool.ParallelFor(n, [&](int64_t b, int64_t e, int) {
+    for (int64_t i = b; i < e; ++i) hits[static_cast<size_t>(i)].fetch_add(1);
+  });
+  for (auto& h : hits) ASSERT_EQ(h.load(), 1);
+}
+
 TEST(NumaTest, ThisMachineHasANodeWithCores) {
   auto topo = NumaTopology::Load();
   ASSERT_TRUE(topo.ok()) << topo.status();
@@ -81,8 +92,48 @@ TEST(NumaTest, PoolThreadsArePinnedToTheNodesCores) {
       EXPECT_EQ(aff[static_cast<size_t>(t)], std::vector<int>{want}) << "thread " << t;
     }
   }
-  // The caller's own affinity is left alone without pin_caller.
+  // The caller's own affinity is left alone without pin_caller; the report
+  // names the core it belongs on once every worker is pinned.
   EXPECT_GE(ThreadAffinity().size(), 1u);
+  EXPECT_EQ(report.caller_cpu, report.threads_unpinned == 0 ? cpus[0] : -1);
+}
+
+// MakeCpuPool (the gpu worker's CPU backend): worker i on the i-th CPU this
+// process may use, the caller's core in the report, PinCurrentThreadToOsCpu
+// pins a thread there; more threads than CPUs are left unpinned, saying why.
+TEST(NumaTest, CpuPoolPinsOneThreadPerAllowedCpu) {
+  std::vector<int> allowed;
+  std::thread([&] { allowed = ThreadAffinity(); }).join();  // a fresh thread: the process mask
+  ASSERT_FALSE(allowed.empty());
+  const int n = std::min<int>(3, static_cast<int>(allowed.size()));
+  PinReport report;
+  auto pool = MakeCpuPool(n, &report);
+  std::printf("%s\n", report.message.c_str());
+  ASSERT_EQ(pool->size(), n);
+  EXPECT_EQ(report.threads_pinned, n - 1) << report.message;
+  EXPECT_EQ(report.threads_unpinned, 0);
+  EXPECT_EQ(report.caller_cpu, allowed[0]);
+  const std::vector<std::vector<int>> aff = WorkerAffinities(*pool);
+  for (int t = 1; t < n; ++t) {
+    EXPECT_EQ(aff[static_cast<size_t>(t)], std::vector<int>{allowed[static_cast<size_t>(t)]})
+        << "thread " << t;
+  }
+  std::vector<int> pinned_caller;
+  std::thread([&] {
+    EXPECT_TRUE(PinCurrentThreadToOsCpu(report.caller_cpu));
+    pinned_caller = ThreadAffinity();
+  }).join();
+  EXPECT_EQ(pinned_caller, std::vector<int>{allowed[0]});
+  EXPECT_FALSE(PinCurrentThreadToOsCpu(-1));
+  EXPECT_FALSE(PinCurrentThreadToOsCpu(CPU_SETSIZE));
+
+  PinReport over;
+  auto big = MakeCpuPool(static_cast<int>(allowed.size()) + 1, &over);
+  std::printf("%s\n", over.message.c_str());
+  EXPECT_EQ(over.threads_pinned, 0);
+  EXPECT_EQ(over.caller_cpu, -1);
+  EXPECT_NE(over.message.find("more threads than"), std::string::npos) << over.message;
+  ExpectCoversOnce(*big, 100);
 }
 
 TEST(NumaTest, SyntheticTwoSocketTopologyDegradesGracefully) {
@@ -105,17 +156,12 @@ TEST(NumaTest, SyntheticTwoSocketTopologyDegradesGracefully) {
   ASSERT_EQ(sched_getaffinity(0, sizeof(here), &here), 0);
   if (!CPU_ISSET(33, &here)) {
     EXPECT_EQ(report.threads_pinned, 0);
+    EXPECT_EQ(report.caller_cpu, -1);
     EXPECT_NE(report.message.find("do not exist on this machine"), std::string::npos)
         << report.message;
     EXPECT_NE(report.message.find("33-35"), std::string::npos) << report.message;
   }
-  // The pool works all the same.
-  std::vector<std::atomic<int>> hits(1000);
-  for (auto& h : hits) h.store(0);
-  pool->ParallelFor(1000, [&](int64_t b, int64_t e, int) {
-    for (int64_t i = b; i < e; ++i) hits[static_cast<size_t>(i)].fetch_add(1);
-  });
-  for (auto& h : hits) ASSERT_EQ(h.load(), 1);
+  ExpectCoversOnce(*pool, 1000);  // the pool works all the same
   // Memory is never bound on a simulated topology.
   NodeBuffer buf = NodeBuffer::Allocate(**topo, 1, 1 << 20);
   ASSERT_NE(buf.data(), nullptr);

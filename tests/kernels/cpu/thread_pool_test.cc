@@ -151,6 +151,34 @@ TEST(ThreadPoolTest, WakeEndsSleepsAheadOfTheNextJob) {
   ExpectCoversOnce(single, 10);
 }
 
+// SetYieldBeforeSleep: an idle worker yields its core instead of sleeping
+// for as long as asked (nobody sleeps during a 10 s window, checked early in
+// it), sleeps once the window is set to 0, and every ParallelFor before,
+// during and after the window is correct.
+TEST(ThreadPoolTest, YieldBeforeSleepKeepsWorkersOffTheSleepUntilTurnedOff) {
+  ThreadPool pool(3);
+  ExpectCoversOnce(pool, 1000);
+  pool.SetYieldBeforeSleep(10 * 1000 * 1000);
+  for (int round = 0; round < 50; ++round) {
+    if (round % 5 == 0) pool.Rest();  // a Rest ends the spin, not the yielding
+    if (round % 7 == 3) pool.Wake();
+    ExpectCoversOnce(pool, 1 + round * 13 % 101);
+  }
+  // Woken by the jobs above, every worker is out of its sleep (a loaded
+  // machine may take a while to run them) and then stays out of it.
+  ASSERT_TRUE(WaitFor([&] { return pool.sleeping_workers() == 0; }));
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  EXPECT_EQ(pool.sleeping_workers(), 0) << "a worker slept inside its yield window";
+  ExpectCoversOnce(pool, 77);
+  pool.SetYieldBeforeSleep(0);
+  ASSERT_TRUE(WaitFor([&] { return pool.sleeping_workers() == 2; }))
+      << "the workers kept yielding after the window was set to 0";
+  ExpectCoversOnce(pool, 500);
+  pool.SetYieldBeforeSleep(-5);  // negative is 0
+  ASSERT_TRUE(WaitFor([&] { return pool.sleeping_workers() == 2; }));
+  ExpectCoversOnce(pool, 3);
+}
+
 TEST(ThreadPoolTest, NestedCallRunsInlineOnTheCallingThread) {
   ThreadPool pool(3);
   const int64_t outer = 17, inner = 13;
