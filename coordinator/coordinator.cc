@@ -686,9 +686,7 @@ void Coordinator::Shutdown() {
   absl::MutexLock lock(&dataplane_mu_);
   for (auto& wp : workers_) {
     if (wp->channel != nullptr && wp->channel->late_wakeups() > 0) {
-      options_.log(absl::StrCat(wp->name, ": ", wp->channel->late_wakeups(),
-                                " waits found their transfer complete only at a timed-out poll "
-                                "(the event fd was not signalled)"));
+      options_.log(absl::StrCat(wp->name, ": ", wp->channel->LateWakeupsNote()));
     }
     wp->channel.reset();
     if (wp->endpoint != nullptr) (void)wp->endpoint->Close(100);

@@ -240,10 +240,7 @@ class WorkerServer final : public proto::WorkerService::Service {
       data_plane_.join();
     }
     if (channel_ != nullptr && channel_->late_wakeups() > 0) {
-      std::fprintf(stderr,
-                   "%s: %lld waits found their transfer complete only at a timed-out poll "
-                   "(the event fd was not signalled)\n",
-                   program_, static_cast<long long>(channel_->late_wakeups()));
+      std::fprintf(stderr, "%s: %s\n", program_, channel_->LateWakeupsNote().c_str());
     }
     channel_.reset();
     if (endpoint_ != nullptr) (void)endpoint_->Close(200);

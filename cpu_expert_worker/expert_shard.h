@@ -57,9 +57,7 @@ class ExpertShard final : public dataflow::WorkerCompute {
   void Busy() override {
     if (pool_ != nullptr) pool_->Wake();
   }
-  void PinCaller() override {
-    if (caller_cpu_ >= 0 && PinCallersEnabled()) (void)PinCurrentThreadToOsCpu(caller_cpu_);
-  }
+  void PinCaller() override { (void)PinCallerThread(caller_cpu_); }
 
   // Binds the process to `numa_node` when hwloc describes the real machine.
   // Returns a line for the log saying what was done.

@@ -45,9 +45,7 @@ class CpuGpuWorkerBackend final : public dataflow::WorkerCompute {
   void Busy() override {
     if (pool_ != nullptr) pool_->Wake();
   }
-  void PinCaller() override {
-    if (caller_cpu_ >= 0 && PinCallersEnabled()) (void)PinCurrentThreadToOsCpu(caller_cpu_);
-  }
+  void PinCaller() override { (void)PinCallerThread(caller_cpu_); }
 
  private:
   proto::ConfigureRequest config_request_;

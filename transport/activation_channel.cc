@@ -251,11 +251,15 @@ absl::StatusOr<size_t> ActivationChannel::Wait(TransferId id, int timeout_ms) {
   while (slot.state == SlotState::kInProgress && !slot.completed && NowUs() < yield_end_us) {
     if (worker_->Progress() == 0) sched_yield();
   }
+  bool slept_to_timeout = false;  // the last sleep ended by its timeout, not an event
   while (true) {
     while (worker_->Progress() != 0) {
     }
     Reap(slot);
-    if (slot.state != SlotState::kInProgress) break;
+    if (slot.state != SlotState::kInProgress) {
+      if (slept_to_timeout) ++late_wakeups_;  // it had arrived, and the fd said nothing
+      break;
+    }
     if (endpoint_->failed()) {
       absl::Status error = SlotError(slot);
       FreeSlot(slot);
@@ -269,15 +273,13 @@ absl::StatusOr<size_t> ActivationChannel::Wait(TransferId id, int timeout_ms) {
     }
     const int sleep_ms =
         static_cast<int>(std::min<int64_t>((left_us + 999) / 1000, options_.liveness_poll_ms));
+    slept_to_timeout = false;
     switch (worker_->WaitForEvents(sleep_ms)) {
       case WorkerWait::kEvents:
         break;
       case WorkerWait::kTimeout:
+        slept_to_timeout = true;
         worker_->ProgressKeepalive();  // A quiet peer may be a dead one.
-        while (worker_->Progress() != 0) {
-        }
-        Reap(slot);
-        if (slot.state != SlotState::kInProgress) ++late_wakeups_;  // arrived, not signalled
         break;
       case WorkerWait::kError:
         return absl::InternalError(absl::StrCat(
@@ -292,6 +294,13 @@ absl::StatusOr<size_t> ActivationChannel::Wait(TransferId id, int timeout_ms) {
   absl::Status error = SlotError(slot);
   FreeSlot(slot);
   return error;
+}
+
+std::string ActivationChannel::LateWakeupsNote() const {
+  if (late_wakeups_ == 0) return "";
+  return absl::StrCat(late_wakeups_, " waits on the channel to '", endpoint_->peer_name(),
+                      "' found their transfer complete only at a timed-out poll (the event fd "
+                      "was not signalled)");
 }
 
 void ActivationChannel::Release(TransferId id) {

@@ -112,6 +112,8 @@ class ActivationChannel {
   // after): the event fd was not signalled. Diagnostics (0 in every launch
   // measured on UCX 1.13 sm,self); owner thread only.
   int64_t late_wakeups() const { return late_wakeups_; }
+  // One line for a log when late_wakeups() > 0 ("N waits ..."); empty when 0.
+  std::string LateWakeupsNote() const;
 
   UcxEndpoint& endpoint() const { return *endpoint_; }
   const ActivationChannelOptions& options() const { return options_; }

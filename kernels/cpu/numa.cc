@@ -152,10 +152,7 @@ bool PinCurrentThreadToCpu(const NumaTopology& topology, int os_cpu) {
   }
   // hwloc does not bind on a topology that is not this machine; the CPU
   // exists here, so pin with the OS call.
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  CPU_SET(os_cpu, &set);
-  return pthread_setaffinity_np(pthread_self(), sizeof(set), &set) == 0;
+  return PinCurrentThreadToOsCpu(os_cpu);
 }
 
 bool PinCurrentThreadToOsCpu(int os_cpu) {
@@ -164,6 +161,10 @@ bool PinCurrentThreadToOsCpu(int os_cpu) {
   CPU_ZERO(&set);
   CPU_SET(os_cpu, &set);
   return pthread_setaffinity_np(pthread_self(), sizeof(set), &set) == 0;
+}
+
+bool PinCallerThread(int caller_cpu) {
+  return caller_cpu >= 0 && PinCallersEnabled() && PinCurrentThreadToOsCpu(caller_cpu);
 }
 
 bool PinCallersEnabled() {

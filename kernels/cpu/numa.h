@@ -112,6 +112,9 @@ std::unique_ptr<ThreadPool> MakeNodePool(const NumaTopology& topology, int node,
 bool PinCurrentThreadToCpu(const NumaTopology& topology, int os_cpu);
 // The same without a topology (sched affinity of this machine's CPUs).
 bool PinCurrentThreadToOsCpu(int os_cpu);
+// The owner's side of PinReport::caller_cpu: pins the calling thread there
+// unless caller_cpu is -1 or MOEFLOW_PIN=0. Returns whether it pinned.
+bool PinCallerThread(int caller_cpu);
 
 // A ThreadPool of n_threads for a process not placed on a NUMA node (the
 // gpu worker's CPU backend): worker i pinned to the i-th CPU of this

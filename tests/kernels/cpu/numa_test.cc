@@ -126,6 +126,13 @@ TEST(NumaTest, CpuPoolPinsOneThreadPerAllowedCpu) {
   EXPECT_EQ(pinned_caller, std::vector<int>{allowed[0]});
   EXPECT_FALSE(PinCurrentThreadToOsCpu(-1));
   EXPECT_FALSE(PinCurrentThreadToOsCpu(CPU_SETSIZE));
+  // The owner's side: PinCallerThread pins to caller_cpu, and not for -1.
+  std::thread([&] {
+    EXPECT_FALSE(PinCallerThread(-1));
+    EXPECT_EQ(ThreadAffinity(), allowed);
+    EXPECT_TRUE(PinCallerThread(report.caller_cpu));
+    EXPECT_EQ(ThreadAffinity(), std::vector<int>{allowed[0]});
+  }).join();
 
   PinReport over;
   auto big = MakeCpuPool(static_cast<int>(allowed.size()) + 1, &over);
