@@ -30,7 +30,8 @@ struct KernelBenchOptions {
   // Variants to time; empty: every variant this CPU runs. A variant is only
   // timed for the types where it has its own kernel (a vec_dot no earlier
   // variant in the list uses, or amx's Q8_0 GEMM): avx512bf16 only for
-  // BF16, avx2 / avx512 not for BF16 (they run the scalar dot there).
+  // BF16 (every other type runs avx512's kernels), a variant listed twice
+  // once. avx2 / avx512 have BF16 kernels of their own (BF16 widened to F32).
   std::vector<CpuIsa> isas;
   std::vector<GgmlType> types = {GgmlType::kQ4_K, GgmlType::kQ6_K, GgmlType::kQ5_0, GgmlType::kQ8_0,
                                  GgmlType::kBF16};
