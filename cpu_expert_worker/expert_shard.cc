@@ -14,7 +14,7 @@
 #include "kernels/cpu/matmul.h"
 #include "kernels/cpu/moe.h"
 #include "kernels/cpu/numa.h"
-#include "model/ggml_types.h"
+#include "formats/ggml_types.h"
 
 namespace moeflow {
 namespace {

@@ -33,7 +33,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
-#include "model/ggml_types.h"
+#include "formats/ggml_types.h"
 
 namespace moeflow {
 

@@ -7,7 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "base/check.h"
-#include "model/ggml_types.h"
+#include "formats/ggml_types.h"
 
 namespace moeflow {
 namespace {

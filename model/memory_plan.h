@@ -54,7 +54,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
 #include "model/deepseek2/config.h"
-#include "model/ggml_types.h"
+#include "formats/ggml_types.h"
 #include "model/gguf.h"
 
 namespace moeflow {

@@ -5,7 +5,7 @@
 #include <limits>
 
 #include "base/check.h"
-#include "model/ggml_types.h"
+#include "formats/ggml_types.h"
 
 namespace moeflow {
 

@@ -22,7 +22,7 @@
 #include "absl/strings/str_split.h"
 #include "base/check.h"
 #include "kernels/cpu/quants.h"
-#include "model/ggml_types.h"
+#include "formats/ggml_types.h"
 
 namespace moeflow {
 namespace {

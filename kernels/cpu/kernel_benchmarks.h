@@ -22,7 +22,7 @@
 #include "kernels/cpu/matmul.h"
 #include "kernels/cpu/membw.h"
 #include "kernels/cpu/thread_pool.h"
-#include "model/ggml_types.h"
+#include "formats/ggml_types.h"
 
 namespace moeflow {
 

@@ -13,7 +13,7 @@
 #include "base/check.h"
 #include "base/env_switch.h"
 #include "kernels/cpu/matmul_internal.h"
-#include "kernels/cpu/quant_blocks.h"
+#include "formats/quant_blocks.h"
 #include "kernels/cpu/quants.h"
 
 namespace moeflow {

@@ -55,7 +55,7 @@
 #include <cstdint>
 
 #include "kernels/cpu/thread_pool.h"
-#include "model/ggml_types.h"
+#include "formats/ggml_types.h"
 
 namespace moeflow {
 

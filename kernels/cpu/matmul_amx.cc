@@ -31,7 +31,7 @@
 #include <vector>
 
 #include "kernels/cpu/matmul_internal.h"
-#include "kernels/cpu/quant_blocks.h"
+#include "formats/quant_blocks.h"
 
 namespace moeflow {
 namespace {

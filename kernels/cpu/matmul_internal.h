@@ -9,7 +9,7 @@
 #include <cstdint>
 
 #include "kernels/cpu/matmul.h"
-#include "kernels/cpu/quant_blocks.h"
+#include "formats/quant_blocks.h"
 
 namespace moeflow {
 

@@ -7,7 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "base/check.h"
-#include "kernels/cpu/quant_blocks.h"
+#include "formats/quant_blocks.h"
 
 // Bit-exactness with ggml depends on the order of every float operation: the
 // expressions below keep ggml's association (e.g. `(w * x) * l`), and the

@@ -21,7 +21,7 @@
 #include <cstdint>
 
 #include "absl/status/status.h"
-#include "model/ggml_types.h"
+#include "formats/ggml_types.h"
 
 namespace moeflow {
 

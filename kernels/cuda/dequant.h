@@ -17,7 +17,7 @@
 #include <cuda_runtime.h>
 
 #include "absl/status/status.h"
-#include "model/ggml_types.h"
+#include "formats/ggml_types.h"
 
 namespace moeflow::cuda {
 

@@ -49,7 +49,7 @@ echo "Building the fuzzer with ${CXX} ..."
 "${CXX}" -std=c++17 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
   -I"${ROOT}" \
   "${ROOT}/tests/model/gguf_fuzz.cc" "${ROOT}/model/gguf.cc" "${ROOT}/model/gguf_writer.cc" \
-  "${ROOT}/model/ggml_types.cc" \
+  "${ROOT}/formats/ggml_types.cc" \
   "${ABSL_LIBS[@]}" -lpthread -o "${WORK}/gguf_fuzzer"
 
 cp "${ROOT}"/tests/data/gguf_fuzz/seeds/*.gguf "${WORK}/corpus/"

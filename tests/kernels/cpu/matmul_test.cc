@@ -12,10 +12,10 @@
 #include <vector>
 
 #include "gtest/gtest.h"
-#include "kernels/cpu/quant_blocks.h"
+#include "formats/quant_blocks.h"
 #include "kernels/cpu/quants.h"
 #include "kernels/cpu/thread_pool.h"
-#include "model/ggml_types.h"
+#include "formats/ggml_types.h"
 
 namespace moeflow {
 namespace {

@@ -15,7 +15,7 @@
 #include "kernels/cpu/matmul.h"
 #include "kernels/cpu/quants.h"
 #include "kernels/cpu/thread_pool.h"
-#include "model/ggml_types.h"
+#include "formats/ggml_types.h"
 
 namespace moeflow {
 namespace {

@@ -15,8 +15,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
-#include "kernels/cpu/quant_blocks.h"
-#include "model/ggml_types.h"
+#include "formats/quant_blocks.h"
+#include "formats/ggml_types.h"
 #include "model/gguf.h"
 
 namespace moeflow {

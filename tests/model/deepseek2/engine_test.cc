@@ -23,7 +23,7 @@
 #include "model/deepseek2/config.h"
 #include "model/deepseek2/logits_file.h"
 #include "model/deepseek2/reference.h"
-#include "model/ggml_types.h"
+#include "formats/ggml_types.h"
 #include "model/gguf.h"
 #include "tests/model/deepseek2/llamacpp_fixture.h"
 

@@ -6,7 +6,7 @@
 #include <vector>
 
 #include "gtest/gtest.h"
-#include "model/ggml_types.h"
+#include "formats/ggml_types.h"
 #include "model/memory_plan.h"
 #include "model/model_generator.h"
 

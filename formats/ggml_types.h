@@ -5,8 +5,8 @@
 // asks this table how many bytes a row of N elements takes. The numeric ids
 // are those of ggml's `enum ggml_type` and are part of the GGUF file format.
 // Thread-safe (immutable tables). Unknown ids are reported, never assumed.
-#ifndef MOEFLOW_MODEL_GGML_TYPES_H_
-#define MOEFLOW_MODEL_GGML_TYPES_H_
+#ifndef MOEFLOW_FORMATS_GGML_TYPES_H_
+#define MOEFLOW_FORMATS_GGML_TYPES_H_
 
 #include <cstdint>
 #include <optional>
@@ -77,4 +77,4 @@ absl::StatusOr<int64_t> RowBytes(GgmlType type, int64_t n);
 
 }  // namespace moeflow
 
-#endif  // MOEFLOW_MODEL_GGML_TYPES_H_
+#endif  // MOEFLOW_FORMATS_GGML_TYPES_H_

@@ -4,13 +4,13 @@
 // expert kernels read weight bytes through these structs, so they are the one
 // place where the on-disk layout is written down. Field order and sizes follow
 // ggml's block_* structs (ggml-common.h); the static_asserts pin the sizes to
-// the type table in model/ggml_types.cc.
+// the type table in formats/ggml_types.cc.
 //
 // Conventions: `uint16_t` scale fields hold IEEE half (or, where named, bf16)
 // bits; convert with Fp16ToFp32 from quants.h. Little-endian hosts only (as
 // ggml). Plain data: no thread-safety concerns, no failure modes.
-#ifndef MOEFLOW_KERNELS_CPU_QUANT_BLOCKS_H_
-#define MOEFLOW_KERNELS_CPU_QUANT_BLOCKS_H_
+#ifndef MOEFLOW_FORMATS_QUANT_BLOCKS_H_
+#define MOEFLOW_FORMATS_QUANT_BLOCKS_H_
 
 #include <cstdint>
 
@@ -146,4 +146,4 @@ static_assert(sizeof(BlockIQ4_XS) == 136, "ggml block_iq4_xs");
 
 }  // namespace moeflow
 
-#endif  // MOEFLOW_KERNELS_CPU_QUANT_BLOCKS_H_
+#endif  // MOEFLOW_FORMATS_QUANT_BLOCKS_H_

@@ -1,4 +1,4 @@
-#include "model/ggml_types.h"
+#include "formats/ggml_types.h"
 
 #include <array>
 #include <string>
