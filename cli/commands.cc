@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_replace.h"
+#include "base/knobs.h"
 
 namespace moeflow {
 namespace {
@@ -59,6 +60,16 @@ absl::StatusOr<std::vector<std::string>> ParseCommandFlags(const Command& comman
         Underscored(arg.substr(dashes, eq == std::string::npos ? std::string::npos : eq - dashes));
     if (name == "help" || name == "h") {
       *help = true;
+      continue;
+    }
+    if (name == "knob") {  // every command: a run-time knob (base/knobs.h)
+      std::string value;
+      if (eq != std::string::npos) {
+        value = arg.substr(eq + 1);
+      } else if (i + 1 < args.size()) {
+        value = args[++i];
+      }
+      if (absl::Status s = SetKnobFromFlag(value); !s.ok()) return s;
       continue;
     }
     bool negated = false;
@@ -129,6 +140,8 @@ void PrintCommandHelp(const Command& command, FILE* out) {
                         flag->DefaultValue().empty() ? "\"\"" : flag->DefaultValue());
     std::fprintf(out, "%s\n      %s\n", head.c_str(), flag->Help().c_str());
   }
+  std::fprintf(out, "  --knob NAME=VALUE (repeatable)\n      a run-time knob, below\n\n%s",
+               KnobsHelp().c_str());
 }
 
 std::string HumanBytes(double bytes) {

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "absl/strings/string_view.h"
+#include "base/knobs.h"
 #include "cli/commands.h"
 
 namespace moeflow {
@@ -27,7 +28,8 @@ void PrintUsage(FILE* out) {
                "moeflow: runs DeepSeek-V2/V3-class MoE models (GGUF, llama.cpp's deepseek2)\n\n"
                "usage: moeflow <command> [flags] [args]\n\ncommands:\n");
   for (const Command& c : AllCommands()) std::fprintf(out, "  %-10s %s\n", c.name, c.summary);
-  std::fprintf(out, "\n`moeflow <command> --help` lists a command's flags.\n");
+  std::fprintf(out, "\n`moeflow <command> --help` lists a command's flags.\n\n%s",
+               KnobsHelp().c_str());
 }
 
 const Command* FindCommand(absl::string_view name) {

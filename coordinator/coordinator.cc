@@ -8,15 +8,16 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <thread>
 #include <cstring>
 #include <fstream>
 #include <sstream>
+#include <thread>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "base/check.h"
+#include "base/knobs.h"
 #include "base/read_line.h"
 #include "coordinator/bearer_auth.h"
 #include "coordinator/dataflow_messages.h"
@@ -49,7 +50,10 @@ struct Coordinator::Worker {
   // Process (monitor thread and Start only).
   pid_t pid = -1;
   std::string grpc_address;
-  std::unique_ptr<proto::WorkerService::Stub> stub;
+  // Replaced by the monitor thread when it restarts or re-attaches the
+  // worker: written under Coordinator::mu_; other threads than the monitor
+  // (and Start, before it runs) copy it under mu_ (StubOf).
+  std::shared_ptr<proto::WorkerService::Stub> stub;
   std::atomic<bool> alive{false};
   std::atomic<int> epoch{0};
   int restarts = 0;  // Coordinator::mu_
@@ -295,7 +299,9 @@ absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Start(CoordinatorOptio
       c->expert_owner_[static_cast<size_t>(x)] = static_cast<int>(x % n_experts_workers) + 1;
     }
   }
+  const std::map<std::string, std::string> knobs = KnobValues();
   for (auto& w : c->workers_) {
+    w->configure.mutable_knobs()->insert(knobs.begin(), knobs.end());
     w->configure.set_model_path(topo.model_path());
     w->configure.set_role(w->role);
     w->configure.set_max_batch_tokens(static_cast<int32_t>(c->max_batch_));
@@ -443,8 +449,12 @@ absl::Status Coordinator::SpawnAndLoad(Worker& w) {
   }
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(64 << 20);
-  w.stub = proto::WorkerService::NewStub(
-      grpc::CreateCustomChannel(w.grpc_address, grpc::InsecureChannelCredentials(), args));
+  {
+    std::shared_ptr<proto::WorkerService::Stub> stub = proto::WorkerService::NewStub(
+        grpc::CreateCustomChannel(w.grpc_address, grpc::InsecureChannelCredentials(), args));
+    absl::MutexLock lock(&mu_);
+    w.stub = std::move(stub);
+  }
   {
     grpc::ClientContext ctx;
     PrepareCall(ctx, options_.rpc_timeout_ms);
@@ -1243,13 +1253,18 @@ void Coordinator::FillWorkerMetrics(proto::MetricsResponse* metrics, bool reset)
   }
   for (auto& wp : workers_) {
     Worker& w = *wp;
-    if (!w.alive.load() || w.stub == nullptr) continue;
+    std::shared_ptr<proto::WorkerService::Stub> stub;
+    {
+      absl::MutexLock lock(&mu_);  // the monitor may be replacing it
+      stub = w.stub;
+    }
+    if (!w.alive.load() || stub == nullptr) continue;
     grpc::ClientContext ctx;
     PrepareCall(ctx, options_.rpc_timeout_ms);
     proto::StatsRequest request;
     request.set_reset(reset);
     proto::StatsResponse response;
-    if (!w.stub->Stats(&ctx, request, &response).ok()) continue;
+    if (!stub->Stats(&ctx, request, &response).ok()) continue;
     proto::WorkerLayerMetrics* m = metrics->add_workers();
     m->set_worker_name(w.name);
     for (const proto::LayerStats& s : response.layers()) *m->add_layers() = s;

@@ -20,7 +20,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
-#include "base/env_switch.h"
+#include "base/knobs.h"
 #include "coordinator/bearer_auth.h"
 #include "proto/worker.grpc.pb.h"
 #include "transport/activation_channel.h"
@@ -49,9 +49,7 @@ int64_t ResidentBytes() {
 }  // namespace
 
 int DataflowYieldMicros() {
-  static const int us =
-      EnvIntOr("MOEFLOW_YIELD_US", 3000, 0, 1000000,
-               "idle dataflow threads yield their core for up to 3 ms, then sleep");
+  static const int us = static_cast<int>(KnobInt(Knob::kYieldUs));
   return us;
 }
 
@@ -72,6 +70,11 @@ class WorkerServer final : public proto::WorkerService::Service {
     }
     if (request->max_batch_tokens() < 1) {
       return grpc::Status(grpc::INVALID_ARGUMENT, "max_batch_tokens must be >= 1");
+    }
+    if (absl::Status s = SetKnobs(
+            std::map<std::string, std::string>(request->knobs().begin(), request->knobs().end()));
+        !s.ok()) {
+      return ToGrpc(absl::Status(s.code(), absl::StrCat("knobs: ", s.message())));
     }
     if (absl::Status s = compute_.Configure(*request); !s.ok()) return ToGrpc(s);
     transport::TransportConfig config;
@@ -184,6 +187,7 @@ class WorkerServer final : public proto::WorkerService::Service {
     response->set_message(message_);
     response->set_uptime_ms(absl::ToInt64Milliseconds(absl::Now() - start_));
     response->set_resident_bytes(ResidentBytes());
+    for (const auto& [name, value] : KnobValues()) (*response->mutable_knobs())[name] = value;
     if (endpoint_ != nullptr) {
       proto::PeerHealth* peer = response->add_peers();
       peer->set_peer_name(endpoint_->peer_name());
@@ -414,10 +418,19 @@ class WorkerServer final : public proto::WorkerService::Service {
 int RunWorkerProcess(int argc, char** argv, const char* program, WorkerCompute& compute) {
   std::string listen = "127.0.0.1:0";
   std::string token_file;
-  const char* usage = "[--listen=HOST:PORT] [--token_file=PATH]";
+  const char* usage = "[--listen=HOST:PORT] [--token_file=PATH] [--knob=NAME=VALUE]...";
   for (int i = 1; i < argc; ++i) {
     const absl::string_view arg = argv[i];
-    if (absl::StartsWith(arg, "--listen=")) {
+    if (arg == "--help" || arg == "-h") {
+      std::printf("usage: %s %s\n\n%s", program, usage, KnobsHelp().c_str());
+      return 0;
+    }
+    if (absl::StartsWith(arg, "--knob=")) {
+      if (absl::Status s = SetKnobFromFlag(arg.substr(7)); !s.ok()) {
+        std::fprintf(stderr, "%s: %s\n", program, std::string(s.message()).c_str());
+        return 2;
+      }
+    } else if (absl::StartsWith(arg, "--listen=")) {
       listen = std::string(arg.substr(9));
     } else if (absl::StartsWith(arg, "--token_file=")) {
       token_file = std::string(arg.substr(13));

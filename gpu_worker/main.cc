@@ -6,12 +6,14 @@
 #include "coordinator/worker_runtime.h"
 #include "gpu_worker/cpu_backend.h"
 #ifdef MOEFLOW_WITH_CUDA
-#include "gpu_worker/cuda_backend_selector.h"  // backend: cuda or cpu, picked at Configure
+#include "gpu_worker/backend_selector.h"  // backend: cuda or cpu, picked at Configure
+#include "gpu_worker/cuda_backend.h"
 #endif
 
 int main(int argc, char** argv) {
 #ifdef MOEFLOW_WITH_CUDA
-  moeflow::GpuWorkerBackendSelector backend;
+  moeflow::GpuWorkerBackendSelector backend(std::make_unique<moeflow::CpuGpuWorkerBackend>(),
+                                            std::make_unique<moeflow::CudaGpuWorkerBackend>());
 #else
   moeflow::CpuGpuWorkerBackend backend;
 #endif

@@ -11,9 +11,9 @@
 #include <vector>
 
 #include "base/check.h"
-#include "base/env_switch.h"
-#include "kernels/cpu/matmul_internal.h"
+#include "base/knobs.h"
 #include "formats/quant_blocks.h"
+#include "kernels/cpu/matmul_internal.h"
 #include "kernels/cpu/quants.h"
 
 namespace moeflow {
@@ -83,9 +83,8 @@ CpuIsa BestIsa() {
 
 CpuIsa IsaFromEnvironment() {
   CpuIsa isa = BestIsa();
-  const char* env = std::getenv("MOEFLOW_ISA");
-  if (env == nullptr) return isa;
-  const std::string v(env);
+  const std::string v = KnobString(Knob::kIsa);
+  if (v.empty()) return isa;
   CpuIsa wanted = isa;
   if (v == "scalar") wanted = CpuIsa::kScalar;
   if (v == "avx2") wanted = CpuIsa::kAvx2;
@@ -823,7 +822,7 @@ const char* WeightLayoutName(WeightLayout layout) {
 }
 
 WeightLayout PreferredLayout(GgmlType type, int64_t cols, CpuIsa isa) {
-  static const bool repack = EnvSwitchOnByDefault("MOEFLOW_REPACK", "weights are repacked");
+  static const bool repack = KnobBool(Knob::kRepack);
   if (repack && isa == CpuIsa::kAvx2 && LayoutAllowed(type, cols, WeightLayout::kQ5_0Pairs)) {
     return WeightLayout::kQ5_0Pairs;
   }

@@ -16,7 +16,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "base/check.h"
-#include "base/env_switch.h"
+#include "base/knobs.h"
 
 namespace moeflow {
 namespace {
@@ -168,8 +168,7 @@ bool PinCallerThread(int caller_cpu) {
 }
 
 bool PinCallersEnabled() {
-  static const bool on = EnvSwitchOnByDefault(
-      "MOEFLOW_PIN", "the dataflow's step threads and CPU-backend pool are pinned one per core");
+  static const bool on = KnobBool(Knob::kPin);
   return on;
 }
 

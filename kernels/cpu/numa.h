@@ -124,7 +124,7 @@ bool PinCallerThread(int caller_cpu);
 // report says which, in one line.
 std::unique_ptr<ThreadPool> MakeCpuPool(int n_threads, PinReport* report);
 
-// MOEFLOW_PIN (default 1; base/env_switch.h): 0 leaves the threads the
+// MOEFLOW_PIN (default 1; base/knobs.h): 0 leaves the threads the
 // dataflow would pin beyond a node pool's workers — the callers and the
 // CPU backend's pool — to the scheduler. Read once.
 bool PinCallersEnabled();

@@ -11,7 +11,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "base/env_switch.h"
+#include "base/knobs.h"
 
 namespace moeflow {
 
@@ -76,8 +76,7 @@ WeightBuffer& WeightBuffer::operator=(WeightBuffer&& other) noexcept {
 }
 
 bool HugePagesEnabled() {
-  static const bool on =
-      EnvSwitchOnByDefault("MOEFLOW_HUGEPAGES", "weights are copied into huge-page memory");
+  static const bool on = KnobBool(Knob::kHugePages);
   return on;
 }
 

@@ -5,6 +5,8 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "base/knobs.h"
+
 namespace moeflow {
 namespace {
 
@@ -44,10 +46,7 @@ void PrintProfile() {
 }  // namespace
 
 bool EngineProfileEnabled() {
-  static const bool enabled = [] {
-    const char* v = std::getenv("MOEFLOW_PROFILE");
-    return v != nullptr && std::strcmp(v, "0") != 0 && v[0] != '\0';
-  }();
+  static const bool enabled = KnobBool(Knob::kProfile);
   return enabled;
 }
 
