@@ -7,8 +7,10 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <climits>
 #include <cstdio>
+#include <cstring>
 #include <memory>
 #include <optional>
 #include <string>
@@ -31,6 +33,7 @@
 #include "coordinator/coordinator.h"
 #include "coordinator/coordinator_sequence_model.h"
 #include "coordinator/topology.h"
+#include "kernels/cpu/numa.h"
 #include "server/metrics.h"
 #include "server/scheduler.h"
 #include "tokenizer/bpe_tokenizer.h"
@@ -115,14 +118,28 @@ std::shared_ptr<grpc::ServerCredentials> ControlCredentials(const std::optional<
   return grpc::SslServerCredentials(options);
 }
 
-
 int RunLaunch(const std::vector<std::string>& args) {
   if (args.size() != 1) {
     std::fprintf(stderr, "moeflow launch: expected one topology file (got %zu arguments)\n",
                  args.size());
     return kExitUsage;
   }
-  auto topology = LoadTopologyFile(args[0]);
+  // Checked against this host before anything starts (and by
+  // --validate-only): the local workers' NUMA nodes and the files it opens.
+  TopologyHostChecks checks;
+  if (absl::StatusOr<std::unique_ptr<NumaTopology>> numa = NumaTopology::Load(); numa.ok()) {
+    checks.numa_nodes = (*numa)->num_nodes();
+    checks.numa_source = (*numa)->is_this_system() ? "hwloc" : "hwloc, simulated";
+  }
+  const std::string model_flag = absl::GetFlag(FLAGS_model);
+  checks.check_model_path = model_flag.empty();
+  checks.check_files = true;
+  if (!model_flag.empty() && access(model_flag.c_str(), R_OK) != 0) {
+    std::fprintf(stderr, "moeflow launch: --model=%s: %s\n", model_flag.c_str(),
+                 std::strerror(errno));
+    return kExitUsage;
+  }
+  auto topology = LoadTopologyFile(args[0], checks);
   if (!topology.ok()) {
     std::fprintf(stderr, "moeflow launch: %s\n", std::string(topology.status().message()).c_str());
     return kExitUsage;
@@ -237,7 +254,8 @@ int RunLaunch(const std::vector<std::string>& args) {
       return kExitFailure;
     }
     tokenizer = std::move(*opened);
-    sequence_model = std::make_unique<CoordinatorSequenceModel>(coordinator->get(), tokenizer.get());
+    sequence_model =
+        std::make_unique<CoordinatorSequenceModel>(coordinator->get(), tokenizer.get());
     server::SerialSchedulerOptions scheduler_options;
     scheduler_options.max_queue = absl::GetFlag(FLAGS_max_queue);
     scheduler = std::make_unique<server::SerialScheduler>(sequence_model.get(), scheduler_options,
@@ -247,8 +265,8 @@ int RunLaunch(const std::vector<std::string>& args) {
     if (file.Find("tokenizer.chat_template") != nullptr) {
       http_config.chat_template = file.GetString("tokenizer.chat_template").value_or("");
     }
-    absl::StatusOr<HttpApi> started = StartHttpApi(http_config, tokenizer.get(), scheduler.get(),
-                                                   &metrics);
+    absl::StatusOr<HttpApi> started =
+        StartHttpApi(http_config, tokenizer.get(), scheduler.get(), &metrics);
     if (!started.ok()) {
       std::fprintf(stderr, "moeflow launch: HTTP API: %s\n",
                    std::string(started.status().message()).c_str());
@@ -262,8 +280,8 @@ int RunLaunch(const std::vector<std::string>& args) {
                  http->model_name.c_str());
     // moeflowctl drain covers the HTTP requests too.
     server::SerialScheduler* s = scheduler.get();
-    service.AddFrontend({[s] { s->StopAccepting(); }, [s] { return s->pending(); },
-                         [s] { s->Shutdown(); }});
+    service.AddFrontend(
+        {[s] { s->StopAccepting(); }, [s] { return s->pending(); }, [s] { s->Shutdown(); }});
   }
   grpc::ServerBuilder builder;
   int port = 0;
@@ -321,9 +339,8 @@ Command LaunchCommand() {
       "stops everything.",
       {"model", "control_address", "control_token", "control_tls_cert", "control_tls_key",
        "http_address", "api_key", "max_body_bytes", "cors_origin", "http_workers", "model_name",
-       "max_queue",
-       "gpu_worker_binary", "expert_worker_binary",
-       "restart_workers", "validate_only", "overlap_shared_experts"},
+       "max_queue", "gpu_worker_binary", "expert_worker_binary", "restart_workers", "validate_only",
+       "overlap_shared_experts"},
       &RunLaunch,
   };
 }

@@ -135,9 +135,9 @@ absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Start(CoordinatorOptio
   if (topo.model_path().empty()) {
     return absl::InvalidArgumentError("model_path: empty (set it in the topology or --model)");
   }
-  if (topo.gpu_workers_size() != 1) {
+  if (topo.gpu_workers_size() != kMaxGpuWorkers) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "gpu_workers: this coordinator drives exactly one gpu worker, the topology has ",
+        "gpu_workers: this coordinator drives ", kMaxGpuWorkers, " gpu worker, the topology has ",
         topo.gpu_workers_size()));
   }
   for (int i = 0; i < topo.expert_workers_size(); ++i) {

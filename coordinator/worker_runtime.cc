@@ -458,12 +458,16 @@ int RunWorkerProcess(int argc, char** argv, const char* program, WorkerCompute& 
       return 2;
     }
   }
-  if (token.empty() && !IsLoopbackAddress(listen)) {
+  // Every worker needs a token, loopback included: any local user (or a
+  // browser page's request) could otherwise configure or stop it.
+  if (token.empty()) {
     std::fprintf(stderr,
                  "%s: refusing to listen on %s without a token: anyone who reaches that "
-                 "address could configure or stop this worker. Put a secret in a file, pass "
-                 "--token_file=PATH here and name the same file as worker_token_file in the "
-                 "topology\n",
+                 "address could configure or stop this worker. Put a secret in a file "
+                 "(e.g. head -c 32 /dev/urandom | base64 > worker.token; chmod 600 "
+                 "worker.token), pass --token_file=PATH here and name the same file as "
+                 "worker_token_file in the topology (workers started by `moeflow launch` get "
+                 "one from it)\n",
                  program, listen.c_str());
     return 2;
   }

@@ -83,10 +83,10 @@ class WorkerCompute {
 int DataflowYieldMicros();
 
 // Parses --listen (default 127.0.0.1:0) and --token_file (else the token in
-// $MOEFLOW_WORKER_TOKEN, coordinator/bearer_auth.h; every call must then
-// carry it, UNAUTHENTICATED otherwise), refuses a non-loopback --listen
-// without a token (exit 2), serves until Shutdown, prints "PORT <n>" on
-// stdout once listening. Returns the process exit code.
+// $MOEFLOW_WORKER_TOKEN, coordinator/bearer_auth.h; every call must carry
+// it, UNAUTHENTICATED otherwise), refuses to start without a token whatever
+// the address (exit 2), serves until Shutdown, prints "PORT <n>" on stdout
+// once listening. Returns the process exit code.
 int RunWorkerProcess(int argc, char** argv, const char* program, WorkerCompute& compute);
 
 }  // namespace moeflow::dataflow

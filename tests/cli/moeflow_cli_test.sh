@@ -170,6 +170,78 @@ expect_in "$TMP/err" "99999" "out-of-range token id is named"
 expect_rc 2 "logits with a non-numeric token" -- "$MOEFLOW" logits \
   --model "$FIXTURES/tiny-v2/tiny-v2.q8_0.gguf" --tokens 1,x --out "$TMP/x.bin"
 
+# --- launch --validate-only: each mistake a topology file can hold is caught
+# before anything starts, with the file's line and the field (the host is a
+# simulated 2-NUMA machine).
+VALID_MODEL="$FIXTURES/tiny-v3/tiny-v3.q8_0.gguf"
+TOPO="$TMP/topo.yaml"
+# validate WANT_RC PATTERN DESCRIPTION [FLAGS...] <<YAML
+validate() {
+  local want="$1" pattern="$2" what="$3"
+  shift 3
+  cat >"$TOPO"
+  expect_rc "$want" "launch --validate-only: $what" -- env HWLOC_SYNTHETIC="package:2 numa:1 core:1 pu:1" \
+    "$MOEFLOW" launch "$TOPO" --validate-only "$@"
+  [[ -z "$pattern" ]] || expect_in "$TMP/err" "$pattern" "launch --validate-only: $what"
+}
+validate 0 "" "a good topology" <<YAML
+model_path: $VALID_MODEL
+gpu_workers: [{backend: cpu}]
+expert_workers: [{numa_node: 0}, {numa_node: 1}]
+YAML
+validate 2 "topo.yaml:3: placement: duplicated key (first given on line 2" "duplicated key" <<YAML
+model_path: $VALID_MODEL
+placement: shard
+placement: replicate
+gpu_workers: [{backend: cpu}]
+expert_workers: [{numa_node: 0}]
+YAML
+validate 2 "topo.yaml:5: expert_workers\[1\].numa_node: 2: this host has 2 NUMA nodes (0-1, hwloc, simulated)" \
+  "a numa_node the host lacks" <<YAML
+model_path: $VALID_MODEL
+gpu_workers: [{backend: cpu}]
+expert_workers:
+  - {numa_node: 0}
+  - {numa_node: 2}
+YAML
+printf 'secret-token-for-the-cli-test\n' >"$TMP/worker.token"
+validate 2 "topo.yaml:7: expert_workers\[1\].address: '127.0.0.1:50070' is already the address of expert_workers\[0\]" \
+  "two expert workers at one address" <<YAML
+model_path: $VALID_MODEL
+ucx_transports: tcp
+worker_token_file: $TMP/worker.token
+gpu_workers: [{backend: cpu}]
+expert_workers:
+  - {numa_node: 0, address: '127.0.0.1:50070'}
+  - {numa_node: 1, address: '127.0.0.1:50070'}
+YAML
+validate 2 "topo.yaml:4: gpu_workers\[1\]: the coordinator drives 1 gpu worker" \
+  "more gpu workers than the coordinator drives" <<YAML
+model_path: $VALID_MODEL
+gpu_workers:
+  - {backend: cpu}
+  - {backend: cpu}
+expert_workers: [{numa_node: 0}]
+YAML
+validate 2 "topo.yaml:1: model_path: '$TMP/missing.gguf': No such file" "a model path that does not exist" <<YAML
+model_path: $TMP/missing.gguf
+gpu_workers: [{backend: cpu}]
+expert_workers: [{numa_node: 0}]
+YAML
+validate 2 "--model=$TMP/missing.gguf: No such file" "a --model that does not exist" \
+  --model "$TMP/missing.gguf" <<YAML
+model_path: $VALID_MODEL
+gpu_workers: [{backend: cpu}]
+expert_workers: [{numa_node: 0}]
+YAML
+validate 2 "topo.yaml:4: expert_workers: must be a list of expert workers .*got a map" \
+  "a map where a list is expected" <<YAML
+model_path: $VALID_MODEL
+gpu_workers: [{backend: cpu}]
+expert_workers:
+  numa_node: 0
+YAML
+
 if [[ $FAILURES -ne 0 ]]; then
   echo "$FAILURES failure(s)" >&2
   exit 1

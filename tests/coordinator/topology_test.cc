@@ -2,6 +2,7 @@
 // its file, line and name; unknown keys are errors.
 #include "coordinator/topology.h"
 
+#include <fstream>
 #include <string>
 
 #include "gtest/gtest.h"
@@ -84,7 +85,6 @@ TEST_P(TopologyErrorTest, NamesLineAndField) {
       << t.status().message();
 }
 
-
 INSTANTIATE_TEST_SUITE_P(
     Errors, TopologyErrorTest,
     ::testing::Values(
@@ -92,10 +92,12 @@ INSTANTIATE_TEST_SUITE_P(
         BadCase{"model_path: m\nplacement: spread\ngpu_workers: [{backend: cpu}]\n"
                 "expert_workers: [{numa_node: 0}]\n",
                 "bad.yaml:2: placement: 'spread' is not one of"},
-        BadCase{"model_path: m\ngpu_workers:\n  - {backend: rocm}\nexpert_workers: [{numa_node: 0}]\n",
-                "bad.yaml:3: gpu_workers[0].backend: 'rocm' is not one of cuda, cpu"},
-        BadCase{"model_path: m\ngpu_workers:\n  - {backend: cuda}\nexpert_workers: [{numa_node: 0}]\n",
-                "gpu_workers[0].device_ids: backend cuda needs at least one device id"},
+        BadCase{
+            "model_path: m\ngpu_workers:\n  - {backend: rocm}\nexpert_workers: [{numa_node: 0}]\n",
+            "bad.yaml:3: gpu_workers[0].backend: 'rocm' is not one of cuda, cpu"},
+        BadCase{
+            "model_path: m\ngpu_workers:\n  - {backend: cuda}\nexpert_workers: [{numa_node: 0}]\n",
+            "gpu_workers[0].device_ids: backend cuda needs at least one device id"},
         BadCase{"model_path: m\ngpu_workers:\n  - {backend: cpu, kv_cache_tokens: -5}\n"
                 "expert_workers: [{numa_node: 0}]\n",
                 "bad.yaml:3: gpu_workers[0].kv_cache_tokens: -5 is outside"},
@@ -114,10 +116,46 @@ INSTANTIATE_TEST_SUITE_P(
         BadCase{"model_path: m\ncontrol_address: localhost\ngpu_workers: [{backend: cpu}]\n"
                 "expert_workers: [{numa_node: 0}]\n",
                 "bad.yaml:2: control_address: 'localhost' is not host:port"},
-        BadCase{"model_path: m\ngpu_workers: [{backend: cpu}]\n", "expert_workers: a list"},
-        BadCase{"model_path: m\nexpert_workers: [{numa_node: 0}]\n", "gpu_workers: a list"},
+        BadCase{"model_path: m\ngpu_workers: [{backend: cpu}]\n",
+                "bad.yaml:1: expert_workers: required: a list of expert workers"},
+        BadCase{"model_path: m\nexpert_workers: [{numa_node: 0}]\n",
+                "bad.yaml:1: gpu_workers: required: a list of gpu workers"},
+        // What the issue's probe found: each with its line and field.
+        BadCase{"model_path: m\nplacement: shard\nplacement: replicate\n",
+                "bad.yaml:3: placement: duplicated key (first given on line 2"},
+        BadCase{"model_path: m\ngpu_workers: [{backend: cpu}]\nexpert_workers:\n"
+                "  - numa_node: 0\n    threads: 2\n    threads: 4\n",
+                "bad.yaml:6: expert_workers[0].threads: duplicated key (first given on line 5"},
+        BadCase{"model_path: m\ngpu_workers:\n  backend: cpu\nexpert_workers: [{numa_node: 0}]\n",
+                "bad.yaml:3: gpu_workers: must be a list of gpu workers (- item per line, or [a, "
+                "b]), got a map"},
+        BadCase{"model_path: m\ngpu_workers: [{backend: cpu}]\nexpert_workers:\n"
+                "  numa_node: 0\n",
+                "bad.yaml:4: expert_workers: must be a list of expert workers (- item per line, "
+                "or [a, b]), got a map"},
+        BadCase{"model_path: m\ngpu_workers: []\nexpert_workers: [{numa_node: 0}]\n",
+                "bad.yaml:2: gpu_workers: empty"},
+        BadCase{"model_path: m\ngpu_workers:\n  - {backend: cuda, device_ids: {a: 0}}\n"
+                "expert_workers: [{numa_node: 0}]\n",
+                "bad.yaml:3: gpu_workers[0].device_ids: must be a list of CUDA device ordinals, "
+                "got a map"},
+        BadCase{"model_path: m\ngpu_workers:\n  - {backend: cpu}\n  - {backend: cpu}\n"
+                "expert_workers: [{numa_node: 0}]\n",
+                "bad.yaml:4: gpu_workers[1]: the coordinator drives 1 gpu worker, this topology "
+                "lists 2"},
+        BadCase{"model_path: m\nucx_transports: tcp\nworker_token_file: /t\n"
+                "gpu_workers: [{backend: cpu}]\nexpert_workers:\n"
+                "  - {numa_node: 0, address: '127.0.0.1:50070'}\n"
+                "  - {numa_node: 1, address: '127.0.0.1:50070'}\n",
+                "bad.yaml:7: expert_workers[1].address: '127.0.0.1:50070' is already the address "
+                "of expert_workers[0]"},
+        BadCase{"model_path: m\nucx_transports: tcp\ngpu_workers: [{backend: cpu}]\n"
+                "expert_workers:\n  - {numa_node: 0, address: '127.0.0.1:50070'}\n",
+                "bad.yaml:5: expert_workers[0].address: a worker started by hand needs "
+                "worker_token_file"},
         BadCase{"model_path: [a, b]\n", "bad.yaml:1: model_path: must be a string"},
-        BadCase{"model_path: m\nmax_batch_tokens: 0\n", "bad.yaml:2: max_batch_tokens: 0 is outside"},
+        BadCase{"model_path: m\nmax_batch_tokens: 0\n",
+                "bad.yaml:2: max_batch_tokens: 0 is outside"},
         BadCase{"model_path: m\n  bad indent: [\n", "bad.yaml:"},
         BadCase{"model_path: m\nucx_transports: 'sm;rm -rf'\n", "bad.yaml:2: ucx_transports"},
         BadCase{"model_path: m\ngpu_workers:\n  - {backend: cpu, separate_process: maybe}\n"
@@ -140,8 +178,65 @@ INSTANTIATE_TEST_SUITE_P(
                 "expert_workers:\n  - {numa_node: 0, host: box2, address: 'box2:50070'}\n",
                 "bad.yaml:5: expert_workers[0].host: a worker on host box2 needs "
                 "worker_token_file"},
-        BadCase{"model_path: m\nworker_token_file: ''\n",
-                "bad.yaml:2: worker_token_file: empty"}));
+        BadCase{"model_path: m\nworker_token_file: ''\n", "bad.yaml:2: worker_token_file: empty"}));
+
+// The checks against the host `moeflow launch` runs on (also with
+// --validate-only): NUMA nodes it lacks, files it cannot open.
+TEST(TopologyTest, HostChecksNameLineAndField) {
+  TopologyHostChecks host;
+  host.numa_nodes = 2;
+  host.check_model_path = true;
+  host.check_files = true;
+  const std::string model = ::testing::TempDir() + "/host_check_model.gguf";
+  { std::ofstream(model) << "GGUF"; }
+  const std::string ok_text = "model_path: " + model +
+                              "\ngpu_workers: [{backend: cpu}]\nexpert_workers:\n"
+                              "  - {numa_node: 0}\n  - {numa_node: 1}\n";
+  EXPECT_TRUE(ParseTopologyYaml(ok_text, "ok.yaml", host).ok());
+
+  auto numa = ParseTopologyYaml("model_path: " + model +
+                                    "\ngpu_workers: [{backend: cpu}]\nexpert_workers:\n"
+                                    "  - {numa_node: 0}\n  - {numa_node: 3}\n",
+                                "n.yaml", host);
+  ASSERT_FALSE(numa.ok());
+  EXPECT_NE(std::string(numa.status().message())
+                .find("n.yaml:5: expert_workers[1].numa_node: 3: this host has 2 NUMA nodes (0-1"),
+            std::string::npos)
+      << numa.status();
+  // Unchecked without host facts (a topology written for another machine).
+  EXPECT_TRUE(ParseTopologyYaml("model_path: m\ngpu_workers: [{backend: cpu}]\n"
+                                "expert_workers: [{numa_node: 3}]\n",
+                                "n.yaml")
+                  .ok());
+
+  auto missing = ParseTopologyYaml(
+      "gpu_workers: [{backend: cpu}]\nexpert_workers: [{numa_node: 0}]\n"
+      "model_path: /nonexistent/model.gguf\n",
+      "m.yaml", host);
+  ASSERT_FALSE(missing.ok());
+  EXPECT_NE(std::string(missing.status().message())
+                .find("m.yaml:3: model_path: '/nonexistent/model.gguf': No such file"),
+            std::string::npos)
+      << missing.status();
+  auto token = ParseTopologyYaml("model_path: " + model +
+                                     "\nworker_token_file: /nonexistent/t\n"
+                                     "gpu_workers: [{backend: cpu}]\n"
+                                     "expert_workers: [{numa_node: 0}]\n",
+                                 "t.yaml", host);
+  ASSERT_FALSE(token.ok());
+  EXPECT_NE(std::string(token.status().message())
+                .find("t.yaml:2: worker_token_file: '/nonexistent/t': No such file"),
+            std::string::npos)
+      << token.status();
+  // A worker started by hand (address) is on whatever host it is: its
+  // numa_node is not this host's.
+  auto attached = ParseTopologyYaml("model_path: " + model +
+                                        "\nucx_transports: tcp\nworker_token_file: " + model +
+                                        "\ngpu_workers: [{backend: cpu}]\nexpert_workers:\n"
+                                        "  - {numa_node: 5, address: 'box2:50070'}\n",
+                                    "a.yaml", host);
+  EXPECT_TRUE(attached.ok()) << attached.status();
+}
 
 TEST(TopologyTest, RemoteExpertWorkerAndSeparateGpuProcess) {
   auto t = ParseTopologyYaml(R"(model_path: /m.gguf

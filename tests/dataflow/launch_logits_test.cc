@@ -98,7 +98,8 @@ void ExpectLaunchMatchesEngine(const Case& c, const std::string& tls,
         << "logits differ from the single-process engine's";
   }
   float max_diff = 0.f;
-  for (size_t i = 0; i < got.size(); ++i) max_diff = std::max(max_diff, std::fabs(got[i] - expected[i]));
+  for (size_t i = 0; i < got.size(); ++i)
+    max_diff = std::max(max_diff, std::fabs(got[i] - expected[i]));
   EXPECT_LT(max_diff, 1e-4f);
   for (size_t t = 0; t < tokens.size(); ++t) {
     const float* g = got.data() + t * vocab;
@@ -112,7 +113,9 @@ void ExpectLaunchMatchesEngine(const Case& c, const std::string& tls,
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
 }
 
-TEST_P(LaunchLogitsTest, MatchesSingleProcessEngine) { ExpectLaunchMatchesEngine(GetParam(), "sm,self"); }
+TEST_P(LaunchLogitsTest, MatchesSingleProcessEngine) {
+  ExpectLaunchMatchesEngine(GetParam(), "sm,self");
+}
 
 // The same data plane over UCX tcp (loopback; the test environment sets
 // UCX_NET_DEVICES=lo), as expert workers on another host would use it.
@@ -209,6 +212,7 @@ TEST(ExpertWorkerConfigureTest, UnknownExpertMemoryIsInvalidArgument) {
   const proto::ConfigureRequest request = ExpertConfigure(0, "huge");
   grpc::ClientContext ctx;
   ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
+  worker.Authorize(ctx);
   proto::ConfigureResponse response;
   const grpc::Status s = stub->Configure(&ctx, request, &response);
   EXPECT_EQ(s.error_code(), grpc::INVALID_ARGUMENT);
@@ -227,12 +231,14 @@ TEST(ExpertWorkerConfigureTest, NodeMemoryOnAMissingNodeFailsLoad) {
   {
     grpc::ClientContext ctx;
     ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
+    worker.Authorize(ctx);
     proto::ConfigureResponse response;
     const grpc::Status s = stub->Configure(&ctx, request, &response);
     ASSERT_TRUE(s.ok()) << s.error_message();
   }
   grpc::ClientContext ctx;
   ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(30)));
+  worker.Authorize(ctx);
   auto load = stub->Load(&ctx, proto::LoadRequest());
   proto::LoadProgress progress;
   while (load->Read(&progress)) {
@@ -333,7 +339,7 @@ TEST(LaunchControlTlsTest, TlsClientsGetThroughPlaintextOnesDoNot) {
   }
   const std::string ctl = "cli/moeflowctl --addr " + launch.address() + " --timeout_ms 10000";
   EXPECT_EQ(RunCommand(ctl + " --tls_ca " + cert + " status"), 0);
-  EXPECT_EQ(RunCommand(ctl + " status"), 1);  // plaintext: the call fails
+  EXPECT_EQ(RunCommand(ctl + " status"), 1);                            // plaintext: the call fails
   EXPECT_EQ(RunCommand(ctl + " --tls_ca /nonexistent.pem status"), 2);  // unreadable: usage
 }
 
@@ -344,33 +350,39 @@ TEST(LaunchControlTlsTest, CertificateWithoutKeyIsAUsageError) {
                              "gpu_workers:\n  - backend: cpu\n    kv_cache_tokens: 512\n"
                              "expert_workers:\n  - numa_node: 0\n";
   EXPECT_EQ(RunCommand("cli/moeflow launch --validate_only "
-                       "--control_tls_cert=tests/data/tls/control.crt " + topology), 2);
+                       "--control_tls_cert=tests/data/tls/control.crt " +
+                       topology),
+            2);
   EXPECT_EQ(RunCommand("cli/moeflow launch --validate_only --control_tls_cert=/nonexistent.crt "
-                       "--control_tls_key=tests/data/tls/control.key " + topology), 2);
-  EXPECT_EQ(RunCommand("cli/moeflow launch --validate_only --control_tls_cert=tests/data/tls/control.crt "
-                       "--control_tls_key=tests/data/tls/control.key " + topology), 0);
+                       "--control_tls_key=tests/data/tls/control.key " +
+                       topology),
+            2);
+  EXPECT_EQ(
+      RunCommand("cli/moeflow launch --validate_only --control_tls_cert=tests/data/tls/control.crt "
+                 "--control_tls_key=tests/data/tls/control.key " +
+                 topology),
+      0);
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Placements, LaunchLogitsTest,
-    ::testing::Values(Case{"tiny-v2", "q8_0", "replicate", true},
-                      Case{"tiny-v2", "q8_0", "shard", true},
-                      Case{"tiny-v2", "q4_k_m", "shard", true},
-                      Case{"tiny-v2", "f32", "slice", false},
-                      Case{"tiny-v2", "q8_0", "slice", false},
-                      Case{"tiny-v3", "q8_0", "replicate", true},
-                      Case{"tiny-v3", "q4_k_m", "replicate", true},
-                      Case{"tiny-v3", "q8_0", "shard", true},
-                      Case{"tiny-v3", "f32", "slice", false},
-                      Case{"tiny-v3", "q8_0", "slice", false}),
-    [](const ::testing::TestParamInfo<Case>& info) {
-      std::string name = std::string(info.param.model_dir) + "_" + info.param.quant + "_" +
-                         info.param.placement;
-      for (char& ch : name) {
-        if (!isalnum(static_cast<unsigned char>(ch))) ch = '_';
-      }
-      return name;
-    });
+INSTANTIATE_TEST_SUITE_P(Placements, LaunchLogitsTest,
+                         ::testing::Values(Case{"tiny-v2", "q8_0", "replicate", true},
+                                           Case{"tiny-v2", "q8_0", "shard", true},
+                                           Case{"tiny-v2", "q4_k_m", "shard", true},
+                                           Case{"tiny-v2", "f32", "slice", false},
+                                           Case{"tiny-v2", "q8_0", "slice", false},
+                                           Case{"tiny-v3", "q8_0", "replicate", true},
+                                           Case{"tiny-v3", "q4_k_m", "replicate", true},
+                                           Case{"tiny-v3", "q8_0", "shard", true},
+                                           Case{"tiny-v3", "f32", "slice", false},
+                                           Case{"tiny-v3", "q8_0", "slice", false}),
+                         [](const ::testing::TestParamInfo<Case>& info) {
+                           std::string name = std::string(info.param.model_dir) + "_" +
+                                              info.param.quant + "_" + info.param.placement;
+                           for (char& ch : name) {
+                             if (!isalnum(static_cast<unsigned char>(ch))) ch = '_';
+                           }
+                           return name;
+                         });
 
 // Prefill longer than max_batch_tokens runs in chunks; the KV cache carries
 // across them.
@@ -384,8 +396,8 @@ TEST(LaunchLogitsChunkedTest, ChunkedPrefillMatchesEngineChunkByChunk) {
   ASSERT_TRUE(engine.ok()) << engine.status();
   std::vector<float> expected;
   for (size_t c0 = 0; c0 < tokens.size(); c0 += 16) {
-    auto part = (*engine)->Forward(absl::MakeConstSpan(tokens).subspan(c0, 16),
-                                   static_cast<int64_t>(c0));
+    auto part =
+        (*engine)->Forward(absl::MakeConstSpan(tokens).subspan(c0, 16), static_cast<int64_t>(c0));
     ASSERT_TRUE(part.ok()) << part.status();
     expected.insert(expected.end(), part->begin(), part->end());
   }

@@ -12,6 +12,8 @@
 #include <iterator>
 #include <sstream>
 
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
@@ -46,12 +48,11 @@ std::string WriteTempFile(const std::string& name, const std::string& text) {
   return path;
 }
 
-
 LaunchProcess::LaunchProcess(const LaunchSpec& spec) {
   const char* tmp = std::getenv("TEST_TMPDIR");
   static int counter = 0;
-  const std::string topo = absl::StrCat(tmp != nullptr ? tmp : "/tmp", "/topology_", getpid(), "_",
-                                        counter++, ".yaml");
+  const std::string topo =
+      absl::StrCat(tmp != nullptr ? tmp : "/tmp", "/topology_", getpid(), "_", counter++, ".yaml");
   {
     std::ofstream out(topo);
     out << "model_path: " << spec.model_path << "\n"
@@ -76,10 +77,10 @@ LaunchProcess::LaunchProcess(const LaunchSpec& spec) {
       out << "}\n";
     }
   }
-  std::vector<std::string> args = {Runfile("cli/moeflow"), "launch", topo,
-                                   "--gpu_worker_binary=" + Runfile("gpu_worker/gpu_worker"),
-                                   "--expert_worker_binary=" +
-                                       Runfile("cpu_expert_worker/cpu_expert_worker")};
+  std::vector<std::string> args = {
+      Runfile("cli/moeflow"), "launch", topo,
+      "--gpu_worker_binary=" + Runfile("gpu_worker/gpu_worker"),
+      "--expert_worker_binary=" + Runfile("cpu_expert_worker/cpu_expert_worker")};
   for (const std::string& f : spec.extra_flags) args.push_back(f);
   std::vector<char*> argv;
   for (std::string& a : args) argv.push_back(a.data());
@@ -108,7 +109,8 @@ LaunchProcess::LaunchProcess(const LaunchSpec& spec) {
   // "CONTROL host:port HTTP host:port" when the launch serves HTTP too.
   if (const size_t http = line.find(" HTTP "); http != std::string::npos) {
     const size_t colon = line.rfind(':');
-    if (colon != std::string::npos && colon > http) http_port_ = std::atoi(line.c_str() + colon + 1);
+    if (colon != std::string::npos && colon > http)
+      http_port_ = std::atoi(line.c_str() + colon + 1);
   }
   // A wildcard bind is reached through loopback.
   if (address_.rfind("0.0.0.0:", 0) == 0) address_ = "127.0.0.1:" + address_.substr(8);
@@ -187,7 +189,19 @@ HandStartedWorker::HandStartedWorker(const std::string& listen,
   std::vector<std::string> args = wrapper;
   args.push_back(Runfile("cpu_expert_worker/cpu_expert_worker"));
   args.push_back("--listen=" + listen);
-  for (const std::string& a : extra_args) args.push_back(a);
+  for (const std::string& a : extra_args) {
+    args.push_back(a);
+    if (absl::StartsWith(a, "--token_file=")) token_file_ = a.substr(13);
+  }
+  if (token_file_.empty()) {
+    token_file_ = WriteTempFile("hand_started_worker_token", "hand-started-worker-test-token\n");
+    args.push_back("--token_file=" + token_file_);
+  }
+  {
+    std::ifstream in(token_file_);
+    std::getline(in, token_);
+    token_ = std::string(absl::StripAsciiWhitespace(token_));
+  }
   std::vector<char*> argv;
   for (std::string& a : args) argv.push_back(a.data());
   argv.push_back(nullptr);
@@ -212,6 +226,10 @@ HandStartedWorker::HandStartedWorker(const std::string& listen,
 }
 
 HandStartedWorker::~HandStartedWorker() { Kill(); }
+
+void HandStartedWorker::Authorize(grpc::ClientContext& context) const {
+  context.AddMetadata("authorization", "Bearer " + token_);
+}
 
 void HandStartedWorker::Kill() {
   if (pid_ <= 0) return;

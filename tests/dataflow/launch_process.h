@@ -64,6 +64,9 @@ struct LaunchSpec {
 
 // A cpu_expert_worker started by hand, as on another host: listens on
 // `listen` (port 0: any free port) and is killed (SIGKILL) on destruction.
+// Every worker needs a token: without --token_file in `extra_args` it gets
+// a test token file of its own (token_file(); the topology's
+// worker_token_file must name it).
 class HandStartedWorker {
  public:
   // `wrapper` goes before the worker's command line (e.g. {"ip", "netns",
@@ -77,12 +80,17 @@ class HandStartedWorker {
   const std::string& error() const { return error_; }
   int port() const { return port_; }
   pid_t pid() const { return pid_; }
+  const std::string& token_file() const { return token_file_; }
+  // Adds the worker's token to a call of its WorkerService.
+  void Authorize(grpc::ClientContext& context) const;
   // SIGKILL and reap.
   void Kill();
 
  private:
   pid_t pid_ = -1;
   int port_ = 0;
+  std::string token_file_;
+  std::string token_;
   std::string error_;
 };
 

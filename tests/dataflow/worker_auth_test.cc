@@ -1,7 +1,7 @@
 // The workers' gRPC service authenticates its caller (coordinator/
 // bearer_auth.h): a worker with a token answers calls without it, or with
-// another one, UNAUTHENTICATED; it refuses to listen on a non-loopback
-// address without a token, and refuses a malformed token file; the workers
+// another one, UNAUTHENTICATED; it refuses to listen without a token on any
+// address (loopback too), and refuses a malformed token file; the workers
 // the launcher starts get a random token it keeps to itself, so a call to
 // their port from outside is refused too.
 #include <grpcpp/grpcpp.h>
@@ -50,12 +50,29 @@ TEST(WorkerAuthTest, NonLoopbackListenWithoutTokenIsRefused) {
       << e.stderr_text;
 }
 
+// Loopback is no exception: another local user could Shutdown it.
+TEST(WorkerAuthTest, LoopbackListenWithoutTokenIsRefused) {
+  for (const char* listen : {"--listen=127.0.0.1:0", ""}) {
+    const testing::CommandExit e = RunWorker(listen);
+    EXPECT_EQ(e.code, 2) << listen;
+    EXPECT_NE(e.stderr_text.find("refusing to listen on 127.0.0.1:0 without a token"),
+              std::string::npos)
+        << e.stderr_text;
+    EXPECT_NE(e.stderr_text.find("--token_file=PATH"), std::string::npos) << e.stderr_text;
+  }
+  const testing::CommandExit gpu = testing::RunToExit(absl::StrCat(
+      "timeout 10 ", testing::Runfile("gpu_worker/gpu_worker"), " --listen=127.0.0.1:0"));
+  EXPECT_EQ(gpu.code, 2);
+  EXPECT_NE(gpu.stderr_text.find("gpu_worker: refusing to listen on 127.0.0.1:0 without a token"),
+            std::string::npos)
+      << gpu.stderr_text;
+}
+
 TEST(WorkerAuthTest, MalformedOrMissingTokenFileIsRefused) {
   testing::CommandExit e =
       RunWorker(absl::StrCat("--token_file=", WriteTempFile("short_token", "abc\n")));
   EXPECT_EQ(e.code, 2);
-  EXPECT_NE(e.stderr_text.find("a token must have 8 to 4096 characters (has 3)"),
-            std::string::npos)
+  EXPECT_NE(e.stderr_text.find("a token must have 8 to 4096 characters (has 3)"), std::string::npos)
       << e.stderr_text;
   e = RunWorker(absl::StrCat("--token_file=", WriteTempFile("empty_token", "  \n")));
   EXPECT_EQ(e.code, 2);

@@ -63,8 +63,8 @@ grpc::Status KillDuringGeneration(LaunchProcess& launch, absl::Duration* after_k
   grpc::Status s = reader->Finish();
   *after_kill = absl::Now() - kill_time;
   EXPECT_TRUE(killed) << "the generation ended before a piece arrived";
-  std::printf("request ended %.0f ms after the kill: %s\n",
-              absl::ToDoubleMilliseconds(*after_kill), s.error_message().c_str());
+  std::printf("request ended %.0f ms after the kill: %s\n", absl::ToDoubleMilliseconds(*after_kill),
+              s.error_message().c_str());
   return s;
 }
 
@@ -174,6 +174,7 @@ TEST(WorkerFailureTest, LostHandStartedWorkerIsAttachedAgainOnceBack) {
   spec.kv_cache_tokens = 4096;
   spec.ucx_transports = "tcp";
   spec.expert_addresses = {"", absl::StrCat("127.0.0.1:", port)};
+  spec.worker_token_file = remote->token_file();
   LaunchProcess launch(spec);
   ASSERT_TRUE(launch.ok()) << launch.error();
   ASSERT_TRUE(launch.WaitServing(20000));
@@ -193,7 +194,9 @@ TEST(WorkerFailureTest, LostHandStartedWorkerIsAttachedAgainOnceBack) {
     EXPECT_EQ(s.error_code(), grpc::UNAVAILABLE) << s.error_message();
     EXPECT_LT(absl::Now() - kill_time, absl::Seconds(2));
   }
-  remote = std::make_unique<testing::HandStartedWorker>(absl::StrCat("127.0.0.1:", port));
+  remote = std::make_unique<testing::HandStartedWorker>(
+      absl::StrCat("127.0.0.1:", port), std::vector<std::string>{},
+      std::vector<std::string>{"--token_file=" + spec.worker_token_file});
   ASSERT_TRUE(remote->ok()) << remote->error();
   ASSERT_TRUE(launch.WaitServing(20000)) << "the coordinator did not attach to the new worker";
   grpc::ClientContext ctx;
