@@ -2,12 +2,13 @@
 // Ollama-compatible /api/* (NDJSON streaming), /health and /metrics.
 //
 // Role in the data flow: HttpServer hands every request to OpenAiApi::Handle
-// (on an HTTP worker thread). Handle validates the JSON, renders chat
-// messages through the model's chat template (chat_template.h), tokenizes,
-// and submits a GenerationRequest to the backend (scheduler.h); the tokens
-// come back on the scheduler thread and are written to the responder as SSE
-// events / NDJSON lines / one JSON body. A client disconnect cancels the
-// request.
+// (on an HTTP worker thread), which routes it: the generation endpoints to
+// their protocol's encoder (openai_protocol.h, ollama_protocol.h: validate
+// the JSON, render chat messages through the model's chat template,
+// tokenize), whose exchange it submits to the backend (scheduler.h); the
+// tokens come back on the scheduler thread and the exchange writes them as
+// SSE events / NDJSON lines / one JSON body (api_exchange.h). A client
+// disconnect cancels the request.
 //
 // Endpoints:
 //   GET  /health                 {"status":"ok"} (never needs the API key)
@@ -41,34 +42,13 @@
 #include <string>
 #include <vector>
 
-#include "chat/chat_message.h"
+#include "server/api_exchange.h"
 #include "server/http_server.h"
 #include "server/metrics.h"
 #include "server/scheduler.h"
 #include "tokenizer/bpe_tokenizer.h"
 
 namespace moeflow::server {
-
-struct ApiOptions {
-  // The model id clients must name ("model"); /v1/models lists it.
-  std::string model_name = "moeflow";
-  // Ollama's /api/tags details.
-  std::string model_family = "deepseek2";
-  int64_t model_file_bytes = 0;
-  // Empty: no authentication. Else "Authorization: Bearer KEY" is required.
-  std::string api_key;
-  // The model file's chat template text ("" when it has none) and the known
-  // template used when it is missing or not recognized.
-  std::string chat_template;
-  std::string fallback_template = "deepseek-v3";
-  // Force R1's "<think>\n" at the start of the reply.
-  bool force_think = false;
-  // One line per request on stderr.
-  bool log_requests = true;
-  // /v1/completions' default max_tokens (OpenAI's is 16); chat requests
-  // default to the rest of the context.
-  int64_t default_completion_max_tokens = 16;
-};
 
 class OpenAiApi {
  public:
@@ -80,25 +60,17 @@ class OpenAiApi {
   void Handle(const HttpRequest& request, std::shared_ptr<HttpResponder> responder);
 
  private:
-  struct Exchange;
   void HandleChecked(const HttpRequest& request, std::shared_ptr<HttpResponder> responder);
-  void HandleOpenAiGeneration(const HttpRequest& request, std::shared_ptr<HttpResponder> responder,
-                              bool chat);
-  void HandleOllamaGeneration(const HttpRequest& request, std::shared_ptr<HttpResponder> responder,
-                              bool chat);
-  void Start(std::shared_ptr<Exchange> exchange);
-  void OnToken(Exchange& exchange, const GeneratedToken& token);
-  void OnDone(Exchange& exchange, const GenerationSummary& summary);
-  void LogRequest(const Exchange& exchange, int status, const std::string& note) const;
+  // Submits a parsed exchange and wires its callbacks; Refuses it when the
+  // backend does not take it (429, 503, 400).
+  void Start(std::shared_ptr<ApiExchange> exchange);
+  ApiContext Context() const;
 
   const ApiOptions options_;
   const BpeTokenizer* tokenizer_;
   GenerationBackend* backend_;
   ServerMetrics* metrics_;
 };
-
-// The system message that describes `tools` to the model (see above).
-std::string ToolsSystemPrompt(const std::vector<chat::ToolDefinition>& tools);
 
 }  // namespace moeflow::server
 

@@ -363,6 +363,36 @@ TEST(OpenAiApiTest, OllamaChatAndGenerateStreamNdjson) {
   EXPECT_TRUE(json::parse(r.body)["error"].is_string());
 }
 
+// Ollama's own shapes: tool calls as message.tool_calls with parsed
+// arguments (streamed or not), and an empty /api/generate prompt answered
+// at once with the "load" reply.
+TEST(OpenAiApiTest, OllamaToolCallsAndTheLoadReply) {
+  ApiFixture f(kScript, {}, 8, /*context=*/2048);
+  const std::string tools =
+      R"({"model":"tiny","options":{"temperature":0},
+          "messages":[{"role":"user","content":"Weather?"}],
+          "tools":[{"type":"function","function":{"name":"get_weather","description":"Weather",
+          "parameters":{"type":"object","properties":{"city":{"type":"string"}}}}}])";
+  for (const char* stream : {"false", "true"}) {
+    SCOPED_TRACE(stream);
+    ParsedResponse r = Post(f.port(), "/api/chat", tools + ",\"stream\":" + stream + "}");
+    ASSERT_EQ(r.status, 200) << r.body;
+    std::vector<std::string> lines = absl::StrSplit(r.body, '\n', absl::SkipEmpty());
+    ASSERT_FALSE(lines.empty());
+    const json last = json::parse(lines.back());
+    EXPECT_TRUE(last["done"].get<bool>());
+    EXPECT_EQ(last["done_reason"], "stop");
+    ASSERT_EQ(last["message"]["tool_calls"].size(), 1u) << last;
+    EXPECT_EQ(last["message"]["tool_calls"][0]["function"]["name"], "get_weather");
+    EXPECT_EQ(last["message"]["tool_calls"][0]["function"]["arguments"], json({{"city", "Paris"}}));
+  }
+  ParsedResponse r = Post(f.port(), "/api/generate", R"({"model":"tiny","prompt":""})");
+  ASSERT_EQ(r.status, 200) << r.body;
+  const json j = json::parse(r.body);
+  EXPECT_EQ(j["done_reason"], "load");
+  EXPECT_TRUE(j["done"].get<bool>());
+}
+
 TEST(OpenAiApiTest, ClientDisconnectCancelsTheRequest) {
   // A long script and a long max_tokens; the client leaves after the head.
   ApiFixture f(std::string(200, 'x'), {}, 8, /*context=*/4096, /*forward_delay_ms=*/20);

@@ -1,0 +1,151 @@
+#include "server/api_exchange.h"
+
+#include <cstdio>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "chat/chat_template.h"
+#include "chat/tool_call_parser.h"
+
+namespace moeflow::server {
+
+std::string ToolsSystemPrompt(const std::vector<chat::ToolDefinition>& tools) {
+  std::string out =
+      "## Tools\n\nYou have access to the following functions. To call functions, reply with "
+      "exactly this format (one <｜tool▁call▁begin｜>...<｜tool▁call▁end｜> per call; ARGUMENTS "
+      "is a JSON object matching the function's parameters):\n\n"
+      "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>FUNCTION_NAME\n"
+      "```json\nARGUMENTS\n```<｜tool▁call▁end｜><｜tool▁calls▁end｜>\n\n"
+      "### Functions\n";
+  for (const chat::ToolDefinition& tool : tools) {
+    absl::StrAppend(&out, "\n- ", tool.name);
+    if (!tool.description.empty()) absl::StrAppend(&out, ": ", tool.description);
+    if (!tool.parameters_json.empty()) {
+      absl::StrAppend(&out, "\n  Parameters (JSON schema): ", tool.parameters_json);
+    }
+  }
+  out += "\n";
+  return out;
+}
+
+absl::StatusOr<ChatPrompt> TokenizeChat(const ApiContext& ctx,
+                                        const std::vector<chat::ChatMessage>& messages,
+                                        const std::vector<chat::ToolDefinition>& tools) {
+  const BpeTokenizer& tokenizer = *ctx.tokenizer;
+  chat::ChatTemplateOptions template_options;
+  template_options.add_generation_prompt = true;
+  template_options.force_think = ctx.options->force_think;
+  template_options.fallback_template = ctx.options->fallback_template;
+  template_options.tools = tools;
+  if (tokenizer.bos_id() >= 0) {
+    template_options.bos_token = std::string(tokenizer.TokenText(tokenizer.bos_id()));
+  }
+  if (tokenizer.eos_id() >= 0) {
+    template_options.eos_token = std::string(tokenizer.TokenText(tokenizer.eos_id()));
+  }
+  absl::StatusOr<chat::RenderedPrompt> rendered =
+      chat::RenderChat(ctx.options->chat_template, messages, template_options);
+  if (!rendered.ok()) return rendered.status();
+  ChatPrompt prompt;
+  prompt.opens_think = rendered->opens_think;
+  prompt.tokens = tokenizer.Encode(rendered->text,
+                                   /*add_bos=*/!rendered->starts_with_bos && tokenizer.add_bos());
+  return prompt;
+}
+
+ChatOutput ParseChatOutput(const std::string& text, bool opens_think) {
+  ChatOutput out;
+  absl::StatusOr<chat::ChatMessage> message = chat::ParseAssistantOutput(text, opens_think);
+  if (!message.ok()) {
+    out.content = text;  // malformed tool call: return the text as is
+    return out;
+  }
+  out.content = message->content.value_or("");
+  out.content_null = !message->content.has_value();
+  out.reasoning = message->reasoning_content.value_or("");
+  out.tool_calls = message->tool_calls;
+  return out;
+}
+
+ApiExchange::ApiExchange(const ApiContext& ctx, std::shared_ptr<HttpResponder> responder,
+                         std::string endpoint, std::string id)
+    : ctx_(ctx),
+      responder_(std::move(responder)),
+      endpoint_(std::move(endpoint)),
+      id_(std::move(id)),
+      start_s_(NowS()) {}
+
+void ApiExchange::Log(int status, const std::string& note) const {
+  if (ctx_.metrics != nullptr) ctx_.metrics->RecordRequest(endpoint_, status);
+  if (!ctx_.options->log_requests) return;
+  std::fprintf(stderr, "%s %d %s%s %.1f ms %s\n", endpoint_.c_str(), status,
+               stream ? "stream " : "", id_.c_str(), (NowS() - start_s_) * 1000, note.c_str());
+}
+
+void ApiExchange::Refuse(const ApiError& error) {
+  Log(error.status, error.message);
+  responder_->Send(error.status, JsonHeaders(), Dump(ErrorJson(error)));
+}
+
+void ApiExchange::OnToken(const GeneratedToken& token) {
+  if (!stream) {
+    text += token.text;
+    if (logprobs) tokens.push_back(token);
+    return;
+  }
+  if (!head_sent) {
+    head_sent = true;
+    StartStream();
+  }
+  text += token.text;
+  StreamToken(token);
+}
+
+void ApiExchange::SendGenerationError(const ApiError& error, bool final) {
+  if (head_sent) {
+    StreamError(error, final);
+    responder_->EndStream();
+  } else {
+    responder_->Send(error.status, JsonHeaders(), Dump(ErrorJson(error)));
+  }
+}
+
+void ApiExchange::OnDone(const GenerationSummary& s) {
+  const std::string note = absl::StrFormat(
+      "prompt %d (cached %d) completion %d finish %s queue %.0f ms prefill %.0f ms "
+      "decode %.1f tok/s",
+      s.prompt_tokens, s.cached_prompt_tokens, s.completion_tokens, s.finish_reason,
+      s.queue_s * 1000, s.prefill_s * 1000,
+      s.decode_s > 0 ? s.completion_tokens / s.decode_s : 0.0);
+  if (s.finish_reason == "cancelled") {
+    if (responder_->closed()) {
+      Log(499, note);  // nginx's "client closed request"
+      return;
+    }
+    // Shutdown cancelled it while the client still waits: say so.
+    Log(503, note);
+    SendGenerationError({503, "the server is shutting down", "", "unavailable", "server_error"},
+                        /*final=*/true);
+    return;
+  }
+  if (!s.status.ok()) {
+    Log(500, std::string(s.status.message()));
+    SendGenerationError({500, absl::StrCat("generation failed: ", s.status.message()), "",
+                         "internal_error", "server_error"},
+                        /*final=*/false);
+    return;
+  }
+  text += s.flushed_text;
+  // A generation can end before any token (max_tokens reached by a held-back
+  // stop string prefix): the stream's head goes out first.
+  if (stream && !head_sent) {
+    head_sent = true;
+    StartStream();
+  }
+  Finish(s);
+  Log(200, note);
+  if (stream) responder_->EndStream();
+}
+
+}  // namespace moeflow::server

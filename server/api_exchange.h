@@ -1,0 +1,142 @@
+// One generation request in flight between the HTTP API and the scheduler,
+// and what the two protocols (openai_protocol.h, ollama_protocol.h) share
+// to answer it.
+//
+// Role in the data flow: a protocol parses the request body into an
+// ApiExchange subclass holding the GenerationRequest; OpenAiApi submits it
+// and routes the scheduler's callbacks here. OnToken / OnDone do what every
+// protocol does (collect the text, send the response head once, turn a
+// cancellation or an engine error into this protocol's error) and call the
+// subclass for its wire shape: the stream head, one event per token, the
+// final event or body.
+//
+//   Parse ─► Submit ─► OnToken* ─► OnDone ─► (Finish | stream error | 499/503)
+//      └─► Refuse (bad request, queue full)
+//
+// Thread-safety: parsing on an HTTP worker thread; OnToken / OnDone on the
+// scheduler thread, after which nothing else touches the exchange.
+// Failure: every error reaches the client in the protocol's own shape.
+#ifndef MOEFLOW_SERVER_API_EXCHANGE_H_
+#define MOEFLOW_SERVER_API_EXCHANGE_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "chat/chat_message.h"
+#include "server/api_json.h"
+#include "server/http_server.h"
+#include "server/metrics.h"
+#include "server/scheduler.h"
+#include "tokenizer/bpe_tokenizer.h"
+
+namespace moeflow::server {
+
+struct ApiOptions {
+  // The model id clients must name ("model"); /v1/models lists it.
+  std::string model_name = "moeflow";
+  // Ollama's /api/tags details.
+  std::string model_family = "deepseek2";
+  int64_t model_file_bytes = 0;
+  // Empty: no authentication. Else "Authorization: Bearer KEY" is required.
+  std::string api_key;
+  // The model file's chat template text ("" when it has none) and the known
+  // template used when it is missing or not recognized.
+  std::string chat_template;
+  std::string fallback_template = "deepseek-v3";
+  // Force R1's "<think>\n" at the start of the reply.
+  bool force_think = false;
+  // One line per request on stderr.
+  bool log_requests = true;
+  // /v1/completions' default max_tokens (OpenAI's is 16); chat requests
+  // default to the rest of the context.
+  int64_t default_completion_max_tokens = 16;
+};
+
+// What an exchange needs from the server; all outlive every exchange.
+struct ApiContext {
+  const ApiOptions* options = nullptr;
+  const BpeTokenizer* tokenizer = nullptr;
+  ServerMetrics* metrics = nullptr;  // may be null
+  int64_t context_tokens = 0;        // the backend's
+};
+
+// The system message that describes `tools` to the model (the DeepSeek
+// templates do not render them; openai_api.h).
+std::string ToolsSystemPrompt(const std::vector<chat::ToolDefinition>& tools);
+
+// `messages` through the model's chat template (generation prompt added),
+// tokenized. The renderer's errors (a bad role, an unknown template).
+struct ChatPrompt {
+  std::vector<int32_t> tokens;
+  bool opens_think = false;
+};
+absl::StatusOr<ChatPrompt> TokenizeChat(const ApiContext& ctx,
+                                        const std::vector<chat::ChatMessage>& messages,
+                                        const std::vector<chat::ToolDefinition>& tools = {});
+
+// The assistant's message as chat clients get it: content (null when only
+// tool calls came), reasoning, tool calls; a malformed tool call is content.
+struct ChatOutput {
+  std::string content;
+  bool content_null = false;
+  std::string reasoning;
+  std::vector<chat::ToolCall> tool_calls;
+};
+ChatOutput ParseChatOutput(const std::string& text, bool opens_think);
+
+class ApiExchange {
+ public:
+  ApiExchange(const ApiContext& ctx, std::shared_ptr<HttpResponder> responder, std::string endpoint,
+              std::string id);
+  virtual ~ApiExchange() = default;
+
+  void OnToken(const GeneratedToken& token);
+  void OnDone(const GenerationSummary& summary);
+  // Answers with `error` (nothing was sent yet) in this protocol's shape.
+  void Refuse(const ApiError& error);
+  // One line on stderr (options.log_requests) and the request counter.
+  void Log(int status, const std::string& note) const;
+  const std::shared_ptr<HttpResponder>& responder() const { return responder_; }
+
+  // Set by the parser.
+  std::shared_ptr<GenerationRequest> request;
+  std::string model;
+  bool stream = false;
+  bool logprobs = false;  // chat: logprobs; completions: logprobs != null
+  int32_t top_logprobs = 0;
+  bool opens_think = false;
+
+ protected:
+  virtual json ErrorJson(const ApiError& error) const = 0;
+  // The stream's head (status, content type) and its first events.
+  virtual void StartStream() = 0;
+  // One token's event(s); `text` already has the token's text.
+  virtual void StreamToken(const GeneratedToken& token) = 0;
+  // An error inside a started stream (`final`: also close the event stream
+  // as the protocol does, e.g. OpenAI's [DONE]).
+  virtual void StreamError(const ApiError& error, bool final) = 0;
+  // A successful end: the final event(s) or the whole body; `text` has
+  // everything generated.
+  virtual void Finish(const GenerationSummary& summary) = 0;
+
+  const ApiContext ctx_;
+  const std::shared_ptr<HttpResponder> responder_;
+  const std::string endpoint_;
+  const std::string id_;
+  const double start_s_;
+  // Scheduler thread.
+  std::string text;                    // everything released
+  std::vector<GeneratedToken> tokens;  // with logprobs, when not streaming
+  bool head_sent = false;
+
+ private:
+  // Reports a generation that failed after it was accepted.
+  void SendGenerationError(const ApiError& error, bool final);
+};
+
+}  // namespace moeflow::server
+
+#endif  // MOEFLOW_SERVER_API_EXCHANGE_H_
