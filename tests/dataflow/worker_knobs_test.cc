@@ -32,15 +32,18 @@ proto::ConfigureRequest ExpertConfigure() {
   return request;
 }
 
-grpc::Status Configure(proto::WorkerService::Stub& stub, const proto::ConfigureRequest& request) {
+grpc::Status Configure(const HandStartedWorker& worker, proto::WorkerService::Stub& stub,
+                       const proto::ConfigureRequest& request) {
   grpc::ClientContext ctx;
+  worker.Authorize(ctx);
   ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
   proto::ConfigureResponse response;
   return stub.Configure(&ctx, request, &response);
 }
 
-proto::HealthResponse Health(proto::WorkerService::Stub& stub) {
+proto::HealthResponse Health(const HandStartedWorker& worker, proto::WorkerService::Stub& stub) {
   grpc::ClientContext ctx;
+  worker.Authorize(ctx);
   ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
   proto::HealthResponse response;
   EXPECT_TRUE(stub.Health(&ctx, proto::HealthRequest(), &response).ok());
@@ -51,18 +54,18 @@ TEST(WorkerKnobsTest, ConfigureValuesWinOverTheWorkersEnvironmentAndBadOnesAreRe
   HandStartedWorker worker("127.0.0.1:0", {"env", "MOEFLOW_REPACK=1", "MOEFLOW_YIELD_US=10"});
   ASSERT_TRUE(worker.ok()) << worker.error();
   auto stub = WorkerStub("127.0.0.1:" + std::to_string(worker.port()));
-  EXPECT_EQ(Health(*stub).knobs().at("repack"), "1");  // its environment's, for now
+  EXPECT_EQ(Health(worker, *stub).knobs().at("repack"), "1");  // its environment's, for now
 
   proto::ConfigureRequest request = ExpertConfigure();
   (*request.mutable_knobs())["repack"] = "maybe";
-  grpc::Status s = Configure(*stub, request);
+  grpc::Status s = Configure(worker, *stub, request);
   EXPECT_EQ(s.error_code(), grpc::INVALID_ARGUMENT);
   EXPECT_NE(s.error_message().find("knobs: knob repack: 'maybe' is neither 0 nor 1"),
             std::string::npos)
       << s.error_message();
   request.mutable_knobs()->clear();
   (*request.mutable_knobs())["no_such_knob"] = "1";
-  s = Configure(*stub, request);
+  s = Configure(worker, *stub, request);
   EXPECT_EQ(s.error_code(), grpc::INVALID_ARGUMENT);
   EXPECT_NE(s.error_message().find("knob 'no_such_knob': unknown"), std::string::npos)
       << s.error_message();
@@ -70,9 +73,9 @@ TEST(WorkerKnobsTest, ConfigureValuesWinOverTheWorkersEnvironmentAndBadOnesAreRe
   request.mutable_knobs()->clear();
   (*request.mutable_knobs())["repack"] = "0";
   (*request.mutable_knobs())["yield_us"] = "250";
-  s = Configure(*stub, request);
+  s = Configure(worker, *stub, request);
   ASSERT_TRUE(s.ok()) << s.error_message();
-  const proto::HealthResponse health = Health(*stub);
+  const proto::HealthResponse health = Health(worker, *stub);
   EXPECT_EQ(health.knobs().at("repack"), "0");
   EXPECT_EQ(health.knobs().at("yield_us"), "250");
 }
@@ -87,11 +90,12 @@ TEST(WorkerKnobsTest, LaunchHandsItsKnobsToAnAttachedWorker) {
   spec.ucx_transports = "tcp";
   spec.expert_addresses = {"127.0.0.1:" + std::to_string(worker.port())};
   spec.extra_flags = {"--knob", "repack=0"};
+  spec.worker_token_file = worker.token_file();
   LaunchProcess launch(spec);
   ASSERT_TRUE(launch.ok()) << launch.error();
   ASSERT_TRUE(launch.WaitServing(30000));
   auto stub = WorkerStub("127.0.0.1:" + std::to_string(worker.port()));
-  EXPECT_EQ(Health(*stub).knobs().at("repack"), "0");
+  EXPECT_EQ(Health(worker, *stub).knobs().at("repack"), "0");
 }
 
 }  // namespace
