@@ -7,9 +7,10 @@
 #define MOEFLOW_KERNELS_CPU_MATMUL_INTERNAL_H_
 
 #include <cstdint>
+#include <cstring>
 
-#include "kernels/cpu/matmul.h"
 #include "formats/quant_blocks.h"
+#include "kernels/cpu/matmul.h"
 
 namespace moeflow {
 
@@ -65,6 +66,21 @@ struct SimdVecDots {
   VecDotFn q4_k = nullptr;
   VecDotFn q6_k = nullptr;
 };
+
+// matmul_scalar.cc: the scalar reference. ScalarVecDot is null for a type
+// Matmul does not take; the quantizers are ggml's from_float (x86 rounding
+// for Q8_0 / Q8_1, quantize_row_q8_K_ref for Q8_K).
+VecDotFn ScalarVecDot(GgmlType type);
+void QuantizeRowQ8_0(const float* x, BlockQ8_0* y, int64_t n);
+void QuantizeRowQ8_1(const float* x, BlockQ8_1* y, int64_t n);
+void QuantizeRowQ8_K(const float* x, BlockQ8_K* y, int64_t n);
+
+// A little-endian u32 at any alignment (Q5_0's qh).
+inline uint32_t LoadU32(const uint8_t* p) {
+  uint32_t v;
+  std::memcpy(&v, p, 4);
+  return v;
+}
 
 const SimdVecDots& Avx2VecDots();
 const SimdVecDots& Avx512VecDots();
