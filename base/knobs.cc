@@ -47,7 +47,7 @@ const std::vector<KnobSpec>& Specs() {
           "0: sleep after the short spin"),
       Bool(Knob::kProfile, "profile", "0",
            "time the engine's phases and print the table at exit "
-           "(model/deepseek2/engine_profile.h)"),
+           "(engine/engine_profile.h)"),
   };
   return *specs;
 }

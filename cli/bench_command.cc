@@ -40,7 +40,7 @@
 #include "kernels/cpu/matmul.h"
 #include "kernels/cpu/membw.h"
 #include "kernels/cpu/thread_pool.h"
-#include "model/deepseek2/engine.h"
+#include "engine/engine.h"
 #include "model/gguf.h"
 
 ABSL_DECLARE_FLAG(bool, json);

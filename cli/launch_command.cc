@@ -28,7 +28,7 @@
 #include "cli/common_flags.h"
 #include "cli/http_api.h"
 #include "cli/pem_file.h"
-#include "coordinator/bearer_auth.h"
+#include "auth/bearer_auth.h"
 #include "coordinator/control_service.h"
 #include "coordinator/coordinator.h"
 #include "coordinator/coordinator_sequence_model.h"

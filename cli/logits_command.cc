@@ -15,7 +15,7 @@
 #include "absl/time/clock.h"
 #include "cli/commands.h"
 #include "cli/common_flags.h"
-#include "model/deepseek2/engine.h"
+#include "engine/engine.h"
 #include "model/deepseek2/logits_file.h"
 #include "model/deepseek2/reference.h"
 

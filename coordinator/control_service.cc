@@ -9,7 +9,7 @@
 #include "base/check.h"
 #include "chat/chat_message.h"
 #include "chat/chat_template.h"
-#include "coordinator/bearer_auth.h"
+#include "auth/bearer_auth.h"
 #include "sampling/sampler.h"
 #include "sampling/stop_condition.h"
 

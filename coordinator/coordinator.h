@@ -59,7 +59,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "absl/types/span.h"
-#include "coordinator/worker_runtime.h"
+#include "dataflow/worker_process.h"
 #include "model/deepseek2/config.h"
 #include "model/gguf.h"
 #include "proto/control.pb.h"
@@ -200,7 +200,7 @@ class Coordinator {
   std::string model_name_;
   absl::Mutex kv_mu_;
   const void* kv_user_ ABSL_GUARDED_BY(kv_mu_) = nullptr;
-  // Sent on every worker call (coordinator/bearer_auth.h): the topology's
+  // Sent on every worker call (auth/bearer_auth.h): the topology's
   // worker_token_file, else a random one given to the workers spawned here.
   std::string worker_token_;
   proto::ExpertPlacement placement_ = proto::EXPERT_PLACEMENT_REPLICATE;

@@ -294,7 +294,7 @@ absl::Status ExpertShard::Load(const std::function<void(const proto::LoadProgres
   }
   if (pool_ == nullptr) pool_ = std::make_unique<ThreadPool>(threads);
   // Between the layers the coordinator computes on these cores: idle
-  // threads yield them rather than halt (coordinator/worker_runtime.h).
+  // threads yield them rather than halt (dataflow/worker_process.h).
   pool_->SetYieldBeforeSleep(dataflow::DataflowYieldMicros());
   // The held experts into the layout this CPU's kernels want (the engine
   // does the same, so the results stay bit-identical to it): the slices and

@@ -32,12 +32,12 @@
 #include <string>
 #include <vector>
 
-#include "coordinator/worker_runtime.h"
+#include "dataflow/worker_process.h"
 #include "kernels/cpu/numa.h"
 #include "kernels/cpu/thread_pool.h"
 #include "kernels/cpu/weight_memory.h"
 #include "model/deepseek2/config.h"
-#include "model/deepseek2/engine.h"
+#include "engine/engine.h"
 #include "model/gguf.h"
 
 namespace moeflow {

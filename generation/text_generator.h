@@ -38,7 +38,7 @@
 #include "absl/types/span.h"
 #include "chat/chat_message.h"
 #include "chat/chat_template.h"
-#include "model/deepseek2/engine.h"
+#include "engine/engine.h"
 #include "sampling/sampler.h"
 #include "sampling/stop_condition.h"
 #include "tokenizer/bpe_tokenizer.h"

@@ -17,7 +17,7 @@
 #include <vector>
 
 #include "base/check.h"
-#include "coordinator/worker_runtime.h"
+#include "dataflow/worker_process.h"
 
 namespace moeflow {
 

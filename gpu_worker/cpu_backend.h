@@ -1,11 +1,11 @@
 // gpu_worker's CPU backend: everything of a DeepSeek-V2/V3 layer except the
 // routed experts — embeddings, attention with its MLA KV cache, the FFN norm,
 // dense FFNs, the router and the shared experts — plus the output head, run
-// with the single-process engine's components (model/deepseek2/engine.h) so
+// with the single-process engine's components (engine/engine.h) so
 // the multi-process logits are bit-identical to Deepseek2Engine's.
 //
 // Role in the data flow: the coordinator sends it kEmbed / kLayer / kOutput
-// requests (coordinator/dataflow_messages.h); for a MoE layer it answers the
+// requests (dataflow/wire.h); for a MoE layer it answers the
 // router output first (part 0) and the shared experts after (part 1), so the
 // expert workers start while it computes the shared experts. It runs in a
 // gpu_worker process of its own (main.cc, over UCX) or, by default, inside
@@ -21,11 +21,11 @@
 #include <memory>
 #include <vector>
 
-#include "coordinator/worker_runtime.h"
+#include "dataflow/worker_process.h"
 #include "kernels/cpu/numa.h"
 #include "kernels/cpu/thread_pool.h"
 #include "model/deepseek2/config.h"
-#include "model/deepseek2/engine.h"
+#include "engine/engine.h"
 #include "model/gguf.h"
 
 namespace moeflow {

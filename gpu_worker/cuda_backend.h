@@ -1,5 +1,5 @@
 // gpu_worker's CUDA backend: the same requests as the CPU backend
-// (cpu_backend.h: kEmbed / kLayer / kOutput, coordinator/dataflow_messages.h)
+// (cpu_backend.h: kEmbed / kLayer / kOutput, dataflow/wire.h)
 // computed on one CUDA device with the kernels of kernels/cuda:
 //
 //   kLayer: x ─► rms_norm ─► q (q_a ─► rms_norm ─► q_b, or attn_q)
@@ -34,7 +34,7 @@
 #include <memory>
 #include <vector>
 
-#include "coordinator/worker_runtime.h"
+#include "dataflow/worker_process.h"
 #include "model/deepseek2/config.h"
 #include "model/deepseek2/reference.h"
 #include "model/gguf.h"

@@ -3,7 +3,7 @@
 // CUDA: MOEFLOW_WITH_CUDA). Started
 // by the coordinator (`moeflow launch`), which drives it over gRPC
 // (proto/worker.proto) and UCX.
-#include "coordinator/worker_runtime.h"
+#include "dataflow/worker_process.h"
 #include "gpu_worker/cpu_backend.h"
 #ifdef MOEFLOW_WITH_CUDA
 #include "gpu_worker/backend_selector.h"  // backend: cuda or cpu, picked at Configure

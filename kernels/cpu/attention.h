@@ -3,7 +3,7 @@
 // (DeepSeek-V2/V3), where every head attends over the same compressed KV rows
 // [kv_lora (the values) | rope part].
 //
-// Role in the data flow: EngineAttentionBlock (model/deepseek2/engine.cc)
+// Role in the data flow: EngineAttentionBlock (engine/engine.cc)
 // calls MlaAttention once per (query token, group of heads) after the
 // absorbed queries (q_nope·attn_k_b ++ q_pe) are built, and feeds the context
 // rows (in kv_lora space) to the per-head attn_v_b matmuls. It splits the

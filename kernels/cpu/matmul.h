@@ -2,7 +2,7 @@
 // ggml blocks, as llama.cpp's CPU backend computes ggml_mul_mat.
 //
 // Role in the data flow: every weight matmul of the single-process engine
-// (model/deepseek2/engine.h) runs here, on the bytes of the mmapped GGUF
+// (engine/engine.h) runs here, on the bytes of the mmapped GGUF
 // tensor; nothing is dequantized to a float copy. Like ggml, the float
 // activations are first converted to the weight type's `vec_dot_type`
 // (QuantizeActivations), then each output is one vec_dot of a weight row with

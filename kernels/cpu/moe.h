@@ -5,7 +5,7 @@
 //
 // with the experts' weights kept in their ggml blocks (kernels/cpu/matmul).
 //
-// Role in the data flow: model/deepseek2/engine.cc's EngineRoutedExperts
+// Role in the data flow: engine/engine.cc's EngineRoutedExperts
 // calls MoeForward once per MoE layer (prefill and decode); a CPU expert
 // worker can call it on its shard of experts. Steps, each one parallel loop
 // over `pool` (dynamic chunks, so experts with many tokens do not leave a

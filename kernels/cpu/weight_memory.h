@@ -4,7 +4,7 @@
 // Role in the data flow: a GGUF file is mapped with 4 KiB pages. Decode
 // streams hundreds of MiB per token through the matmul kernels, and with
 // 4 KiB pages every 4 KiB of a weight stream costs a TLB miss (a page walk,
-// nested under a hypervisor). At load, the engine (model/deepseek2/engine.h:
+// nested under a hypervisor). At load, the engine (engine/engine.h:
 // MoveWeightsToOwnMemory), the gpu worker's CPU backend and each
 // cpu_expert_worker (through NodeBuffer, kernels/cpu/numa.h) copy the
 // matrices they multiply into WeightBuffers and release the file's pages,

@@ -10,7 +10,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
-#include "coordinator/dataflow_messages.h"
+#include "dataflow/wire.h"
 #include "gtest/gtest.h"
 #include "proto/worker.pb.h"
 

@@ -19,7 +19,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "gtest/gtest.h"
-#include "model/deepseek2/engine.h"
+#include "engine/engine.h"
 #include "proto/worker.grpc.pb.h"
 #include "tests/dataflow/launch_process.h"
 

@@ -20,7 +20,7 @@
 #include "absl/time/time.h"
 #include "generation/text_generator.h"
 #include "gtest/gtest.h"
-#include "model/deepseek2/kv_pages.h"
+#include "engine/kv_pages.h"
 #include "server/engine_batch_model.h"
 #include "server/engine_sequence_model.h"
 #include "server/metrics.h"

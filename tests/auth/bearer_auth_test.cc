@@ -1,7 +1,7 @@
 // coordinator/bearer_auth: token files (trimmed, length and character
 // checks, precise errors), random tokens, loopback detection of listen
 // addresses.
-#include "coordinator/bearer_auth.h"
+#include "auth/bearer_auth.h"
 
 #include <unistd.h>
 

@@ -11,8 +11,8 @@
 // Thread-safety: timers may run on any thread; the sums are atomics. The
 // phases nest only under kForward (the whole pass), so the other phases add
 // up to at most the forward time. Failure: none.
-#ifndef MOEFLOW_MODEL_DEEPSEEK2_ENGINE_PROFILE_H_
-#define MOEFLOW_MODEL_DEEPSEEK2_ENGINE_PROFILE_H_
+#ifndef MOEFLOW_ENGINE_ENGINE_PROFILE_H_
+#define MOEFLOW_ENGINE_ENGINE_PROFILE_H_
 
 #include <chrono>
 #include <cstdint>
@@ -61,4 +61,4 @@ class EnginePhaseTimer {
 
 }  // namespace moeflow
 
-#endif  // MOEFLOW_MODEL_DEEPSEEK2_ENGINE_PROFILE_H_
+#endif  // MOEFLOW_ENGINE_ENGINE_PROFILE_H_

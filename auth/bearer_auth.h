@@ -13,8 +13,8 @@
 // errors as INVALID_ARGUMENT / NOT_FOUND naming the path; CheckBearer
 // answers UNAUTHENTICATED with a hint naming the flag that supplies the
 // token.
-#ifndef MOEFLOW_COORDINATOR_BEARER_AUTH_H_
-#define MOEFLOW_COORDINATOR_BEARER_AUTH_H_
+#ifndef MOEFLOW_AUTH_BEARER_AUTH_H_
+#define MOEFLOW_AUTH_BEARER_AUTH_H_
 
 #include <grpcpp/grpcpp.h>
 
@@ -49,4 +49,4 @@ grpc::Status CheckBearer(const grpc::ServerContext& context, const std::string& 
 
 }  // namespace moeflow::dataflow
 
-#endif  // MOEFLOW_COORDINATOR_BEARER_AUTH_H_
+#endif  // MOEFLOW_AUTH_BEARER_AUTH_H_

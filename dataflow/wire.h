@@ -30,8 +30,8 @@
 //
 // A failed request is answered on part 0 with code != 0 and a message.
 // Thread-safety: plain values. Failure: none here; receivers validate sizes.
-#ifndef MOEFLOW_COORDINATOR_DATAFLOW_MESSAGES_H_
-#define MOEFLOW_COORDINATOR_DATAFLOW_MESSAGES_H_
+#ifndef MOEFLOW_DATAFLOW_WIRE_H_
+#define MOEFLOW_DATAFLOW_WIRE_H_
 
 #include <cstddef>
 #include <cstdint>
@@ -85,4 +85,4 @@ inline size_t AlignUp(size_t n, size_t a = 64) { return (n + a - 1) / a * a; }
 
 }  // namespace moeflow::dataflow
 
-#endif  // MOEFLOW_COORDINATOR_DATAFLOW_MESSAGES_H_
+#endif  // MOEFLOW_DATAFLOW_WIRE_H_

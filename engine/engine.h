@@ -35,8 +35,8 @@
 // missing, mis-shaped or of a type the matmul does not support (naming the
 // type), or a bad option. Forward returns InvalidArgument for bad token ids,
 // positions or batch sizes, leaving the cache unchanged.
-#ifndef MOEFLOW_MODEL_DEEPSEEK2_ENGINE_H_
-#define MOEFLOW_MODEL_DEEPSEEK2_ENGINE_H_
+#ifndef MOEFLOW_ENGINE_ENGINE_H_
+#define MOEFLOW_ENGINE_ENGINE_H_
 
 #include <cstdint>
 #include <functional>
@@ -54,7 +54,7 @@
 #include "kernels/cpu/thread_pool.h"
 #include "kernels/cpu/weight_memory.h"
 #include "model/deepseek2/config.h"
-#include "model/deepseek2/kv_pages.h"
+#include "engine/kv_pages.h"
 #include "model/deepseek2/reference.h"
 #include "model/gguf.h"
 
@@ -423,4 +423,4 @@ class Deepseek2Engine {
 
 }  // namespace moeflow
 
-#endif  // MOEFLOW_MODEL_DEEPSEEK2_ENGINE_H_
+#endif  // MOEFLOW_ENGINE_ENGINE_H_

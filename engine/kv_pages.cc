@@ -1,4 +1,4 @@
-#include "model/deepseek2/kv_pages.h"
+#include "engine/kv_pages.h"
 
 #include "base/check.h"
 

@@ -1,4 +1,4 @@
-#include "coordinator/bearer_auth.h"
+#include "auth/bearer_auth.h"
 
 #include <sys/random.h>
 

@@ -33,8 +33,8 @@
 // Thread-safety: none; the engine's owner (one scheduler thread) calls it.
 // Failure: Allocate returns -1 when no page is free or evictable; misuse
 // (bad ids, releasing an unreferenced page) is a CHECK failure.
-#ifndef MOEFLOW_MODEL_DEEPSEEK2_KV_PAGES_H_
-#define MOEFLOW_MODEL_DEEPSEEK2_KV_PAGES_H_
+#ifndef MOEFLOW_ENGINE_KV_PAGES_H_
+#define MOEFLOW_ENGINE_KV_PAGES_H_
 
 #include <cstdint>
 #include <list>
@@ -132,4 +132,4 @@ class KvPagePool {
 
 }  // namespace moeflow
 
-#endif  // MOEFLOW_MODEL_DEEPSEEK2_KV_PAGES_H_
+#endif  // MOEFLOW_ENGINE_KV_PAGES_H_

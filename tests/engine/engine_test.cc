@@ -1,7 +1,7 @@
 // The quantized-matmul engine against llama.cpp's logits on the tiny fixture
 // models (tests/data/llamacpp/README.md), against the float32 reference, and
 // against itself (incremental decode, thread counts).
-#include "model/deepseek2/engine.h"
+#include "engine/engine.h"
 
 #include <algorithm>
 #include <cmath>

@@ -14,7 +14,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
-#include "model/deepseek2/engine.h"
+#include "engine/engine.h"
 #include "model/model_generator.h"
 #include "tests/model/deepseek2/llamacpp_fixture.h"
 

@@ -1,4 +1,4 @@
-#include "coordinator/worker_runtime.h"
+#include "dataflow/worker_process.h"
 
 #include <grpcpp/grpcpp.h>
 #include <sys/resource.h>
@@ -21,7 +21,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "base/knobs.h"
-#include "coordinator/bearer_auth.h"
+#include "auth/bearer_auth.h"
 #include "proto/worker.grpc.pb.h"
 #include "transport/activation_channel.h"
 #include "transport/ucx_handles.h"

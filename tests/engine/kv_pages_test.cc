@@ -1,6 +1,6 @@
 // KvPagePool: refcounts, publish/acquire by block hash verified against the
 // block's tokens and parent (collisions miss), LRU eviction order.
-#include "model/deepseek2/kv_pages.h"
+#include "engine/kv_pages.h"
 
 #include <vector>
 

@@ -19,7 +19,7 @@
 #include <string>
 #include <vector>
 
-#include "model/deepseek2/engine.h"
+#include "engine/engine.h"
 
 namespace {
 

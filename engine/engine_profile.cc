@@ -1,4 +1,4 @@
-#include "model/deepseek2/engine_profile.h"
+#include "engine/engine_profile.h"
 
 #include <atomic>
 #include <cstdio>

@@ -1,4 +1,4 @@
-#include "model/deepseek2/engine.h"
+#include "engine/engine.h"
 
 #include <algorithm>
 #include <cmath>
@@ -15,7 +15,7 @@
 #include "base/check.h"
 #include "kernels/cpu/attention.h"
 #include "kernels/cpu/quants.h"
-#include "model/deepseek2/engine_profile.h"
+#include "engine/engine_profile.h"
 #include "model/deepseek2/weights.h"
 
 namespace moeflow {

@@ -15,7 +15,7 @@
 #include <vector>
 
 #include "kernels/cpu/matmul.h"
-#include "model/deepseek2/engine.h"
+#include "engine/engine.h"
 
 namespace {
 

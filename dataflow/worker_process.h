@@ -2,7 +2,7 @@
 // cpu_expert_worker): the gRPC WorkerService with its lifecycle
 // (proto/worker.proto), the UCX context and worker, and the data-plane
 // thread that receives requests from the coordinator, hands them to the
-// worker's WorkerCompute and sends the replies (dataflow_messages.h).
+// worker's WorkerCompute and sends the replies (wire.h).
 //
 // It lives beside the coordinator because it implements the coordinator's
 // side of the contract once; the workers differ only in their WorkerCompute.
@@ -12,8 +12,8 @@
 // only, after Load. Failure: RPCs return the codes worker.proto lists; a
 // request that fails is answered with an error reply and the worker keeps
 // serving; losing the coordinator moves the worker to FAILED and it exits.
-#ifndef MOEFLOW_COORDINATOR_WORKER_RUNTIME_H_
-#define MOEFLOW_COORDINATOR_WORKER_RUNTIME_H_
+#ifndef MOEFLOW_DATAFLOW_WORKER_PROCESS_H_
+#define MOEFLOW_DATAFLOW_WORKER_PROCESS_H_
 
 #include <cstddef>
 #include <cstdint>
@@ -22,7 +22,7 @@
 
 #include "absl/status/status.h"
 #include "absl/types/span.h"
-#include "coordinator/dataflow_messages.h"
+#include "dataflow/wire.h"
 #include "proto/worker.pb.h"
 
 namespace moeflow::dataflow {
@@ -83,7 +83,7 @@ class WorkerCompute {
 int DataflowYieldMicros();
 
 // Parses --listen (default 127.0.0.1:0) and --token_file (else the token in
-// $MOEFLOW_WORKER_TOKEN, coordinator/bearer_auth.h; every call must carry
+// $MOEFLOW_WORKER_TOKEN, auth/bearer_auth.h; every call must carry
 // it, UNAUTHENTICATED otherwise), refuses to start without a token whatever
 // the address (exit 2), serves until Shutdown, prints "PORT <n>" on stdout
 // once listening. Returns the process exit code.
@@ -91,4 +91,4 @@ int RunWorkerProcess(int argc, char** argv, const char* program, WorkerCompute& 
 
 }  // namespace moeflow::dataflow
 
-#endif  // MOEFLOW_COORDINATOR_WORKER_RUNTIME_H_
+#endif  // MOEFLOW_DATAFLOW_WORKER_PROCESS_H_
