@@ -9,6 +9,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "base/check.h"
+#include "gpu_worker/cuda_params.h"
 #include "kernels/cpu/quants.h"
 #include "kernels/cuda/cublas_gemm.h"
 #include "kernels/cuda/cuda_status.h"

@@ -40,20 +40,6 @@ absl::Status RunRmsNorm(const RmsNormArguments& a) {
       "rms_norm launch");
 }
 
-RopeDeviceParams RopeDeviceParamsFrom(const Deepseek2RopeParams& rope) {
-  RopeDeviceParams p;
-  p.n_dims = static_cast<int>(rope.n_dims);
-  // The same float expressions as Deepseek2RopeParams::Apply.
-  p.theta_scale = std::pow(rope.freq_base, -2.0f / static_cast<float>(rope.n_dims));
-  p.freq_scale = rope.freq_scale;
-  p.ext_factor = rope.ext_factor;
-  p.attn_factor = rope.attn_factor;
-  p.ext_mscale = 1.0f + 0.1f * std::log(1.0f / rope.freq_scale);
-  p.corr_low = rope.corr_dims[0];
-  p.corr_high = rope.corr_dims[1];
-  return p;
-}
-
 absl::Status CanImplementRope(const RopeArguments& a) {
   if (a.params.n_dims < 2 || a.params.n_dims % 2 != 0) {
     return Invalid("rope", absl::StrCat("n_dims = ", a.params.n_dims, " must be even and >= 2"));
@@ -128,18 +114,6 @@ absl::Status RunConvertToBf16(const ConvertToBf16Arguments& a) {
   }
   if (Aliases(a.in, a.out)) return Invalid("convert_to_bf16", "in and out alias");
   return CudaStatus(LaunchConvertToBf16(a.in, a.out, a.n, a.stream), "convert_to_bf16 launch");
-}
-
-RouterDeviceParams RouterDeviceParamsFrom(const Deepseek2Config& c, int64_t k) {
-  RouterDeviceParams p;
-  p.n_experts = static_cast<int>(c.n_experts);
-  p.k = static_cast<int>(k == 0 ? c.n_experts_used : k);
-  p.sigmoid = c.gating == ExpertGating::kSigmoid ? 1 : 0;
-  p.n_groups = static_cast<int>(c.n_expert_groups);
-  p.n_groups_used = static_cast<int>(c.n_expert_groups_used);
-  p.normalize = c.expert_weights_norm ? 1 : 0;
-  p.scale = c.expert_weights_scale;
-  return p;
 }
 
 absl::Status CanImplementRouterTopK(const RouterTopKArguments& a) {

@@ -5,6 +5,9 @@
 // offending value in the message) and Run (CanImplement, then an
 // asynchronous launch on args.stream).
 //
+// The kernels know no model: RopeDeviceParams and RouterDeviceParams come
+// from the model's config through gpu_worker/cuda_params.h.
+//
 // CPU references (model/deepseek2/reference.h), which the tests in
 // tests/kernels/cuda compare with on random inputs: RmsNorm, Deepseek2-
 // RopeParams::Apply, Router::Route (from the gate logits on), Combine, and
@@ -29,8 +32,6 @@
 
 #include "absl/status/status.h"
 #include "kernels/cuda/layer_kernels.cuh"
-#include "model/deepseek2/config.h"
-#include "model/deepseek2/reference.h"
 
 namespace moeflow::cuda {
 
@@ -47,9 +48,6 @@ struct RmsNormArguments {
 };
 absl::Status CanImplementRmsNorm(const RmsNormArguments& args);
 absl::Status RunRmsNorm(const RmsNormArguments& args);
-
-// The device form of Deepseek2RopeParams (host-side logs and powers).
-RopeDeviceParams RopeDeviceParamsFrom(const Deepseek2RopeParams& rope);
 
 struct RopeArguments {
   // Head h of token t: n_dims values at in + t·in_token_stride + h·in_head_stride,
@@ -100,9 +98,6 @@ struct ConvertToBf16Arguments {
   cudaStream_t stream = nullptr;
 };
 absl::Status RunConvertToBf16(const ConvertToBf16Arguments& args);
-
-// The router's rules from the model config; k = 0: the model's top-k.
-RouterDeviceParams RouterDeviceParamsFrom(const Deepseek2Config& config, int64_t k = 0);
 
 struct RouterTopKArguments {
   const float* logits = nullptr;  // [n_tokens × n_experts], the gate GEMM's output

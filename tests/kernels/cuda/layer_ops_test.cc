@@ -7,6 +7,7 @@
 #include <cstring>
 #include <vector>
 
+#include "gpu_worker/cuda_params.h"
 #include "gtest/gtest.h"
 #include "kernels/cpu/quants.h"
 #include "model/model_generator.h"
