@@ -1,130 +1,65 @@
-// GGUF model files: a validating, memory-mapped reader and a streaming writer.
+// GGUF model files: a validating, memory-mapped reader of a model — one
+// file, or every shard of a split model — and a streaming writer.
 //
 // Role in the data flow: every process that needs weights (cpu_expert_worker,
 // gpu_worker, the single-process engine, `moeflow inspect`) opens the model
-// file with GgufFile::Open. Opening maps the file and parses only the header,
-// metadata and tensor infos; tensor bytes stay on disk until touched, so a
-// 380 GB file opens in milliseconds. GgufWriter writes files that llama.cpp's
-// loader accepts, tensor by tensor, so a generator never holds a whole model.
-//
-// Layout (GGUF v2/v3, little-endian): magic "GGUF", u32 version, u64
-// tensor_count, u64 kv_count, kv_count × (string key, u32 value type, value),
-// tensor_count × (string name, u32 n_dims, n_dims × u64 ne, u32 ggml type,
-// u64 offset), padding to `general.alignment` (default 32), tensor data.
-// Strings are u64 length + bytes (no NUL). Arrays are u32 element type + u64
-// count + elements, and may nest.
+// with GgufFile::Open, given the file or any shard of a split model
+// (gguf_split.h: the other shards are found by name and the set is
+// validated). Opening maps the files and parses only the headers, metadata
+// and tensor infos (gguf_shard.h); tensor bytes stay on disk until touched,
+// so a 380 GB model opens in milliseconds. The model's metadata is its first
+// shard's; its tensors are those of all shards, each knowing its shard.
+// GgufWriter writes files that llama.cpp's loader accepts, tensor by tensor,
+// so a generator never holds a whole model (GgufSplitWriter: as shards).
 //
 // Thread-safety: a GgufFile is immutable after Open; all const methods may be
 // called from any thread. GgufWriter is not thread-safe.
 //
 // Failure: Open never crashes on a bad file. It returns InvalidArgument (or
-// NotFound / PermissionDenied for the path) with a message naming the file,
-// what is wrong and where: the byte offset, the metadata key or the tensor.
+// NotFound / PermissionDenied for a path) with a message naming the file,
+// what is wrong and where: the byte offset, the metadata key, the tensor, or
+// the shard that is missing or does not belong (gguf_split.h). A failed Open
+// leaves nothing mapped.
 #ifndef MOEFLOW_MODEL_GGUF_H_
 #define MOEFLOW_MODEL_GGUF_H_
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
-#include "absl/strings/string_view.h"
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/types/span.h"
 #include "formats/ggml_types.h"
+#include "model/gguf_metadata.h"
+#include "model/gguf_value.h"
 
 namespace moeflow {
 
-// GGUF metadata value types (ids as stored in the file).
-enum class GgufType : uint32_t {
-  kUint8 = 0,
-  kInt8 = 1,
-  kUint16 = 2,
-  kInt16 = 3,
-  kUint32 = 4,
-  kInt32 = 5,
-  kFloat32 = 6,
-  kBool = 7,
-  kString = 8,
-  kArray = 9,
-  kUint64 = 10,
-  kInt64 = 11,
-  kFloat64 = 12,
-};
+class GgufShard;
 
-absl::string_view GgufTypeName(GgufType type);
-
-// One metadata value. Scalars are held by value; strings and arrays own their
-// contents (metadata is small next to tensors; the largest, a 129k-entry
-// vocabulary, is a few MB).
-class GgufValue {
- public:
-  GgufValue() = default;
-  static GgufValue Uint(GgufType type, uint64_t v);   // kUint8..kUint64, kBool
-  static GgufValue Int(GgufType type, int64_t v);     // kInt8..kInt64
-  static GgufValue Float(GgufType type, double v);    // kFloat32/kFloat64
-  static GgufValue String(std::string v);
-  static GgufValue Array(GgufType element_type, std::vector<GgufValue> elements);
-
-  GgufType type() const { return type_; }
-  // For arrays: the element type (may itself be kArray for nested arrays).
-  GgufType element_type() const { return element_type_; }
-
-  bool is_integer() const;  // any of the 8 integer types (not bool)
-  bool is_float() const;    // kFloat32 / kFloat64
-
-  // Value accessors; the caller checks type() first (programmer error if not).
-  uint64_t as_uint() const { return u_; }
-  int64_t as_int() const { return i_; }
-  double as_float() const { return f_; }
-  bool as_bool() const { return u_ != 0; }
-  const std::string& as_string() const { return s_; }
-  const std::vector<GgufValue>& as_array() const { return array_; }
-
-  // Human-readable rendering; arrays longer than `max_elements` are elided.
-  std::string DebugString(size_t max_elements = 8) const;
-
- private:
-  GgufType type_ = GgufType::kUint8;
-  GgufType element_type_ = GgufType::kUint8;
-  uint64_t u_ = 0;
-  int64_t i_ = 0;
-  double f_ = 0;
-  std::string s_;
-  std::vector<GgufValue> array_;
-};
-
-struct GgufKeyValue {
-  std::string key;
-  GgufValue value;
-};
-
-struct GgufTensorInfo {
-  std::string name;
-  // Dimensions in ggml order: ne[0] is the contiguous (row) dimension.
-  std::vector<int64_t> ne;
-  GgmlType type = GgmlType::kF32;
-  // Offset of the first byte relative to the start of the data section.
-  uint64_t offset = 0;
-  // Derived at open: element count and byte size of the tensor.
-  int64_t n_elements = 0;
-  uint64_t n_bytes = 0;
-
-  int64_t rows() const;                  // product of ne[1..]
-  std::string ShapeString() const;       // "{2048, 102400}" as llama.cpp prints
+struct GgufOpenOptions {
+  // The tensors this process will read (empty: all). Shards of a split model
+  // that hold none of them are validated and then unmapped; TensorData on
+  // their tensors is a programmer error.
+  std::function<bool(const GgufTensorInfo&)> reads_tensor;
 };
 
 class GgufFile {
  public:
-  // Maps `path` read-only and parses header, metadata and tensor infos.
-  // Errors: NotFound/PermissionDenied (path), InvalidArgument (bad file; the
-  // message names the file, offset and field).
-  static absl::StatusOr<std::unique_ptr<GgufFile>> Open(const std::string& path);
+  // Maps the model `path` is (a file) or belongs to (a shard of a split
+  // model) read-only and parses every header. Errors: NotFound/PermissionDenied
+  // (a path), InvalidArgument (a bad file or shard set; the message names the
+  // file, offset and field).
+  static absl::StatusOr<std::unique_ptr<GgufFile>> Open(const std::string& path,
+                                                        const GgufOpenOptions& options = {});
 
-  // Parses an in-memory image (copied). `name` is used in error messages.
-  // Used by tests and the fuzzer.
+  // Parses an in-memory image (copied) as one whole file (split keys are not
+  // followed). `name` is used in error messages. Used by tests and the fuzzer.
   static absl::StatusOr<std::unique_ptr<GgufFile>> FromBytes(absl::Span<const uint8_t> bytes,
                                                              std::string name);
 
@@ -132,56 +67,70 @@ class GgufFile {
   GgufFile(const GgufFile&) = delete;
   GgufFile& operator=(const GgufFile&) = delete;
 
-  const std::string& path() const { return path_; }
-  uint32_t version() const { return version_; }
-  uint64_t alignment() const { return alignment_; }
-  uint64_t file_size() const { return size_; }
-  // Absolute file offset where tensor data begins.
-  uint64_t data_offset() const { return data_offset_; }
+  // The first shard's path (the file's, for a model in one file).
+  const std::string& path() const;
+  uint32_t version() const;    // the first shard's
+  uint64_t alignment() const;  // the first shard's
+  uint64_t file_size() const;  // all shards together
+  // Absolute offset where the first shard's tensor data begins.
+  uint64_t data_offset() const;
 
-  const std::vector<GgufKeyValue>& metadata() const { return metadata_; }
-  const GgufValue* Find(absl::string_view key) const;
+  // The files of the model, in split.no order (one for a plain file).
+  int shard_count() const { return static_cast<int>(shards_.size()); }
+  const GgufShard& shard(int i) const;
 
-  // Typed getters. NotFound if the key is absent, InvalidArgument (naming the
-  // key and its actual type) if the type does not fit. GetInt accepts any
-  // integer type whose value fits in int64; GetFloat accepts f32/f64 and
-  // integers; GetBool accepts bool only.
-  absl::StatusOr<int64_t> GetInt(absl::string_view key) const;
-  absl::StatusOr<double> GetFloat(absl::string_view key) const;
-  absl::StatusOr<bool> GetBool(absl::string_view key) const;
-  absl::StatusOr<std::string> GetString(absl::string_view key) const;
-  absl::StatusOr<std::vector<std::string>> GetStringArray(absl::string_view key) const;
-  absl::StatusOr<std::vector<int64_t>> GetIntArray(absl::string_view key) const;
-  absl::StatusOr<std::vector<double>> GetFloatArray(absl::string_view key) const;
+  const std::vector<GgufKeyValue>& metadata() const { return metadata_->entries(); }
+  const GgufValue* Find(absl::string_view key) const { return metadata_->Find(key); }
+
+  // Typed getters (gguf_metadata.h). NotFound if the key is absent,
+  // InvalidArgument (naming the key and its actual type) if the type does
+  // not fit. GetInt accepts any integer type whose value fits in int64;
+  // GetFloat accepts f32/f64 and integers; GetBool accepts bool only.
+  absl::StatusOr<int64_t> GetInt(absl::string_view key) const { return metadata_->GetInt(key); }
+  absl::StatusOr<double> GetFloat(absl::string_view key) const { return metadata_->GetFloat(key); }
+  absl::StatusOr<bool> GetBool(absl::string_view key) const { return metadata_->GetBool(key); }
+  absl::StatusOr<std::string> GetString(absl::string_view key) const {
+    return metadata_->GetString(key);
+  }
+  absl::StatusOr<std::vector<std::string>> GetStringArray(absl::string_view key) const {
+    return metadata_->GetStringArray(key);
+  }
+  absl::StatusOr<std::vector<int64_t>> GetIntArray(absl::string_view key) const {
+    return metadata_->GetIntArray(key);
+  }
+  absl::StatusOr<std::vector<double>> GetFloatArray(absl::string_view key) const {
+    return metadata_->GetFloatArray(key);
+  }
   // The value or `fallback` when the key is absent (errors on a wrong type).
-  absl::StatusOr<int64_t> GetIntOr(absl::string_view key, int64_t fallback) const;
-  absl::StatusOr<double> GetFloatOr(absl::string_view key, double fallback) const;
-  absl::StatusOr<bool> GetBoolOr(absl::string_view key, bool fallback) const;
+  absl::StatusOr<int64_t> GetIntOr(absl::string_view key, int64_t fallback) const {
+    return metadata_->GetIntOr(key, fallback);
+  }
+  absl::StatusOr<double> GetFloatOr(absl::string_view key, double fallback) const {
+    return metadata_->GetFloatOr(key, fallback);
+  }
+  absl::StatusOr<bool> GetBoolOr(absl::string_view key, bool fallback) const {
+    return metadata_->GetBoolOr(key, fallback);
+  }
 
+  // Every tensor of the model, in file order (shard by shard).
   const std::vector<GgufTensorInfo>& tensors() const { return tensors_; }
   const GgufTensorInfo* FindTensor(absl::string_view name) const;
 
-  // Start of a tensor's bytes in the mapping (valid while the file lives).
+  // Start of a tensor's bytes in its shard's mapping (valid while the file
+  // lives).
   const uint8_t* TensorData(const GgufTensorInfo& tensor) const;
 
   // Tells the kernel that the pages of [data, data + n_bytes) will not be read
   // again (after repacking them elsewhere), so they stop counting in RSS.
+  // A range outside every mapping is ignored.
   void ReleasePages(const uint8_t* data, uint64_t n_bytes) const;
 
  private:
   GgufFile() = default;
-  absl::Status Parse();
+  void Index();
 
-  std::string path_;
-  const uint8_t* base_ = nullptr;
-  uint64_t size_ = 0;
-  bool mapped_ = false;             // base_ is an mmap (else owned_ holds it)
-  std::vector<uint8_t> owned_;
-  uint32_t version_ = 0;
-  uint64_t alignment_ = 32;
-  uint64_t data_offset_ = 0;
-  std::vector<GgufKeyValue> metadata_;
-  absl::flat_hash_map<std::string, size_t> metadata_index_;
+  std::vector<std::unique_ptr<GgufShard>> shards_;
+  const GgufMetadata* metadata_ = nullptr;  // shards_[0]'s
   std::vector<GgufTensorInfo> tensors_;
   absl::flat_hash_map<std::string, size_t> tensor_index_;
 };
@@ -215,7 +164,13 @@ class GgufWriter {
   // InvalidArgument otherwise). May be called several times per tensor with
   // consecutive chunks (the call that completes it pads to alignment).
   absl::Status WriteTensor(absl::string_view name, absl::Span<const uint8_t> bytes);
+  // Close + Commit.
   absl::Status Finish();
+  // Flushes, fsyncs and closes NAME.tmp (the file stays unrenamed; the
+  // destructor removes it unless Commit runs).
+  absl::Status Close();
+  // Renames NAME.tmp to NAME (after Close).
+  absl::Status Commit();
 
   // Total file size once finished (valid after Begin).
   uint64_t planned_size() const { return planned_size_; }
@@ -235,6 +190,7 @@ class GgufWriter {
   std::string path_;
   std::string tmp_path_;
   int fd_ = -1;
+  bool closed_ = false;  // closed, not yet committed
   size_t next_tensor_ = 0;
   uint64_t written_in_tensor_ = 0;
   uint64_t planned_size_ = 0;

@@ -161,6 +161,8 @@ GgufWriter::~GgufWriter() {
   if (fd_ >= 0) {
     ::close(fd_);
     ::unlink(tmp_path_.c_str());
+  } else if (closed_) {
+    ::unlink(tmp_path_.c_str());  // closed but never committed
   }
 }
 
@@ -318,6 +320,11 @@ absl::Status GgufWriter::WriteTensor(absl::string_view name, absl::Span<const ui
 }
 
 absl::Status GgufWriter::Finish() {
+  MOEFLOW_RETURN_IF_ERROR(Close());
+  return Commit();
+}
+
+absl::Status GgufWriter::Close() {
   if (fd_ < 0) {
     return absl::FailedPreconditionError(absl::StrCat(
         path_.empty() ? std::string("GgufWriter") : path_,
@@ -338,6 +345,17 @@ absl::Status GgufWriter::Finish() {
     ::unlink(tmp_path_.c_str());
     return ErrnoStatus(err, "close failed", tmp_path_);
   }
+  closed_ = true;
+  return absl::OkStatus();
+}
+
+absl::Status GgufWriter::Commit() {
+  if (!closed_) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(path_.empty() ? std::string("GgufWriter") : path_,
+                     ": Commit without a closed file (Close not called, failed, or Commit done)"));
+  }
+  closed_ = false;
   if (::rename(tmp_path_.c_str(), path_.c_str()) != 0) {
     const int err = errno;
     ::unlink(tmp_path_.c_str());

@@ -48,7 +48,7 @@ ABSL_LIBS=(-labsl_status -labsl_statusor -labsl_strings -labsl_strings_internal
 echo "Building the fuzzer with ${CXX} ..."
 "${CXX}" -std=c++17 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
   -I"${ROOT}" \
-  "${ROOT}/tests/model/gguf_fuzz.cc" "${ROOT}/model/gguf.cc" "${ROOT}/model/gguf_writer.cc" \
+  "${ROOT}/tests/model/gguf_fuzz.cc" "${ROOT}"/model/gguf{,_metadata,_shard,_split,_value,_writer}.cc \
   "${ROOT}/formats/ggml_types.cc" \
   "${ABSL_LIBS[@]}" -lpthread -o "${WORK}/gguf_fuzzer"
 
