@@ -174,6 +174,8 @@ class GgufWriter {
 
   // Total file size once finished (valid after Begin).
   uint64_t planned_size() const { return planned_size_; }
+  // The metadata added so far, in order.
+  const std::vector<GgufKeyValue>& metadata() const { return metadata_; }
 
  private:
   struct PendingTensor {

@@ -302,10 +302,12 @@ absl::Status GgufSplitWriter::Begin(const std::string& prefix) {
     if (i == 0) {
       for (const GgufKeyValue& kv : metadata_) writer->AddMetadata(kv.key, kv.value);
     }
+    // gguf-split's order: it sets split.count last (a placeholder replaced
+    // once the shards are counted, which moves the key to the end).
     writer->AddMetadata(kGgufSplitNoKey, GgufValue::Uint(GgufType::kUint16, i));
-    writer->AddMetadata(kGgufSplitCountKey, GgufValue::Uint(GgufType::kUint16, n));
     writer->AddMetadata(kGgufSplitTensorsCountKey,
                         GgufValue::Int(GgufType::kInt32, static_cast<int64_t>(tensors_.size())));
+    writer->AddMetadata(kGgufSplitCountKey, GgufValue::Uint(GgufType::kUint16, n));
     shards_.push_back(std::move(writer));
     paths_.push_back(GgufSplitPath(prefix, i, n));
   }

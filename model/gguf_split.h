@@ -11,7 +11,8 @@
 //   - every shard holds split.no = i (u16), split.count = n (u16) and
 //     split.tensors.count = all tensors of the model (i32);
 //   - the first shard holds every model key (written first, the split keys
-//     appended after them), the others only the split keys; tensors keep
+//     appended after them: split.no, split.tensors.count, split.count), the
+//     others only the split keys; tensors keep
 //     the model's order, each in exactly one shard, offsets relative to its
 //     own file's data section.
 // gguf-split puts tensor i in a new shard when i % max_tensors == 0

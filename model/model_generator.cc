@@ -29,105 +29,6 @@ namespace {
 // the buffers at ~16 MB + the quantized bytes.
 constexpr int64_t kChunkValues = int64_t{1} << 22;
 
-// Hyper-parameters shared by the presets: YaRN as DeepSeek's config.json
-// sets it (factor 40 over the original 4096 context, β 32 / 1).
-Deepseek2Config BaseConfig() {
-  Deepseek2Config c;
-  c.context_length = 163840;
-  c.n_heads_kv = 1;
-  c.rms_eps = 1e-6f;
-  c.rope_freq_base = 10000.f;
-  c.rope_scaling_type = "yarn";
-  c.rope_scaling_factor = 40.f;
-  c.rope_orig_context = 4096;
-  c.yarn_beta_fast = 32.f;
-  c.yarn_beta_slow = 1.f;
-  return c;
-}
-
-// The tiny shapes of tests/data/llamacpp (tiny-v2 / tiny-v3).
-Deepseek2Config TinyConfig(bool v3) {
-  Deepseek2Config c = BaseConfig();
-  c.name = v3 ? "moeflow-random-tiny-v3" : "moeflow-random-tiny";
-  c.n_layers = 4;
-  c.hidden = 256;
-  c.dense_ff = 512;
-  c.n_heads = 4;
-  c.q_lora_rank = v3 ? 128 : 0;
-  c.kv_lora_rank = 128;
-  c.qk_nope_dim = 32;
-  c.qk_rope_dim = 32;
-  c.v_head_dim = 32;
-  c.n_dense_layers = 1;
-  c.n_experts = 16;
-  c.n_experts_used = 4;
-  c.n_shared_experts = 1;
-  c.expert_ff = 64;
-  c.vocab_size = 2048;
-  if (v3) {
-    c.yarn_log_multiplier = 0.1f;  // 0.1 * mscale_all_dim 1.0
-    c.gating = ExpertGating::kSigmoid;
-    c.expert_weights_norm = true;
-    c.expert_weights_scale = 2.5f;
-    c.n_expert_groups = 4;
-    c.n_expert_groups_used = 2;
-  } else {
-    c.yarn_log_multiplier = 0.0707f;  // 0.1 * mscale_all_dim 0.707
-  }
-  return c;
-}
-
-// DeepSeek-V2-Lite's config.json.
-Deepseek2Config V2LiteConfig() {
-  Deepseek2Config c = BaseConfig();
-  c.name = "moeflow-random-v2-lite";
-  c.n_layers = 27;
-  c.hidden = 2048;
-  c.dense_ff = 10944;
-  c.n_heads = 16;
-  c.q_lora_rank = 0;
-  c.kv_lora_rank = 512;
-  c.qk_nope_dim = 128;
-  c.qk_rope_dim = 64;
-  c.v_head_dim = 128;
-  c.yarn_log_multiplier = 0.0707f;
-  c.n_dense_layers = 1;
-  c.n_experts = 64;
-  c.n_experts_used = 6;
-  c.n_shared_experts = 2;
-  c.expert_ff = 1408;
-  c.vocab_size = 102400;
-  return c;
-}
-
-// DeepSeek-V3's config.json.
-Deepseek2Config V3Config() {
-  Deepseek2Config c = BaseConfig();
-  c.name = "moeflow-random-v3";
-  c.n_layers = 61;
-  c.hidden = 7168;
-  c.dense_ff = 18432;
-  c.n_heads = 128;
-  c.q_lora_rank = 1536;
-  c.kv_lora_rank = 512;
-  c.qk_nope_dim = 128;
-  c.qk_rope_dim = 64;
-  c.v_head_dim = 128;
-  c.yarn_log_multiplier = 0.1f;
-  c.n_dense_layers = 3;
-  c.n_experts = 256;
-  c.n_experts_used = 8;
-  c.n_shared_experts = 1;
-  c.expert_ff = 2048;
-  c.gating = ExpertGating::kSigmoid;
-  c.expert_weights_norm = true;
-  c.expert_weights_scale = 2.5f;
-  c.n_expert_groups = 8;
-  c.n_expert_groups_used = 4;
-  c.vocab_size = 129280;
-  return c;
-}
-
 struct FileTypeEntry {
   const char* name;
   LlamaFileType type;
@@ -185,27 +86,17 @@ uint64_t Mix64(uint64_t z) {
   return z ^ (z >> 31);
 }
 
+// gguf-split's output prefix for `--out`: the path without a final ".gguf".
+std::string SplitPrefixFor(const std::string& out_path) {
+  return absl::EndsWith(out_path, ".gguf") ? out_path.substr(0, out_path.size() - 5) : out_path;
+}
+
 bool FileExists(const std::string& path) {
   struct stat st;
   return ::stat(path.c_str(), &st) == 0;
 }
 
 }  // namespace
-
-const std::vector<std::string>& ModelPresetNames() {
-  static const std::vector<std::string>* names =
-      new std::vector<std::string>{"tiny", "tiny-v3", "v2-lite", "v3"};
-  return *names;
-}
-
-absl::StatusOr<Deepseek2Config> PresetConfig(absl::string_view preset) {
-  if (preset == "tiny") return TinyConfig(/*v3=*/false);
-  if (preset == "tiny-v3") return TinyConfig(/*v3=*/true);
-  if (preset == "v2-lite") return V2LiteConfig();
-  if (preset == "v3") return V3Config();
-  return absl::InvalidArgumentError(absl::StrCat(
-      "unknown preset \"", preset, "\" (known: ", absl::StrJoin(ModelPresetNames(), ", "), ")"));
-}
 
 absl::StatusOr<LlamaFileType> ParseLlamaFileType(absl::string_view name) {
   std::string lower = absl::AsciiStrToLower(name);
@@ -428,7 +319,8 @@ absl::StatusOr<GeneratedModel> GenerateModel(const ModelGeneratorOptions& option
     config.n_layers = options.layers;
     config.n_dense_layers = std::min(config.n_dense_layers, options.layers);
   }
-  if (!options.force && FileExists(options.out_path)) {
+  const bool sharded = options.split.enabled();
+  if (!sharded && !options.force && FileExists(options.out_path)) {
     return absl::AlreadyExistsError(
         absl::StrCat(options.out_path, " exists (pass --force to overwrite it)"));
   }
@@ -455,26 +347,48 @@ absl::StatusOr<GeneratedModel> GenerateModel(const ModelGeneratorOptions& option
     }
   }
 
+  // The file, or the header the shards are cut from (GgufSplitWriter).
   GgufWriter writer;
+  GgufSplitWriter split(options.split);
   config.AddToGguf(writer);
   writer.AddMetadata("general.file_type",
                      GgufValue::Uint(GgufType::kUint32, static_cast<uint32_t>(file_type)));
   writer.AddMetadata("general.quantization_version", GgufValue::Uint(GgufType::kUint32, 2));
   tokenizer.AddToGguf(writer);
   tokenizer = TokenizerData();  // the writer holds its own copy
+  if (sharded) {
+    for (const GgufKeyValue& kv : writer.metadata()) split.AddMetadata(kv.key, kv.value);
+  }
 
   GenerationProgress progress;
   progress.tensors_total = static_cast<int64_t>(tensors.size());
   GeneratedModel result;
   for (const PlannedTensor& t : tensors) {
-    writer.AddTensor(t.name, t.type, t.ne);
+    if (sharded) {
+      split.AddTensor(t.name, t.type, t.ne);
+    } else {
+      writer.AddTensor(t.name, t.type, t.ne);
+    }
     int64_t elements = 1;
     for (int64_t d : t.ne) elements *= d;
     result.n_params += elements;
     MOEFLOW_ASSIGN_OR_RETURN(int64_t row_bytes, RowBytes(t.type, t.ne[0]));
     progress.bytes_total += static_cast<uint64_t>(row_bytes) * (elements / t.ne[0]);
   }
-  MOEFLOW_RETURN_IF_ERROR(writer.Begin(options.out_path));
+  if (sharded) {
+    MOEFLOW_RETURN_IF_ERROR(split.Begin(SplitPrefixFor(options.out_path)));
+    for (const std::string& path : split.shard_paths()) {
+      if (!options.force && FileExists(path)) {
+        return absl::AlreadyExistsError(
+            absl::StrCat(path, " exists (pass --force to overwrite it)"));
+      }
+    }
+  } else {
+    MOEFLOW_RETURN_IF_ERROR(writer.Begin(options.out_path));
+  }
+  auto write = [&](const std::string& name, absl::Span<const uint8_t> bytes) {
+    return sharded ? split.WriteTensor(name, bytes) : writer.WriteTensor(name, bytes);
+  };
 
   std::vector<uint8_t> out;
   for (const PlannedTensor& t : tensors) {
@@ -510,7 +424,7 @@ absl::StatusOr<GeneratedModel> GenerateModel(const ModelGeneratorOptions& option
           return absl::Status(s.code(), absl::StrCat("tensor ", t.name, ": ", s.message()));
       }
       const uint64_t n_bytes = static_cast<uint64_t>(r1 - r0) * row_bytes;
-      MOEFLOW_RETURN_IF_ERROR(writer.WriteTensor(t.name, absl::MakeConstSpan(out.data(), n_bytes)));
+      MOEFLOW_RETURN_IF_ERROR(write(t.name, absl::MakeConstSpan(out.data(), n_bytes)));
       progress.bytes_done += n_bytes;
       if (r1 == rows) ++progress.tensors_done;
       if (options.on_progress) {
@@ -520,13 +434,14 @@ absl::StatusOr<GeneratedModel> GenerateModel(const ModelGeneratorOptions& option
       }
     }
   }
-  MOEFLOW_RETURN_IF_ERROR(writer.Finish());
+  MOEFLOW_RETURN_IF_ERROR(sharded ? split.Finish() : writer.Finish());
 
-  result.path = options.out_path;
+  result.shard_paths = sharded ? split.shard_paths() : std::vector<std::string>{options.out_path};
+  result.path = result.shard_paths[0];
   result.config = config;
   result.file_type = file_type;
   result.n_tensors = static_cast<int64_t>(tensors.size());
-  result.file_bytes = writer.planned_size();
+  result.file_bytes = sharded ? split.planned_size() : writer.planned_size();
   result.elapsed_s =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return result;

@@ -199,6 +199,7 @@ TEST_F(GgufSplitSetTest, OpensTheWholeModelFromAnyShard) {
   ASSERT_TRUE(second.ok());
   ASSERT_EQ((*second)->metadata().size(), 3u);
   EXPECT_EQ((*second)->metadata().entries()[0].key, kGgufSplitNoKey);
+  EXPECT_EQ((*second)->metadata().entries()[2].key, kGgufSplitCountKey);
   EXPECT_EQ(*(*second)->metadata().GetInt(kGgufSplitNoKey), 1);
   EXPECT_EQ(*(*second)->metadata().GetInt(kGgufSplitTensorsCountKey), 7);
 }

@@ -1,0 +1,147 @@
+// The model presets (model/model_presets.h) and sharded output of the
+// generator (ModelGeneratorOptions::split): the real shapes' numbers, and
+// shards that hold exactly the tensors of the same model in one file.
+#include "model/model_presets.h"
+
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "model/gguf.h"
+#include "model/gguf_split.h"
+#include "model/model_generator.h"
+
+namespace moeflow {
+namespace {
+
+std::string TmpPath(const std::string& name) {
+  const char* dir = std::getenv("TEST_TMPDIR");
+  return std::string(dir != nullptr ? dir : "/tmp") + "/" + name;
+}
+
+TEST(ModelPresetsTest, EveryPresetIsValid) {
+  for (const std::string& name : ModelPresetNames()) {
+    absl::StatusOr<Deepseek2Config> c = PresetConfig(name);
+    ASSERT_TRUE(c.ok()) << name << ": " << c.status();
+    EXPECT_TRUE(c->Validate().ok()) << name << ": " << c->Validate();
+  }
+  EXPECT_EQ(PresetConfig("kimi").status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(ModelPresetsTest, KimiK2HasItsConfigJsonShape) {
+  const Deepseek2Config c = *PresetConfig("kimi-k2");
+  EXPECT_EQ(c.n_layers, 61);
+  EXPECT_EQ(c.hidden, 7168);
+  EXPECT_EQ(c.dense_ff, 18432);
+  EXPECT_EQ(c.n_heads, 64);
+  EXPECT_EQ(c.q_lora_rank, 1536);
+  EXPECT_EQ(c.kv_lora_rank, 512);
+  EXPECT_EQ(c.qk_nope_dim, 128);
+  EXPECT_EQ(c.qk_rope_dim, 64);
+  EXPECT_EQ(c.v_head_dim, 128);
+  EXPECT_EQ(c.n_dense_layers, 1);
+  EXPECT_EQ(c.n_experts, 384);
+  EXPECT_EQ(c.n_experts_used, 8);
+  EXPECT_EQ(c.n_shared_experts, 1);
+  EXPECT_EQ(c.expert_ff, 2048);
+  EXPECT_EQ(c.n_expert_groups, 1);
+  EXPECT_EQ(c.n_expert_groups_used, 1);
+  EXPECT_EQ(c.gating, ExpertGating::kSigmoid);
+  EXPECT_TRUE(c.expert_weights_norm);
+  EXPECT_FLOAT_EQ(c.expert_weights_scale, 2.827f);
+  EXPECT_FLOAT_EQ(c.rope_freq_base, 50000.f);
+  EXPECT_FLOAT_EQ(c.rope_scaling_factor, 32.f);
+  EXPECT_FLOAT_EQ(c.yarn_beta_fast, 1.f);
+  EXPECT_EQ(c.context_length, 131072);
+  EXPECT_EQ(c.vocab_size, 163840);
+}
+
+TEST(ModelPresetsTest, V31HasV3sShape) {
+  Deepseek2Config v31 = *PresetConfig("v3.1");
+  const Deepseek2Config v3 = *PresetConfig("v3");
+  EXPECT_EQ(v31.name, "moeflow-random-v3.1");
+  v31.name = v3.name;
+  // Every tensor of the two shapes is the same.
+  const std::vector<PlannedTensor> a = PlanTensors(v31, LlamaFileType::kQ4_K_M);
+  const std::vector<PlannedTensor> b = PlanTensors(v3, LlamaFileType::kQ4_K_M);
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i) {
+    EXPECT_EQ(a[i].name, b[i].name);
+    EXPECT_EQ(a[i].ne, b[i].ne);
+    EXPECT_EQ(a[i].type, b[i].type);
+  }
+  EXPECT_EQ(v31.n_expert_groups, 8);
+  EXPECT_EQ(v31.n_experts, 256);
+}
+
+TEST(ModelPresetsTest, KimiK2TensorsHave384Experts) {
+  Deepseek2Config c = *PresetConfig("kimi-k2");
+  c.n_layers = 2;
+  for (const PlannedTensor& t : PlanTensors(c, LlamaFileType::kQ2_K)) {
+    if (t.name == "blk.1.ffn_gate_exps.weight") {
+      EXPECT_EQ(t.ne, (std::vector<int64_t>{7168, 2048, 384}));
+    }
+    if (t.name == "blk.1.attn_k_b.weight") EXPECT_EQ(t.ne, (std::vector<int64_t>{128, 512, 64}));
+  }
+}
+
+GeneratedModel Generate(const std::string& out, GgufSplitLimits split) {
+  ModelGeneratorOptions options;
+  options.preset = "tiny-v3";
+  options.type = "q4_k_m";
+  options.seed = 5;
+  options.out_path = out;
+  options.force = true;
+  options.split = split;
+  absl::StatusOr<GeneratedModel> model = GenerateModel(options);
+  EXPECT_TRUE(model.ok()) << model.status();
+  return model.ok() ? *model : GeneratedModel{};
+}
+
+TEST(ModelGeneratorSplitTest, ShardsHoldTheSameTensorsAsOneFile) {
+  const GeneratedModel whole = Generate(TmpPath("whole.gguf"), {});
+  const GeneratedModel split = Generate(TmpPath("split.gguf"), {0, 20});
+  ASSERT_EQ(split.shard_paths.size(), 4u);  // 70 tensors, 20 per shard
+  EXPECT_EQ(split.shard_paths[0], TmpPath("split-00001-of-00004.gguf"));
+  EXPECT_EQ(split.path, split.shard_paths[0]);
+  auto a = GgufFile::Open(whole.path);
+  auto b = GgufFile::Open(split.shard_paths[2]);
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_EQ((*b)->shard_count(), 4);
+  EXPECT_EQ(split.file_bytes, (*b)->file_size());
+  ASSERT_EQ((*a)->tensors().size(), (*b)->tensors().size());
+  for (size_t i = 0; i < (*a)->tensors().size(); ++i) {
+    const GgufTensorInfo& x = (*a)->tensors()[i];
+    const GgufTensorInfo& y = (*b)->tensors()[i];
+    ASSERT_EQ(x.name, y.name);
+    EXPECT_EQ(y.shard, static_cast<int>(i / 20));
+    ASSERT_EQ(x.n_bytes, y.n_bytes);
+    EXPECT_EQ(std::memcmp((*a)->TensorData(x), (*b)->TensorData(y), x.n_bytes), 0) << x.name;
+  }
+  // Every model key is on the first shard, as in the whole file.
+  for (const GgufKeyValue& kv : (*a)->metadata()) {
+    const GgufValue* v = (*b)->Find(kv.key);
+    ASSERT_NE(v, nullptr) << kv.key;
+    EXPECT_TRUE(v->SameAs(kv.value)) << kv.key;
+  }
+}
+
+TEST(ModelGeneratorSplitTest, RefusesToOverwriteAShard) {
+  const GgufSplitLimits by_size{1000000, 0};
+  Generate(TmpPath("exists.gguf"), by_size);
+  ModelGeneratorOptions options;
+  options.preset = "tiny-v3";
+  options.out_path = TmpPath("exists.gguf");
+  options.split = by_size;
+  options.type = "q4_k_m";
+  options.seed = 5;
+  absl::StatusOr<GeneratedModel> again = GenerateModel(options);
+  EXPECT_EQ(again.status().code(), absl::StatusCode::kAlreadyExists);
+  EXPECT_NE(again.status().message().find("exists-00001-of-0000"), std::string::npos)
+      << again.status();
+}
+
+}  // namespace
+}  // namespace moeflow
