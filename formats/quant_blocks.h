@@ -119,7 +119,7 @@ struct BlockQ8_K {
   int16_t bsums[kQK_K / 16];
 };
 
-// 8 sub-blocks of 32: x = d * (ls - 32) * kIq4nlValues[q], q 4 bits (nibbles
+// 8 sub-blocks of 32: x = d * (ls - 32) * kIq4nlValues[q] (iq_grids.h), q 4 bits (nibbles
 // as Q4_0 within each 16-byte group), ls 6 bits: low 4 in scales_l, high 2 in
 // scales_h.
 struct BlockIQ4_XS {
@@ -127,6 +127,83 @@ struct BlockIQ4_XS {
   uint16_t scales_h;
   uint8_t scales_l[kQK_K / 64];
   uint8_t qs[kQK_K / 2];
+};
+
+// The IQ ("i-quant") formats: 8 or 4 values at a time come from a fixed grid
+// (formats/iq_grids.h) chosen by an index, with separate sign bits (IQ2, IQ3)
+// or a shift (IQ1). Element order within a block is the natural one: group g
+// of 8 values covers elements 8g .. 8g + 7. `ls` below is a sub-block scale.
+
+// 2.0625 bpw. Per 32 elements ib: qs[4ib..4ib+3] as two u32 a0, a1: bytes of
+// a0 index kIq2XxsGrid for groups 0-3; a1 bits 7l..7l+6 the sign index of
+// group l (kIqSigns), bits 28-31 ls: x = d * (0.5 + ls) * 0.25 * grid * sign.
+struct BlockIQ2_XXS {
+  uint16_t d;
+  uint16_t qs[kQK_K / 8];
+};
+
+// 2.3125 bpw. qs[g]: bits 0-8 index kIq2XsGrid, bits 9-15 the sign index of
+// group g; scales[ib] low nibble for groups 4ib, 4ib+1, high for 4ib+2, 4ib+3:
+// x = d * (0.5 + ls) * 0.25 * grid * sign.
+struct BlockIQ2_XS {
+  uint16_t d;
+  uint16_t qs[kQK_K / 8];
+  uint8_t scales[kQK_K / 32];
+};
+
+// 2.5625 bpw. Group g: index qs[g] | ((qh[g / 4] >> 2 (g % 4)) & 3) << 8 into
+// kIq2SGrid, sign bits qs[32 + g] (bit j: element j negated); scales as
+// IQ2_XS.
+struct BlockIQ2_S {
+  uint16_t d;
+  uint8_t qs[kQK_K / 4];
+  uint8_t qh[kQK_K / 32];
+  uint8_t scales[kQK_K / 32];
+};
+
+// 3.0625 bpw. qs[0..63]: one kIq3XxsGrid index per 4 elements; qs[64 + 4ib ..]
+// one u32 per 32 elements: bits 7l..7l+6 the sign index of group l, bits
+// 28-31 ls: x = d * (0.5 + ls) * 0.5 * grid * sign.
+struct BlockIQ3_XXS {
+  uint16_t d;
+  uint8_t qs[3 * kQK_K / 8];
+};
+
+// 3.4375 bpw. 4 elements per index qs[k] | ((qh[k / 8] >> (k % 8)) & 1) << 8
+// into kIq3SGrid; signs[g] bit j negates element 8g + j; scales[ib / 2] low
+// nibble for ib even, high for odd: x = d * (1 + 2 ls) * grid * sign.
+struct BlockIQ3_S {
+  uint16_t d;
+  uint8_t qs[kQK_K / 4];
+  uint8_t qh[kQK_K / 32];
+  uint8_t signs[kQK_K / 8];
+  uint8_t scales[kQK_K / 64];
+};
+
+// 1.5625 bpw. Group g: index qs[g] | ((qh[g / 4] >> 3 (g % 4)) & 7) << 8 into
+// kIq1SGrid (values -1, 0, 1); qh[ib] bits 12-14 ls, bit 15 the delta's sign:
+// x = d * (2 ls + 1) * (grid + delta), delta = -1/8 if set else +1/8.
+struct BlockIQ1_S {
+  uint16_t d;
+  uint8_t qs[kQK_K / 8];
+  uint16_t qh[kQK_K / 32];
+};
+
+// 1.75 bpw. No separate d: the fp16 d is the top nibbles of the four u16 of
+// `scales` (nibble k from u16 k). Group g: index qs[g] | (qh[g / 2] >> 4 (g %
+// 2) & 7) << 8 into kIq1SGrid, delta sign in bit 3 (g even) / 7 (g odd) of
+// qh[g / 2]; 3-bit scale per 16 elements s: bits 3 (s % 4) .. of u16 s / 4:
+// x = d * (2 ls + 1) * (grid + delta).
+struct BlockIQ1_M {
+  uint8_t qs[kQK_K / 8];
+  uint8_t qh[kQK_K / 16];
+  uint8_t scales[kQK_K / 32];
+};
+
+// 32 elements: x = d * kIq4nlValues[q], nibbles as Q4_0.
+struct BlockIQ4_NL {
+  uint16_t d;
+  uint8_t qs[kQK / 2];
 };
 
 #pragma pack(pop)
@@ -143,6 +220,14 @@ static_assert(sizeof(BlockQ5_K) == 176, "ggml block_q5_K");
 static_assert(sizeof(BlockQ6_K) == 210, "ggml block_q6_K");
 static_assert(sizeof(BlockQ8_K) == 292, "ggml block_q8_K");
 static_assert(sizeof(BlockIQ4_XS) == 136, "ggml block_iq4_xs");
+static_assert(sizeof(BlockIQ2_XXS) == 66, "ggml block_iq2_xxs");
+static_assert(sizeof(BlockIQ2_XS) == 74, "ggml block_iq2_xs");
+static_assert(sizeof(BlockIQ2_S) == 82, "ggml block_iq2_s");
+static_assert(sizeof(BlockIQ3_XXS) == 98, "ggml block_iq3_xxs");
+static_assert(sizeof(BlockIQ3_S) == 110, "ggml block_iq3_s");
+static_assert(sizeof(BlockIQ1_S) == 50, "ggml block_iq1_s");
+static_assert(sizeof(BlockIQ1_M) == 56, "ggml block_iq1_m");
+static_assert(sizeof(BlockIQ4_NL) == 18, "ggml block_iq4_nl");
 
 }  // namespace moeflow
 

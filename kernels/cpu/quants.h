@@ -6,11 +6,13 @@
 // reference. Block layouts (see quant_blocks.h) are ggml's, byte for byte.
 //
 // Dequantize is bit-exact with ggml's dequantize_row_* for every supported
-// type (IQ4_XS included). Quantize reproduces llama-quantize without an
-// importance matrix (ggml's quantize_row_*_ref) byte for byte for F16, BF16,
-// Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K and Q8_K; IQ4_XS
-// is dequantize-only. tests/kernels/cpu/quants_test.cc checks both against
-// vectors dumped from ggml and against llama-quantize's output files.
+// type: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K ... Q6_K, Q8_K and
+// the IQ types IQ1_S, IQ1_M, IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ4_NL,
+// IQ4_XS (their grids: formats/iq_grids.h). Quantize reproduces
+// llama-quantize without an importance matrix (ggml's quantize_row_*_ref)
+// byte for byte for F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K ... Q6_K
+// and Q8_K. tests/kernels/cpu/quants_test.cc checks both against vectors
+// dumped from ggml and against llama-quantize's output files.
 //
 // Thread-safety: pure functions, callable from any thread. Failure: an
 // unsupported type or an element count that is not a multiple of the block
@@ -42,8 +44,20 @@ bool CanQuantize(GgmlType type);
 absl::Status Dequantize(GgmlType type, const void* src, float* dst, int64_t n);
 
 // Converts `n` floats into blocks of `type` at `dst` (RowBytes(type, n)
-// bytes). Rows are independent, so callers quantize row by row.
+// bytes), without an importance matrix. Rows are independent, so callers
+// quantize row by row.
 absl::Status Quantize(GgmlType type, const float* src, void* dst, int64_t n);
+
+// Converts n_rows rows of n_per_row floats (row r at src + r * n_per_row)
+// into blocks, row r at dst + r * RowBytes(type, n_per_row), with ggml's
+// importance-weighted quantizer when `importance` is not null: n_per_row
+// weights, one per column, shared by the rows (llama-quantize's imatrix entry
+// of the tensor, or of one expert's slice). Types whose ggml quantizer
+// ignores the importance (QuantizeUsesImportance false) ignore it here too.
+absl::Status QuantizeRows(GgmlType type, const float* src, void* dst, int64_t n_rows,
+                          int64_t n_per_row, const float* importance);
+// Whether QuantizeRows reads `importance` for `type`.
+bool QuantizeUsesImportance(GgmlType type);
 
 }  // namespace moeflow
 

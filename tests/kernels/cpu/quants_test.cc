@@ -14,9 +14,9 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "gtest/gtest.h"
-#include "formats/quant_blocks.h"
 #include "formats/ggml_types.h"
+#include "formats/quant_blocks.h"
+#include "gtest/gtest.h"
 #include "model/gguf.h"
 
 namespace moeflow {
@@ -50,7 +50,8 @@ struct QuantDump {
   int64_t rows = 0;
   int64_t per_row = 0;
   uint64_t row_bytes = 0;
-  std::vector<float> input;  // kind 0 only
+  std::vector<float> input;       // kinds 0 and 3
+  std::vector<float> importance;  // kind 3: per_row weights (ggml's quant_weights)
   std::vector<uint8_t> quant;
   std::vector<float> dequant;
 };
@@ -73,15 +74,22 @@ QuantDump LoadDump(const std::string& name) {
   const size_t n = static_cast<size_t>(d.rows * d.per_row);
   const size_t nq = static_cast<size_t>(d.rows) * d.row_bytes;
   size_t off = 32;
-  const size_t want = off + (d.kind == 0 ? 4 * n : 0) + nq + 4 * n;
-  if (d.kind > 1 || bytes.size() != want) {
+  const bool has_input = d.kind == 0 || d.kind == 3;
+  const size_t want =
+      off + (has_input ? 4 * n : 0) + (d.kind == 3 ? 4 * d.per_row : 0) + nq + 4 * n;
+  if (d.kind == 2 || d.kind > 3 || bytes.size() != want) {
     ADD_FAILURE() << name << ": kind " << d.kind << ", " << bytes.size() << " bytes, want " << want;
     return d;
   }
-  if (d.kind == 0) {
+  if (has_input) {
     d.input.resize(n);
     std::memcpy(d.input.data(), bytes.data() + off, 4 * n);
     off += 4 * n;
+  }
+  if (d.kind == 3) {
+    d.importance.resize(static_cast<size_t>(d.per_row));
+    std::memcpy(d.importance.data(), bytes.data() + off, 4 * d.per_row);
+    off += 4 * d.per_row;
   }
   d.quant.assign(bytes.begin() + off, bytes.begin() + off + nq);
   off += nq;
@@ -105,17 +113,24 @@ size_t CountBitDiffs(const std::vector<float>& a, const std::vector<float>& b) {
 
 // Types whose dumps exist in tests/data/quants.
 const std::vector<std::string>& DumpedTypes() {
-  static const auto* kTypes =
-      new std::vector<std::string>{"f32",  "f16",  "bf16", "q4_0", "q4_1", "q5_0", "q5_1",  "q8_0",
-                                   "q2_K", "q3_K", "q4_K", "q5_K", "q6_K", "q8_K", "iq4_xs"};
+  static const auto* kTypes = new std::vector<std::string>{
+      "f32",    "f16",   "bf16",    "q4_0",  "q4_1",  "q5_0",  "q5_1",   "q8_0",
+      "q2_K",   "q3_K",  "q4_K",    "q5_K",  "q6_K",  "q8_K",  "iq4_xs", "iq2_xxs",
+      "iq2_xs", "iq2_s", "iq3_xxs", "iq3_s", "iq1_s", "iq1_m", "iq4_nl"};
   return *kTypes;
+}
+
+// The types whose .bin holds ggml's quantization with importance 1 (kind 3:
+// ggml refuses them without an importance matrix).
+bool NeedsImportance(const std::string& name) {
+  return name == "iq2_xxs" || name == "iq2_xs" || name == "iq1_s";
 }
 
 TEST(QuantsTest, DequantizeMatchesGgmlBitForBitOnQuantizedInput) {
   for (const std::string& name : DumpedTypes()) {
     SCOPED_TRACE(name);
     const QuantDump d = LoadDump(name + ".bin");
-    ASSERT_EQ(d.kind, 0u);
+    ASSERT_EQ(d.kind, NeedsImportance(name) ? 3u : 0u);
     ASSERT_EQ(Traits(d.type).name, name);
     std::vector<float> out(d.dequant.size(), -1.0f);
     ASSERT_TRUE(Dequantize(d.type, d.quant.data(), out.data(), out.size()).ok());
@@ -280,7 +295,7 @@ TEST(QuantsTest, RejectsUnsupportedTypesNamingThem) {
   std::vector<float> f(256, 1.0f);
   std::vector<uint8_t> q(4096);
   for (GgmlType type :
-       {GgmlType::kIQ2_XXS, GgmlType::kIQ3_S, GgmlType::kQ8_1, GgmlType::kTQ2_0, GgmlType::kI32}) {
+       {GgmlType::kQ8_1, GgmlType::kTQ1_0, GgmlType::kTQ2_0, GgmlType::kI32, GgmlType::kF64}) {
     const std::string name(Traits(type).name);
     SCOPED_TRACE(name);
     EXPECT_FALSE(CanDequantize(type));
@@ -292,8 +307,6 @@ TEST(QuantsTest, RejectsUnsupportedTypesNamingThem) {
     EXPECT_EQ(qs.code(), absl::StatusCode::kInvalidArgument);
     EXPECT_NE(qs.message().find(name), absl::string_view::npos) << qs;
   }
-  EXPECT_TRUE(CanDequantize(GgmlType::kIQ4_XS));
-  EXPECT_FALSE(CanQuantize(GgmlType::kIQ4_XS));
 }
 
 TEST(QuantsTest, BlockSizesMatchTheTypeTable) {
@@ -309,6 +322,41 @@ TEST(QuantsTest, BlockSizesMatchTheTypeTable) {
   EXPECT_EQ(Traits(GgmlType::kQ6_K).type_size, int64_t{sizeof(BlockQ6_K)});
   EXPECT_EQ(Traits(GgmlType::kQ8_K).type_size, int64_t{sizeof(BlockQ8_K)});
   EXPECT_EQ(Traits(GgmlType::kIQ4_XS).type_size, int64_t{sizeof(BlockIQ4_XS)});
+  EXPECT_EQ(Traits(GgmlType::kIQ2_XXS).type_size, int64_t{sizeof(BlockIQ2_XXS)});
+  EXPECT_EQ(Traits(GgmlType::kIQ2_XS).type_size, int64_t{sizeof(BlockIQ2_XS)});
+  EXPECT_EQ(Traits(GgmlType::kIQ2_S).type_size, int64_t{sizeof(BlockIQ2_S)});
+  EXPECT_EQ(Traits(GgmlType::kIQ3_XXS).type_size, int64_t{sizeof(BlockIQ3_XXS)});
+  EXPECT_EQ(Traits(GgmlType::kIQ3_S).type_size, int64_t{sizeof(BlockIQ3_S)});
+  EXPECT_EQ(Traits(GgmlType::kIQ1_S).type_size, int64_t{sizeof(BlockIQ1_S)});
+  EXPECT_EQ(Traits(GgmlType::kIQ1_M).type_size, int64_t{sizeof(BlockIQ1_M)});
+  EXPECT_EQ(Traits(GgmlType::kIQ4_NL).type_size, int64_t{sizeof(BlockIQ4_NL)});
+}
+
+// Blocks that index every entry of each IQ grid once (the ones the grids were
+// read back from): every table entry dequantizes to ggml's bits.
+TEST(QuantsTest, DequantizeMatchesGgmlOnEveryGridEntry) {
+  for (const std::string& name : {"iq2_xxs", "iq2_xs", "iq2_s", "iq3_xxs", "iq3_s", "iq1_s"}) {
+    SCOPED_TRACE(name);
+    const QuantDump d = LoadDump(name + std::string(".grid.bin"));
+    ASSERT_EQ(d.kind, 1u);
+    ASSERT_GE(d.dequant.size(), 256u * 4);  // the smallest grid: 256 entries of 4
+    std::vector<float> out(d.dequant.size(), -1.0f);
+    ASSERT_TRUE(Dequantize(d.type, d.quant.data(), out.data(), out.size()).ok());
+    EXPECT_EQ(CountBitDiffs(out, d.dequant), 0u);
+  }
+}
+
+TEST(QuantsTest, DequantizeMatchesGgmlBitForBitOnImportanceWeightedBlocks) {
+  for (const std::string& name :
+       {"iq2_xxs", "iq2_xs", "iq2_s", "iq3_xxs", "iq3_s", "iq1_s", "iq1_m", "iq4_nl", "iq4_xs",
+        "q2_K", "q3_K", "q4_K", "q5_K", "q6_K", "q4_0", "q4_1", "q5_0", "q5_1"}) {
+    SCOPED_TRACE(name);
+    const QuantDump d = LoadDump(std::string(name) + ".imatrix.bin");
+    ASSERT_EQ(d.kind, 3u);
+    std::vector<float> out(d.dequant.size(), -1.0f);
+    ASSERT_TRUE(Dequantize(d.type, d.quant.data(), out.data(), out.size()).ok());
+    EXPECT_EQ(CountBitDiffs(out, d.dequant), 0u);
+  }
 }
 
 // --- llama-quantize fixtures -------------------------------------------------
