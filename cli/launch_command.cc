@@ -173,14 +173,7 @@ int RunLaunch(const std::vector<std::string>& args) {
       http_config.host = http_config.host.substr(1, http_config.host.size() - 2);
     }
     http_config.port = port;
-    if (!dataflow::IsLoopbackAddress(http_address) && absl::GetFlag(FLAGS_api_key).empty()) {
-      std::fprintf(stderr,
-                   "moeflow launch: http_address %s is not a loopback address: give --api_key "
-                   "so that only holders of the key can use the HTTP API\n",
-                   http_address.c_str());
-      return kExitUsage;
-    }
-    if (absl::Status s = CheckHttpApiFlags(); !s.ok()) {
+    if (absl::Status s = CheckHttpApiFlags(http_config.host, "http_address"); !s.ok()) {
       std::fprintf(stderr, "moeflow launch: %s\n", std::string(s.message()).c_str());
       return kExitUsage;
     }
@@ -261,6 +254,20 @@ int RunLaunch(const std::vector<std::string>& args) {
     scheduler = std::make_unique<server::SerialScheduler>(sequence_model.get(), scheduler_options,
                                                           &metrics);
     http_config.model_path = topology->model_path();
+    // /health: 503 "degraded" while a worker is down, "draining" once
+    // moeflowctl drain ran.
+    http_config.health = [&service]() -> std::string {
+      switch (service.State()) {
+        case proto::COORDINATOR_STATE_SERVING:
+          return "";
+        case proto::COORDINATOR_STATE_DRAINING:
+        case proto::COORDINATOR_STATE_DRAINED:
+        case proto::COORDINATOR_STATE_STOPPING:
+          return "draining";
+        default:
+          return "degraded";
+      }
+    };
     const GgufFile& file = (*coordinator)->model_file();
     if (file.Find("tokenizer.chat_template") != nullptr) {
       http_config.chat_template = file.GetString("tokenizer.chat_template").value_or("");
@@ -280,8 +287,9 @@ int RunLaunch(const std::vector<std::string>& args) {
                  http->model_name.c_str());
     // moeflowctl drain covers the HTTP requests too.
     server::SerialScheduler* s = scheduler.get();
-    service.AddFrontend(
-        {[s] { s->StopAccepting(); }, [s] { return s->pending(); }, [s] { s->Shutdown(); }});
+    service.AddFrontend({[s] { s->StopAccepting("the server is draining (moeflowctl drain)"); },
+                         [s] { return s->pending(); }, [s] { s->CancelAll(); },
+                         [s] { s->StartAccepting(); }});
   }
   grpc::ServerBuilder builder;
   int port = 0;
@@ -313,7 +321,11 @@ int RunLaunch(const std::vector<std::string>& args) {
   sigwait(&signals, &sig);
   std::fprintf(stderr, "moeflow launch: %s: shutting down\n", sig == SIGINT ? "SIGINT" : "SIGTERM");
   if (http) {
-    // Running HTTP generations end ("cancelled") before the workers go.
+    // Stop accepting; running HTTP requests get --shutdown_grace_s to
+    // finish, what is left ends ("cancelled") before the workers go.
+    DrainForShutdown(*http, *scheduler, signals, [](const std::string& line) {
+      std::fprintf(stderr, "moeflow launch: %s\n", line.c_str());
+    });
     scheduler->Shutdown();
     http->http->Stop();
   }
@@ -337,9 +349,27 @@ Command LaunchCommand() {
       "with http_address (topology or flag), the OpenAI / Ollama HTTP API of `moeflow serve`\n"
       "(one request at a time; see deploy/topologies/). Stays in the foreground; Ctrl-C\n"
       "stops everything.",
-      {"model", "control_address", "control_token", "control_tls_cert", "control_tls_key",
-       "http_address", "api_key", "max_body_bytes", "cors_origin", "http_workers", "model_name",
-       "max_queue", "gpu_worker_binary", "expert_worker_binary", "restart_workers", "validate_only",
+      {"model",
+       "control_address",
+       "control_token",
+       "control_tls_cert",
+       "control_tls_key",
+       "http_address",
+       "api_key",
+       "allow_unauthenticated",
+       "max_body_bytes",
+       "cors_origin",
+       "http_workers",
+       "model_name",
+       "max_queue",
+       "max_connections",
+       "idle_timeout_s",
+       "request_timeout_s",
+       "shutdown_grace_s",
+       "gpu_worker_binary",
+       "expert_worker_binary",
+       "restart_workers",
+       "validate_only",
        "overlap_shared_experts"},
       &RunLaunch,
   };

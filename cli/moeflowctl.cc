@@ -4,7 +4,9 @@
 //   moeflowctl --addr 127.0.0.1:50051 status         exit 0 only when every worker serves
 //   moeflowctl generate --prompt TEXT --max_tokens N --temperature 0
 //                                                    prints only the generated text
-//   moeflowctl drain [--timeout_ms N] | shutdown | set-experts N | stats
+//   moeflowctl drain [--timeout_ms N] | undrain | shutdown | set-experts N | stats
+//   status prints each worker's state, restarts, the error keeping it from
+//   serving (none once it serves again) and when the latest error was seen
 //   moeflowctl logits --tokens 1,2,3 --out X.bin     MFLG logits of the deployment
 //   --token T: bearer token; --tls_ca FILE [--tls_server_name N]: TLS to a
 //   launcher started with --control_tls_cert / --control_tls_key
@@ -28,6 +30,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "cli/pem_file.h"
 #include "model/deepseek2/logits_file.h"
 #include "proto/control.grpc.pb.h"
@@ -98,7 +101,8 @@ bool ChannelCredentials(std::shared_ptr<grpc::ChannelCredentials>* credentials,
 
 int Main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
-      "moeflowctl [--addr host:port] status|generate|drain|shutdown|set-experts N|stats|logits");
+      "moeflowctl [--addr host:port] status|generate|drain|undrain|shutdown|set-experts "
+      "N|stats|logits");
   // Flag names may be written with dashes (--max-tokens), as `moeflow` accepts
   // them; absl spells them with underscores.
   std::vector<std::string> normalized(argv, argv + argc);
@@ -121,7 +125,7 @@ int Main(int argc, char** argv) {
   if (positional.size() < 2) {
     std::fprintf(stderr,
                  "usage: moeflowctl [--addr host:port] "
-                 "status|generate|drain|shutdown|set-experts N|stats|logits\n");
+                 "status|generate|drain|undrain|shutdown|set-experts N|stats|logits\n");
     return kUsage;
   }
   const std::string command = positional[1];
@@ -152,10 +156,21 @@ int Main(int argc, char** argv) {
       } else {
         shard = w.role() == proto::WORKER_ROLE_CPU_EXPERT ? "all experts" : "non-expert";
       }
-      std::printf("  %-8s %-22s %-12s %-18s health %lld ms ago%s%s\n", w.worker_name().c_str(),
+      std::string errors;
+      if (w.restarts() > 0) absl::StrAppend(&errors, "  restarts ", w.restarts());
+      if (w.last_error_unix_ms() > 0) {
+        absl::StrAppend(
+            &errors, "  last error ",
+            absl::FormatTime("%Y-%m-%dT%H:%M:%SZ", absl::FromUnixMillis(w.last_error_unix_ms()),
+                             absl::UTCTimeZone()));
+      }
+      if (!w.last_error().empty()) absl::StrAppend(&errors, "  error: ", w.last_error());
+      if (w.last_error().empty() && !w.recovered_error().empty()) {
+        absl::StrAppend(&errors, "  recovered from: ", w.recovered_error());
+      }
+      std::printf("  %-8s %-22s %-12s %-18s health %lld ms ago%s\n", w.worker_name().c_str(),
                   proto::WorkerState_Name(w.state()).c_str(), w.grpc_address().c_str(),
-                  shard.c_str(), static_cast<long long>(w.last_health_age_ms()),
-                  w.last_error().empty() ? "" : "  error: ", w.last_error().c_str());
+                  shard.c_str(), static_cast<long long>(w.last_health_age_ms()), errors.c_str());
       if (w.state() != proto::WORKER_STATE_SERVING) ready = false;
     }
     return ready ? kOk : kNotReady;
@@ -186,15 +201,14 @@ int Main(int argc, char** argv) {
         // tokens over the time after the first one (the server's clock).
         const proto::Usage& u = r.final().usage();
         const int64_t decode_ms = u.total_time_ms() - u.time_to_first_token_ms();
-        std::fprintf(stderr,
-                     "\nmoeflowctl generate: %s, %d prompt + %d tokens, %lld ms (first token "
-                     "%lld ms, decode %.1f tok/s)\n",
-                     proto::FinishReason_Name(r.final().finish_reason()).c_str(),
-                     u.prompt_tokens(), u.completion_tokens(),
-                     static_cast<long long>(u.total_time_ms()),
-                     static_cast<long long>(u.time_to_first_token_ms()),
-                     decode_ms > 0 ? 1e3 * u.completion_tokens() / static_cast<double>(decode_ms)
-                                   : 0.0);
+        std::fprintf(
+            stderr,
+            "\nmoeflowctl generate: %s, %d prompt + %d tokens, %lld ms (first token "
+            "%lld ms, decode %.1f tok/s)\n",
+            proto::FinishReason_Name(r.final().finish_reason()).c_str(), u.prompt_tokens(),
+            u.completion_tokens(), static_cast<long long>(u.total_time_ms()),
+            static_cast<long long>(u.time_to_first_token_ms()),
+            decode_ms > 0 ? 1e3 * u.completion_tokens() / static_cast<double>(decode_ms) : 0.0);
       }
     }
     grpc::Status s = reader->Finish();
@@ -209,6 +223,14 @@ int Main(int argc, char** argv) {
     if (!s.ok()) return Fail(s, "drain");
     std::printf("drained: %d requests finished, %d cancelled\n", r.requests_finished(),
                 r.requests_cancelled());
+    return kOk;
+  }
+  if (command == "undrain") {
+    proto::UndrainResponse r;
+    grpc::Status s = stub->Undrain(&ctx, proto::UndrainRequest(), &r);
+    if (!s.ok()) return Fail(s, "undrain");
+    std::printf("accepting requests again: coordinator %s\n",
+                proto::CoordinatorState_Name(r.state()).c_str());
     return kOk;
   }
   if (command == "shutdown") {

@@ -1,8 +1,10 @@
 // `moeflow serve`: an OpenAI- and Ollama-compatible HTTP server on one model.
 //
 // Loads the GGUF once (engine, tokenizer, chat template), then serves
-// server/openai_api.h's endpoints until SIGINT/SIGTERM, which stops accepting,
-// lets running responses finish (up to 5 s), cancels queued requests and
+// server/openai_api.h's endpoints until SIGINT/SIGTERM, which stops accepting
+// (new requests get 503, /health "draining"), lets queued and running requests
+// finish for up to --shutdown_grace_s (default 30 s; a second signal ends the
+// wait), cancels what is left (its streams end with a clean error event) and
 // exits 0. Requests are batched continuously (BatchingScheduler over the
 // engine's paged KV cache) or, with --scheduler=serial, run one at a time in
 // arrival order (SerialScheduler).
@@ -69,15 +71,16 @@ int RunServe(const std::vector<std::string>& args) {
   if (model.empty()) return Usage("--model is required");
   const int32_t port = absl::GetFlag(FLAGS_port);
   if (port < 0 || port > 65535) return Usage(absl::StrCat("--port=", port, ": not a TCP port"));
-  if (absl::Status s = CheckHttpApiFlags(); !s.ok()) return Usage(std::string(s.message()));
+  if (absl::Status s = CheckHttpApiFlags(absl::GetFlag(FLAGS_host), "--host"); !s.ok()) {
+    return Usage(std::string(s.message()));
+  }
   const int64_t max_queue = absl::GetFlag(FLAGS_max_queue);
   if (max_queue < 0) return Usage("--max-queue must be >= 0");
   const int64_t context_tokens = absl::GetFlag(FLAGS_context_tokens);
   if (context_tokens < 0) return Usage("--context-tokens must be >= 0");
   const std::string scheduler_kind = absl::GetFlag(FLAGS_scheduler);
   if (scheduler_kind != "batching" && scheduler_kind != "serial") {
-    return Usage("--scheduler must be \"batching\" or \"serial\", got \"" + scheduler_kind +
-                 "\"");
+    return Usage("--scheduler must be \"batching\" or \"serial\", got \"" + scheduler_kind + "\"");
   }
   const bool batching = scheduler_kind == "batching";
   const int32_t parallel = absl::GetFlag(FLAGS_parallel);
@@ -157,30 +160,58 @@ int RunServe(const std::vector<std::string>& args) {
 
   int signal_number = 0;
   sigwait(&signals, &signal_number);
-  std::fprintf(stderr, "moeflow serve: signal %d, shutting down\n", signal_number);
-  // Running generations are cancelled first so their streams end; then the
-  // HTTP server drains what is left to write.
+  std::fprintf(stderr, "moeflow serve: %s, shutting down\n",
+               signal_number == SIGINT ? "SIGINT" : "SIGTERM");
+  // Stop accepting; running requests get --shutdown_grace_s to finish.
+  DrainForShutdown(*http, scheduler, signals, [](const std::string& line) {
+    std::fprintf(stderr, "moeflow serve: %s\n", line.c_str());
+  });
+  // What is left is cancelled (its streams end with an error event); then
+  // the HTTP server writes out what is queued.
   scheduler.Shutdown();
   http->http->Stop();
+  std::fprintf(stderr, "moeflow serve: stopped\n");
   return kExitOk;
 }
 
 }  // namespace
 
 Command ServeCommand() {
-  return {"serve",
-          "serve the model over HTTP (OpenAI- and Ollama-compatible API)",
-          "moeflow serve --model=FILE.gguf [--host=127.0.0.1 --port=8080] [flags]",
-          "Endpoints: /v1/chat/completions, /v1/completions, /v1/models (OpenAI, SSE streaming),\n"
-          "/api/chat, /api/generate, /api/tags (Ollama, NDJSON streaming), /health, /metrics.\n"
-          "Requests are batched continuously (--parallel at once, decode tokens and prefill\n"
-          "chunks sharing each forward pass, paged KV cache with prefix reuse); --scheduler=serial\n"
-          "runs them one at a time. SIGINT/SIGTERM stop the server.",
-          {"model", "host", "port", "api_key", "max_body_bytes", "cors_origin", "max_queue",
-           "context_tokens", "http_workers", "model_name", "threads", "active_experts",
-           "scheduler", "parallel", "max_batch_tokens", "chunk_size", "kv_tokens",
-           "decode_reserve_tokens"},
-          &RunServe};
+  return {
+      "serve",
+      "serve the model over HTTP (OpenAI- and Ollama-compatible API)",
+      "moeflow serve --model=FILE.gguf [--host=127.0.0.1 --port=8080] [flags]",
+      "Endpoints: /v1/chat/completions, /v1/completions, /v1/models (OpenAI, SSE streaming),\n"
+      "/api/chat, /api/generate, /api/tags (Ollama, NDJSON streaming), /health, /metrics.\n"
+      "Requests are batched continuously (--parallel at once, decode tokens and prefill\n"
+      "chunks sharing each forward pass, paged KV cache with prefix reuse); --scheduler=serial\n"
+      "runs them one at a time. SIGINT/SIGTERM stop accepting and let running requests\n"
+      "finish (--shutdown-grace-s), then stop the server. Off loopback --api-key is\n"
+      "required (or --allow-unauthenticated).",
+      {"model",
+       "host",
+       "port",
+       "api_key",
+       "allow_unauthenticated",
+       "max_body_bytes",
+       "cors_origin",
+       "max_queue",
+       "max_connections",
+       "idle_timeout_s",
+       "request_timeout_s",
+       "shutdown_grace_s",
+       "context_tokens",
+       "http_workers",
+       "model_name",
+       "threads",
+       "active_experts",
+       "scheduler",
+       "parallel",
+       "max_batch_tokens",
+       "chunk_size",
+       "kv_tokens",
+       "decode_reserve_tokens"},
+      &RunServe};
 }
 
 }  // namespace moeflow

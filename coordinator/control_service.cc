@@ -29,14 +29,19 @@ std::string ValidUtf8(absl::string_view in) {
   size_t i = 0;
   while (i < in.size()) {
     const unsigned char c = static_cast<unsigned char>(in[i]);
-    size_t len = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xE ? 3 : (c >> 3) == 0x1E ? 4 : 0;
+    size_t len = c < 0x80           ? 1
+                 : (c >> 5) == 0x6  ? 2
+                 : (c >> 4) == 0xE  ? 3
+                 : (c >> 3) == 0x1E ? 4
+                                    : 0;
     bool ok = len > 0 && i + len <= in.size();
     for (size_t j = 1; ok && j < len; ++j) {
       ok = (static_cast<unsigned char>(in[i + j]) & 0xC0) == 0x80;
     }
     if (ok && len > 1) {
       uint32_t cp = c & (0xFF >> (len + 1));
-      for (size_t j = 1; j < len; ++j) cp = (cp << 6) | (static_cast<unsigned char>(in[i + j]) & 0x3F);
+      for (size_t j = 1; j < len; ++j)
+        cp = (cp << 6) | (static_cast<unsigned char>(in[i + j]) & 0x3F);
       const uint32_t min_cp[] = {0, 0, 0x80, 0x800, 0x10000};
       ok = cp >= min_cp[len] && cp <= 0x10FFFF && !(cp >= 0xD800 && cp <= 0xDFFF);
     }
@@ -120,8 +125,8 @@ proto::CoordinatorState ControlServiceImpl::State() {
     active = active_;
   }
   if (stopping) return proto::COORDINATOR_STATE_STOPPING;
-  if (draining) return active > 0 ? proto::COORDINATOR_STATE_DRAINING
-                                  : proto::COORDINATOR_STATE_DRAINED;
+  if (draining)
+    return active > 0 ? proto::COORDINATOR_STATE_DRAINING : proto::COORDINATOR_STATE_DRAINED;
   return coordinator_.AllServing() ? proto::COORDINATOR_STATE_SERVING
                                    : proto::COORDINATOR_STATE_DEGRADED;
 }
@@ -146,9 +151,9 @@ grpc::Status ControlServiceImpl::Generate(grpc::ServerContext* context,
   if (grpc::Status s = Authorize(context); !s.ok()) return s;
   const proto::CoordinatorState state = State();
   if (state != proto::COORDINATOR_STATE_SERVING) {
-    return grpc::Status(grpc::UNAVAILABLE, absl::StrCat("coordinator is ",
-                                                        proto::CoordinatorState_Name(state),
-                                                        ", not SERVING"));
+    return grpc::Status(
+        grpc::UNAVAILABLE,
+        absl::StrCat("coordinator is ", proto::CoordinatorState_Name(state), ", not SERVING"));
   }
   if (request->input_case() == proto::GenerateRequest::INPUT_NOT_SET) {
     return grpc::Status(grpc::INVALID_ARGUMENT, "input: set prompt or chat");
@@ -181,7 +186,8 @@ grpc::Status ControlServiceImpl::Generate(grpc::ServerContext* context,
   so.top_p = request->sampling().top_p() == 0.f ? 1.f : request->sampling().top_p();
   so.seed = request->sampling().seed();
   auto sampler = sampling::Sampler::Create(so);
-  if (!sampler.ok()) return grpc::Status(grpc::INVALID_ARGUMENT, std::string(sampler.status().message()));
+  if (!sampler.ok())
+    return grpc::Status(grpc::INVALID_ARGUMENT, std::string(sampler.status().message()));
   sampling::StopOptions stop_options;
   for (const std::string& s : request->stop()) {
     if (s.empty()) return grpc::Status(grpc::INVALID_ARGUMENT, "stop: empty string");
@@ -189,8 +195,8 @@ grpc::Status ControlServiceImpl::Generate(grpc::ServerContext* context,
   }
   if (tokenizer_->eos_id() >= 0) stop_options.stop_tokens.push_back(tokenizer_->eos_id());
   const int64_t room = context_tokens - static_cast<int64_t>(prompt.size());
-  stop_options.max_tokens = request->max_tokens() > 0 ? std::min<int64_t>(request->max_tokens(), room)
-                                                      : room;
+  stop_options.max_tokens =
+      request->max_tokens() > 0 ? std::min<int64_t>(request->max_tokens(), room) : room;
   auto stop = sampling::StopCondition::Create(stop_options);
   if (!stop.ok()) return grpc::Status(grpc::INVALID_ARGUMENT, std::string(stop.status().message()));
 
@@ -342,16 +348,31 @@ grpc::Status ControlServiceImpl::Drain(grpc::ServerContext* context,
     const bool done = wait_idle(absl::Now() + absl::Seconds(70));
     cancel_running_.store(false);
     if (!done) {
-      return grpc::Status(grpc::DEADLINE_EXCEEDED,
-                          absl::StrCat(active_ + queued_ + frontends_pending(),
-                                       " requests still running ", request->timeout_ms(),
-                                       " ms + 70 s after Drain, though cancelled"));
+      return grpc::Status(
+          grpc::DEADLINE_EXCEEDED,
+          absl::StrCat(active_ + queued_ + frontends_pending(), " requests still running ",
+                       request->timeout_ms(), " ms + 70 s after Drain, though cancelled"));
     }
   }
   const int cancelled =
       static_cast<int>(requests_cancelled_ - cancelled_before + frontend_cancelled);
   response->set_requests_cancelled(cancelled);
   response->set_requests_finished(static_cast<int>(before + frontend_before) - cancelled);
+  return grpc::Status::OK;
+}
+
+grpc::Status ControlServiceImpl::Undrain(grpc::ServerContext* context, const proto::UndrainRequest*,
+                                         proto::UndrainResponse* response) {
+  if (grpc::Status s = Authorize(context); !s.ok()) return s;
+  {
+    absl::MutexLock lock(&mu_);
+    if (stopping_) return grpc::Status(grpc::FAILED_PRECONDITION, "the coordinator is stopping");
+    draining_ = false;
+  }
+  for (const Frontend& f : frontends_) {
+    if (f.start_accepting) f.start_accepting();
+  }
+  response->set_state(State());
   return grpc::Status::OK;
 }
 
@@ -418,8 +439,8 @@ grpc::Status ControlServiceImpl::ComputeLogits(grpc::ServerContext* context,
   if (grpc::Status s = Authorize(context); !s.ok()) return s;
   const proto::CoordinatorState state = State();
   if (state != proto::COORDINATOR_STATE_SERVING) {
-    return grpc::Status(grpc::UNAVAILABLE, absl::StrCat("coordinator is ",
-                                                        proto::CoordinatorState_Name(state)));
+    return grpc::Status(grpc::UNAVAILABLE,
+                        absl::StrCat("coordinator is ", proto::CoordinatorState_Name(state)));
   }
   if (request->tokens_size() == 0) return grpc::Status(grpc::INVALID_ARGUMENT, "tokens: empty");
   if (request->tokens_size() > coordinator_.context_tokens()) {
@@ -432,8 +453,8 @@ grpc::Status ControlServiceImpl::ComputeLogits(grpc::ServerContext* context,
   absl::Status s = coordinator_.Forward(tokens, 0, /*last_only=*/false, &logits);
   if (!s.ok()) return ToGrpc(s);
   response->set_n_vocab(static_cast<int32_t>(coordinator_.config().vocab_size));
-  response->set_logits(std::string(reinterpret_cast<const char*>(logits.data()),
-                                   logits.size() * sizeof(float)));
+  response->set_logits(
+      std::string(reinterpret_cast<const char*>(logits.data()), logits.size() * sizeof(float)));
   return grpc::Status::OK;
 }
 

@@ -7,7 +7,8 @@
 // Requests run one at a time on the Coordinator (no continuous batching yet):
 // a Generate waits for the one before it. Drain stops new requests at once,
 // waits for the accepted ones, and after its timeout cancels those still
-// running or queued (their streams end with FINISH_REASON_CANCELLED).
+// running or queued (their streams end with FINISH_REASON_CANCELLED);
+// Undrain accepts requests again.
 //
 // Thread-safety: gRPC calls it from many threads; state is behind mu_.
 // Failure: as control.proto says; UNAUTHENTICATED when a token is required
@@ -18,9 +19,9 @@
 
 #include <atomic>
 #include <functional>
-#include <vector>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
@@ -42,6 +43,8 @@ class ControlServiceImpl final : public proto::ControlService::Service {
                         grpc::ServerWriter<proto::GenerateResponse>* writer) override;
   grpc::Status Drain(grpc::ServerContext* context, const proto::DrainRequest* request,
                      proto::DrainResponse* response) override;
+  grpc::Status Undrain(grpc::ServerContext* context, const proto::UndrainRequest* request,
+                       proto::UndrainResponse* response) override;
   grpc::Status Shutdown(grpc::ServerContext* context,
                         const proto::CoordinatorShutdownRequest* request,
                         proto::CoordinatorShutdownResponse* response) override;
@@ -57,13 +60,18 @@ class ControlServiceImpl final : public proto::ControlService::Service {
   // Another front end on the same coordinator (the HTTP API of `moeflow
   // launch`), which Drain covers too: stop_accepting() when Drain starts,
   // pending() requests waited for (polled), cancel_all() when its timeout
-  // passes. Set before the service serves.
+  // passes, start_accepting() on Undrain. Set before the service serves.
   struct Frontend {
     std::function<void()> stop_accepting;
     std::function<int64_t()> pending;
     std::function<void()> cancel_all;
+    std::function<void()> start_accepting;
   };
   void AddFrontend(Frontend frontend) { frontends_.push_back(std::move(frontend)); }
+
+  // SERVING, DEGRADED, DRAINING, ... as Status reports it (the HTTP API's
+  // /health uses it). Thread-safe.
+  proto::CoordinatorState State();
 
  private:
   grpc::Status Authorize(grpc::ServerContext* context) const;
@@ -71,7 +79,6 @@ class ControlServiceImpl final : public proto::ControlService::Service {
   // file has none we recognize) and tokenizes it. INVALID_ARGUMENT naming the
   // message with a bad role; the renderer's errors otherwise.
   absl::StatusOr<std::vector<int32_t>> RenderChatPrompt(const proto::ChatConversation& chat) const;
-  proto::CoordinatorState State();
 
   Coordinator& coordinator_;
   const std::string token_;

@@ -57,6 +57,18 @@ struct Coordinator::Worker {
   std::atomic<bool> alive{false};
   std::atomic<int> epoch{0};
   int restarts = 0;  // Coordinator::mu_
+  // The error that keeps it from serving and when it was seen; once it
+  // serves again the error moves to recovered_error (Coordinator::mu_).
+  void RecordError(std::string error) {
+    last_error = std::move(error);
+    last_error_time = absl::Now();
+  }
+  void Recovered() {
+    if (!last_error.empty()) recovered_error = std::move(last_error);
+    last_error.clear();
+  }
+  absl::Time last_error_time = absl::InfinitePast();
+  std::string recovered_error;
   // Data plane (dataplane_mu_).
   std::unique_ptr<UcxEndpoint> endpoint;
   std::unique_ptr<ActivationChannel> channel;
@@ -548,7 +560,7 @@ void Coordinator::KillProcess(Worker& w) {
 
 void Coordinator::SetWorkerError(Worker& w, const std::string& error) {
   absl::MutexLock lock(&mu_);
-  w.last_error = error;
+  w.RecordError(error);
 }
 
 void Coordinator::MonitorLoop() {
@@ -587,6 +599,7 @@ void Coordinator::MonitorLoop() {
           options_.log(absl::StrCat(w.name, ": attached again at ", w.attach_address));
           absl::MutexLock lock(&mu_);
           ++w.restarts;
+          w.Recovered();
         }
         continue;
       }
@@ -599,7 +612,7 @@ void Coordinator::MonitorLoop() {
           options_.log(absl::StrCat(w.name, ": ", why));
           absl::MutexLock lock(&mu_);
           w.state = proto::WORKER_STATE_FAILED;
-          w.last_error = why;
+          w.RecordError(why);
         }
       }
       if (w.pid <= 0 && options_.restart_workers) {
@@ -621,6 +634,7 @@ void Coordinator::MonitorLoop() {
           options_.log(absl::StrCat(w.name, ": serving again"));
           absl::MutexLock lock(&mu_);
           ++w.restarts;
+          w.Recovered();
         }
       }
     }
@@ -640,7 +654,7 @@ void Coordinator::MonitorLoop() {
           w.alive.store(false);
           absl::MutexLock lock(&mu_);
           w.state = proto::WORKER_STATE_FAILED;
-          w.last_error = absl::StrCat(w.attach_address, " unreachable: ", s.error_message());
+          w.RecordError(absl::StrCat(w.attach_address, " unreachable: ", s.error_message()));
           continue;
         }
         absl::MutexLock lock(&mu_);
@@ -648,7 +662,7 @@ void Coordinator::MonitorLoop() {
           w.last_health = absl::Now();
           w.state = health.state();
           if (health.state() == proto::WORKER_STATE_FAILED) {
-            w.last_error = health.message();
+            w.RecordError(health.message());
             // A hand-started worker that lost its data plane serves no more.
             if (!w.attach_address.empty()) w.alive.store(false);
           }
@@ -1221,6 +1235,10 @@ void Coordinator::FillStatus(proto::StatusResponse* status) {
                                   : absl::ToInt64Milliseconds(absl::Now() - w.last_health));
     s->set_last_error(w.last_error);
     s->set_restarts(w.restarts);
+    s->set_recovered_error(w.recovered_error);
+    if (w.last_error_time != absl::InfinitePast()) {
+      s->set_last_error_unix_ms(absl::ToUnixMillis(w.last_error_time));
+    }
   }
 }
 

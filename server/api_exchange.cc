@@ -85,7 +85,9 @@ void ApiExchange::Log(int status, const std::string& note) const {
 
 void ApiExchange::Refuse(const ApiError& error) {
   Log(error.status, error.message);
-  responder_->Send(error.status, JsonHeaders(), Dump(ErrorJson(error)));
+  HttpHeaders headers = JsonHeaders();
+  if (error.status == 503) headers.push_back({"Retry-After", "5"});
+  responder_->Send(error.status, std::move(headers), Dump(ErrorJson(error)));
 }
 
 void ApiExchange::OnToken(const GeneratedToken& token) {

@@ -20,6 +20,7 @@
 #define MOEFLOW_SERVER_API_EXCHANGE_H_
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -53,6 +54,10 @@ struct ApiOptions {
   // /v1/completions' default max_tokens (OpenAI's is 16); chat requests
   // default to the rest of the context.
   int64_t default_completion_max_tokens = 16;
+  // Why the server does not serve now ("draining", "degraded"), "" when it
+  // does: /health answers 503 {"status": REASON} with Retry-After, else 200
+  // {"status":"ok"}. Called on HTTP threads. Empty function: always ok.
+  std::function<std::string()> health;
 };
 
 // What an exchange needs from the server; all outlive every exchange.
@@ -95,7 +100,8 @@ class ApiExchange {
 
   void OnToken(const GeneratedToken& token);
   void OnDone(const GenerationSummary& summary);
-  // Answers with `error` (nothing was sent yet) in this protocol's shape.
+  // Answers with `error` (nothing was sent yet) in this protocol's shape; a
+  // 503 carries Retry-After.
   void Refuse(const ApiError& error);
   // One line on stderr (options.log_requests) and the request counter.
   void Log(int status, const std::string& note) const;

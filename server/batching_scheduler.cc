@@ -93,10 +93,12 @@ absl::Status BatchingScheduler::Submit(std::shared_ptr<GenerationRequest> reques
   }
   absl::MutexLock lock(&mu_);
   if (stop_) return absl::UnavailableError("the server is shutting down");
+  if (draining_) return absl::UnavailableError(drain_reason_);
   if (static_cast<int64_t>(queue_.size()) >= options_.max_queue) {
     return absl::ResourceExhaustedError(
         absl::StrCat("the queue is full (", queue_.size(), " requests waiting); retry later"));
   }
+  cancel_.Add(request->cancelled);
   queue_.push_back({std::move(request), NowS()});
   UpdateGauges();
   return absl::OkStatus();
@@ -109,6 +111,22 @@ void BatchingScheduler::Shutdown() {
     stop_ = true;
   }
   if (thread_.joinable()) thread_.join();
+}
+
+void BatchingScheduler::StopAccepting(std::string reason) {
+  absl::MutexLock lock(&mu_);
+  draining_ = true;
+  drain_reason_ = std::move(reason);
+}
+
+void BatchingScheduler::StartAccepting() {
+  absl::MutexLock lock(&mu_);
+  draining_ = false;
+}
+
+int64_t BatchingScheduler::pending() {
+  absl::MutexLock lock(&mu_);
+  return static_cast<int64_t>(queue_.size()) + n_running_ + n_preempted_;
 }
 
 void BatchingScheduler::UpdateGauges() {
@@ -237,6 +255,15 @@ void BatchingScheduler::GrowOrPreempt() {
 }
 
 bool BatchingScheduler::Admit() {
+  const bool more = AdmitFromQueue();
+  absl::MutexLock lock(&mu_);
+  n_running_ = static_cast<int64_t>(running_.size());
+  n_preempted_ = static_cast<int64_t>(preempted_.size());
+  UpdateGauges();
+  return more;
+}
+
+bool BatchingScheduler::AdmitFromQueue() {
   // Requests whose client left while they waited end now, wherever they are
   // in the queue (they would otherwise hold a queue slot until their turn).
   std::vector<Queued> gone;
@@ -285,6 +312,7 @@ bool BatchingScheduler::Admit() {
     running_.push_back(std::move(r));
     absl::MutexLock lock(&mu_);
     n_running_ = static_cast<int64_t>(running_.size());
+    n_preempted_ = static_cast<int64_t>(preempted_.size());
     UpdateGauges();
   }
   while (true) {
@@ -306,6 +334,7 @@ bool BatchingScheduler::Admit() {
     auto pop = [&] {
       absl::MutexLock lock(&mu_);
       queue_.pop_front();
+      ++n_running_;  // pending() counts it until Admit recounts
       UpdateGauges();
     };
     if (request.cancelled->load()) {
@@ -352,6 +381,7 @@ bool BatchingScheduler::Admit() {
     running_.push_back(std::move(r));
     absl::MutexLock lock(&mu_);
     n_running_ = static_cast<int64_t>(running_.size());
+    n_preempted_ = static_cast<int64_t>(preempted_.size());
     UpdateGauges();
   }
 }
@@ -464,6 +494,7 @@ void BatchingScheduler::Step() {
   }
   absl::MutexLock lock(&mu_);
   n_running_ = static_cast<int64_t>(running_.size());
+  n_preempted_ = static_cast<int64_t>(preempted_.size());
   UpdateGauges();
 }
 
@@ -509,6 +540,7 @@ void BatchingScheduler::Loop() {
     absl::MutexLock lock(&mu_);
     left.swap(queue_);
     n_running_ = 0;
+    n_preempted_ = 0;
     UpdateGauges();
   }
   for (Queued& q : left) {

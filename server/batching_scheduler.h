@@ -58,6 +58,7 @@
 #include <deque>
 #include <memory>
 #include <optional>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -131,6 +132,10 @@ class BatchingScheduler final : public GenerationBackend {
   absl::Status Submit(std::shared_ptr<GenerationRequest> request) override;
   int64_t context_tokens() const override { return model_->context_tokens(); }
   void Shutdown() override;
+  void StopAccepting(std::string reason) override;
+  void StartAccepting() override;
+  int64_t pending() override;
+  void CancelAll() override { cancel_.CancelAll(); }
 
  private:
   struct Queued {
@@ -142,6 +147,7 @@ class BatchingScheduler final : public GenerationBackend {
   void Loop();
   // Admits from the queue head while there is room; false when stopping.
   bool Admit();
+  bool AdmitFromQueue();
   // Whether a running request is still prefilling whole blocks that
   // `prompt` starts with (admitting now would compute them twice).
   bool AwaitsSharedPrefix(absl::Span<const int32_t> prompt) const;
@@ -160,6 +166,7 @@ class BatchingScheduler final : public GenerationBackend {
 
   BatchModel* const model_;
   const BatchingSchedulerOptions options_;
+  CancelRegistry cancel_;
   ServerMetrics* const metrics_;
 
   // Scheduler thread only.
@@ -172,7 +179,10 @@ class BatchingScheduler final : public GenerationBackend {
   absl::Mutex mu_;
   std::deque<Queued> queue_ ABSL_GUARDED_BY(mu_);
   int64_t n_running_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t n_preempted_ ABSL_GUARDED_BY(mu_) = 0;
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  bool draining_ ABSL_GUARDED_BY(mu_) = false;
+  std::string drain_reason_ ABSL_GUARDED_BY(mu_);
   std::thread thread_;
 };
 

@@ -8,6 +8,7 @@
 #include <netinet/tcp.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -235,6 +236,20 @@ absl::Status HttpServer::Start() {
   return absl::OkStatus();
 }
 
+void HttpServer::StopAccepting() {
+  if (!accepting_.exchange(false)) return;
+  const uint64_t one = 1;
+  if (queue_->wake_fd >= 0) (void)!write(queue_->wake_fd, &one, sizeof(one));
+}
+
+void HttpServer::CloseListener() {
+  if (listen_fd_ < 0) return;
+  if (accept_paused_until_ms_ == 0) epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, listen_fd_, nullptr);
+  close(listen_fd_);
+  listen_fd_ = -1;
+  accept_paused_until_ms_ = 0;
+}
+
 void HttpServer::Stop() {
   if (!io_thread_.joinable()) return;
   stopping_ = true;
@@ -275,12 +290,18 @@ void HttpServer::IoLoop() {
   int64_t last_timeout_check = NowMs();
   int64_t drain_deadline = 0;
   while (true) {
+    if (!accepting_) CloseListener();
+    if (accept_paused_until_ms_ > 0 && NowMs() >= accept_paused_until_ms_ && listen_fd_ >= 0) {
+      epoll_event ev{};
+      ev.events = EPOLLIN;
+      ev.data.u64 = kListenId;
+      epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, listen_fd_, &ev);
+      accept_paused_until_ms_ = 0;
+    }
     if (stopping_) {
       if (drain_deadline == 0) {
         drain_deadline = NowMs() + options_.drain_timeout_ms;
-        epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, listen_fd_, nullptr);
-        close(listen_fd_);
-        listen_fd_ = -1;
+        CloseListener();
       }
       // Close connections without a response in flight; finish the others.
       std::vector<uint64_t> idle;
@@ -291,7 +312,7 @@ void HttpServer::IoLoop() {
       if (connections_.empty() || NowMs() >= drain_deadline) break;
     }
     const int n = epoll_wait(epoll_fd_, events.data(), static_cast<int>(events.size()),
-                             stopping_ ? 100 : 1000);
+                             stopping_ || accept_paused_until_ms_ > 0 ? 100 : 1000);
     if (n < 0 && errno != EINTR) break;
     for (int i = 0; i < n; ++i) {
       const uint64_t id = events[i].data.u64;
@@ -334,17 +355,59 @@ void HttpServer::IoLoop() {
   std::vector<uint64_t> ids;
   for (auto& [id, c] : connections_) ids.push_back(id);
   for (uint64_t id : ids) CloseConnection(id);
-  if (listen_fd_ >= 0) close(listen_fd_);
-  listen_fd_ = -1;
+  CloseListener();
+}
+
+bool HttpServer::EvictIdleConnection() {
+  // Quiet longest first; a connection that has sent nothing (or only part of
+  // a request) goes before a keep-alive one between requests of equal age,
+  // since it costs the server a socket and gives it nothing.
+  // Bytes already waiting in a socket make it busy, not idle: a client that
+  // connected and sent its request a moment ago is read before it could be
+  // closed for the next one.
+  Connection* victim = nullptr;
+  for (auto& [id, c] : connections_) {
+    if (c->active != nullptr || c->close_after_write || c->out.size() != c->out_offset) continue;
+    // Quiet longest; on a tie the one accepted first.
+    if (victim != nullptr &&
+        (c->last_activity_ms > victim->last_activity_ms ||
+         (c->last_activity_ms == victim->last_activity_ms && c->id > victim->id))) {
+      continue;
+    }
+    int waiting = 0;
+    if (ioctl(c->fd, FIONREAD, &waiting) == 0 && waiting > 0) continue;
+    victim = c.get();
+  }
+  if (victim == nullptr) return false;
+  CloseConnection(victim->id);
+  evicted_connections_++;
+  return true;
 }
 
 void HttpServer::Accept() {
-  while (true) {
-    const int fd = accept4(listen_fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
-    if (fd < 0) return;  // EAGAIN, or an error on this one connection
-    if (static_cast<int>(connections_.size()) >= options_.max_connections) {
+  if (listen_fd_ < 0) return;
+  // A bounded batch per event: the new connections' first bytes are read
+  // between batches, so a burst of idle ones does not crowd them out.
+  for (int batch = 0; batch < 64; ++batch) {
+    if (static_cast<int>(connections_.size()) >= options_.max_connections &&
+        !EvictIdleConnection()) {
+      // Every connection has a response in flight: refuse this one.
+      const int fd = accept4(listen_fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+      if (fd < 0) return;
       close(fd);
+      refused_connections_++;
       continue;
+    }
+    const int fd = accept4(listen_fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0) {
+      if (errno == EMFILE || errno == ENFILE) {
+        // Out of descriptors: make room, or stop polling the listening
+        // socket for a moment (it stays readable; polling it would spin).
+        if (EvictIdleConnection()) continue;
+        epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, listen_fd_, nullptr);
+        accept_paused_until_ms_ = NowMs() + 100;
+      }
+      return;  // EAGAIN, or an error on this one connection
     }
     const int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
@@ -428,6 +491,8 @@ void HttpServer::TryDispatch(Connection& c) {
   c.in.erase(0, parsed.consumed);
   c.sent_continue = false;
   c.request_started_ms = c.in.empty() ? 0 : NowMs();
+  // Once the server stops accepting, every response closes its connection.
+  if (!accepting_) request.keep_alive = false;
   auto responder = std::shared_ptr<HttpResponder>(
       new HttpResponder(queue_, c.id, request.keep_alive, extra_headers_));
   c.active = responder;

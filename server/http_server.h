@@ -20,7 +20,9 @@
 // the request can be cancelled.
 //
 // Lifecycle:
-//   Create ─► Start() ─► serving ─► Stop(): stop accepting, let outstanding
+//   Create ─► Start() ─► serving ─► StopAccepting() (optional: the listening
+//   socket closes, open connections are still served, each response then
+//   says Connection: close) ─► Stop(): stop accepting, let outstanding
 //   responses finish up to drain_timeout_ms, close every connection, join.
 //
 // Thread-safety: Start/Stop from one thread; HttpResponder is thread-safe.
@@ -56,13 +58,21 @@ struct HttpServerOptions {
   int worker_threads = 2;
   // A request (head and body) must arrive within this time of its first byte.
   int64_t request_timeout_ms = 30000;
-  // An idle keep-alive connection is closed after this long.
+  // An idle keep-alive connection (or one that never sent a byte) is closed
+  // after this long.
   int64_t idle_timeout_ms = 60000;
   // Stop() waits this long for outstanding responses.
   int64_t drain_timeout_ms = 5000;
   // Queued response bytes of one connection past which the client counts as
   // gone (it stopped reading).
   int64_t max_output_bytes = 16 * 1024 * 1024;
+  // Open connections at most. At the limit (or when the process runs out of
+  // file descriptors) a new connection makes room by closing the idle one
+  // that was quiet longest (no response outstanding: a keep-alive
+  // connection between requests, or one that sent nothing or half a
+  // request), so one client holding sockets cannot lock the others (or
+  // /health) out; it is refused only when every connection has a response
+  // in flight.
   int max_connections = 1024;
 };
 
@@ -150,11 +160,19 @@ class HttpServer {
   void SetExtraHeaders(HttpHeaders headers) { extra_headers_ = std::move(headers); }
 
   absl::Status Start();
+  // Closes the listening socket (new connections are refused by the
+  // kernel); connections already open go on being served, and each
+  // response from now on closes its connection. Thread-safe, idempotent.
+  void StopAccepting();
   void Stop();
   int port() const { return port_; }
 
   // Open connections and responses not yet ended (for /metrics and tests).
   int64_t open_connections() const { return open_connections_.load(); }
+  // Idle connections closed to make room for new ones (max_connections or
+  // out of file descriptors), and connections refused because none was idle.
+  int64_t evicted_connections() const { return evicted_connections_.load(); }
+  int64_t refused_connections() const { return refused_connections_.load(); }
 
  private:
   friend class HttpResponder;
@@ -171,6 +189,10 @@ class HttpServer {
   void UpdateEvents(Connection& c);
   void DrainPending();
   void CheckTimeouts();
+  // Closes the idle connection quiet longest (see max_connections); false
+  // when every connection has a response in flight.
+  bool EvictIdleConnection();
+  void CloseListener();
 
   const HttpServerOptions options_;
   const HttpHandler handler_;
@@ -179,7 +201,13 @@ class HttpServer {
   int epoll_fd_ = -1;
   int port_ = 0;
   std::atomic<bool> stopping_{false};
+  std::atomic<bool> accepting_{true};
   std::atomic<int64_t> open_connections_{0};
+  std::atomic<int64_t> evicted_connections_{0};
+  std::atomic<int64_t> refused_connections_{0};
+  // Out of file descriptors with nothing to evict: the listening socket is
+  // out of the epoll set until then (I/O thread only).
+  int64_t accept_paused_until_ms_ = 0;
   std::thread io_thread_;
   std::vector<std::thread> workers_;
 

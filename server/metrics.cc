@@ -1,5 +1,6 @@
 #include "server/metrics.h"
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 
@@ -64,9 +65,21 @@ void ServerMetrics::SetBatchThroughput(double prefill_tokens_per_s, double decod
   batch_decode_tps_ = decode_tokens_per_s;
 }
 
+std::string EndpointLabel(const std::string& path) {
+  static const char* const kEndpoints[] = {
+      "/health",         "/metrics",  "/v1/models",    "/v1/chat/completions",
+      "/v1/completions", "/api/chat", "/api/generate", "/api/tags",
+      "/api/version",    "/api/show", "/api/ps"};
+  for (const char* e : kEndpoints) {
+    if (path == e) return path;
+  }
+  if (absl::StartsWith(path, "/v1/models/")) return "/v1/models/{id}";
+  return "other";
+}
+
 void ServerMetrics::RecordRequest(const std::string& endpoint, int code) {
   absl::MutexLock lock(&mu_);
-  requests_[{endpoint, code}]++;
+  requests_[{EndpointLabel(endpoint), code}]++;
 }
 
 void ServerMetrics::RecordPreemption() {

@@ -7,7 +7,8 @@
 //
 //   moeflow_queue_depth                      gauge    requests waiting
 //   moeflow_running_requests                 gauge    requests generating
-//   moeflow_requests_total{endpoint,code}    counter  answered requests
+//   moeflow_requests_total{endpoint,code}    counter  answered requests (unknown paths:
+//                                                     endpoint="other")
 //   moeflow_prompt_tokens_total              counter
 //   moeflow_prompt_cached_tokens_total       counter  prompt tokens reused from the KV cache
 //   moeflow_completion_tokens_total          counter
@@ -55,6 +56,10 @@ class Histogram {
   uint64_t count_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
+// The `endpoint` label of a request path: the API's endpoints as they are,
+// /v1/models/ID as "/v1/models/{id}", anything else "other".
+std::string EndpointLabel(const std::string& path);
+
 class ServerMetrics {
  public:
   ServerMetrics();
@@ -64,6 +69,8 @@ class ServerMetrics {
   void SetKvCacheTokens(int64_t n);
   void SetKvPages(int64_t used, int64_t cached, int64_t total);
   void SetBatchThroughput(double prefill_tokens_per_s, double decode_tokens_per_s);
+  // `endpoint` is the request's path; paths the API does not serve share
+  // the label "other" (EndpointLabel), so clients cannot add series.
   void RecordRequest(const std::string& endpoint, int code);
   // A running request preempted because the KV pool had no page left.
   void RecordPreemption();

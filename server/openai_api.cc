@@ -55,7 +55,14 @@ void OpenAiApi::HandleChecked(const HttpRequest& request,
     return;
   }
   if (path == "/health") {
-    responder->Send(200, JsonHeaders(), "{\"status\":\"ok\"}");
+    const std::string reason = options_.health ? options_.health() : "";
+    if (metrics_ != nullptr) metrics_->RecordRequest(path, reason.empty() ? 200 : 503);
+    if (reason.empty()) {
+      responder->Send(200, JsonHeaders(), "{\"status\":\"ok\"}");
+    } else {
+      responder->Send(503, {{"Content-Type", "application/json"}, {"Retry-After", "5"}},
+                      Dump(json{{"status", reason}}));
+    }
     return;
   }
   if (!options_.api_key.empty()) {

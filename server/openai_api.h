@@ -11,7 +11,8 @@
 // disconnect cancels the request.
 //
 // Endpoints:
-//   GET  /health                 {"status":"ok"} (never needs the API key)
+//   GET  /health                 {"status":"ok"}, or 503 {"status":"draining"|"degraded"}
+//                                (never needs the API key)
 //   GET  /metrics                Prometheus text (metrics.h)
 //   GET  /v1/models[/ID]         the one served model
 //   POST /v1/chat/completions    messages → chat.completion / chat.completion.chunk

@@ -67,20 +67,27 @@ absl::Status SerialScheduler::Submit(std::shared_ptr<GenerationRequest> request)
         n_prompt + request->stop.max_tokens, " exceeds the context of ", context, " tokens"));
   }
   absl::MutexLock lock(&mu_);
-  if (draining_) return absl::UnavailableError("the server is draining (moeflowctl drain)");
+  if (draining_) return absl::UnavailableError(drain_reason_);
   if (stop_) return absl::UnavailableError("the server is shutting down");
   if (static_cast<int64_t>(queue_.size()) >= options_.max_queue) {
     return absl::ResourceExhaustedError(
         absl::StrCat("the queue is full (", queue_.size(), " requests waiting); retry later"));
   }
+  cancel_.Add(request->cancelled);
   queue_.push_back({std::move(request), NowS()});
   UpdateGauges();
   return absl::OkStatus();
 }
 
-void SerialScheduler::StopAccepting() {
+void SerialScheduler::StopAccepting(std::string reason) {
   absl::MutexLock lock(&mu_);
   draining_ = true;
+  drain_reason_ = std::move(reason);
+}
+
+void SerialScheduler::StartAccepting() {
+  absl::MutexLock lock(&mu_);
+  draining_ = false;
 }
 
 int64_t SerialScheduler::pending() {

@@ -32,6 +32,7 @@
 #ifndef MOEFLOW_SERVER_SCHEDULER_H_
 #define MOEFLOW_SERVER_SCHEDULER_H_
 
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <deque>
@@ -105,6 +106,45 @@ class GenerationBackend {
   virtual int64_t context_tokens() const = 0;
   // Cancels queued and running requests (their on_done runs) and stops.
   virtual void Shutdown() = 0;
+  // Draining (moeflowctl drain, the grace period after SIGTERM): from now on
+  // Submit answers Unavailable(reason); what is queued or running goes on.
+  // StartAccepting() ends it (moeflowctl undrain). Thread-safe.
+  virtual void StopAccepting(std::string reason) = 0;
+  virtual void StartAccepting() = 0;
+  // Requests queued or running (what a drain waits for). Thread-safe.
+  virtual int64_t pending() = 0;
+  // Cancels every request queued or running now (a drain's timeout); they
+  // end with finish "cancelled" at their next step. The backend goes on
+  // serving (unlike Shutdown). Thread-safe.
+  virtual void CancelAll() = 0;
+};
+
+// The cancel flags of the requests a backend accepted, for CancelAll.
+// Thread-safe.
+class CancelRegistry {
+ public:
+  void Add(const std::shared_ptr<std::atomic<bool>>& flag) {
+    absl::MutexLock lock(&mu_);
+    // Finished requests drop their flags; forget those now and then.
+    if (flags_.size() >= 64 && flags_.size() % 64 == 0) {
+      flags_.erase(
+          std::remove_if(flags_.begin(), flags_.end(),
+                         [](const std::weak_ptr<std::atomic<bool>>& f) { return f.expired(); }),
+          flags_.end());
+    }
+    flags_.push_back(flag);
+  }
+  void CancelAll() {
+    absl::MutexLock lock(&mu_);
+    for (const std::weak_ptr<std::atomic<bool>>& f : flags_) {
+      if (auto flag = f.lock()) flag->store(true);
+    }
+    flags_.clear();
+  }
+
+ private:
+  absl::Mutex mu_;
+  std::vector<std::weak_ptr<std::atomic<bool>>> flags_ ABSL_GUARDED_BY(mu_);
 };
 
 // One sequence of a model with a KV cache: what SerialScheduler runs on.
@@ -141,16 +181,17 @@ class SerialScheduler final : public GenerationBackend {
   absl::Status Submit(std::shared_ptr<GenerationRequest> request) override;
   int64_t context_tokens() const override { return model_->context_tokens(); }
   void Shutdown() override;
-  // Draining: from now on Submit answers Unavailable ("draining"); what is
-  // queued or running goes on. pending() counts it (queued + running).
-  void StopAccepting();
-  int64_t pending();
+  void StopAccepting(std::string reason) override;
+  void StartAccepting() override;
+  int64_t pending() override;
+  void CancelAll() override { cancel_.CancelAll(); }
 
  private:
   struct Queued {
     std::shared_ptr<GenerationRequest> request;
     double enqueued_s;
   };
+  CancelRegistry cancel_;
   void Loop();
   void Run(GenerationRequest& request, double queue_s);
   void UpdateGauges() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -166,6 +207,7 @@ class SerialScheduler final : public GenerationBackend {
   bool running_ ABSL_GUARDED_BY(mu_) = false;
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   bool draining_ ABSL_GUARDED_BY(mu_) = false;
+  std::string drain_reason_ ABSL_GUARDED_BY(mu_);
   std::thread thread_;
 };
 

@@ -234,6 +234,18 @@ model_path: $VALID_MODEL
 gpu_workers: [{backend: cpu}]
 expert_workers: [{numa_node: 0}]
 YAML
+validate 2 "http_address 0.0.0.0 is not a loopback address: give --api-key" \
+  "an HTTP API off loopback without --api_key" --http_address 0.0.0.0:0 <<YAML
+model_path: $VALID_MODEL
+gpu_workers: [{backend: cpu}]
+expert_workers: [{numa_node: 0}]
+YAML
+validate 0 "" "an HTTP API off loopback with --allow_unauthenticated" --http_address 0.0.0.0:0 \
+  --allow_unauthenticated <<YAML
+model_path: $VALID_MODEL
+gpu_workers: [{backend: cpu}]
+expert_workers: [{numa_node: 0}]
+YAML
 validate 2 "topo.yaml:4: expert_workers: must be a list of expert workers .*got a map" \
   "a map where a list is expected" <<YAML
 model_path: $VALID_MODEL

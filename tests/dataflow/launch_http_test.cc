@@ -156,8 +156,8 @@ TEST(LaunchHttpTest, NonLoopbackHttpWithoutApiKeyAndMalformedAddressAreRefused) 
   testing::CommandExit e =
       RunLaunchToExit("public_http", absl::StrCat("http_address: 0.0.0.0:0\n", kWorkers), "");
   EXPECT_EQ(e.code, 2);
-  EXPECT_NE(e.stderr_text.find("http_address 0.0.0.0:0 is not a loopback address: give "
-                               "--api_key"),
+  EXPECT_NE(e.stderr_text.find("http_address 0.0.0.0 is not a loopback address: give "
+                               "--api-key"),
             std::string::npos)
       << e.stderr_text;
   e = RunLaunchToExit("bad_http", kWorkers, "--http_address=localhost");

@@ -1,7 +1,8 @@
 // End to end with real processes: an expert worker killed mid-generation.
 // The in-flight request fails UNAVAILABLE within 2 s, Status shows the
-// worker down, `launch` restarts it (when allowed) and the next request
-// succeeds; nothing is left in /dev/shm.
+// worker down, `launch` restarts it (when allowed), Status then clears its
+// error (keeping it as recovered_error, with its time and the restart count)
+// and the next request succeeds; nothing is left in /dev/shm.
 #include <dirent.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -136,13 +137,33 @@ TEST(WorkerFailureTest, KilledExpertWorkerIsRestartedAndNextRequestSucceeds) {
     proto::StatusResponse status;
     ASSERT_TRUE(launch.stub().Status(&ctx, {}, &status).ok());
     int restarts = 0;
+    const int64_t now_ms = absl::ToUnixMillis(absl::Now());
     for (const proto::WorkerStatus& w : status.workers()) {
       restarts += w.restarts();
       if (w.restarts() > 0) {
-        EXPECT_NE(w.last_error().find("signal 9"), std::string::npos) << w.last_error();
+        // Serving again: no current error; why it was restarted, and when.
+        EXPECT_EQ(w.last_error(), "");
+        EXPECT_NE(w.recovered_error().find("signal 9"), std::string::npos) << w.recovered_error();
+        EXPECT_GT(w.last_error_unix_ms(), now_ms - 60000);
+        EXPECT_LE(w.last_error_unix_ms(), now_ms);
+      } else {
+        EXPECT_EQ(w.last_error_unix_ms(), 0) << w.worker_name();
       }
     }
     EXPECT_EQ(restarts, 1);
+    // moeflowctl status says the same, and exits 0 (every worker serves).
+    std::string printed;
+    const std::string command =
+        absl::StrCat(testing::Runfile("cli/moeflowctl"), " --addr ", launch.address(), " status");
+    FILE* out = popen(command.c_str(), "r");
+    ASSERT_NE(out, nullptr);
+    char line[1024];
+    while (std::fgets(line, sizeof(line), out) != nullptr) printed += line;
+    EXPECT_EQ(pclose(out), 0) << printed;
+    EXPECT_NE(printed.find("restarts 1  last error 20"), std::string::npos) << printed;
+    EXPECT_NE(printed.find("recovered from: process killed by signal 9"), std::string::npos)
+        << printed;
+    EXPECT_EQ(printed.find("error: "), std::string::npos) << printed;
 
     grpc::ClientContext ctx2;
     ctx2.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));

@@ -1,7 +1,9 @@
 #include "server/http_server.h"
 
 #include <atomic>
+#include <cerrno>
 #include <chrono>
+#include <cstring>
 #include <string>
 #include <thread>
 
@@ -242,6 +244,103 @@ TEST_F(HttpServerTest, ClientDisconnectRunsOnClose) {
   const std::shared_ptr<HttpResponder> hanging = Hanging();
   ASSERT_NE(hanging, nullptr);
   EXPECT_FALSE(hanging->Write("more"));
+}
+
+// One client holding many idle sockets (the probe: ~1,000) does not
+// lock the others out: at max_connections the idle connection quiet longest
+// makes room, a connection with a response in flight is never closed for it.
+TEST(HttpServerLimitsTest, IdleConnectionsMakeRoomAndBusyOnesStay) {
+  HttpServerOptions options;
+  options.max_connections = 16;
+  absl::Notification hang_closed;
+  std::shared_ptr<HttpResponder> hanging;
+  absl::Mutex mu;
+  HttpServer server(options,
+                    [&](const HttpRequest& request, std::shared_ptr<HttpResponder> responder) {
+                      if (request.path == "/hang") {
+                        {
+                          absl::MutexLock lock(&mu);
+                          hanging = responder;
+                        }
+                        responder->SetOnClose([&] { hang_closed.Notify(); });
+                        responder->StartStream(200, {});
+                        responder->Write("started\n");
+                        return;
+                      }
+                      responder->Send(200, {}, "ok");
+                    });
+  ASSERT_TRUE(server.Start().ok());
+  const int busy = ConnectLocal(server.port());
+  ASSERT_GE(busy, 0);
+  WriteAll(busy, "GET /hang HTTP/1.1\r\n\r\n");
+  char buffer[256];
+  ASSERT_GT(read(busy, buffer, sizeof(buffer)), 0);
+  std::vector<int> idle;
+  for (int i = 0; i < 1000; ++i) {
+    const int fd = ConnectLocal(server.port());
+    if (fd >= 0) idle.push_back(fd);
+  }
+  EXPECT_EQ(idle.size(), 1000u);
+  // The kernel completed the handshakes; wait until the server accepted them
+  // all (kept or closed to make room) before asking.
+  for (int i = 0; i < 200 && server.evicted_connections() + server.open_connections() < 1001; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  const int health_fd = ConnectLocal(server.port());
+  ASSERT_GE(health_fd, 0) << "connect: " << std::strerror(errno);
+  WriteAll(health_fd, "GET /health HTTP/1.1\r\nConnection: close\r\n\r\n");
+  const std::string raw = ReadToEof(health_fd);
+  const int read_errno = errno;
+  close(health_fd);
+  std::vector<testing::ParsedResponse> r = ParseResponses(raw);
+  ASSERT_EQ(r.size(), 1u) << "read '" << raw << "' errno " << std::strerror(read_errno)
+                          << " evicted " << server.evicted_connections() << " open "
+                          << server.open_connections() << " refused "
+                          << server.refused_connections();
+  EXPECT_EQ(r[0].status, 200);
+  EXPECT_GE(server.evicted_connections(), 1000 - 16);
+  EXPECT_EQ(server.refused_connections(), 0);
+  EXPECT_LE(server.open_connections(), 16);
+  EXPECT_FALSE(hang_closed.HasBeenNotified()) << "the busy connection was closed";
+  {
+    absl::MutexLock lock(&mu);
+    EXPECT_TRUE(hanging->Write("still here\n"));
+    hanging->EndStream();
+  }
+  for (int fd : idle) close(fd);
+  close(busy);
+  server.Stop();
+}
+
+// StopAccepting (a SIGTERM's first step): new connections are refused,
+// open ones are still answered, each response closing its connection.
+TEST(HttpServerLimitsTest, StopAcceptingServesOpenConnectionsOnly) {
+  HttpServer server(HttpServerOptions{},
+                    [](const HttpRequest& request, std::shared_ptr<HttpResponder> responder) {
+                      responder->Send(200, {}, request.path);
+                    });
+  ASSERT_TRUE(server.Start().ok());
+  const int fd = ConnectLocal(server.port());
+  ASSERT_GE(fd, 0);
+  WriteAll(fd, "GET /a HTTP/1.1\r\n\r\n");
+  char buffer[512];
+  ASSERT_GT(read(fd, buffer, sizeof(buffer)), 0);
+  server.StopAccepting();
+  bool refused = false;
+  for (int i = 0; i < 100 && !refused; ++i) {
+    const int other = ConnectLocal(server.port());
+    refused = other < 0;
+    if (other >= 0) close(other);
+    if (!refused) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  EXPECT_TRUE(refused) << "still accepting after StopAccepting";
+  WriteAll(fd, "GET /b HTTP/1.1\r\n\r\n");
+  std::vector<testing::ParsedResponse> r = ParseResponses(ReadToEof(fd));
+  close(fd);
+  ASSERT_EQ(r.size(), 1u);
+  EXPECT_EQ(r[0].body, "/b");
+  EXPECT_EQ(r[0].Header("connection"), "close");
+  server.Stop();
 }
 
 }  // namespace
