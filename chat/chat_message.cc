@@ -102,7 +102,10 @@ absl::StatusOr<ChatMessage> ParseMessage(const json& message, size_t index) {
   auto role = message.find("role");
   const std::string role_text =
       role != message.end() && role->is_string() ? role->get<std::string>() : std::string();
-  if (role_text == "system") {
+  // OpenAI's "developer" messages are the system messages of its newer
+  // models ("instructions the model should follow"): the DeepSeek templates
+  // render them as system messages.
+  if (role_text == "system" || role_text == "developer") {
     out.role = ChatRole::kSystem;
   } else if (role_text == "user") {
     out.role = ChatRole::kUser;
@@ -114,8 +117,9 @@ absl::StatusOr<ChatMessage> ParseMessage(const json& message, size_t index) {
     const std::string got = role == message.end() ? "nothing"
                             : role->is_string()   ? absl::StrCat("\"", role_text, "\"")
                                                   : TypeName(*role);
-    return FieldError(absl::StrCat(path, ".role"),
-                      absl::StrCat("expected one of system, user, assistant, tool, got ", got));
+    return FieldError(
+        absl::StrCat(path, ".role"),
+        absl::StrCat("expected one of system, developer, user, assistant, tool, got ", got));
   }
   absl::StatusOr<std::optional<std::string>> content = ParseContent(message, path);
   if (!content.ok()) return content.status();

@@ -7,18 +7,21 @@
 // back through ParseAssistantOutput (tool_call_parser.h).
 //
 // JSON accepted (OpenAI chat completions):
-//   {"role": "system" | "user" | "assistant" | "tool",
+//   {"role": "system" | "developer" | "user" | "assistant" | "tool",
 //    "content": string | null | [{"type": "text", "text": string}, ...],
 //    "tool_calls": [{"id"?: string, "type"?: "function",
 //                    "function": {"name": string, "arguments": string | object}}],
 //    "reasoning_content"?: string, "tool_call_id"?: string, "name"?: string}
-// Content parts are joined (text parts only); object arguments are serialized
+// "developer" (OpenAI's name for system instructions to its newer models) is
+// a system message. Content parts are joined (text parts only); object
+// arguments are serialized
 // compactly. `"tool_calls": null` or `[]` counts as no tool calls. Unknown
 // keys are ignored, as OpenAI does.
 //
 // Thread-safety: plain values and pure functions. Failure: InvalidArgument
 // naming the field at fault, e.g.
-//   "messages[2].role: expected one of system, user, assistant, tool, got \"bot\"".
+//   "messages[2].role: expected one of system, developer, user, assistant,
+//   tool, got \"bot\"".
 #ifndef MOEFLOW_CHAT_CHAT_MESSAGE_H_
 #define MOEFLOW_CHAT_CHAT_MESSAGE_H_
 

@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "base/check.h"
+#include "chat/tool_polyfill.h"
 
 namespace moeflow::chat {
 namespace {
@@ -397,12 +398,15 @@ absl::StatusOr<RenderedPrompt> RenderChat(absl::string_view template_text,
     }
     result.fallback_used = absl::StrCat(tmpl->name, " (", why, ")");
   }
-  MOEFLOW_RETURN_IF_ERROR(CheckRenderable(messages, tmpl->style));
+  std::vector<ChatMessage> polyfilled;
+  if (options.polyfill_tool_messages) polyfilled = PolyfillToolMessages(messages, tmpl->name);
+  const std::vector<ChatMessage>& render = options.polyfill_tool_messages ? polyfilled : messages;
+  MOEFLOW_RETURN_IF_ERROR(CheckRenderable(render, tmpl->style));
   result.template_name = tmpl->name;
   bool emitted_generation_prompt = false;
   result.text = tmpl->style == Style::kV2
-                    ? RenderV2(*tmpl, messages, options, &emitted_generation_prompt)
-                    : RenderDeepSeek(*tmpl, messages, options, &emitted_generation_prompt);
+                    ? RenderV2(*tmpl, render, options, &emitted_generation_prompt)
+                    : RenderDeepSeek(*tmpl, render, options, &emitted_generation_prompt);
   if (emitted_generation_prompt && options.force_think &&
       !absl::EndsWith(result.text, kThinkOpen)) {
     result.text += kThinkOpen;

@@ -74,6 +74,10 @@ struct ChatTemplateOptions {
   // A known template name to render with when the template text is not
   // recognized (or empty); "" = return Unimplemented instead.
   std::string fallback_template;
+  // Rewrite the tool turns a template cannot render (tool_polyfill.h) before
+  // rendering, so that OpenAI's tool round-trip works with every template.
+  // Off: the template's own behaviour (errors included), byte for byte.
+  bool polyfill_tool_messages = false;
 };
 
 struct RenderedPrompt {

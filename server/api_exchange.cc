@@ -38,6 +38,8 @@ absl::StatusOr<ChatPrompt> TokenizeChat(const ApiContext& ctx,
   template_options.force_think = ctx.options->force_think;
   template_options.fallback_template = ctx.options->fallback_template;
   template_options.tools = tools;
+  // OpenAI's tool round-trip works whatever the template (chat/tool_polyfill.h).
+  template_options.polyfill_tool_messages = true;
   if (tokenizer.bos_id() >= 0) {
     template_options.bos_token = std::string(tokenizer.TokenText(tokenizer.bos_id()));
   }

@@ -37,7 +37,7 @@ TEST(ChatMessageTest, ReturnsInvalidArgumentNamingTheBadField) {
   };
   const Case cases[] = {
       {R"([{"role":"user","content":"a"},{"role":"user","content":"b"},{"role":"bot","content":"c"}])",
-       "messages[2].role: expected one of system, user, assistant, tool, got \"bot\""},
+       "messages[2].role: expected one of system, developer, user, assistant, tool, got \"bot\""},
       {R"([{"content":"a"}])", "messages[0].role: expected one of"},
       {R"([{"role":"user","content":5}])", "messages[0].content: expected a string"},
       {R"([{"role":"user"}])", "messages[0].content: expected a string for role user"},
@@ -67,6 +67,15 @@ TEST(ChatMessageTest, ParsesToolDefinitions) {
   EXPECT_EQ((*tools)[0].parameters_json, "{\"type\":\"object\"}");
   auto bad = ParseToolsJson(nlohmann::json::parse(R"([{"type": "function", "function": {}}])"));
   EXPECT_EQ(bad.status().message().find("tools[0].function.name"), 0u) << bad.status();
+}
+
+TEST(ChatMessageTest, DeveloperRoleIsASystemMessage) {
+  absl::StatusOr<std::vector<ChatMessage>> m =
+      ParseMessagesJson(R"([{"role": "developer", "content": "Be brief."},
+                            {"role": "user", "content": "Hi"}])");
+  ASSERT_TRUE(m.ok()) << m.status();
+  EXPECT_EQ((*m)[0].role, ChatRole::kSystem);
+  EXPECT_EQ((*m)[0].content, "Be brief.");
 }
 
 }  // namespace

@@ -180,5 +180,42 @@ TEST(ChatTemplateTest, RendersGgufDeepSeekV2TemplateWithEosToken) {
       "<BOS>S\n\nUser: U\n\nAssistant: A<EOS>Assistant:");
 }
 
+// OpenAI's tool round-trip (what the SDKs send: an assistant message with
+// content null + tool_calls, then the tool's result) renders with every
+// template once the server asks for the polyfill; without it the templates
+// behave as their Jinja does (deepseek-v2 refuses null content).
+TEST(ChatTemplateTest, ToolRoundTripRendersWithThePolyfill) {
+  ToolCall call;
+  call.name = "get_weather";
+  call.arguments = "{\"city\": \"Paris\"}";
+  const std::vector<ChatMessage> messages = {User("Weather?"), Calls({call}), Tool("{\"c\": 18}"),
+                                             Tool("{\"c\": 19}")};
+  ChatTemplateOptions options;
+  options.add_generation_prompt = true;
+  options.bos_token = "<BOS>";
+  options.eos_token = "<EOS>";
+  EXPECT_FALSE(RenderChat(Template("deepseek-v2-gguf"), messages, options).ok());
+  options.polyfill_tool_messages = true;
+  EXPECT_EQ(RenderOk(Template("deepseek-v2-gguf"), messages, options).text,
+            "<BOS>User: Weather?\n\nAssistant: "
+            "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>get_weather\n"
+            "```json\n{\"city\": \"Paris\"}\n```<｜tool▁call▁end｜><｜tool▁calls▁end｜><EOS>"
+            "User: <｜tool▁outputs▁begin｜><｜tool▁output▁begin｜>{\"c\": 18}<｜tool▁output▁end｜>"
+            "<｜tool▁output▁begin｜>{\"c\": 19}<｜tool▁output▁end｜><｜tool▁outputs▁end｜>\n\n"
+            "Assistant:");
+  // deepseek-v3 renders null content as its template does, polyfill or not;
+  // "" with tool calls (some clients) is taken as null, so the calls show.
+  options.polyfill_tool_messages = false;
+  const std::string v3_null = RenderOk(Template("deepseek-v3"), messages, options).text;
+  EXPECT_NE(v3_null.find("get_weather"), std::string::npos) << v3_null;
+  std::vector<ChatMessage> empty_content = messages;
+  empty_content[1].content = "";
+  EXPECT_EQ(RenderOk(Template("deepseek-v3"), empty_content, options).text.find("get_weather"),
+            std::string::npos);
+  options.polyfill_tool_messages = true;
+  EXPECT_EQ(RenderOk(Template("deepseek-v3"), empty_content, options).text, v3_null);
+  EXPECT_EQ(RenderOk(Template("deepseek-v3"), messages, options).text, v3_null);
+}
+
 }  // namespace
 }  // namespace moeflow::chat
