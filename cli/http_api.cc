@@ -1,17 +1,23 @@
 #include "cli/http_api.h"
 
+#include <openssl/evp.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <fstream>
 #include <utility>
 
 #include "absl/flags/flag.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "auth/bearer_auth.h"
+#include "model/gguf.h"
+#include "model/model_generator.h"
+#include "server/ollama_models.h"
 
 ABSL_FLAG(std::string, api_key, "",
           "serve, launch: require \"Authorization: Bearer KEY\" on every HTTP endpoint but "
@@ -76,6 +82,64 @@ absl::Status CheckHttpApiFlags(const std::string& host, absl::string_view what) 
 
 int64_t ShutdownGraceSeconds() { return absl::GetFlag(FLAGS_shutdown_grace_s); }
 
+namespace {
+
+// What Ollama's /api/tags, /api/show and /api/ps say about the model file:
+// read from its GGUF header (metadata and tensor directory; the weights are
+// not touched). A file that does not open leaves the card to the defaults.
+server::OllamaModelCard OllamaCard(const std::string& path) {
+  server::OllamaModelCard card;
+  absl::StatusOr<std::unique_ptr<GgufFile>> file = GgufFile::Open(path);
+  if (!file.ok()) return card;
+  const GgufFile& f = **file;
+  card.size_bytes = static_cast<int64_t>(f.file_size());
+  card.family = f.GetString("general.architecture").value_or("deepseek2");
+  int64_t parameters = 0;
+  for (const GgufTensorInfo& t : f.tensors()) parameters += t.n_elements;
+  card.parameter_size = server::ParameterSizeText(parameters);
+  const int64_t file_type = f.GetIntOr("general.file_type", -1).value_or(-1);
+  for (const std::string& name : LlamaFileTypeNames()) {
+    absl::StatusOr<LlamaFileType> type = ParseLlamaFileType(name);
+    if (type.ok() && static_cast<int64_t>(*type) == file_type) {
+      card.quantization_level = LlamaFileTypeName(*type);
+    }
+  }
+  for (const GgufKeyValue& kv : f.metadata()) {
+    if (absl::StartsWith(kv.key, "tokenizer.")) continue;  // vocabularies: MBs
+    const GgufValue& v = kv.value;
+    if (v.type() == GgufType::kString) {
+      card.model_info[kv.key] = v.as_string();
+    } else if (v.type() == GgufType::kBool) {
+      card.model_info[kv.key] = v.as_bool();
+    } else if (v.is_integer()) {
+      int64_t i = 0;
+      if (v.ToInt64(&i)) card.model_info[kv.key] = i;
+    } else if (v.is_float()) {
+      card.model_info[kv.key] = v.as_float();
+    }
+  }
+  card.model_info["general.parameter_count"] = parameters;
+  // The digest: SHA-256 of the first file's header bytes and the model's size.
+  std::ifstream in(f.path(), std::ios::binary);
+  std::string header(static_cast<size_t>(f.data_offset()), '\0');
+  in.read(header.data(), static_cast<std::streamsize>(header.size()));
+  header += std::to_string(f.file_size());
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int length = 0;
+  if (in && EVP_Digest(header.data(), header.size(), digest, &length, EVP_sha256(), nullptr) == 1) {
+    for (unsigned int i = 0; i < length; ++i)
+      absl::StrAppendFormat(&card.digest, "%02x", digest[i]);
+  }
+  struct stat st {};
+  if (stat(f.path().c_str(), &st) == 0) {
+    card.modified_at =
+        absl::FormatTime("%Y-%m-%dT%H:%M:%SZ", absl::FromTimeT(st.st_mtime), absl::UTCTimeZone());
+  }
+  return card;
+}
+
+}  // namespace
+
 bool DrainForShutdown(HttpApi& api, server::GenerationBackend& backend, const sigset_t& signals,
                       const std::function<void(const std::string&)>& log) {
   const int64_t grace_s = ShutdownGraceSeconds();
@@ -113,6 +177,7 @@ absl::StatusOr<HttpApi> StartHttpApi(const HttpApiConfig& config, const BpeToken
   }
   api_options.api_key = absl::GetFlag(FLAGS_api_key);
   api_options.chat_template = config.chat_template;
+  api_options.ollama = OllamaCard(config.model_path);
   struct stat st {};
   if (stat(config.model_path.c_str(), &st) == 0) api_options.model_file_bytes = st.st_size;
   HttpApi result;

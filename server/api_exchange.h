@@ -30,6 +30,7 @@
 #include "server/api_json.h"
 #include "server/http_server.h"
 #include "server/metrics.h"
+#include "server/ollama_models.h"
 #include "server/scheduler.h"
 #include "tokenizer/bpe_tokenizer.h"
 
@@ -58,6 +59,9 @@ struct ApiOptions {
   // does: /health answers 503 {"status": REASON} with Retry-After, else 200
   // {"status":"ok"}. Called on HTTP threads. Empty function: always ok.
   std::function<std::string()> health;
+  // /api/tags, /api/show, /api/ps (name, size and family are filled from the
+  // fields above when empty).
+  OllamaModelCard ollama;
 };
 
 // What an exchange needs from the server; all outlive every exchange.

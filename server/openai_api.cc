@@ -7,6 +7,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "server/api_json.h"
+#include "server/ollama_models.h"
 #include "server/ollama_protocol.h"
 #include "server/openai_protocol.h"
 
@@ -14,7 +15,15 @@ namespace moeflow::server {
 
 OpenAiApi::OpenAiApi(ApiOptions options, const BpeTokenizer* tokenizer, GenerationBackend* backend,
                      ServerMetrics* metrics)
-    : options_(std::move(options)), tokenizer_(tokenizer), backend_(backend), metrics_(metrics) {}
+    : options_(std::move(options)), tokenizer_(tokenizer), backend_(backend), metrics_(metrics) {
+  ollama_card_ = options_.ollama;
+  if (ollama_card_.name.empty()) ollama_card_.name = options_.model_name;
+  if (ollama_card_.size_bytes == 0) ollama_card_.size_bytes = options_.model_file_bytes;
+  if (ollama_card_.family.empty()) ollama_card_.family = options_.model_family;
+  if (ollama_card_.chat_template.empty()) ollama_card_.chat_template = options_.chat_template;
+  if (ollama_card_.modified_at.empty()) ollama_card_.modified_at = Rfc3339Now();
+  if (ollama_card_.context_length == 0) ollama_card_.context_length = backend_->context_tokens();
+}
 
 ApiContext OpenAiApi::Context() const {
   return ApiContext{&options_, tokenizer_, metrics_, backend_->context_tokens()};
@@ -126,18 +135,19 @@ void OpenAiApi::HandleChecked(const HttpRequest& request,
     }
     return;
   }
-  if (path == "/api/tags") {
+  if (path == "/api/tags" || path == "/api/ps") {
     if (!get) return wrong_method("GET");
-    const json model = {{"name", options_.model_name},
-                        {"model", options_.model_name},
-                        {"modified_at", Rfc3339Now()},
-                        {"size", options_.model_file_bytes},
-                        {"digest", ""},
-                        {"details",
-                         {{"format", "gguf"},
-                          {"family", options_.model_family},
-                          {"families", json::array({options_.model_family})}}}};
-    responder->Send(200, JsonHeaders(), Dump(json{{"models", json::array({model})}}));
+    responder->Send(
+        200, JsonHeaders(),
+        Dump(path == "/api/tags" ? OllamaTagsJson(ollama_card_) : OllamaPsJson(ollama_card_)));
+    return;
+  }
+  if (path == "/api/show") {
+    if (!post) return wrong_method("POST");
+    int status = 200;
+    const json shown = OllamaShowJson(ollama_card_, request.body, &status);
+    if (metrics_ != nullptr) metrics_->RecordRequest(path, status);
+    responder->Send(status, JsonHeaders(), Dump(shown));
     return;
   }
   if (path == "/api/version") {

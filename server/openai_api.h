@@ -17,7 +17,8 @@
 //   GET  /v1/models[/ID]         the one served model
 //   POST /v1/chat/completions    messages → chat.completion / chat.completion.chunk
 //   POST /v1/completions         prompt → text_completion
-//   POST /api/chat, /api/generate, GET /api/tags, /api/version   (Ollama)
+//   POST /api/chat, /api/generate, /api/show, GET /api/tags, /api/ps,
+//   /api/version                 (Ollama; ollama_models.h)
 //
 // Tools: the DeepSeek V3/R1 chat templates do not render the request's
 // `tools`; the model learns about them from a system message this layer
@@ -68,6 +69,7 @@ class OpenAiApi {
   ApiContext Context() const;
 
   const ApiOptions options_;
+  OllamaModelCard ollama_card_;  // options_.ollama with the blanks filled
   const BpeTokenizer* tokenizer_;
   GenerationBackend* backend_;
   ServerMetrics* metrics_;
