@@ -24,11 +24,11 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "auth/bearer_auth.h"
 #include "cli/commands.h"
 #include "cli/common_flags.h"
 #include "cli/http_api.h"
 #include "cli/pem_file.h"
-#include "auth/bearer_auth.h"
 #include "coordinator/control_service.h"
 #include "coordinator/coordinator.h"
 #include "coordinator/coordinator_sequence_model.h"
@@ -56,6 +56,9 @@ ABSL_FLAG(std::string, overlap_shared_experts, "auto",
 ABSL_FLAG(std::string, expert_worker_binary, "",
           "cpu_expert_worker executable; empty: the one built beside this binary");
 ABSL_FLAG(bool, restart_workers, true, "start a worker again when its process exits");
+ABSL_FLAG(int64_t, worker_restart_wait_s, 30,
+          "launch: an HTTP request whose turn comes while a worker is down waits this many "
+          "seconds for it to serve again, then gets 503 with Retry-After");
 ABSL_FLAG(std::string, http_address, "",
           "launch: host:port of the OpenAI / Ollama HTTP API (overrides the topology's "
           "http_address; empty in both: no HTTP API). Off loopback it needs --api_key");
@@ -251,6 +254,7 @@ int RunLaunch(const std::vector<std::string>& args) {
         std::make_unique<CoordinatorSequenceModel>(coordinator->get(), tokenizer.get());
     server::SerialSchedulerOptions scheduler_options;
     scheduler_options.max_queue = absl::GetFlag(FLAGS_max_queue);
+    scheduler_options.ready_wait_ms = absl::GetFlag(FLAGS_worker_restart_wait_s) * 1000;
     scheduler = std::make_unique<server::SerialScheduler>(sequence_model.get(), scheduler_options,
                                                           &metrics);
     http_config.model_path = topology->model_path();
@@ -369,6 +373,7 @@ Command LaunchCommand() {
        "gpu_worker_binary",
        "expert_worker_binary",
        "restart_workers",
+       "worker_restart_wait_s",
        "validate_only",
        "overlap_shared_experts"},
       &RunLaunch,

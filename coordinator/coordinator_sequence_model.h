@@ -68,10 +68,12 @@ class CoordinatorSequenceModel : public server::SequenceModel {
       return s;
     }
     history_.insert(history_.end(), tokens.begin(), tokens.end());
-    std::copy(scratch_.end() - static_cast<int64_t>(logits.size()), scratch_.end(),
-              logits.begin());
+    std::copy(scratch_.end() - static_cast<int64_t>(logits.size()), scratch_.end(), logits.begin());
     return absl::OkStatus();
   }
+
+  // Every worker serves (the scheduler holds requests while one restarts).
+  bool ready() const override { return coordinator_->AllServing(); }
 
   // Times Forward found the cache taken over by another user (tests).
   int64_t recomputes() const { return recomputes_; }

@@ -111,7 +111,9 @@ void ApiExchange::SendGenerationError(const ApiError& error, bool final) {
     StreamError(error, final);
     responder_->EndStream();
   } else {
-    responder_->Send(error.status, JsonHeaders(), Dump(ErrorJson(error)));
+    HttpHeaders headers = JsonHeaders();
+    if (error.status == 503) headers.push_back({"Retry-After", "5"});
+    responder_->Send(error.status, std::move(headers), Dump(ErrorJson(error)));
   }
 }
 
@@ -134,10 +136,22 @@ void ApiExchange::OnDone(const GenerationSummary& s) {
     return;
   }
   if (!s.status.ok()) {
-    Log(500, std::string(s.status.message()));
-    SendGenerationError({500, absl::StrCat("generation failed: ", s.status.message()), "",
-                         "internal_error", "server_error"},
-                        /*final=*/false);
+    // The cause (a worker's name, a signal) goes to the log; the client gets
+    // what it can do about it, and a stream still ends the protocol's way.
+    if (absl::IsUnavailable(s.status)) {
+      Log(503, std::string(s.status.message()));
+      SendGenerationError({503,
+                           s.completion_tokens > 0 || head_sent
+                               ? "the model backend failed during generation; retry the request"
+                               : "the model is temporarily unavailable; retry later",
+                           "", "backend_unavailable", "server_error"},
+                          /*final=*/true);
+    } else {
+      Log(500, std::string(s.status.message()));
+      SendGenerationError({500, "generation failed (internal error; see the server log)", "",
+                           "internal_error", "server_error"},
+                          /*final=*/true);
+    }
     return;
   }
   text += s.flushed_text;

@@ -15,7 +15,12 @@
 //
 // Thread-safety: parsing on an HTTP worker thread; OnToken / OnDone on the
 // scheduler thread, after which nothing else touches the exchange.
-// Failure: every error reaches the client in the protocol's own shape.
+// Failure: every error reaches the client in the protocol's own shape, and
+// a started stream still ends as the protocol ends it (OpenAI: the error
+// event, then [DONE]; Ollama: an {"error": ...} line). The backend's
+// messages (worker names, signals) go to the log, never to the client: an
+// UNAVAILABLE generation (a worker lost) is 503 / code
+// "backend_unavailable" ("retry"), anything else 500 "internal_error".
 #ifndef MOEFLOW_SERVER_API_EXCHANGE_H_
 #define MOEFLOW_SERVER_API_EXCHANGE_H_
 

@@ -342,6 +342,17 @@ bool BatchingScheduler::AdmitFromQueue() {
       Finish(*r, absl::OkStatus(), "cancelled");
       continue;
     }
+    if (!model_->ready()) {
+      // A worker restarting: the head waits for it, at most ready_wait_ms.
+      if (NowS() - head.enqueued_s < options_.ready_wait_ms / 1000.0) return true;
+      pop();
+      r->summary.queue_s = NowS() - head.enqueued_s;
+      Finish(*r,
+             absl::UnavailableError(absl::StrCat("the model did not serve within ",
+                                                 options_.ready_wait_ms, " ms (a worker is down)")),
+             "error");
+      continue;
+    }
     if (AwaitsSharedPrefix(request.prompt)) return true;  // the head waits a step
     sampling::StopOptions stop = request.stop;
     const int64_t room = MaxPositions() - r->n_prompt;  // >= 1 (Submit)

@@ -107,6 +107,10 @@ class BatchModel {
   virtual void EndSequence(int64_t sequence) = 0;
   // Last-position logits of each entry, [entries × vocab].
   virtual absl::Status Forward(absl::Span<const Entry> entries, absl::Span<float> logits) = 0;
+  // False while the model cannot serve (a worker of `moeflow launch` is
+  // down or restarting): nothing is admitted until it serves again, and a
+  // request that waited ready_wait_ms for it ends UNAVAILABLE.
+  virtual bool ready() const { return true; }
 };
 
 struct BatchingSchedulerOptions {
@@ -121,6 +125,8 @@ struct BatchingSchedulerOptions {
   // KV positions reserved beyond the prompt at admission (capped by the
   // request's limit); later pages are taken one at a time as it decodes.
   int64_t decode_reserve_tokens = 128;
+  // How long the head of the queue waits for a model that is not ready().
+  int64_t ready_wait_ms = 30000;
 };
 
 class BatchingScheduler final : public GenerationBackend {

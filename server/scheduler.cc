@@ -169,6 +169,29 @@ void SerialScheduler::Run(GenerationRequest& request, double queue_s) {
     return stop_;
   };
   if (is_cancelled()) return finish(absl::OkStatus(), "cancelled");
+  // A worker restarting: wait for it (bounded by ready_wait_ms from now)
+  // rather than fail at once. False when it did not come back (or the
+  // request was cancelled meanwhile: *cancelled).
+  bool cancelled_while_waiting = false;
+  auto wait_ready = [&] {
+    const double deadline = NowS() + options_.ready_wait_ms / 1000.0;
+    while (!model_->ready() && NowS() < deadline) {
+      if (is_cancelled()) {
+        cancelled_while_waiting = true;
+        return false;
+      }
+      absl::MutexLock lock(&mu_);
+      mu_.AwaitWithTimeout(absl::Condition(&stop_), absl::Milliseconds(50));
+    }
+    return model_->ready();
+  };
+  auto not_ready = [&] {
+    if (cancelled_while_waiting) return finish(absl::OkStatus(), "cancelled");
+    finish(absl::UnavailableError(absl::StrCat("the model did not serve within ",
+                                               options_.ready_wait_ms, " ms (a worker is down)")),
+           "error");
+  };
+  if (!wait_ready()) return not_ready();
 
   const int64_t room = model_->context_tokens() - n_prompt;
   sampling::StopOptions stop = request.stop;
@@ -195,6 +218,7 @@ void SerialScheduler::Run(GenerationRequest& request, double queue_s) {
   cached_.resize(static_cast<size_t>(reuse));
   const double prefill_start = NowS();
   const absl::Span<const int32_t> prompt(request.prompt);
+  int retries = 0;
   for (int64_t pos = reuse; pos < n_prompt;) {
     if (is_cancelled()) return finish(absl::OkStatus(), "cancelled");
     const int64_t n = std::min(options_.prefill_chunk_tokens, n_prompt - pos);
@@ -203,6 +227,15 @@ void SerialScheduler::Run(GenerationRequest& request, double queue_s) {
                         absl::MakeSpan(logits_));
     if (!status.ok()) {
       cached_.clear();
+      // A worker lost during the prefill: nothing reached the client yet,
+      // so the request waits for the restart and starts over (twice at most).
+      if (absl::IsUnavailable(status) && retries < 2) {
+        ++retries;
+        if (!wait_ready()) return not_ready();
+        pos = 0;
+        summary.cached_prompt_tokens = 0;
+        continue;
+      }
       return finish(status, "error");
     }
     cached_.insert(cached_.end(), prompt.begin() + pos, prompt.begin() + pos + n);

@@ -159,6 +159,10 @@ class SequenceModel {
   // recomputed) and writes the last position's logits [vocab].
   virtual absl::Status Forward(absl::Span<const int32_t> tokens, int64_t start_pos,
                                absl::Span<float> logits) = 0;
+  // False while the model cannot serve (a worker of `moeflow launch` is
+  // down or restarting): the scheduler holds new requests until it serves
+  // again, for at most its ready_wait_ms. Thread-safe, cheap.
+  virtual bool ready() const { return true; }
 };
 
 struct SerialSchedulerOptions {
@@ -170,6 +174,11 @@ struct SerialSchedulerOptions {
   int64_t prefill_chunk_tokens = 256;
   // Reuse the KV cache of the prefix shared with the previous request.
   bool reuse_prefix = true;
+  // A request whose turn comes while the model is not ready() waits this
+  // long for it (a worker restart), then ends UNAVAILABLE (the API's 503).
+  // A prefill that fails UNAVAILABLE (a worker lost before any token was
+  // sent) waits the same way and starts over, at most twice.
+  int64_t ready_wait_ms = 30000;
 };
 
 class SerialScheduler final : public GenerationBackend {
