@@ -13,9 +13,10 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "base/check.h"
+#include "engine/engine_profile.h"
 #include "kernels/cpu/attention.h"
 #include "kernels/cpu/quants.h"
-#include "engine/engine_profile.h"
+#include "model/deepseek2/kv_b_layout.h"
 #include "model/deepseek2/weights.h"
 
 namespace moeflow {
@@ -57,6 +58,26 @@ absl::Status MapMatrix(const GgufFile& file, const std::string& name,
   out->cols = info->ne[0];
   out->rows = info->rows();
   out->row_bytes = *row_bytes;
+  return absl::OkStatus();
+}
+
+// attn_k_b and attn_v_b of an older-layout layer, derived from its
+// attn_kv_b (model/deepseek2/kv_b_layout.h) into buffers `w` owns.
+absl::Status MapDerivedMla(const GgufFile& file, const Deepseek2Config& c, int64_t il,
+                           EngineWeights& w, EngineLayerWeights& l) {
+  MOEFLOW_ASSIGN_OR_RETURN(DerivedMla derived, DeriveMlaFromKvB(file, c, il));
+  for (auto [from, to] : {std::pair<DerivedMlaMatrix*, MatmulWeight*>{&derived.k_b, &l.attn_k_b},
+                          {&derived.v_b, &l.attn_v_b}}) {
+    if (!MatmulSupports(from->type)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          file.path(), ": tensor ", LayerTensorName(il, "attn_kv_b.weight"), " has type ",
+          Traits(from->type).name, ", which the engine's matmul does not support"));
+    }
+    auto bytes = std::make_shared<std::vector<uint8_t>>(std::move(from->bytes));
+    *to = MatmulWeight{from->type, bytes->data(), from->cols, from->rows,
+                       RowBytes(from->type, from->cols).value()};
+    w.derived.push_back(std::move(bytes));
+  }
   return absl::OkStatus();
 }
 
@@ -137,10 +158,14 @@ absl::StatusOr<EngineWeights> EngineWeights::Map(
     MOEFLOW_RETURN_IF_ERROR(
         mat("attn_kv_a_mqa.weight", {hidden, c.kv_lora_rank + c.qk_rope_dim}, l.attn_kv_a_mqa));
     MOEFLOW_RETURN_IF_ERROR(vec("attn_kv_a_norm.weight", {c.kv_lora_rank}, l.attn_kv_a_norm));
-    MOEFLOW_RETURN_IF_ERROR(
-        mat("attn_k_b.weight", {c.qk_nope_dim, c.kv_lora_rank, c.n_heads}, l.attn_k_b));
-    MOEFLOW_RETURN_IF_ERROR(
-        mat("attn_v_b.weight", {c.kv_lora_rank, c.v_head_dim, c.n_heads}, l.attn_v_b));
+    if (StoresKvB(file, il)) {
+      MOEFLOW_RETURN_IF_ERROR(MapDerivedMla(file, c, il, w, l));
+    } else {
+      MOEFLOW_RETURN_IF_ERROR(
+          mat("attn_k_b.weight", {c.qk_nope_dim, c.kv_lora_rank, c.n_heads}, l.attn_k_b));
+      MOEFLOW_RETURN_IF_ERROR(
+          mat("attn_v_b.weight", {c.kv_lora_rank, c.v_head_dim, c.n_heads}, l.attn_v_b));
+    }
     MOEFLOW_RETURN_IF_ERROR(
         mat("attn_output.weight", {c.n_heads * c.v_head_dim, hidden}, l.attn_output));
     MOEFLOW_RETURN_IF_ERROR(vec("ffn_norm.weight", {hidden}, l.ffn_norm));
@@ -239,7 +264,8 @@ int64_t RepackLayerWeights(CpuIsa isa, bool in_place, const GgufFile* file,
       const WeightLayout to = PreferredLayout(w->type, w->cols, isa);
       if (to == WeightLayout::kGgml) continue;
       const int64_t bytes = w->rows * w->row_bytes;
-      if (in_place) {
+      // Derived at load (kv_b_layout.h): already this process's own bytes.
+      if (in_place || (file != nullptr && !file->Holds(w->data))) {
         RepackRows(*w, to, w->data, const_cast<uint8_t*>(w->data), w->rows);
       } else {
         storage->emplace_back(new uint8_t[static_cast<size_t>(bytes)]);
@@ -266,7 +292,8 @@ absl::StatusOr<int64_t> MoveWeightsToOwnMemory(const GgufFile& file, bool routed
   int64_t total = 0;
   std::vector<MatmulWeight*> mapped;
   for (MatmulWeight* w : todo) {
-    if (w->data == nullptr || w->layout != WeightLayout::kGgml || w->rows * w->row_bytes == 0) {
+    if (w->data == nullptr || w->layout != WeightLayout::kGgml || w->rows * w->row_bytes == 0 ||
+        !file.Holds(w->data)) {  // not in the file: derived at load, own memory already
       continue;
     }
     mapped.push_back(w);

@@ -80,9 +80,14 @@ struct EngineWeights {
   MatmulWeight output;      // token_embd when the file has no output.weight
   std::vector<float> output_norm;
   std::vector<EngineLayerWeights> layers;
+  // Tensors made at load, not in the file: attn_k_b / attn_v_b of layers in
+  // the older attn_kv_b layout (model/deepseek2/kv_b_layout.h). Copies of
+  // these weights share them.
+  std::vector<std::shared_ptr<std::vector<uint8_t>>> derived;
 
   // Checks every tensor `config` calls for (presence, shape, type) and maps
-  // it. The views point into `file`, which must outlive them.
+  // it. The views point into `file`, which must outlive them (and into
+  // `derived`).
   // `progress` (may be empty) is called with (layers done, n_layers) before
   // each layer and once at the end.
   static absl::StatusOr<EngineWeights> Map(

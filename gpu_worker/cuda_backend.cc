@@ -17,6 +17,7 @@
 #include "kernels/cuda/mla_attention.h"
 #include "kernels/cuda/weight_only_gemm.h"
 #include "kernels/cuda/weight_repack.h"
+#include "model/deepseek2/kv_b_layout.h"
 #include "model/memory_plan.h"
 
 namespace moeflow {
@@ -116,6 +117,31 @@ struct CudaGpuWorkerBackend::State {
 
 namespace {
 
+// Uploads a matrix of `type` (ggml shape `ne`) held at `data`.
+absl::Status UploadLinear(const std::string& name, GgmlType type, const uint8_t* data,
+                          const std::vector<int64_t>& ne, GpuLinear* out, int64_t* bytes) {
+  int64_t n_elements = 1;
+  for (int64_t d : ne) n_elements *= d;
+  out->cols = ne[0];
+  out->rows = n_elements / ne[0];
+  if (type == GgmlType::kF32 || type == GgmlType::kF16 || type == GgmlType::kBF16) {
+    std::vector<float> values(static_cast<size_t>(n_elements));
+    MOEFLOW_RETURN_IF_ERROR(Dequantize(type, data, values.data(), n_elements));
+    std::vector<uint16_t> bf(values.size());
+    for (size_t i = 0; i < values.size(); ++i) bf[i] = Fp32ToBf16(values[i]);
+    out->bf16 = true;
+    MOEFLOW_RETURN_IF_ERROR(out->bf16_weights.Upload(bf.data(), bf.size()));
+  } else {
+    absl::StatusOr<cuda::RepackedMatrix> m = cuda::RepackForGpu(type, data, out->rows, out->cols);
+    if (!m.ok()) {
+      return absl::Status(m.status().code(), absl::StrCat(name, ": ", m.status().message()));
+    }
+    MOEFLOW_ASSIGN_OR_RETURN(out->quant, cuda::DeviceRepackedMatrix::Upload(*m));
+  }
+  *bytes += static_cast<int64_t>(GpuResidentBytes(name, type, ne));
+  return absl::OkStatus();
+}
+
 absl::Status LoadLinear(const GgufFile& file, const std::string& name,
                         const std::vector<int64_t>& expected_ne, GpuLinear* out, int64_t* bytes) {
   const GgufTensorInfo* t = file.FindTensor(name);
@@ -125,26 +151,19 @@ absl::Status LoadLinear(const GgufFile& file, const std::string& name,
     return absl::InvalidArgumentError(
         absl::StrCat(file.path(), ": tensor ", name, " has shape ", t->ShapeString()));
   }
-  out->cols = t->ne[0];
-  out->rows = t->n_elements / t->ne[0];
-  const uint8_t* data = file.TensorData(*t);
-  if (t->type == GgmlType::kF32 || t->type == GgmlType::kF16 || t->type == GgmlType::kBF16) {
-    std::vector<float> values(static_cast<size_t>(t->n_elements));
-    MOEFLOW_RETURN_IF_ERROR(Dequantize(t->type, data, values.data(), t->n_elements));
-    std::vector<uint16_t> bf(values.size());
-    for (size_t i = 0; i < values.size(); ++i) bf[i] = Fp32ToBf16(values[i]);
-    out->bf16 = true;
-    MOEFLOW_RETURN_IF_ERROR(out->bf16_weights.Upload(bf.data(), bf.size()));
-  } else {
-    absl::StatusOr<cuda::RepackedMatrix> m =
-        cuda::RepackForGpu(t->type, data, out->rows, out->cols);
-    if (!m.ok()) {
-      return absl::Status(m.status().code(), absl::StrCat(name, ": ", m.status().message()));
-    }
-    MOEFLOW_ASSIGN_OR_RETURN(out->quant, cuda::DeviceRepackedMatrix::Upload(*m));
-  }
-  *bytes += static_cast<int64_t>(GpuResidentBytes(name, t->type, t->ne));
-  return absl::OkStatus();
+  return UploadLinear(name, t->type, file.TensorData(*t), t->ne, out, bytes);
+}
+
+// attn_k_b and attn_v_b of a layer in the older attn_kv_b layout, derived
+// at load as the CPU engine does (model/deepseek2/kv_b_layout.h).
+absl::Status LoadDerivedMla(const GgufFile& file, const Deepseek2Config& c, int64_t il,
+                            GpuLinear* k_b, GpuLinear* v_b, int64_t* bytes) {
+  MOEFLOW_ASSIGN_OR_RETURN(DerivedMla d, DeriveMlaFromKvB(file, c, il));
+  MOEFLOW_RETURN_IF_ERROR(UploadLinear(LayerTensorName(il, "attn_k_b.weight"), d.k_b.type,
+                                       d.k_b.bytes.data(),
+                                       {c.qk_nope_dim, c.kv_lora_rank, c.n_heads}, k_b, bytes));
+  return UploadLinear(LayerTensorName(il, "attn_v_b.weight"), d.v_b.type, d.v_b.bytes.data(),
+                      {c.kv_lora_rank, c.v_head_dim, c.n_heads}, v_b, bytes);
 }
 
 absl::Status LoadF32(const GgufFile& file, const std::string& name, bool optional, GpuF32* out,
@@ -234,10 +253,14 @@ absl::Status CudaGpuWorkerBackend::Load(
         LoadLinear(*file_, name("attn_kv_a_mqa.weight"), {h, row_dim}, &L.kv_a, &bytes));
     MOEFLOW_RETURN_IF_ERROR(
         LoadF32(*file_, name("attn_kv_a_norm.weight"), false, &L.kv_a_norm, &bytes));
-    MOEFLOW_RETURN_IF_ERROR(LoadLinear(*file_, name("attn_k_b.weight"),
-                                       {c.qk_nope_dim, kv_lora, heads}, &L.k_b, &bytes));
-    MOEFLOW_RETURN_IF_ERROR(LoadLinear(*file_, name("attn_v_b.weight"),
-                                       {kv_lora, c.v_head_dim, heads}, &L.v_b, &bytes));
+    if (StoresKvB(*file_, il)) {
+      MOEFLOW_RETURN_IF_ERROR(LoadDerivedMla(*file_, c, il, &L.k_b, &L.v_b, &bytes));
+    } else {
+      MOEFLOW_RETURN_IF_ERROR(LoadLinear(*file_, name("attn_k_b.weight"),
+                                         {c.qk_nope_dim, kv_lora, heads}, &L.k_b, &bytes));
+      MOEFLOW_RETURN_IF_ERROR(LoadLinear(*file_, name("attn_v_b.weight"),
+                                         {kv_lora, c.v_head_dim, heads}, &L.v_b, &bytes));
+    }
     MOEFLOW_RETURN_IF_ERROR(LoadLinear(*file_, name("attn_output.weight"),
                                        {heads * c.v_head_dim, h}, &L.attn_output, &bytes));
     MOEFLOW_RETURN_IF_ERROR(LoadF32(*file_, name("ffn_norm.weight"), false, &L.ffn_norm, &bytes));

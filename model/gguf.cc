@@ -78,6 +78,13 @@ const uint8_t* GgufFile::TensorData(const GgufTensorInfo& tensor) const {
   return shards_[tensor.shard]->TensorData(tensor);
 }
 
+bool GgufFile::Holds(const uint8_t* data) const {
+  for (const auto& shard : shards_) {
+    if (shard->Contains(data)) return true;
+  }
+  return false;
+}
+
 void GgufFile::ReleasePages(const uint8_t* data, uint64_t n_bytes) const {
   for (const auto& shard : shards_) {
     if (shard->Contains(data)) {

@@ -120,6 +120,9 @@ class GgufFile {
   // lives).
   const uint8_t* TensorData(const GgufTensorInfo& tensor) const;
 
+  // Whether `data` points into one of the model's mappings.
+  bool Holds(const uint8_t* data) const;
+
   // Tells the kernel that the pages of [data, data + n_bytes) will not be read
   // again (after repacking them elsewhere), so they stop counting in RSS.
   // A range outside every mapping is ignored.

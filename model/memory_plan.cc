@@ -8,6 +8,7 @@
 #include "absl/strings/str_format.h"
 #include "base/check.h"
 #include "formats/ggml_types.h"
+#include "model/deepseek2/kv_b_layout.h"
 
 namespace moeflow {
 namespace {
@@ -299,7 +300,9 @@ GpuMemoryPlan PlanGpuMemory(const Deepseek2Config& c, const std::vector<GgufTens
   plan.options = options;
   plan.devices.resize(n);
 
-  for (const GgufTensorInfo& t : tensors) {
+  // Older-layout files: the gpu worker holds attn_k_b / attn_v_b derived
+  // from attn_kv_b, not attn_kv_b (model/deepseek2/kv_b_layout.h).
+  for (const GgufTensorInfo& t : WithDerivedMlaTensors(tensors, c)) {
     const TensorPart part = PartOf(t.name);
     if (part == TensorPart::kRoutedExperts) continue;
     const TensorSplit split = SplitOf(t.name, t.ne, c);

@@ -26,6 +26,9 @@
 //   other quants (Q6_K, Q5_K, Q5_0, ...) → requantized to int8 at load (34 B
 //                   per 32; not exact: int8 of the dequantized values);
 //   1-D tensors (norms, exp_probs_b) and the router (ffn_gate_inp) → F32.
+// A file in the older MLA layout is planned with the attn_k_b / attn_v_b
+// derived at load from each attn_kv_b (model/deepseek2/kv_b_layout.h) in
+// place of attn_kv_b.
 // Tensor parallel over n cards (card i gets share i, the first ones one
 // more when it does not divide):
 //   split by attention head: attn_q / attn_q_b (output rows), attn_k_b and

@@ -9,6 +9,7 @@
 #include "absl/strings/str_join.h"
 #include "base/check.h"
 #include "kernels/cpu/quants.h"
+#include "model/deepseek2/kv_b_layout.h"
 
 namespace moeflow {
 namespace {
@@ -83,10 +84,18 @@ absl::StatusOr<Deepseek2Weights> Deepseek2Weights::Load(const GgufFile& file,
     MOEFLOW_RETURN_IF_ERROR(
         load("attn_kv_a_mqa.weight", {hidden, c.kv_lora_rank + c.qk_rope_dim}, l.attn_kv_a_mqa));
     MOEFLOW_RETURN_IF_ERROR(load("attn_kv_a_norm.weight", {c.kv_lora_rank}, l.attn_kv_a_norm));
-    MOEFLOW_RETURN_IF_ERROR(
-        load("attn_k_b.weight", {c.qk_nope_dim, c.kv_lora_rank, c.n_heads}, l.attn_k_b));
-    MOEFLOW_RETURN_IF_ERROR(
-        load("attn_v_b.weight", {c.kv_lora_rank, c.v_head_dim, c.n_heads}, l.attn_v_b));
+    if (StoresKvB(file, il)) {
+      // The older layout (kv_b_layout.h): cut kv_b's values into k_b and v_b.
+      std::vector<float> kv_b;
+      MOEFLOW_RETURN_IF_ERROR(load(
+          "attn_kv_b.weight", {c.kv_lora_rank, c.n_heads * (c.qk_nope_dim + c.v_head_dim)}, kv_b));
+      MOEFLOW_RETURN_IF_ERROR(SplitKvBFloat(kv_b, c, &l.attn_k_b, &l.attn_v_b));
+    } else {
+      MOEFLOW_RETURN_IF_ERROR(
+          load("attn_k_b.weight", {c.qk_nope_dim, c.kv_lora_rank, c.n_heads}, l.attn_k_b));
+      MOEFLOW_RETURN_IF_ERROR(
+          load("attn_v_b.weight", {c.kv_lora_rank, c.v_head_dim, c.n_heads}, l.attn_v_b));
+    }
     MOEFLOW_RETURN_IF_ERROR(
         load("attn_output.weight", {c.n_heads * c.v_head_dim, hidden}, l.attn_output));
     MOEFLOW_RETURN_IF_ERROR(load("ffn_norm.weight", {hidden}, l.ffn_norm));

@@ -138,7 +138,8 @@ void Greedy(Deepseek2Engine& engine, const std::string& name, const std::string&
 }
 
 TEST(EngineTest, MatchesLlamaCppOnF32Files) {
-  for (const char* name : {"tiny-v2", "tiny-v3"}) {
+  // tiny-v3-kvb: the older MLA layout (attn_kv_b; model/deepseek2/kv_b_layout.h).
+  for (const char* name : {"tiny-v2", "tiny-v3", "tiny-v3-kvb"}) {
     auto engine = OpenEngine(name, "f32");
     ASSERT_NE(engine, nullptr);
     std::printf("ISA: %s\n", CpuIsaName(engine->isa()));
@@ -162,7 +163,7 @@ TEST(EngineTest, QuantizedFilesAgreeWithLlamaCpp) {
     const char* quant;
     double min_confident_agreement;
   };
-  for (const char* name : {"tiny-v2", "tiny-v3"}) {
+  for (const char* name : {"tiny-v2", "tiny-v3", "tiny-v3-kvb"}) {
     for (const Case& c : {Case{"q8_0", 0.98}, Case{"q4_k_m", 0.95}}) {
       auto engine = OpenEngine(name, c.quant);
       ASSERT_NE(engine, nullptr);
@@ -522,6 +523,38 @@ TEST(EngineTest, MissingMisShapedAndUnsupportedTensorsAreNamed) {
     EXPECT_NE(msg.find(c.expect_name), std::string::npos) << msg;
     EXPECT_NE(msg.find(c.expect_text), std::string::npos) << msg;
   }
+}
+
+// A split model (tiny-v3-split: llama-gguf-split of tiny-v3.q4_k_m.gguf),
+// opened from a shard that is not the first: llama.cpp's logits on it by the
+// quantized rule, and bit for bit the logits of the same model in one file.
+TEST(EngineTest, SplitModelMatchesLlamaCppAndTheWholeFile) {
+  Deepseek2EngineOptions options;
+  options.max_batch = 64;
+  options.max_context = 256;
+  auto split =
+      Deepseek2Engine::Open(FixturePath("tiny-v3-split", "q4_k_m-00003-of-00004.gguf"), options);
+  ASSERT_TRUE(split.ok()) << split.status();
+  auto whole = OpenEngine("tiny-v3", "q4_k_m");
+  ASSERT_NE(whole, nullptr);
+  int confident = 0, agree = 0;
+  for (const char* seq : {"seq7", "seq64"}) {
+    const Comparison cmp = CompareSequence(**split, "tiny-v3-split", "q4_k_m", seq);
+    confident += cmp.confident;
+    agree += cmp.confident_top1_equal;
+    auto ref =
+        ReadLogitsFile(FixturePath("tiny-v3-split", absl::StrCat("q4_k_m.", seq, ".logits.bin")));
+    ASSERT_TRUE(ref.ok()) << ref.status();
+    std::vector<int32_t> tokens(ref->tokens.begin(), ref->tokens.end());
+    (*split)->ResetCache();
+    auto a = (*split)->Forward(tokens, 0);
+    auto b = whole->Forward(tokens, 0);
+    ASSERT_TRUE(a.ok() && b.ok());
+    ASSERT_EQ(a->size(), b->size());
+    EXPECT_EQ(std::memcmp(a->data(), b->data(), a->size() * sizeof(float)), 0) << seq;
+  }
+  ASSERT_GT(confident, 0);
+  EXPECT_GE(static_cast<double>(agree) / confident, 0.95);
 }
 
 }  // namespace

@@ -423,5 +423,56 @@ TEST(GgufSplitTest, RejectsBadSplitKeys) {
   }
 }
 
+// tests/data/llamacpp/tiny-v3-split: llama-gguf-split --split-max-tensors 20
+// of tiny-v3.q4_k_m.gguf. GgufSplitWriter cuts the same file into the same
+// bytes, and the reader opens the set from every shard.
+constexpr char kSplitFixture[] = "tests/data/llamacpp/tiny-v3-split/tiny-v3-split.q4_k_m";
+constexpr char kWholeFixture[] = "tests/data/llamacpp/tiny-v3/tiny-v3.q4_k_m.gguf";
+
+TEST(GgufSplitFixtureTest, WritesTheShardsLlamaGgufSplitWrote) {
+  auto whole = GgufFile::Open(kWholeFixture);
+  ASSERT_TRUE(whole.ok()) << whole.status();
+  GgufSplitWriter writer({0, 20});
+  for (const GgufKeyValue& kv : (*whole)->metadata()) writer.AddMetadata(kv.key, kv.value);
+  for (const GgufTensorInfo& t : (*whole)->tensors()) writer.AddTensor(t.name, t.type, t.ne);
+  const std::string prefix = TempDir() + "/resplit";
+  ASSERT_TRUE(writer.Begin(prefix).ok());
+  for (const GgufTensorInfo& t : (*whole)->tensors()) {
+    ASSERT_TRUE(
+        writer.WriteTensor(t.name, absl::MakeConstSpan((*whole)->TensorData(t), t.n_bytes)).ok());
+  }
+  ASSERT_TRUE(writer.Finish().ok());
+  ASSERT_EQ(writer.shard_paths().size(), 4u);
+  for (int i = 0; i < 4; ++i) {
+    const std::vector<uint8_t> ours = ReadAll(writer.shard_paths()[i]);
+    const std::vector<uint8_t> theirs = ReadAll(GgufSplitPath(kSplitFixture, i, 4));
+    ASSERT_FALSE(theirs.empty()) << GgufSplitPath(kSplitFixture, i, 4);
+    EXPECT_TRUE(ours == theirs) << "shard " << i + 1 << " differs";
+  }
+}
+
+TEST(GgufSplitFixtureTest, OpensLlamaGgufSplitsShardsFromAnyOfThem) {
+  auto whole = GgufFile::Open(kWholeFixture);
+  ASSERT_TRUE(whole.ok()) << whole.status();
+  for (int i = 0; i < 4; ++i) {
+    auto split = GgufFile::Open(GgufSplitPath(kSplitFixture, i, 4));
+    ASSERT_TRUE(split.ok()) << split.status();
+    EXPECT_EQ((*split)->shard_count(), 4);
+    ASSERT_EQ((*split)->tensors().size(), (*whole)->tensors().size());
+    for (const GgufTensorInfo& t : (*whole)->tensors()) {
+      const GgufTensorInfo* s = (*split)->FindTensor(t.name);
+      ASSERT_NE(s, nullptr) << t.name;
+      ASSERT_EQ(s->n_bytes, t.n_bytes);
+      EXPECT_EQ(std::memcmp((*split)->TensorData(*s), (*whole)->TensorData(t), t.n_bytes), 0)
+          << t.name;
+    }
+    for (const GgufKeyValue& kv : (*whole)->metadata()) {
+      const GgufValue* v = (*split)->Find(kv.key);
+      ASSERT_NE(v, nullptr) << kv.key;
+      EXPECT_TRUE(v->SameAs(kv.value)) << kv.key;
+    }
+  }
+}
+
 }  // namespace
 }  // namespace moeflow

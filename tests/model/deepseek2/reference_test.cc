@@ -103,6 +103,11 @@ void ExpectMatchesF32(const std::string& name) {
 
 TEST(Deepseek2ReferenceTest, MatchesLlamaCppLogitsOnTinyV2F32) { ExpectMatchesF32("tiny-v2"); }
 TEST(Deepseek2ReferenceTest, MatchesLlamaCppLogitsOnTinyV3F32) { ExpectMatchesF32("tiny-v3"); }
+// The older MLA layout (attn_kv_b; model/deepseek2/kv_b_layout.h), which
+// llama.cpp runs through its non-absorbed graph.
+TEST(Deepseek2ReferenceTest, MatchesLlamaCppLogitsOnTheOlderKvBLayout) {
+  ExpectMatchesF32("tiny-v3-kvb");
+}
 
 // Prompt in one batch, then one token per step reusing the KV cache.
 void ExpectGreedyMatches(const std::string& name) {
@@ -135,6 +140,7 @@ TEST(Deepseek2ReferenceTest, GreedyContinuationMatchesLlamaCppOnTinyV2F32) {
 }
 TEST(Deepseek2ReferenceTest, GreedyContinuationMatchesLlamaCppOnTinyV3F32) {
   ExpectGreedyMatches("tiny-v3");
+  ExpectGreedyMatches("tiny-v3-kvb");
 }
 
 TEST(Deepseek2ReferenceTest, IncrementalDecodeMatchesOneBatch) {
