@@ -115,9 +115,9 @@ absl::StatusOr<EngineWeights> EngineWeights::Map(
   // token_embd is read row by row with Dequantize (ggml_get_rows).
   const GgufTensorInfo* embd = file.FindTensor("token_embd.weight");
   if (embd != nullptr && !CanDequantize(embd->type)) {
-    return absl::InvalidArgumentError(absl::StrCat(file.path(), ": tensor token_embd.weight has type ",
-                                                   Traits(embd->type).name,
-                                                   ", which moeflow cannot dequantize"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(file.path(), ": tensor token_embd.weight has type ", Traits(embd->type).name,
+                     ", which moeflow cannot dequantize"));
   }
   if (embd != nullptr && embd->ne == std::vector<int64_t>{hidden, c.vocab_size} &&
       !MatmulSupports(embd->type) && file.FindTensor("output.weight") != nullptr) {
@@ -125,8 +125,8 @@ absl::StatusOr<EngineWeights> EngineWeights::Map(
     w.token_embd = MatmulWeight{embd->type, file.TensorData(*embd), hidden, c.vocab_size,
                                 RowBytes(embd->type, hidden).value()};
   } else {
-    MOEFLOW_RETURN_IF_ERROR(MapMatrix(file, "token_embd.weight", {hidden, c.vocab_size},
-                                      &w.token_embd));
+    MOEFLOW_RETURN_IF_ERROR(
+        MapMatrix(file, "token_embd.weight", {hidden, c.vocab_size}, &w.token_embd));
   }
   MOEFLOW_ASSIGN_OR_RETURN(w.output_norm, LoadTensorAsFloat(file, "output_norm.weight", {hidden}));
   if (file.FindTensor("output.weight") != nullptr) {
@@ -209,9 +209,9 @@ int64_t RepackRoutedExperts(const Deepseek2Config& c, CpuIsa isa, const std::vec
     EngineLayerWeights& lw = layers[static_cast<size_t>(il)];
     for (MatmulWeight* w : {&lw.ffn_gate_exps, &lw.ffn_up_exps, &lw.ffn_down_exps}) {
       if (w->layout != WeightLayout::kGgml || w->data == nullptr) continue;
-      const WeightLayout to = PreferredLayout(w->type, w->cols, isa);
-      if (to == WeightLayout::kGgml) continue;
       const int64_t rows_per_expert = w->rows / c.n_experts;
+      const WeightLayout to = PreferredLayout(w->type, w->cols, isa, rows_per_expert);
+      if (to == WeightLayout::kGgml) continue;
       const int64_t expert_bytes = rows_per_expert * w->row_bytes;
       uint8_t* dst = const_cast<uint8_t*>(w->data);
       if (!in_place) {
@@ -259,9 +259,17 @@ int64_t RepackLayerWeights(CpuIsa isa, bool in_place, const GgufFile* file,
                            std::vector<std::unique_ptr<uint8_t[]>>* storage) {
   int64_t repacked = 0;
   for (EngineLayerWeights& lw : layers) {
+    // attn_k_b / attn_v_b are multiplied head by head: rows repacked as one
+    // matrix are a head's (k_b: kv_lora_rank = v_b's columns; v_b: v_head_dim).
+    const int64_t n_heads = lw.attn_k_b.data != nullptr && lw.attn_v_b.cols > 0
+                                ? lw.attn_k_b.rows / lw.attn_v_b.cols
+                                : 1;
     for (MatmulWeight* w : LayerMatrices(lw, /*routed_experts=*/false)) {
       if (w->layout != WeightLayout::kGgml || w->data == nullptr) continue;
-      const WeightLayout to = PreferredLayout(w->type, w->cols, isa);
+      const int64_t unit_rows = w == &lw.attn_k_b || w == &lw.attn_v_b
+                                    ? w->rows / std::max<int64_t>(n_heads, 1)
+                                    : w->rows;
+      const WeightLayout to = PreferredLayout(w->type, w->cols, isa, unit_rows);
       if (to == WeightLayout::kGgml) continue;
       const int64_t bytes = w->rows * w->row_bytes;
       // Derived at load (kv_b_layout.h): already this process's own bytes.
@@ -358,8 +366,8 @@ void EngineScratch::Reserve(const Deepseek2Config& c, int64_t k, int n_threads, 
   const int64_t row_dim = c.kv_lora_rank + c.qk_rope_dim;
   const int64_t shared_ff = c.expert_ff * c.n_shared_experts;
   const int64_t ffn_width = std::max({c.dense_ff, shared_ff, c.expert_ff});
-  const int64_t max_cols = std::max({c.hidden, c.q_lora_rank, c.kv_lora_rank, c.qk_nope_dim,
-                                     h * c.v_head_dim, ffn_width});
+  const int64_t max_cols = std::max(
+      {c.hidden, c.q_lora_rank, c.kv_lora_rank, c.qk_nope_dim, h * c.v_head_dim, ffn_width});
   GrowTo(x, n * c.hidden);
   GrowTo(ffn_inp, n * c.hidden);
   GrowTo(x_norm, n * c.hidden);
@@ -502,8 +510,9 @@ void EngineAttentionBlock::ForwardSegments(const float* x, int64_t n,
     for (int64_t h = h0; h < h1; ++h) {
       QuantizeActivations(w_.attn_k_b.type, q + h * head_dim, n, nope, q_width,
                           s.act_heads.data() + h * n * qn_bytes);
-      MatmulQuantized(w_.attn_k_b.Slice(h * kv_lora, kv_lora), s.act_heads.data() + h * n * qn_bytes,
-                      n, q_abs + h * row_dim, n_heads * row_dim, isa, nullptr);
+      MatmulQuantized(w_.attn_k_b.Slice(h * kv_lora, kv_lora),
+                      s.act_heads.data() + h * n * qn_bytes, n, q_abs + h * row_dim,
+                      n_heads * row_dim, isa, nullptr);
       for (int64_t t = 0; t < n; ++t) {
         const float* q_pe = q + t * q_width + h * head_dim + nope;
         std::copy(q_pe, q_pe + rope_dim, q_abs + (t * n_heads + h) * row_dim + kv_lora);
@@ -689,14 +698,13 @@ void EngineSwigluFfn::ForwardChunk(const float* x_norm, int64_t n, float* out) c
   const int64_t down_bytes = ActivationRowBytes(down_.type, ff);
   rows([&](int64_t t0, int64_t t1, int) {
     for (int64_t i = t0 * ff; i < t1 * ff; ++i) g[i] = Silu(g[i]) * u[i];
-    QuantizeActivations(down_.type, g + t0 * ff, t1 - t0, ff, ff,
-                        s.act.data() + t0 * down_bytes);
+    QuantizeActivations(down_.type, g + t0 * ff, t1 - t0, ff, ff, s.act.data() + t0 * down_bytes);
   });
   MatmulQuantized(down_, s.act.data(), n, out, hidden, ctx_.isa, pool);
 }
 
-void EngineOutputHead(const EngineContext& ctx, const EngineWeights& w, const float* x,
-                      int64_t n, float* logits) {
+void EngineOutputHead(const EngineContext& ctx, const EngineWeights& w, const float* x, int64_t n,
+                      float* logits) {
   const Deepseek2Config& c = *ctx.config;
   EngineScratch& s = *ctx.scratch;
   float* xn = s.logits_norm.data();
@@ -721,9 +729,9 @@ absl::StatusOr<std::unique_ptr<Deepseek2Engine>> Deepseek2Engine::Open(
     return absl::InvalidArgumentError("max_batch and max_context must be positive");
   }
   if (options.kv_pool_tokens < 0 || options.kv_page_tokens < 1 || options.kv_page_tokens > 4096) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "kv_pool_tokens ", options.kv_pool_tokens, " must be >= 0 and kv_page_tokens ",
-        options.kv_page_tokens, " in [1, 4096]"));
+    return absl::InvalidArgumentError(absl::StrCat("kv_pool_tokens ", options.kv_pool_tokens,
+                                                   " must be >= 0 and kv_page_tokens ",
+                                                   options.kv_page_tokens, " in [1, 4096]"));
   }
   MOEFLOW_ASSIGN_OR_RETURN(e->file_, GgufFile::Open(gguf_path));
   MOEFLOW_ASSIGN_OR_RETURN(e->config_, Deepseek2Config::FromGguf(*e->file_));
@@ -769,8 +777,8 @@ absl::StatusOr<std::unique_ptr<Deepseek2Engine>> Deepseek2Engine::Open(
 absl::StatusOr<std::vector<float>> Deepseek2Engine::Forward(absl::Span<const int32_t> tokens,
                                                             int64_t start_pos) {
   std::vector<float> logits(tokens.size() * static_cast<size_t>(config_.vocab_size));
-  MOEFLOW_RETURN_IF_ERROR(ForwardInto(tokens, start_pos, /*last_only=*/false,
-                                      absl::MakeSpan(logits)));
+  MOEFLOW_RETURN_IF_ERROR(
+      ForwardInto(tokens, start_pos, /*last_only=*/false, absl::MakeSpan(logits)));
   return logits;
 }
 
@@ -819,8 +827,8 @@ absl::Status Deepseek2Engine::ForwardInto(absl::Span<const int32_t> tokens, int6
     const EngineLayerWeights& lw = weights_.layers[static_cast<size_t>(il)];
     {
       const EnginePhaseTimer timer(EnginePhase::kAttention, n);
-      EngineAttentionBlock(ctx_, lw).Forward(x, n, start_pos,
-                                             cache_.layers[static_cast<size_t>(il)], s.ffn_inp.data());
+      EngineAttentionBlock(ctx_, lw).Forward(
+          x, n, start_pos, cache_.layers[static_cast<size_t>(il)], s.ffn_inp.data());
     }
     LayerFfn(il, n);
   }
@@ -963,8 +971,8 @@ absl::Status Deepseek2Engine::ReserveSequence(int64_t sequence, int64_t reserve_
   if (fresh <= 0) return absl::OkStatus();
   if (pool.available_pages() < fresh) {
     return absl::ResourceExhaustedError(absl::StrCat("ReserveSequence: ", fresh,
-                                                     " KV pages needed, ",
-                                                     pool.available_pages(), " available now"));
+                                                     " KV pages needed, ", pool.available_pages(),
+                                                     " available now"));
   }
   for (int64_t i = 0; i < fresh; ++i) {
     const int32_t page = pool.Allocate();

@@ -9,10 +9,25 @@
 #include "base/check.h"
 #include "formats/quant_blocks.h"
 #include "kernels/cpu/matmul_internal.h"
+#include "kernels/cpu/panel_layout.h"
 #include "kernels/cpu/quants.h"
 
 namespace moeflow {
 namespace {
+
+void QuantizeRowScalar(GgmlType at, const float* xr, int64_t cols, uint8_t* o);
+
+// The trailing Σqs of each Q8_0 block of an activation row (|Σ| ≤ 32·127).
+void WriteQ8_0BlockSums(uint8_t* row, int64_t nb) {
+  const BlockQ8_0* b = reinterpret_cast<const BlockQ8_0*>(row);
+  int16_t* sums = reinterpret_cast<int16_t*>(row + nb * static_cast<int64_t>(sizeof(BlockQ8_0)));
+  for (int64_t i = 0; i < nb; ++i) {
+    int s = 0;
+    for (int j = 0; j < kQK; ++j) s += b[i].qs[j];
+    int16_t v = static_cast<int16_t>(s);
+    std::memcpy(sums + i, &v, 2);
+  }
+}
 
 VecDotFn SimdVecDot(const SimdVecDots& t, GgmlType type) {
   switch (type) {
@@ -96,7 +111,9 @@ GgmlType ActivationType(GgmlType weight_type) {
 int64_t ActivationRowBytes(GgmlType weight_type, int64_t cols) {
   const GgmlTypeTraits& t = Traits(ActivationType(weight_type));
   MOEFLOW_CHECK(cols % t.block_size == 0);
-  return cols / t.block_size * t.type_size;
+  const int64_t nb = cols / t.block_size;
+  // Q8_0 rows carry one int16 Σqs per block after the blocks (matmul.h).
+  return nb * t.type_size + (t.type == GgmlType::kQ8_0 ? nb * 2 : 0);
 }
 
 void QuantizeActivations(GgmlType weight_type, const float* x, int64_t n_rows, int64_t cols,
@@ -122,36 +139,45 @@ void QuantizeActivations(GgmlType weight_type, const float* x, int64_t n_rows, i
     uint8_t* o = out + r * row_bytes;
     if (fast != nullptr) {
       fast(xr, o, cols);
-      continue;
+    } else {
+      QuantizeRowScalar(at, xr, cols, o);
     }
-    switch (at) {
-      case GgmlType::kF32:
-        std::memcpy(o, xr, static_cast<size_t>(cols) * sizeof(float));
-        break;
-      case GgmlType::kF16: {
-        uint16_t* h = reinterpret_cast<uint16_t*>(o);
-        for (int64_t i = 0; i < cols; ++i) h[i] = Fp32ToFp16(xr[i]);
-        break;
-      }
-      case GgmlType::kBF16: {
-        uint16_t* h = reinterpret_cast<uint16_t*>(o);
-        for (int64_t i = 0; i < cols; ++i) h[i] = Fp32ToBf16(xr[i]);
-        break;
-      }
-      case GgmlType::kQ8_0:
-        QuantizeRowQ8_0(xr, reinterpret_cast<BlockQ8_0*>(o), cols);
-        break;
-      case GgmlType::kQ8_1:
-        QuantizeRowQ8_1(xr, reinterpret_cast<BlockQ8_1*>(o), cols);
-        break;
-      case GgmlType::kQ8_K:
-        QuantizeRowQ8_K(xr, reinterpret_cast<BlockQ8_K*>(o), cols);
-        break;
-      default:
-        MOEFLOW_CHECK(false);
-    }
+    if (at == GgmlType::kQ8_0) WriteQ8_0BlockSums(o, cols / kQK);
   }
 }
+
+namespace {
+
+void QuantizeRowScalar(GgmlType at, const float* xr, int64_t cols, uint8_t* o) {
+  switch (at) {
+    case GgmlType::kF32:
+      std::memcpy(o, xr, static_cast<size_t>(cols) * sizeof(float));
+      break;
+    case GgmlType::kF16: {
+      uint16_t* h = reinterpret_cast<uint16_t*>(o);
+      for (int64_t i = 0; i < cols; ++i) h[i] = Fp32ToFp16(xr[i]);
+      break;
+    }
+    case GgmlType::kBF16: {
+      uint16_t* h = reinterpret_cast<uint16_t*>(o);
+      for (int64_t i = 0; i < cols; ++i) h[i] = Fp32ToBf16(xr[i]);
+      break;
+    }
+    case GgmlType::kQ8_0:
+      QuantizeRowQ8_0(xr, reinterpret_cast<BlockQ8_0*>(o), cols);
+      break;
+    case GgmlType::kQ8_1:
+      QuantizeRowQ8_1(xr, reinterpret_cast<BlockQ8_1*>(o), cols);
+      break;
+    case GgmlType::kQ8_K:
+      QuantizeRowQ8_K(xr, reinterpret_cast<BlockQ8_K*>(o), cols);
+      break;
+    default:
+      MOEFLOW_CHECK(false);
+  }
+}
+
+}  // namespace
 
 VecDotFn GetVecDot(GgmlType weight_type, CpuIsa isa) {
   VecDotFn fn = nullptr;
@@ -167,6 +193,8 @@ VecDotFn GetVecDot(GgmlType weight_type, CpuIsa isa) {
 
 MatmulWeight MatmulWeight::Slice(int64_t first, int64_t n) const {
   MOEFLOW_CHECK(first >= 0 && first + n <= rows);
+  MOEFLOW_CHECK(layout != WeightLayout::kPanel16 ||
+                (first % kPanelRows == 0 && n % kPanelRows == 0));
   MatmulWeight s = *this;
   s.data = data + first * row_bytes;
   s.rows = n;
@@ -177,10 +205,38 @@ VecDotFn F16ViaBf16VecDot() {
   return CpuSupportsIsa(CpuIsa::kAvx512Bf16) ? Avx512Bf16VecDots().f16_via_bf16 : nullptr;
 }
 
+namespace {
+
+// Rows per unit of the row-parallel loops: the decode tile height (8), or a
+// whole panel.
+int64_t UnitRows(const MatmulWeight& w) {
+  return w.layout == WeightLayout::kPanel16 ? kPanelRows : 8;
+}
+
+}  // namespace
+
 GemmFn SimdGemm(const MatmulWeight& w, CpuIsa isa) {
   const GgmlType type = w.type;
   if (isa == CpuIsa::kAmx && type == GgmlType::kQ8_0 && w.layout == WeightLayout::kGgml) {
     return GemmQ8_0Amx;
+  }
+  if (w.layout == WeightLayout::kPanel16) {
+    // Only the VNNI builds have panel tiles; elsewhere the scalar path
+    // reads the panels back.
+    if (!IsAvx512Vnni(isa)) return nullptr;
+    const PanelGemms& p = Avx512PanelGemms();
+    switch (type) {
+      case GgmlType::kQ8_0:
+        return p.q8_0;
+      case GgmlType::kQ5_0:
+        return p.q5_0;
+      case GgmlType::kQ4_K:
+        return p.q4_k;
+      case GgmlType::kQ6_K:
+        return p.q6_k;
+      default:
+        return nullptr;
+    }
   }
   const SimdVecDots* simd = SimdTable(isa);
   if (simd == nullptr) return nullptr;
@@ -204,10 +260,11 @@ void MatmulQuantized(const MatmulWeight& w, const uint8_t* act, int64_t n_act_ro
                      int64_t y_stride, CpuIsa isa, ThreadPool* pool) {
   if (const GemmFn gemm = SimdGemm(w, isa)) {
     const int64_t act_bytes = ActivationRowBytes(w.type, w.cols);
-    // Rows in multiples of 8 per thread (the decode tile height).
-    const int64_t units = (w.rows + 7) / 8;
+    // Rows in multiples of the tile height per thread.
+    const int64_t unit = UnitRows(w);
+    const int64_t units = (w.rows + unit - 1) / unit;
     auto job = [&](int64_t u0, int64_t u1, int /*thread*/) {
-      const int64_t r0 = u0 * 8, r1 = std::min(w.rows, u1 * 8);
+      const int64_t r0 = u0 * unit, r1 = std::min(w.rows, u1 * unit);
       gemm(w.cols, w.row(r0), w.row_bytes, r1 - r0, act, act_bytes, n_act_rows, y + r0, y_stride);
     };
     if (pool == nullptr) {
@@ -217,38 +274,46 @@ void MatmulQuantized(const MatmulWeight& w, const uint8_t* act, int64_t n_act_ro
     }
     return;
   }
-  // Every SIMD ISA has a GEMM for the repacked layouts, so a repacked weight
-  // gets here on the scalar path only: its rows are read back into GGUF
-  // blocks (a per-thread row buffer) for the scalar reference's vec_dot.
+  // A repacked weight gets here on the scalar path (or an ISA without tiles
+  // for its layout): its rows are read back into GGUF blocks (a per-thread
+  // buffer of one row, or of one panel) for the scalar reference's vec_dot.
   const bool repacked = w.layout != WeightLayout::kGgml;
   const VecDotFn dot = repacked ? ScalarVecDot(w.type) : GetVecDot(w.type, isa);
   MOEFLOW_CHECK(dot != nullptr);
   const int64_t act_bytes = ActivationRowBytes(w.type, w.cols);
   const int64_t cols = w.cols;
+  const int64_t group = w.layout == WeightLayout::kPanel16 ? kPanelRows : 1;
   // Activation rows in tiles, so that a tile stays in L2 while every weight
   // row of the thread's range streams past it once.
   constexpr int64_t kTokenTile = 32;
-  auto rows_job = [&](int64_t r0, int64_t r1, int /*thread*/) {
+  auto groups_job = [&](int64_t g0, int64_t g1, int /*thread*/) {
     thread_local std::vector<uint8_t> unpacked;
-    if (repacked && static_cast<int64_t>(unpacked.size()) < w.row_bytes) {
-      unpacked.resize(static_cast<size_t>(w.row_bytes));
+    if (repacked && static_cast<int64_t>(unpacked.size()) < group * w.row_bytes) {
+      unpacked.resize(static_cast<size_t>(group * w.row_bytes));
     }
-    for (int64_t t0 = 0; t0 < n_act_rows; t0 += kTokenTile) {
-      const int64_t t1 = std::min(n_act_rows, t0 + kTokenTile);
-      for (int64_t r = r0; r < r1; ++r) {
-        const uint8_t* wr = w.row(r);
-        if (repacked) {
-          UnpackRowsToGgml(w, wr, unpacked.data(), 1);
-          wr = unpacked.data();
+    for (int64_t g = g0; g < g1; ++g) {
+      const int64_t r0 = g * group, r1 = std::min(w.rows, r0 + group);
+      const uint8_t* wg = w.row(r0);
+      if (repacked) {
+        UnpackRowsToGgml(w, wg, unpacked.data(), group);
+        wg = unpacked.data();
+      }
+      for (int64_t t0 = 0; t0 < n_act_rows; t0 += kTokenTile) {
+        const int64_t t1 = std::min(n_act_rows, t0 + kTokenTile);
+        for (int64_t r = r0; r < r1; ++r) {
+          const uint8_t* wr = wg + (r - r0) * w.row_bytes;
+          for (int64_t t = t0; t < t1; ++t) {
+            y[t * y_stride + r] = dot(cols, wr, act + t * act_bytes);
+          }
         }
-        for (int64_t t = t0; t < t1; ++t) y[t * y_stride + r] = dot(cols, wr, act + t * act_bytes);
       }
     }
   };
+  const int64_t n_groups = (w.rows + group - 1) / group;
   if (pool == nullptr) {
-    rows_job(0, w.rows, 0);
+    groups_job(0, n_groups, 0);
   } else {
-    pool->ParallelFor(w.rows, rows_job);
+    pool->ParallelFor(n_groups, groups_job);
   }
 }
 
@@ -263,10 +328,13 @@ void MatmulQuantizedBatch(const MatmulJob* jobs, int64_t n_jobs, CpuIsa isa, Thr
     }
     return;
   }
-  // Units of 8 rows (the decode tile height), numbered across all jobs.
+  // Units of the tile height, numbered across all jobs.
   int64_t first_unit[kMaxJobs + 1];
   first_unit[0] = 0;
-  for (int64_t j = 0; j < n_jobs; ++j) first_unit[j + 1] = first_unit[j] + (jobs[j].w.rows + 7) / 8;
+  for (int64_t j = 0; j < n_jobs; ++j) {
+    const int64_t unit = UnitRows(jobs[j].w);
+    first_unit[j + 1] = first_unit[j] + (jobs[j].w.rows + unit - 1) / unit;
+  }
   auto job = [&](int64_t u0, int64_t u1, int /*thread*/) {
     int64_t j = 0;
     while (first_unit[j + 1] <= u0) ++j;
@@ -274,7 +342,8 @@ void MatmulQuantizedBatch(const MatmulJob* jobs, int64_t n_jobs, CpuIsa isa, Thr
       const MatmulJob& b = jobs[j];
       const int64_t a0 = std::max(u0, first_unit[j]) - first_unit[j];
       const int64_t a1 = std::min(u1, first_unit[j + 1]) - first_unit[j];
-      const int64_t r0 = a0 * 8, r1 = std::min(b.w.rows, a1 * 8);
+      const int64_t unit = UnitRows(b.w);
+      const int64_t r0 = a0 * unit, r1 = std::min(b.w.rows, a1 * unit);
       if (r0 >= r1) continue;
       SimdGemm(b.w, isa)(b.w.cols, b.w.row(r0), b.w.row_bytes, r1 - r0, b.act,
                          ActivationRowBytes(b.w.type, b.w.cols), b.n_act_rows, b.y + r0,

@@ -103,7 +103,12 @@ CpuIsa SelectedIsa();
 bool MatmulSupports(GgmlType weight_type);
 // ggml's vec_dot_type of a weight type (the table above).
 GgmlType ActivationType(GgmlType weight_type);
-// Bytes of one activation row of `cols` elements for weights of `weight_type`.
+// Bytes of one activation row of `cols` elements for weights of `weight_type`:
+// the vec_dot_type's blocks, and for Q8_0 activations then one int16 per
+// block, the sum of its 32 quants (the zero-point correction of the kPanel16
+// tiles: their weights are unsigned, q + 128 or q5, and Σ w·a comes out as
+// Σ (w + z)·a − z·Σa). Every caller sizes rows with this and fills them with
+// QuantizeActivations, which writes both parts.
 int64_t ActivationRowBytes(GgmlType weight_type, int64_t cols);
 
 // Converts n_rows rows of `cols` floats (row i at x + i * x_stride) into
@@ -142,9 +147,15 @@ VecDotFn F16ViaBf16VecDot();
 //     The same bytes per row as the GGUF blocks (row_bytes unchanged), so
 //     rows keep their offsets; cols must be a multiple of 64 and at most
 //     28,032 (the kernel's activation buffer; every DeepSeek shape fits).
-// Every ISA multiplies either layout (the scalar path reads kQ5_0Pairs
-// blocks back into GGUF ones, so its results are those of the GGUF bytes).
-enum class WeightLayout : uint8_t { kGgml = 0, kQ5_0Pairs = 1 };
+//   kPanel16: Q8_0, Q5_0, Q4_K and Q6_K matrices on AVX-512 VNNI hosts, 16
+//     rows stored together block by block so that vpdpbusd's 16 lanes are 16
+//     output rows (panel_layout.h gives the bytes; matmul_panel_avx512.cc
+//     the tiles). Each panel keeps its 16 rows' bytes at their offset; rows
+//     must be a multiple of 16 and slices start on a panel.
+// Every ISA multiplies every layout (the scalar path and the ISAs without
+// a kernel for a layout read it back into GGUF blocks, so their results are
+// those of the GGUF bytes).
+enum class WeightLayout : uint8_t { kGgml = 0, kQ5_0Pairs = 1, kPanel16 = 2 };
 
 const char* WeightLayoutName(WeightLayout layout);
 
@@ -169,10 +180,12 @@ struct MatmulWeight {
 // cols a multiple of 64 (on Zen 3, one thread, weights in cache: GEMV
 // 10.2 -> 16.4 GB/s, GEMM 50 -> 73 GOP/s; README.md, Performance), kGgml
 // otherwise (the AVX-512 tiles expand the fifth bits with a mask register
-// and keep the GGUF blocks). The environment variable MOEFLOW_REPACK=0 makes
-// it kGgml always (read once; 1 is the default, any other value says so on
-// stderr and keeps the default).
-WeightLayout PreferredLayout(GgmlType type, int64_t cols, CpuIsa isa);
+// and keep the GGUF blocks); kPanel16 for Q8_0, Q5_0, Q4_K and Q6_K on the
+// AVX-512 VNNI ISAs (avx512, avx512bf16; amx too but for Q8_0, whose AMX
+// tiles read GGUF blocks) when `rows` — the rows repacked as one matrix, a
+// whole tensor or one expert — is a multiple of 16. The knob repack
+// (MOEFLOW_REPACK=0) makes it kGgml always (read once).
+WeightLayout PreferredLayout(GgmlType type, int64_t cols, CpuIsa isa, int64_t rows = 16);
 // Rewrites `rows` rows of `w` (type, cols, row_bytes; w.layout must be
 // kGgml) from GGUF blocks at `src` into `to` at `dst`. src == dst repacks in
 // place; otherwise the two must not overlap. CHECK-fails when `to` is not

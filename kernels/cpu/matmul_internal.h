@@ -82,6 +82,16 @@ inline uint32_t LoadU32(const uint8_t* p) {
   return v;
 }
 
+// matmul_panel_avx512.cc (-mavx512vnni): the WeightLayout::kPanel16 GEMMs
+// (panel_layout.h), n_rows a multiple of 16, w at a panel's first row.
+struct PanelGemms {
+  GemmFn q8_0 = nullptr;
+  GemmFn q5_0 = nullptr;
+  GemmFn q4_k = nullptr;
+  GemmFn q6_k = nullptr;
+};
+const PanelGemms& Avx512PanelGemms();
+
 const SimdVecDots& Avx2VecDots();
 const SimdVecDots& Avx512VecDots();
 // matmul_avx512f.cc: the AVX-512 tables without VNNI (CpuIsa::kAvx512NoVnni).

@@ -7,6 +7,7 @@
 #include "formats/quant_blocks.h"
 #include "kernels/cpu/matmul.h"
 #include "kernels/cpu/matmul_internal.h"
+#include "kernels/cpu/panel_layout.h"
 
 namespace moeflow {
 
@@ -22,6 +23,8 @@ bool LayoutAllowed(GgmlType type, int64_t cols, WeightLayout layout) {
     case WeightLayout::kQ5_0Pairs:
       return type == GgmlType::kQ5_0 && cols > 0 && cols % (2 * kQK) == 0 &&
              cols <= kQ5_0PairsMaxCols;
+    case WeightLayout::kPanel16:
+      return PanelTypeSupported(type) && cols > 0 && cols % Traits(type).block_size == 0;
   }
   return false;
 }
@@ -81,14 +84,23 @@ const char* WeightLayoutName(WeightLayout layout) {
       return "ggml";
     case WeightLayout::kQ5_0Pairs:
       return "q5_0_pairs";
+    case WeightLayout::kPanel16:
+      return "panel16";
   }
   return "?";
 }
 
-WeightLayout PreferredLayout(GgmlType type, int64_t cols, CpuIsa isa) {
+WeightLayout PreferredLayout(GgmlType type, int64_t cols, CpuIsa isa, int64_t rows) {
   static const bool repack = KnobBool(Knob::kRepack);
-  if (repack && isa == CpuIsa::kAvx2 && LayoutAllowed(type, cols, WeightLayout::kQ5_0Pairs)) {
+  if (!repack) return WeightLayout::kGgml;
+  if (isa == CpuIsa::kAvx2 && LayoutAllowed(type, cols, WeightLayout::kQ5_0Pairs)) {
     return WeightLayout::kQ5_0Pairs;
+  }
+  // AMX keeps Q8_0 in the GGUF blocks its tile loads read.
+  const bool vnni = isa == CpuIsa::kAvx512 || isa == CpuIsa::kAvx512Bf16 ||
+                    (isa == CpuIsa::kAmx && type != GgmlType::kQ8_0);
+  if (vnni && rows % kPanelRows == 0 && LayoutAllowed(type, cols, WeightLayout::kPanel16)) {
+    return WeightLayout::kPanel16;
   }
   return WeightLayout::kGgml;
 }
@@ -117,6 +129,14 @@ void RepackRows(const MatmulWeight& w, WeightLayout to, const uint8_t* src, uint
     if (src != dst) std::memcpy(dst, src, static_cast<size_t>(rows * w.row_bytes));
     return;
   }
+  if (to == WeightLayout::kPanel16) {
+    MOEFLOW_CHECK(rows % kPanelRows == 0);
+    const int64_t panel_bytes = kPanelRows * w.row_bytes;
+    for (int64_t p = 0; p < rows / kPanelRows; ++p) {
+      PackPanel(w.type, w.row_bytes, src + p * panel_bytes, dst + p * panel_bytes);
+    }
+    return;
+  }
   ForEachQ5_0Pair(w, src, dst, rows, PackQ5_0Pair);
 }
 
@@ -125,7 +145,15 @@ void UnpackRowsToGgml(const MatmulWeight& w, const uint8_t* src, uint8_t* dst, i
     if (src != dst) std::memcpy(dst, src, static_cast<size_t>(rows * w.row_bytes));
     return;
   }
-  MOEFLOW_CHECK(w.layout == WeightLayout::kQ5_0Pairs && LayoutAllowed(w.type, w.cols, w.layout));
+  MOEFLOW_CHECK(LayoutAllowed(w.type, w.cols, w.layout));
+  if (w.layout == WeightLayout::kPanel16) {
+    MOEFLOW_CHECK(rows % kPanelRows == 0);
+    const int64_t panel_bytes = kPanelRows * w.row_bytes;
+    for (int64_t p = 0; p < rows / kPanelRows; ++p) {
+      UnpackPanel(w.type, w.row_bytes, src + p * panel_bytes, dst + p * panel_bytes);
+    }
+    return;
+  }
   ForEachQ5_0Pair(w, src, dst, rows, UnpackQ5_0Pair);
 }
 

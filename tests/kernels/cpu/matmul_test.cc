@@ -431,7 +431,8 @@ TEST(MatmulTest, PreferredLayoutRepacksQ5_0ForAvx2Only) {
   EXPECT_EQ(PreferredLayout(GgmlType::kQ5_0, 28096, CpuIsa::kAvx2), WeightLayout::kGgml);
   EXPECT_EQ(PreferredLayout(GgmlType::kQ8_0, 1408, CpuIsa::kAvx2), WeightLayout::kGgml);
   EXPECT_EQ(PreferredLayout(GgmlType::kQ5_0, 1408, CpuIsa::kScalar), WeightLayout::kGgml);
-  EXPECT_EQ(PreferredLayout(GgmlType::kQ5_0, 1408, CpuIsa::kAvx512), WeightLayout::kGgml);
+  EXPECT_EQ(PreferredLayout(GgmlType::kQ5_0, 1408, CpuIsa::kAvx512), WeightLayout::kPanel16);
+  EXPECT_EQ(PreferredLayout(GgmlType::kQ5_0, 1408, CpuIsa::kAvx512NoVnni), WeightLayout::kGgml);
 }
 
 // Repacked Q5_0 on raw blocks with power-of-two scales (exact float sums):
