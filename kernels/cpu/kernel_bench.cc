@@ -51,7 +51,7 @@ Result BenchType(GgmlType type, bool repack, CpuIsa isa, int64_t tokens, int64_t
   // gemv_mib of weights for GEMV (default 128: past every cache), at least
   // one expert matrix.
   const int64_t row_bytes = RowBytes(type, cols).value();
-  const int64_t rows = std::max<int64_t>(1408, (gemv_mib << 20) / row_bytes / 8 * 8);
+  const int64_t rows = std::max<int64_t>(1408, (gemv_mib << 20) / row_bytes / 16 * 16);  // whole panels
   std::vector<uint8_t> w(static_cast<size_t>(rows * row_bytes));
   std::mt19937 rng(1);
   std::normal_distribution<float> dist(0.f, 1.f);
