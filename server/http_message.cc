@@ -290,4 +290,16 @@ std::string EncodeChunk(absl::string_view data) {
   return absl::StrCat(absl::Hex(data.size()), "\r\n", data, "\r\n");
 }
 
+std::string HttpErrorBody(int status, absl::string_view message) {
+  std::string escaped;
+  for (char c : message) {
+    if (c == '"' || c == '\\') escaped += '\\';
+    if (static_cast<unsigned char>(c) < 0x20) continue;
+    escaped += c;
+  }
+  return absl::StrCat("{\"error\":{\"message\":\"", escaped,
+                      "\",\"type\":\"invalid_request_error\",\"param\":null,\"code\":\"http_",
+                      status, "\"}}");
+}
+
 }  // namespace moeflow::server

@@ -89,6 +89,11 @@ std::string SerializeResponseHead(int status,
 // One chunk of a chunked body ("" for data gives the final "0\r\n\r\n").
 std::string EncodeChunk(absl::string_view data);
 
+// The JSON body of an error the HTTP layer answers itself (a malformed
+// request, a handler that sent nothing): the OpenAI error shape of
+// openai_api.h, so every client sees one format; code "http_STATUS".
+std::string HttpErrorBody(int status, absl::string_view message);
+
 }  // namespace moeflow::server
 
 #endif  // MOEFLOW_SERVER_HTTP_MESSAGE_H_

@@ -47,6 +47,7 @@
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
 #include "server/http_message.h"
+#include "server/http_responder.h"
 
 namespace moeflow::server {
 
@@ -74,78 +75,6 @@ struct HttpServerOptions {
   // /health) out; it is refused only when every connection has a response
   // in flight.
   int max_connections = 1024;
-};
-
-using HttpHeaders = std::vector<std::pair<std::string, std::string>>;
-
-class HttpServer;
-
-namespace internal {
-// Output handed from responders (any thread) to the I/O thread. Shared with
-// the responders, so a responder that outlives the server only sees
-// `accepting == false`.
-struct PendingOutput {
-  uint64_t connection_id;
-  std::string data;
-  bool end_of_response;
-  bool close_after;
-};
-struct OutputQueue {
-  absl::Mutex mu;
-  std::vector<PendingOutput> pending ABSL_GUARDED_BY(mu);
-  bool accepting ABSL_GUARDED_BY(mu) = true;
-  int wake_fd = -1;  // eventfd of the I/O thread
-  // Returns false when the server is gone.
-  bool Push(PendingOutput output);
-};
-}  // namespace internal
-
-// The answer to one request. Either Send() once, or StartStream() then
-// Write()* then EndStream(). Thread-safe; may outlive the connection.
-class HttpResponder {
- public:
-  // A complete response.
-  void Send(int status, HttpHeaders headers, std::string body);
-  // A chunked response; Write() sends one chunk at once (a flush per event).
-  void StartStream(int status, HttpHeaders headers);
-  // Returns false when the client is gone (the data is dropped).
-  bool Write(std::string data);
-  void EndStream();
-
-  // The client went away before the response ended.
-  bool closed() const { return closed_.load(); }
-  // Runs `callback` once when the client goes away before the response ends
-  // (at once if it already has). Not called after the response ended.
-  void SetOnClose(std::function<void()> callback);
-
-  // A responder dropped without ending its response ends it (500 when
-  // nothing was sent, else the chunked body is closed) so the connection
-  // does not hang.
-  ~HttpResponder();
-
-  // Headers added to every response (CORS); set by the server.
-  const HttpHeaders& extra_headers() const { return extra_headers_; }
-
- private:
-  friend class HttpServer;
-  HttpResponder(std::shared_ptr<internal::OutputQueue> queue, uint64_t connection_id,
-                bool keep_alive, HttpHeaders extra)
-      : queue_(std::move(queue)),
-        connection_id_(connection_id),
-        keep_alive_(keep_alive),
-        extra_headers_(std::move(extra)) {}
-  void MarkClosed();
-  bool Push(std::string data, bool end_of_response, bool close_after);
-
-  std::shared_ptr<internal::OutputQueue> queue_;
-  const uint64_t connection_id_;
-  const bool keep_alive_;
-  const HttpHeaders extra_headers_;
-  std::atomic<bool> closed_{false};
-  absl::Mutex mu_;
-  bool started_ ABSL_GUARDED_BY(mu_) = false;
-  bool ended_ ABSL_GUARDED_BY(mu_) = false;
-  std::function<void()> on_close_ ABSL_GUARDED_BY(mu_);
 };
 
 using HttpHandler =
