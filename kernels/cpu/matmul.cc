@@ -92,6 +92,7 @@ GgmlType ActivationType(GgmlType weight_type) {
     case GgmlType::kQ4_0:
     case GgmlType::kQ5_0:
     case GgmlType::kQ8_0:
+    case GgmlType::kIQ4_NL:
       return GgmlType::kQ8_0;
     case GgmlType::kQ4_1:
     case GgmlType::kQ5_1:
@@ -101,6 +102,14 @@ GgmlType ActivationType(GgmlType weight_type) {
     case GgmlType::kQ4_K:
     case GgmlType::kQ5_K:
     case GgmlType::kQ6_K:
+    case GgmlType::kIQ2_XXS:
+    case GgmlType::kIQ2_XS:
+    case GgmlType::kIQ2_S:
+    case GgmlType::kIQ3_XXS:
+    case GgmlType::kIQ3_S:
+    case GgmlType::kIQ1_S:
+    case GgmlType::kIQ1_M:
+    case GgmlType::kIQ4_XS:
       return GgmlType::kQ8_K;
     default:
       MOEFLOW_CHECK(false && "type not supported by Matmul");

@@ -11,9 +11,12 @@
 //   weight type                  activation blocks
 //   F32                          F32 (plain float dot, double accumulator)
 //   F16 / BF16                   F16 / BF16
-//   Q4_0, Q5_0, Q8_0             Q8_0
+//   Q4_0, Q5_0, Q8_0, IQ4_NL     Q8_0
 //   Q4_1, Q5_1                   Q8_1
 //   Q2_K, Q3_K, Q4_K, Q5_K, Q6_K Q8_K
+//   IQ1_S, IQ1_M, IQ2_XXS,       Q8_K
+//   IQ2_XS, IQ2_S, IQ3_XXS,
+//   IQ3_S, IQ4_XS
 //
 // Reproducing llama.cpp's activation quantization is what makes quantized
 // files agree with llama.cpp's logits. Q8_0 / Q8_1 activations follow ggml's
@@ -23,7 +26,8 @@
 //
 // The scalar vec_dot of each pair reproduces ggml's generic
 // ggml_vec_dot_*_q8_* arithmetic: integer sums per (sub-)block, then the float
-// scale products in ggml's order. The AVX2 and AVX-512 (VNNI) variants of the
+// scale products in ggml's order (bit-equal to ggml's generic C built without
+// FMA for the K and IQ types: tests/kernels/cpu/matmul_iq_test.cc). The AVX2 and AVX-512 (VNNI) variants of the
 // hot pairs (F32, F16, BF16, Q8_0, Q5_0, Q4_K, Q6_K; the 16-bit float pairs'
 // products are exact in float, summed in float lanes) compute the same integer sums
 // exactly but add the per-block float terms in a different order (as ggml's

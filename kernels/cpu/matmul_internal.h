@@ -71,6 +71,8 @@ struct SimdVecDots {
 // Matmul does not take; the quantizers are ggml's from_float (x86 rounding
 // for Q8_0 / Q8_1, quantize_row_q8_K_ref for Q8_K).
 VecDotFn ScalarVecDot(GgmlType type);
+// matmul_scalar_iq.cc: the same for the IQ types (null for any other type).
+VecDotFn ScalarIqVecDot(GgmlType type);
 void QuantizeRowQ8_0(const float* x, BlockQ8_0* y, int64_t n);
 void QuantizeRowQ8_1(const float* x, BlockQ8_1* y, int64_t n);
 void QuantizeRowQ8_K(const float* x, BlockQ8_K* y, int64_t n);

@@ -433,7 +433,7 @@ VecDotFn ScalarVecDot(GgmlType type) {
     case GgmlType::kQ6_K:
       return DotQ6_K;
     default:
-      return nullptr;
+      return ScalarIqVecDot(type);
   }
 }
 
