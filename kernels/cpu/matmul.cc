@@ -64,6 +64,15 @@ const SimdVecDots* SimdTable(CpuIsa isa) {
   return nullptr;
 }
 
+// The unpacked kernels of `isa` for `type` (IQ types, Q2_K, Q3_K, Q5_K;
+// none for kScalar).
+UnpackedKernels UnpackedFor(CpuIsa isa, GgmlType type) {
+  if (isa == CpuIsa::kAvx2) return Avx2UnpackedKernels(type);
+  if (isa == CpuIsa::kAvx512NoVnni) return Avx512NoVnniUnpackedKernels(type);
+  if (IsAvx512Vnni(isa)) return Avx512UnpackedKernels(type);
+  return {};
+}
+
 // kAmx's Q8_0 GEMM: AMX tiles from 16 tokens on (a 16-token tile column is
 // the AMX unit of work), the AVX-512 VNNI tiles below that (decode).
 constexpr int64_t kAmxMinTokens = 16;
@@ -195,6 +204,7 @@ VecDotFn GetVecDot(GgmlType weight_type, CpuIsa isa) {
   }
   const SimdVecDots* simd = SimdTable(isa);
   if (fn == nullptr && simd != nullptr) fn = SimdVecDot(*simd, weight_type);
+  if (fn == nullptr) fn = UnpackedFor(isa, weight_type).dot;
   if (fn == nullptr) fn = ScalarVecDot(weight_type);
   MOEFLOW_CHECK(fn != nullptr);
   return fn;
@@ -261,7 +271,7 @@ GemmFn SimdGemm(const MatmulWeight& w, CpuIsa isa) {
     case GgmlType::kQ6_K:
       return t.gemm_q6_k;
     default:
-      return nullptr;
+      return UnpackedFor(isa, type).gemm;
   }
 }
 

@@ -27,8 +27,8 @@
 // The scalar vec_dot of each pair reproduces ggml's generic
 // ggml_vec_dot_*_q8_* arithmetic: integer sums per (sub-)block, then the float
 // scale products in ggml's order (bit-equal to ggml's generic C built without
-// FMA for the K and IQ types: tests/kernels/cpu/matmul_iq_test.cc). The AVX2 and AVX-512 (VNNI) variants of the
-// hot pairs (F32, F16, BF16, Q8_0, Q5_0, Q4_K, Q6_K; the 16-bit float pairs'
+// FMA for the K and IQ types: tests/kernels/cpu/matmul_iq_test.cc). The AVX2 and AVX-512 (VNNI)
+// variants of the hot pairs (F32, F16, BF16, Q8_0, Q5_0, Q4_K, Q6_K; the 16-bit float pairs'
 // products are exact in float, summed in float lanes) compute the same integer sums
 // exactly but add the per-block float terms in a different order (as ggml's
 // own SIMD paths do), so they differ from the scalar result by a few ulp of
@@ -42,7 +42,14 @@
 // 64 tokens for prefill (GEMM: each unpacked weight block serves 4 tokens,
 // each activation block R rows; AVX-512 4 × 4 (Q6_K 2 × 4), AVX2 2 × 4
 // (Q6_K 1 × 4)). Q5_0 routed experts are repacked at load on AVX2 (see
-// WeightLayout below) and run their own tiles.
+// WeightLayout below) and run their own tiles. The IQ types and Q2_K, Q3_K,
+// Q5_K run the "unpacked" kernels (matmul_unpacked_tiles.inc, per ISA): each
+// block is read as unsigned 8-bit values plus integer scales per 16 values;
+// decode keeps them in registers (R rows × 1-2 tokens, R = 4 on AVX-512, 2
+// on AVX2), prefill unpacks a panel of rows once into a stack buffer and
+// runs R × T register tiles over it for every token (AVX-512 4 × 3, AVX2
+// 2 × 2); IQ4_NL prefill turns its rows into Q8_0 rows (exact) for the Q8_0
+// tiles.
 // Integer sums stay exact (vpdpbusd / vpmaddubsw + vpdpwssd or vpmaddwd with
 // biased operands), so they too differ from the scalar result only in float
 // summation order, and a (row, token) result never depends on the tile it
@@ -58,8 +65,8 @@
 
 #include <cstdint>
 
-#include "kernels/cpu/thread_pool.h"
 #include "formats/ggml_types.h"
+#include "kernels/cpu/thread_pool.h"
 
 namespace moeflow {
 
@@ -136,7 +143,8 @@ VecDotFn GetVecDot(GgmlType weight_type, CpuIsa isa);
 // lossy where ggml is not (ggml's F16 vec_dot multiplies the F16 values
 // exactly in fp32): BF16 keeps 8 significant bits, so each rounding is off
 // by ≤ 2^-8 relative and a product by ≤ 2^-7 + 2^-16 — the tests allow that
-// plus the summation bound above, times Σ|w·a|. Not used by Matmul; for callers that accept the precision.
+// plus the summation bound above, times Σ|w·a|. Not used by Matmul; for callers that accept the
+// precision.
 VecDotFn F16ViaBf16VecDot();
 
 // How a weight's rows are laid out in memory.

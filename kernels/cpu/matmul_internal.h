@@ -94,6 +94,17 @@ struct PanelGemms {
 };
 const PanelGemms& Avx512PanelGemms();
 
+// matmul_unpacked_{avx2,avx512f,avx512}.cc (matmul_unpacked_tiles.inc): the
+// GEMM and vec_dot of the IQ types, Q2_K, Q3_K and Q5_K per ISA; both null
+// for any other type.
+struct UnpackedKernels {
+  GemmFn gemm = nullptr;
+  VecDotFn dot = nullptr;
+};
+UnpackedKernels Avx2UnpackedKernels(GgmlType type);
+UnpackedKernels Avx512UnpackedKernels(GgmlType type);
+UnpackedKernels Avx512NoVnniUnpackedKernels(GgmlType type);
+
 const SimdVecDots& Avx2VecDots();
 const SimdVecDots& Avx512VecDots();
 // matmul_avx512f.cc: the AVX-512 tables without VNNI (CpuIsa::kAvx512NoVnni).

@@ -135,5 +135,165 @@ TEST(MatmulIqTest, ScalarReferenceMatchesGgmlVecDot) {
   }
 }
 
+// Random blocks (every bit pattern of the indices, signs and scales) with
+// power-of-two block scales, against activations with a power-of-two d:
+// every partial sum is then an integer times a power of two, exact in float
+// while below 2^24 units, so the SIMD result must equal the scalar one bit
+// for bit — a check of the integer parts.
+void FillRawWeights(GgmlType type, uint8_t* row, int64_t cols, std::mt19937& rng) {
+  const int64_t bytes = RowBytes(type, cols).value();
+  for (int64_t i = 0; i < bytes; ++i) row[i] = static_cast<uint8_t>(rng());
+  const int64_t block_bytes = Traits(type).type_size;
+  const int64_t nb = bytes / block_bytes;
+  const uint16_t d = Fp32ToFp16(0.0625f), dmin = Fp32ToFp16(0.03125f);
+  for (int64_t b = 0; b < nb; ++b) {
+    uint8_t* blk = row + b * block_bytes;
+    switch (type) {
+      case GgmlType::kQ2_K:  // d, dmin after scales and qs
+        std::memcpy(blk + 80, &d, 2);
+        std::memcpy(blk + 82, &dmin, 2);
+        break;
+      case GgmlType::kQ3_K:
+        std::memcpy(blk + 108, &d, 2);
+        break;
+      case GgmlType::kQ5_K:
+        std::memcpy(blk, &d, 2);
+        std::memcpy(blk + 2, &dmin, 2);
+        break;
+      case GgmlType::kIQ1_M: {  // d from the top nibbles of the four scale words
+        uint16_t sc[4];
+        std::memcpy(sc, blk + 48, 8);
+        for (int k = 0; k < 4; ++k) {
+          sc[k] = static_cast<uint16_t>((sc[k] & 0x0fff) | (((d >> (4 * k)) & 15) << 12));
+        }
+        std::memcpy(blk + 48, sc, 8);
+        break;
+      }
+      default:  // every other IQ block starts with d
+        std::memcpy(blk, &d, 2);
+    }
+  }
+}
+
+void FillRawActivations(GgmlType type, uint8_t* row, int64_t cols, std::mt19937& rng) {
+  std::uniform_int_distribution<int> q(-127, 127);
+  if (ActivationType(type) == GgmlType::kQ8_0) {
+    for (int64_t b = 0; b < cols / 32; ++b) {
+      BlockQ8_0& blk = reinterpret_cast<BlockQ8_0*>(row)[b];
+      blk.d = Fp32ToFp16(0.0078125f);
+      for (int j = 0; j < 32; ++j) blk.qs[j] = static_cast<int8_t>(q(rng));
+    }
+    return;
+  }
+  for (int64_t b = 0; b < cols / 256; ++b) {
+    BlockQ8_K& blk = reinterpret_cast<BlockQ8_K*>(row)[b];
+    blk.d = 0.0078125f;
+    for (int j = 0; j < 256; ++j) blk.qs[j] = static_cast<int8_t>(q(rng));
+    for (int g = 0; g < 16; ++g) {
+      int sum = 0;
+      for (int l = 0; l < 16; ++l) sum += blk.qs[g * 16 + l];
+      blk.bsums[g] = static_cast<int16_t>(sum);
+    }
+  }
+}
+
+TEST(MatmulIqTest, SimdVecDotsEqualScalarOnRawBlocks) {
+  const int64_t cols = 2048;
+  std::mt19937 rng(7);
+  for (GgmlType type : kNewTypes) {
+    SCOPED_TRACE(Traits(type).name);
+    std::vector<uint8_t> w(static_cast<size_t>(RowBytes(type, cols).value()));
+    std::vector<uint8_t> a(static_cast<size_t>(ActivationRowBytes(type, cols)));
+    for (int trial = 0; trial < 50; ++trial) {
+      FillRawWeights(type, w.data(), cols, rng);
+      FillRawActivations(type, a.data(), cols, rng);
+      const float ref = GetVecDot(type, CpuIsa::kScalar)(cols, w.data(), a.data());
+      for (CpuIsa isa : SimdIsas()) {
+        ASSERT_NE(GetVecDot(type, isa), GetVecDot(type, CpuIsa::kScalar)) << CpuIsaName(isa);
+        EXPECT_EQ(GetVecDot(type, isa)(cols, w.data(), a.data()), ref)
+            << CpuIsaName(isa) << " trial " << trial;
+      }
+    }
+  }
+}
+
+// The decode tiles (1-2 tokens, R rows) and the prefill panels (3+ tokens)
+// with every leftover shape: bit-equal to the scalar reference on raw
+// blocks, for 1536 columns (6 super-blocks, 48 IQ4_NL blocks) and 19 rows.
+TEST(MatmulIqTest, SimdGemmTilesEqualScalarOnRawBlocks) {
+  const int64_t cols = 1536, rows = 19;
+  std::mt19937 rng(11);
+  for (GgmlType type : kNewTypes) {
+    SCOPED_TRACE(Traits(type).name);
+    const int64_t w_bytes = RowBytes(type, cols).value();
+    const int64_t a_bytes = ActivationRowBytes(type, cols);
+    std::vector<uint8_t> w(static_cast<size_t>(rows * w_bytes));
+    for (int64_t r = 0; r < rows; ++r) FillRawWeights(type, w.data() + r * w_bytes, cols, rng);
+    const MatmulWeight mw{type, w.data(), cols, rows, w_bytes};
+    for (int64_t tokens : {1, 2, 3, 4, 5, 7, 9, 70}) {
+      std::vector<uint8_t> a(static_cast<size_t>(tokens * a_bytes));
+      for (int64_t t = 0; t < tokens; ++t) {
+        FillRawActivations(type, a.data() + t * a_bytes, cols, rng);
+      }
+      std::vector<float> ref(static_cast<size_t>(tokens * rows));
+      MatmulQuantized(mw, a.data(), tokens, ref.data(), rows, CpuIsa::kScalar, nullptr);
+      for (CpuIsa isa : SimdIsas()) {
+        std::vector<float> y(ref.size(), -1.f);
+        MatmulQuantized(mw, a.data(), tokens, y.data(), rows, isa, nullptr);
+        for (size_t i = 0; i < y.size(); ++i) {
+          EXPECT_EQ(y[i], ref[i]) << CpuIsaName(isa) << " tokens " << tokens << " index " << i;
+        }
+      }
+    }
+  }
+}
+
+// Realistic data (ggml's quantized weights of vecdot.*.bin, activations
+// quantized here from N(0, 1) floats with outliers): within a few float
+// rounding steps of Σ|w·a| of the scalar reference, for decode and prefill.
+TEST(MatmulIqTest, SimdVariantsMatchScalarOnGgmlQuantizedWeights) {
+  std::printf("SIMD ISAs on this CPU:");
+  for (CpuIsa isa : SimdIsas()) std::printf(" %s", CpuIsaName(isa));
+  std::printf("\n");
+  std::mt19937 rng(5);
+  std::normal_distribution<float> normal(0.f, 1.f);
+  for (const char* name : {"iq2_xxs", "iq2_xs", "iq2_s", "iq3_xxs", "iq3_s", "iq1_s", "iq1_m",
+                           "iq4_nl", "iq4_xs", "q2_K", "q3_K", "q5_K"}) {
+    SCOPED_TRACE(name);
+    const VecDotDump d = LoadVecDot(name);
+    const MatmulWeight mw{d.type, d.w.data(), d.cols, d.rows, d.w_row_bytes};
+    for (int64_t tokens : {1, 2, 11}) {
+      std::vector<float> x(static_cast<size_t>(tokens * d.cols));
+      for (size_t i = 0; i < x.size(); ++i) x[i] = normal(rng) * (i % 37 == 0 ? 6.f : 1.f);
+      std::vector<uint8_t> a(static_cast<size_t>(tokens * d.a_row_bytes));
+      QuantizeActivations(d.type, x.data(), tokens, d.cols, d.cols, a.data());
+      std::vector<float> ref(static_cast<size_t>(tokens * d.rows));
+      MatmulQuantized(mw, a.data(), tokens, ref.data(), d.rows, CpuIsa::kScalar, nullptr);
+      for (CpuIsa isa : SimdIsas()) {
+        std::vector<float> y(ref.size());
+        MatmulQuantized(mw, a.data(), tokens, y.data(), d.rows, isa, nullptr);
+        for (int64_t t = 0; t < tokens; ++t) {
+          for (int64_t r = 0; r < d.rows; ++r) {
+            double exact;
+            const double abs_sum = AbsDot(d.type, d.cols, d.w.data() + r * d.w_row_bytes,
+                                          a.data() + t * d.a_row_bytes, &exact);
+            EXPECT_NEAR(y[t * d.rows + r], ref[t * d.rows + r], 64 * abs_sum * std::ldexp(1.0, -24))
+                << CpuIsaName(isa) << " tokens " << tokens << " t " << t << " r " << r;
+          }
+        }
+      }
+    }
+  }
+}
+
+// A CPU without a variant skips it by name (so AVX2-only hosts run the AVX2
+// checks and skip the AVX-512 ones).
+TEST(MatmulIqTest, ReportsTheVariantsItCannotRun) {
+  for (CpuIsa isa : {CpuIsa::kAvx2, CpuIsa::kAvx512NoVnni, CpuIsa::kAvx512}) {
+    if (!CpuSupportsIsa(isa)) std::printf("skipping %s: this CPU lacks it\n", CpuIsaName(isa));
+  }
+  if (SimdIsas().empty()) GTEST_SKIP() << "no SIMD variant runs on this CPU";
+}
+
 }  // namespace
 }  // namespace moeflow
