@@ -1,6 +1,7 @@
 #include "kernels/cpu/quants.h"
 
 #include <cstring>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "base/check.h"
@@ -61,40 +62,57 @@ void QuantizeRowBF16(const float* src, void* dst, int64_t n, const float*) {
   for (int64_t i = 0; i < n; ++i) h[i] = Fp32ToBf16(src[i]);
 }
 
-// One row of the dispatch table. `quantize` is null for dequantize-only
-// types; `uses_importance` says whether it reads an importance matrix (ggml
-// ignores it for F16, BF16, Q8_0 and Q8_K).
+// One row of the dispatch table. `uses_importance`: the quantizer reads an
+// importance matrix (ggml ignores it for F16, BF16, Q8_0 and Q8_K);
+// `needs_importance`: ggml refuses to quantize without one (IQ2_XXS, IQ2_XS,
+// IQ1_S), so a missing one is replaced by 1 for every value.
 struct Format {
   GgmlType type;
   DequantizeRowFn dequantize;
   QuantizeRowFn quantize;
   bool uses_importance;
+  bool needs_importance;
 };
 
+// `f.quantize` of n_rows rows, with the uniform importance where the type
+// needs one and none was given.
+void QuantizeFormatRows(const Format& f, const float* src, uint8_t* dst, int64_t n_rows,
+                        int64_t n_per_row, int64_t row_bytes, const float* importance) {
+  std::vector<float> ones;
+  if (importance == nullptr && f.needs_importance) {
+    ones.assign(static_cast<size_t>(n_per_row), 1.0f);
+    importance = ones.data();
+  }
+  for (int64_t r = 0; r < n_rows; ++r) {
+    f.quantize(src + r * n_per_row, dst + r * row_bytes, n_per_row,
+               f.uses_importance ? importance : nullptr);
+  }
+}
+
 const Format kFormats[] = {
-    {GgmlType::kF32, DequantizeRowF32, QuantizeRowF32, false},
-    {GgmlType::kF16, DequantizeRowF16, QuantizeRowF16, false},
-    {GgmlType::kBF16, DequantizeRowBF16, QuantizeRowBF16, false},
-    {GgmlType::kQ4_0, DequantizeRowQ4_0, QuantizeRowQ4_0, false},
-    {GgmlType::kQ4_1, DequantizeRowQ4_1, QuantizeRowQ4_1, false},
-    {GgmlType::kQ5_0, DequantizeRowQ5_0, QuantizeRowQ5_0, false},
-    {GgmlType::kQ5_1, DequantizeRowQ5_1, QuantizeRowQ5_1, false},
-    {GgmlType::kQ8_0, DequantizeRowQ8_0, QuantizeRowQ8_0, false},
-    {GgmlType::kQ2_K, DequantizeRowQ2_K, QuantizeRowQ2_K, false},
-    {GgmlType::kQ3_K, DequantizeRowQ3_K, QuantizeRowQ3_K, false},
-    {GgmlType::kQ4_K, DequantizeRowQ4_K, QuantizeRowQ4_K, false},
-    {GgmlType::kQ5_K, DequantizeRowQ5_K, QuantizeRowQ5_K, false},
-    {GgmlType::kQ6_K, DequantizeRowQ6_K, QuantizeRowQ6_K, false},
-    {GgmlType::kQ8_K, DequantizeRowQ8_K, QuantizeRowQ8_K, false},
-    {GgmlType::kIQ2_XXS, DequantizeRowIQ2_XXS, nullptr, false},
-    {GgmlType::kIQ2_XS, DequantizeRowIQ2_XS, nullptr, false},
-    {GgmlType::kIQ2_S, DequantizeRowIQ2_S, nullptr, false},
-    {GgmlType::kIQ3_XXS, DequantizeRowIQ3_XXS, nullptr, false},
-    {GgmlType::kIQ3_S, DequantizeRowIQ3_S, nullptr, false},
-    {GgmlType::kIQ1_S, DequantizeRowIQ1_S, nullptr, false},
-    {GgmlType::kIQ1_M, DequantizeRowIQ1_M, nullptr, false},
-    {GgmlType::kIQ4_NL, DequantizeRowIQ4_NL, nullptr, false},
-    {GgmlType::kIQ4_XS, DequantizeRowIQ4_XS, nullptr, false},
+    {GgmlType::kF32, DequantizeRowF32, QuantizeRowF32, false, false},
+    {GgmlType::kF16, DequantizeRowF16, QuantizeRowF16, false, false},
+    {GgmlType::kBF16, DequantizeRowBF16, QuantizeRowBF16, false, false},
+    {GgmlType::kQ4_0, DequantizeRowQ4_0, QuantizeRowQ4_0, true, false},
+    {GgmlType::kQ4_1, DequantizeRowQ4_1, QuantizeRowQ4_1, true, false},
+    {GgmlType::kQ5_0, DequantizeRowQ5_0, QuantizeRowQ5_0, true, false},
+    {GgmlType::kQ5_1, DequantizeRowQ5_1, QuantizeRowQ5_1, true, false},
+    {GgmlType::kQ8_0, DequantizeRowQ8_0, QuantizeRowQ8_0, false, false},
+    {GgmlType::kQ2_K, DequantizeRowQ2_K, QuantizeRowQ2_K, true, false},
+    {GgmlType::kQ3_K, DequantizeRowQ3_K, QuantizeRowQ3_K, true, false},
+    {GgmlType::kQ4_K, DequantizeRowQ4_K, QuantizeRowQ4_K, true, false},
+    {GgmlType::kQ5_K, DequantizeRowQ5_K, QuantizeRowQ5_K, true, false},
+    {GgmlType::kQ6_K, DequantizeRowQ6_K, QuantizeRowQ6_K, true, false},
+    {GgmlType::kQ8_K, DequantizeRowQ8_K, QuantizeRowQ8_K, false, false},
+    {GgmlType::kIQ2_XXS, DequantizeRowIQ2_XXS, QuantizeRowIQ2_XXS, true, true},
+    {GgmlType::kIQ2_XS, DequantizeRowIQ2_XS, QuantizeRowIQ2_XS, true, true},
+    {GgmlType::kIQ2_S, DequantizeRowIQ2_S, QuantizeRowIQ2_S, true, false},
+    {GgmlType::kIQ3_XXS, DequantizeRowIQ3_XXS, QuantizeRowIQ3_XXS, true, false},
+    {GgmlType::kIQ3_S, DequantizeRowIQ3_S, QuantizeRowIQ3_S, true, false},
+    {GgmlType::kIQ1_S, DequantizeRowIQ1_S, QuantizeRowIQ1_S, true, true},
+    {GgmlType::kIQ1_M, DequantizeRowIQ1_M, QuantizeRowIQ1_M, true, false},
+    {GgmlType::kIQ4_NL, DequantizeRowIQ4_NL, QuantizeRowIQ4_NL, true, false},
+    {GgmlType::kIQ4_XS, DequantizeRowIQ4_XS, QuantizeRowIQ4_XS, true, false},
 };
 
 const Format* FindFormat(GgmlType type) {
@@ -152,7 +170,13 @@ absl::Status Dequantize(GgmlType type, const void* src, float* dst, int64_t n) {
 
 absl::Status Quantize(GgmlType type, const float* src, void* dst, int64_t n) {
   MOEFLOW_RETURN_IF_ERROR(CheckCount(type, n, CanQuantize(type), "quantizing"));
-  FindFormat(type)->quantize(src, dst, n, nullptr);
+  const Format& f = *FindFormat(type);
+  if (f.needs_importance) {
+    // Super-blocks are independent, so n values are quantized as one row.
+    QuantizeFormatRows(f, src, static_cast<uint8_t*>(dst), 1, n, 0, nullptr);
+  } else {
+    f.quantize(src, dst, n, nullptr);
+  }
   return absl::OkStatus();
 }
 
@@ -160,12 +184,8 @@ absl::Status QuantizeRows(GgmlType type, const float* src, void* dst, int64_t n_
                           int64_t n_per_row, const float* importance) {
   MOEFLOW_RETURN_IF_ERROR(CheckCount(type, n_per_row, CanQuantize(type), "quantizing"));
   MOEFLOW_CHECK(n_rows >= 0);
-  const Format& f = *FindFormat(type);
-  const int64_t row_bytes = RowBytes(type, n_per_row).value();
-  for (int64_t r = 0; r < n_rows; ++r) {
-    f.quantize(src + r * n_per_row, static_cast<uint8_t*>(dst) + r * row_bytes, n_per_row,
-               f.uses_importance ? importance : nullptr);
-  }
+  QuantizeFormatRows(*FindFormat(type), src, static_cast<uint8_t*>(dst), n_rows, n_per_row,
+                     RowBytes(type, n_per_row).value(), importance);
   return absl::OkStatus();
 }
 

@@ -9,10 +9,14 @@
 // type: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K ... Q6_K, Q8_K and
 // the IQ types IQ1_S, IQ1_M, IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ4_NL,
 // IQ4_XS (their grids: formats/iq_grids.h). Quantize reproduces
-// llama-quantize without an importance matrix (ggml's quantize_row_*_ref)
-// byte for byte for F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K ... Q6_K
-// and Q8_K. tests/kernels/cpu/quants_test.cc checks both against vectors
-// dumped from ggml and against llama-quantize's output files.
+// ggml_quantize_chunk without an importance matrix byte for byte for all of
+// them but Q8_K (quantize_row_q8_K_ref there); ggml refuses IQ2_XXS, IQ2_XS
+// and IQ1_S without one, and Quantize gives them importance 1 for every
+// value (documented in tests/data/quants/README.md). QuantizeRows with an
+// importance vector reproduces ggml's importance-weighted quantizers (what
+// llama-quantize --imatrix runs) for Q4_0, Q4_1, Q5_0, Q5_1, Q2_K ... Q6_K
+// and every IQ type. tests/kernels/cpu/quants_test.cc checks all of it
+// against vectors dumped from ggml and against llama-quantize's files.
 //
 // Thread-safety: pure functions, callable from any thread. Failure: an
 // unsupported type or an element count that is not a multiple of the block

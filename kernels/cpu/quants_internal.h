@@ -7,8 +7,12 @@
 #ifndef MOEFLOW_KERNELS_CPU_QUANTS_INTERNAL_H_
 #define MOEFLOW_KERNELS_CPU_QUANTS_INTERNAL_H_
 
+#include <array>
 #include <cstdint>
 #include <cstring>
+#include <vector>
+
+#include "formats/quant_blocks.h"
 
 namespace moeflow {
 namespace quants_internal {
@@ -89,6 +93,19 @@ uint16_t FloatToHalf(float f);
 // The value of largest magnitude (the first one on ties), signed.
 float SignedAbsMax(const float* x, int n);
 
+// ggml's shared scale searches (quants_search.cc), operation for operation.
+// make_qx_quants with rmse_type 1: symmetric levels -nmax..nmax-1 (L holds
+// l + nmax), weights `qw` or x² when null; returns the scale.
+float MakeQxQuants(int n, int nmax, const float* x, int8_t* L, const float* qw);
+// make_qkx3_quants (use_mad false): levels 0..nmax with a min, weights or x²
+// when null; *the_min = -min; returns the scale.
+float MakeQkx3Quants(int n, int nmax, const float* x, const float* weights, uint8_t* L,
+                     float* the_min, uint8_t* Laux, float rmin, float rdelta, int nstep);
+// make_qp_quants: levels 0..nmax for non-negative x, importance-weighted.
+float MakeQpQuants(int n, int nmax, const float* x, uint8_t* L, const float* quant_weights);
+// best_index_int8: index of the entry of the ascending `values` nearest x.
+int BestIndexInt8(int n, const int8_t* values, float x);
+
 // Row converters: n elements (a multiple of the block size) of blocks at
 // `src` -> floats, and floats -> blocks. `importance` is null (ggml's
 // quantize without an importance matrix) or n weights, one per element
@@ -112,7 +129,84 @@ MOEFLOW_QUANT_ROW_FUNCTIONS(Q6_K)
 MOEFLOW_QUANT_ROW_FUNCTIONS(Q8_K)
 #undef MOEFLOW_QUANT_ROW_FUNCTIONS
 
-// quants_iq_dequant.cc (the quantizers live in quants_iq*.cc).
+// The shared tails of the K-quant quantizers (quants_k.cc), for the
+// importance-weighted ones (quants_k_weighted.cc): requantize against the
+// stored scales and pack.
+void FinishQ2_K(const float* x, uint8_t* L, BlockQ2_K* b);
+void FinishQ3_K(const float* x, int8_t* L, BlockQ3_K* b);
+void PackScalesK4(const uint8_t* ls, const uint8_t* lm, uint8_t* packed);
+void RequantizeK4(const float* x, int nmax, const uint8_t* packed, uint16_t d16, uint16_t dmin16,
+                  uint8_t* L);
+void PackQ4_K(const uint8_t* L, BlockQ4_K* b);
+void PackQ5_K(const uint8_t* L, BlockQ5_K* b);
+// One Q6_K block; qw: its 256 importance weights or null.
+void QuantizeQ6_KBlock(const float* x, const float* qw, BlockQ6_K* b);
+// quants_k_weighted.cc: ggml's quantize_row_q*_K_impl (importance given).
+void QuantizeRowQ2_KWeighted(const float* src, void* dst, int64_t n, const float* importance);
+void QuantizeRowQ3_KWeighted(const float* src, void* dst, int64_t n, const float* importance);
+void QuantizeRowQ4_KWeighted(const float* src, void* dst, int64_t n, const float* importance);
+void QuantizeRowQ5_KWeighted(const float* src, void* dst, int64_t n, const float* importance);
+
+// An IQ grid as ggml's IQ quantizers search it (quants_iq_tables.cc): each
+// entry's values as positions 2 l + 1 (l the level index), a map from a
+// packed level code (`bits` per value) to its entry, or for codes off the
+// grid to their neighbour list (count, then entries, nearest first).
+struct IqSearchGrid {
+  int width = 8;  // values per entry
+  int bits = 2;   // bits per value in a code
+  std::vector<std::array<int8_t, 8>> pos;
+  std::vector<int32_t> map;
+  std::vector<uint16_t> neighbours;
+  // The entry of `code`, or -1 when it is off the grid.
+  int Entry(uint32_t code) const { return map[code] >= 0 ? map[code] : -1; }
+  const uint16_t* NeighboursOf(uint32_t code) const { return neighbours.data() - map[code] - 1; }
+};
+enum class IqGridId { kIq2Xxs, kIq2Xs, kIq2S, kIq1S, kIq3Xxs, kIq3S };
+const IqSearchGrid& SearchGrid(IqGridId id);
+
+// |x| of 8 values into xval, their sign bits returned (bit i: x_i < 0); with
+// `even`, an odd number of negatives is made even by flipping the value of
+// least w·x² (the IQ2_XXS / IQ2_XS / IQ3_XXS sign indices hold 7 bits and
+// the parity). quants_iq_tables.cc.
+uint8_t SplitSigns8(const float* xb, const float* weight, bool even, float* xval);
+
+// factor · Σ x² / 256 over a super-block, in ggml's order (the σ² of the
+// IQ1-IQ3 weights: factor 2, or 1 for IQ2_XXS / IQ2_XS).
+inline float SuperBlockSigma2(const float* x, float factor) {
+  float sumx2 = 0.0f;
+  for (int i = 0; i < kQK_K; ++i) sumx2 += x[i] * x[i];
+  return factor * sumx2 / static_cast<float>(kQK_K);
+}
+
+// A 4-bit IQ sub-block scale: nearest (id · scale - 1) / 2 within 0..15.
+inline int IqScaleCode4(float id, float scale) {
+  const int l = NearestInt(0.5f * (id * scale - 1.0f));
+  return l < 0 ? 0 : l > 15 ? 15 : l;
+}
+
+// Runs fn(x, importance or null, block) over the super-blocks of a row.
+template <typename Block, void (*fn)(const float*, const float*, Block*)>
+void QuantizeSuperBlocks(const float* src, void* dst, int64_t n, const float* importance) {
+  Block* blocks = static_cast<Block*>(dst);
+  for (int64_t i = 0; i < n / kQK_K; ++i) {
+    fn(src + i * kQK_K, importance != nullptr ? importance + i * kQK_K : nullptr, &blocks[i]);
+  }
+}
+
+// The IQ quantizers (quants_iq1.cc, quants_iq2.cc, quants_iq3.cc,
+// quants_iq4.cc). IQ1_S, IQ2_XXS and IQ2_XS require `importance` (ggml
+// refuses them without); quants.cc passes 1 per value when it has none.
+void QuantizeRowIQ2_XXS(const float* src, void* dst, int64_t n, const float* importance);
+void QuantizeRowIQ2_XS(const float* src, void* dst, int64_t n, const float* importance);
+void QuantizeRowIQ2_S(const float* src, void* dst, int64_t n, const float* importance);
+void QuantizeRowIQ3_XXS(const float* src, void* dst, int64_t n, const float* importance);
+void QuantizeRowIQ3_S(const float* src, void* dst, int64_t n, const float* importance);
+void QuantizeRowIQ1_S(const float* src, void* dst, int64_t n, const float* importance);
+void QuantizeRowIQ1_M(const float* src, void* dst, int64_t n, const float* importance);
+void QuantizeRowIQ4_NL(const float* src, void* dst, int64_t n, const float* importance);
+void QuantizeRowIQ4_XS(const float* src, void* dst, int64_t n, const float* importance);
+
+// quants_iq_dequant.cc.
 void DequantizeRowIQ2_XXS(const void* src, float* dst, int64_t n);
 void DequantizeRowIQ2_XS(const void* src, float* dst, int64_t n);
 void DequantizeRowIQ2_S(const void* src, float* dst, int64_t n);

@@ -20,55 +20,8 @@ namespace quants_internal {
 namespace {
 
 // ---------------------------------------------------------------------------
-// K-quant helpers: ggml's scale searches (make_qx_quants, make_q3_quants,
-// make_qkx2_quants), reproduced operation for operation.
-
-// Symmetric levels -nmax..nmax-1 for n values with weights x^2 (ggml's
-// make_qx_quants with rmse_type 1 and no importance weights, as Q6_K uses):
-// starts from the scale that maps the extreme value to -nmax, then tries 18
-// nearby scales and keeps the one with the best weighted least-squares fit.
-// Writes L[i] + nmax into L; returns the scale.
-float MakeQxQuants(int n, int nmax, const float* x, int8_t* L) {
-  const float max = SignedAbsMax(x, n);
-  if (std::fabs(max) < kGroupMaxEps) {
-    std::fill(L, L + n, 0);
-    return 0.0f;
-  }
-  const float fnmax = static_cast<float>(nmax);
-  float iscale = -fnmax / max;
-  float sumlx = 0.0f;
-  float suml2 = 0.0f;
-  for (int i = 0; i < n; ++i) {
-    const int l = std::max(-nmax, std::min(nmax - 1, NearestInt(iscale * x[i])));
-    L[i] = static_cast<int8_t>(l + nmax);
-    const float w = x[i] * x[i];
-    sumlx += w * x[i] * static_cast<float>(l);
-    suml2 += w * static_cast<float>(l) * static_cast<float>(l);
-  }
-  float scale = suml2 != 0.0f ? sumlx / suml2 : 0.0f;
-  float best = scale * sumlx;
-  for (int is = -9; is <= 9; ++is) {
-    if (is == 0) continue;
-    iscale = -(fnmax + 0.1f * static_cast<float>(is)) / max;
-    sumlx = 0.0f;
-    suml2 = 0.0f;
-    for (int i = 0; i < n; ++i) {
-      const int l = std::max(-nmax, std::min(nmax - 1, NearestInt(iscale * x[i])));
-      const float w = x[i] * x[i];
-      sumlx += w * x[i] * static_cast<float>(l);
-      suml2 += w * static_cast<float>(l) * static_cast<float>(l);
-    }
-    if (suml2 > 0.0f && sumlx * sumlx > best * suml2) {
-      for (int i = 0; i < n; ++i) {
-        const int l = std::max(-nmax, std::min(nmax - 1, NearestInt(iscale * x[i])));
-        L[i] = static_cast<int8_t>(l + nmax);
-      }
-      scale = sumlx / suml2;
-      best = scale * sumlx;
-    }
-  }
-  return scale;
-}
+// K-quant helpers: ggml's scale searches (make_q3_quants, make_qkx2_quants),
+// reproduced operation for operation; make_qx_quants is in quants_search.cc.
 
 // Q3_K's search (ggml's make_q3_quants with do_rmse): start at the scale that
 // maps the extreme to -nmax, then up to 5 rounds of coordinate descent moving
@@ -207,6 +160,105 @@ void Pack2Bit(const uint8_t* L, uint8_t* qs) {
   }
 }
 
+}  // namespace
+
+void FinishQ2_K(const float* x, uint8_t* L, BlockQ2_K* b) {
+  // Requantize against the scales as stored.
+  for (int j = 0; j < kQK_K / 16; ++j) {
+    const float d = HalfToFloat(b->d) * static_cast<float>(b->scales[j] & 0x0f);
+    if (d == 0.0f) continue;
+    const float dm = HalfToFloat(b->dmin) * static_cast<float>(b->scales[j] >> 4);
+    for (int ii = 0; ii < 16; ++ii) {
+      const int l = NearestInt((x[16 * j + ii] + dm) / d);
+      L[16 * j + ii] = static_cast<uint8_t>(std::max(0, std::min(3, l)));
+    }
+  }
+  Pack2Bit(L, b->qs);
+}
+
+void FinishQ3_K(const float* x, int8_t* L, BlockQ3_K* b) {
+  for (int j = 0; j < kQK_K / 16; ++j) {
+    const float d = HalfToFloat(b->d) * static_cast<float>(Q3KScale(b->scales, j));
+    if (d == 0.0f) continue;
+    for (int ii = 0; ii < 16; ++ii) {
+      const int l = NearestInt(x[16 * j + ii] / d);
+      L[16 * j + ii] = static_cast<int8_t>(std::max(-4, std::min(3, l)) + 4);
+    }
+  }
+  // High bit of element e goes to bit e / 32 of hmask[e % 32].
+  std::memset(b->hmask, 0, kQK_K / 8);
+  uint8_t low[kQK_K];
+  for (int e = 0; e < kQK_K; ++e) {
+    int v = L[e];
+    if (v > 3) {
+      b->hmask[e % 32] |= static_cast<uint8_t>(1u << (e / 32));
+      v -= 4;
+    }
+    low[e] = static_cast<uint8_t>(v);
+  }
+  Pack2Bit(low, b->qs);
+}
+
+void PackScalesK4(const uint8_t* ls, const uint8_t* lm, uint8_t* packed) {
+  for (int j = 0; j < kQK_K / 32; ++j) {
+    if (j < 4) {
+      packed[j] = ls[j];
+      packed[j + 4] = lm[j];
+    } else {
+      packed[j + 4] = static_cast<uint8_t>((ls[j] & 0x0f) | ((lm[j] & 0x0f) << 4));
+      packed[j - 4] |= static_cast<uint8_t>((ls[j] >> 4) << 6);
+      packed[j] |= static_cast<uint8_t>((lm[j] >> 4) << 6);
+    }
+  }
+}
+
+void RequantizeK4(const float* x, int nmax, const uint8_t* packed, uint16_t d16, uint16_t dmin16,
+                  uint8_t* L) {
+  for (int j = 0; j < kQK_K / 32; ++j) {
+    uint8_t sc, m;
+    ScaleMinK4(j, packed, &sc, &m);
+    const float d = HalfToFloat(d16) * static_cast<float>(sc);
+    if (d == 0.0f) continue;
+    const float dm = HalfToFloat(dmin16) * static_cast<float>(m);
+    for (int ii = 0; ii < 32; ++ii) {
+      const int l = NearestInt((x[32 * j + ii] + dm) / d);
+      L[32 * j + ii] = static_cast<uint8_t>(std::max(0, std::min(nmax, l)));
+    }
+  }
+}
+
+void PackQ4_K(const uint8_t* L, BlockQ4_K* b) {
+  uint8_t* q = b->qs;
+  for (int j = 0; j < kQK_K; j += 64) {
+    for (int l = 0; l < 32; ++l) q[l] = static_cast<uint8_t>(L[j + l] | (L[j + l + 32] << 4));
+    q += 32;
+  }
+}
+
+void PackQ5_K(const uint8_t* L, BlockQ5_K* b) {
+  std::memset(b->qh, 0, kQK_K / 8);
+  uint8_t* ql = b->qs;
+  for (int chunk = 0; chunk < 4; ++chunk) {
+    const int n = 64 * chunk;
+    for (int j = 0; j < 32; ++j) {
+      int l1 = L[n + j];
+      if (l1 > 15) {
+        l1 -= 16;
+        b->qh[j] |= static_cast<uint8_t>(1u << (2 * chunk));
+      }
+      int l2 = L[n + j + 32];
+      if (l2 > 15) {
+        l2 -= 16;
+        b->qh[j] |= static_cast<uint8_t>(2u << (2 * chunk));
+      }
+      ql[j] = static_cast<uint8_t>(l1 | (l2 << 4));
+    }
+    ql += 32;
+  }
+}
+
+namespace {
+
 void QuantizeQ2_K(const float* x, BlockQ2_K* b) {
   constexpr float kQ4Scale = 15.0f;
   uint8_t L[kQK_K];
@@ -242,17 +294,7 @@ void QuantizeQ2_K(const float* x, BlockQ2_K* b) {
   } else {
     b->dmin = FloatToHalf(0.0f);
   }
-  // Requantize against the scales as stored.
-  for (int j = 0; j < kQK_K / 16; ++j) {
-    const float d = HalfToFloat(b->d) * static_cast<float>(b->scales[j] & 0x0f);
-    if (d == 0.0f) continue;
-    const float dm = HalfToFloat(b->dmin) * static_cast<float>(b->scales[j] >> 4);
-    for (int ii = 0; ii < 16; ++ii) {
-      const int l = NearestInt((x[16 * j + ii] + dm) / d);
-      L[16 * j + ii] = static_cast<uint8_t>(std::max(0, std::min(3, l)));
-    }
-  }
-  Pack2Bit(L, b->qs);
+  FinishQ2_K(x, L, b);
 }
 
 void QuantizeQ3_K(const float* x, BlockQ3_K* b) {
@@ -287,26 +329,7 @@ void QuantizeQ3_K(const float* x, BlockQ3_K* b) {
   } else {
     b->d = FloatToHalf(0.0f);
   }
-  for (int j = 0; j < kQK_K / 16; ++j) {
-    const float d = HalfToFloat(b->d) * static_cast<float>(Q3KScale(b->scales, j));
-    if (d == 0.0f) continue;
-    for (int ii = 0; ii < 16; ++ii) {
-      const int l = NearestInt(x[16 * j + ii] / d);
-      L[16 * j + ii] = static_cast<int8_t>(std::max(-4, std::min(3, l)) + 4);
-    }
-  }
-  // High bit of element e goes to bit e / 32 of hmask[e % 32].
-  std::memset(b->hmask, 0, kQK_K / 8);
-  uint8_t low[kQK_K];
-  for (int e = 0; e < kQK_K; ++e) {
-    int v = L[e];
-    if (v > 3) {
-      b->hmask[e % 32] |= static_cast<uint8_t>(1u << (e / 32));
-      v -= 4;
-    }
-    low[e] = static_cast<uint8_t>(v);
-  }
-  Pack2Bit(low, b->qs);
+  FinishQ3_K(x, L, b);
 }
 
 // Q4_K and Q5_K share the scale search and the 6-bit scale packing; they
@@ -332,34 +355,16 @@ void QuantizeScalesK4(const float* x, int nmax, float rmin, int nstep, uint8_t* 
   }
   const float inv_scale = max_scale > 0.0f ? 63.0f / max_scale : 0.0f;
   const float inv_min = max_min > 0.0f ? 63.0f / max_min : 0.0f;
+  uint8_t ls[kQK_K / 32], lm[kQK_K / 32];
   for (int j = 0; j < kQK_K / 32; ++j) {
     // Narrowed to uint8_t before the clamp, as ggml does.
-    const uint8_t ls =
-        std::min<uint8_t>(63, static_cast<uint8_t>(NearestInt(inv_scale * scales[j])));
-    const uint8_t lm = std::min<uint8_t>(63, static_cast<uint8_t>(NearestInt(inv_min * mins[j])));
-    if (j < 4) {
-      packed_scales[j] = ls;
-      packed_scales[j + 4] = lm;
-    } else {
-      packed_scales[j + 4] = static_cast<uint8_t>((ls & 0x0f) | ((lm & 0x0f) << 4));
-      packed_scales[j - 4] |= static_cast<uint8_t>((ls >> 4) << 6);
-      packed_scales[j] |= static_cast<uint8_t>((lm >> 4) << 6);
-    }
+    ls[j] = std::min<uint8_t>(63, static_cast<uint8_t>(NearestInt(inv_scale * scales[j])));
+    lm[j] = std::min<uint8_t>(63, static_cast<uint8_t>(NearestInt(inv_min * mins[j])));
   }
+  PackScalesK4(ls, lm, packed_scales);
   *d_out = FloatToHalf(max_scale / 63.0f);
   *dmin_out = FloatToHalf(max_min / 63.0f);
-  // Requantize against the scales as stored.
-  for (int j = 0; j < kQK_K / 32; ++j) {
-    uint8_t sc, m;
-    ScaleMinK4(j, packed_scales, &sc, &m);
-    const float d = HalfToFloat(*d_out) * static_cast<float>(sc);
-    if (d == 0.0f) continue;
-    const float dm = HalfToFloat(*dmin_out) * static_cast<float>(m);
-    for (int ii = 0; ii < 32; ++ii) {
-      const int l = NearestInt((x[32 * j + ii] + dm) / d);
-      L[32 * j + ii] = static_cast<uint8_t>(std::max(0, std::min(nmax, l)));
-    }
-  }
+  RequantizeK4(x, nmax, packed_scales, *d_out, *dmin_out, L);
 }
 
 void QuantizeQ4_K(const float* x, BlockQ4_K* b) {
@@ -370,11 +375,7 @@ void QuantizeQ4_K(const float* x, BlockQ4_K* b) {
   b->d = d;
   b->dmin = dmin;
   std::memcpy(b->scales, scales, kKScaleSize);
-  uint8_t* q = b->qs;
-  for (int j = 0; j < kQK_K; j += 64) {
-    for (int l = 0; l < 32; ++l) q[l] = static_cast<uint8_t>(L[j + l] | (L[j + l + 32] << 4));
-    q += 32;
-  }
+  PackQ4_K(L, b);
 }
 
 void QuantizeQ5_K(const float* x, BlockQ5_K* b) {
@@ -385,34 +386,21 @@ void QuantizeQ5_K(const float* x, BlockQ5_K* b) {
   b->d = d;
   b->dmin = dmin;
   std::memcpy(b->scales, scales, kKScaleSize);
-  std::memset(b->qh, 0, kQK_K / 8);
-  uint8_t* ql = b->qs;
-  for (int chunk = 0; chunk < 4; ++chunk) {
-    const int n = 64 * chunk;
-    for (int j = 0; j < 32; ++j) {
-      int l1 = L[n + j];
-      if (l1 > 15) {
-        l1 -= 16;
-        b->qh[j] |= static_cast<uint8_t>(1u << (2 * chunk));
-      }
-      int l2 = L[n + j + 32];
-      if (l2 > 15) {
-        l2 -= 16;
-        b->qh[j] |= static_cast<uint8_t>(2u << (2 * chunk));
-      }
-      ql[j] = static_cast<uint8_t>(l1 | (l2 << 4));
-    }
-    ql += 32;
-  }
+  PackQ5_K(L, b);
 }
 
-void QuantizeQ6_K(const float* x, BlockQ6_K* b) {
+}  // namespace
+
+// ggml's quantize_row_q6_K_ref (qw null) or quantize_row_q6_K_impl: the
+// importance goes straight into make_qx_quants.
+void QuantizeQ6_KBlock(const float* x, const float* qw, BlockQ6_K* b) {
   int8_t L[kQK_K];
   float scales[kQK_K / 16];
   float max_scale = 0.0f;
   float max_abs_scale = 0.0f;
   for (int ib = 0; ib < kQK_K / 16; ++ib) {
-    scales[ib] = MakeQxQuants(16, 32, x + 16 * ib, L + 16 * ib);
+    scales[ib] =
+        MakeQxQuants(16, 32, x + 16 * ib, L + 16 * ib, qw != nullptr ? qw + 16 * ib : nullptr);
     const float abs_scale = std::fabs(scales[ib]);
     if (abs_scale > max_abs_scale) {
       max_abs_scale = abs_scale;
@@ -454,6 +442,10 @@ void QuantizeQ6_K(const float* x, BlockQ6_K* b) {
   }
 }
 
+namespace {
+
+void QuantizeQ6_K(const float* x, BlockQ6_K* b) { QuantizeQ6_KBlock(x, nullptr, b); }
+
 void QuantizeQ8_K(const float* x, BlockQ8_K* b) {
   const float max = SignedAbsMax(x, kQK_K);
   if (max == 0.0f) {
@@ -483,28 +475,31 @@ void QuantizeBlocks(const float* src, void* dst, int64_t n) {
 }  // namespace
 
 void QuantizeRowQ2_K(const float* src, void* dst, int64_t n, const float* importance) {
-  (void)importance;
+  if (importance != nullptr) return QuantizeRowQ2_KWeighted(src, dst, n, importance);
   QuantizeBlocks<BlockQ2_K, QuantizeQ2_K, kQK_K>(src, dst, n);
 }
 
 void QuantizeRowQ3_K(const float* src, void* dst, int64_t n, const float* importance) {
-  (void)importance;
+  if (importance != nullptr) return QuantizeRowQ3_KWeighted(src, dst, n, importance);
   QuantizeBlocks<BlockQ3_K, QuantizeQ3_K, kQK_K>(src, dst, n);
 }
 
 void QuantizeRowQ4_K(const float* src, void* dst, int64_t n, const float* importance) {
-  (void)importance;
+  if (importance != nullptr) return QuantizeRowQ4_KWeighted(src, dst, n, importance);
   QuantizeBlocks<BlockQ4_K, QuantizeQ4_K, kQK_K>(src, dst, n);
 }
 
 void QuantizeRowQ5_K(const float* src, void* dst, int64_t n, const float* importance) {
-  (void)importance;
+  if (importance != nullptr) return QuantizeRowQ5_KWeighted(src, dst, n, importance);
   QuantizeBlocks<BlockQ5_K, QuantizeQ5_K, kQK_K>(src, dst, n);
 }
 
 void QuantizeRowQ6_K(const float* src, void* dst, int64_t n, const float* importance) {
-  (void)importance;
-  QuantizeBlocks<BlockQ6_K, QuantizeQ6_K, kQK_K>(src, dst, n);
+  BlockQ6_K* blocks = static_cast<BlockQ6_K*>(dst);
+  for (int64_t i = 0; i < n / kQK_K; ++i) {
+    QuantizeQ6_KBlock(src + i * kQK_K, importance != nullptr ? importance + i * kQK_K : nullptr,
+                      &blocks[i]);
+  }
 }
 
 void QuantizeRowQ8_K(const float* src, void* dst, int64_t n, const float* importance) {

@@ -193,13 +193,85 @@ void QuantizeBlocks(const float* src, void* dst, int64_t n) {
   for (int64_t i = 0; i < n / kBlock; ++i) fn(src + i * kBlock, &blocks[i]);
 }
 
+// --- importance-weighted (ggml's quantize_row_q{4,5}_{0,1}_impl) ----------
+// Weights w_i = importance_i · sqrt(σ² + x_i²), σ² the mean square of the
+// whole row; Q4_0 / Q5_0 search a symmetric scale (make_qx_quants), Q4_1 /
+// Q5_1 a scale and a min (make_qkx3_quants).
+
+float RowSigma2(const float* x, int64_t n) {
+  float sum_x2 = 0.0f;
+  for (int64_t j = 0; j < n; ++j) sum_x2 += x[j] * x[j];
+  return sum_x2 / static_cast<float>(n);
+}
+
+void BlockWeights(const float* xb, const float* qw, float sigma2, float* weight) {
+  for (int j = 0; j < kQK; ++j) weight[j] = qw[j] * std::sqrt(sigma2 + xb[j] * xb[j]);
+}
+
+// Low 4 bits of L[j] / L[j + 16] into qs, the fifth bits into qh (Q5 types).
+void PackNibbles(const uint8_t* L, uint8_t* qs, uint8_t* qh) {
+  uint32_t h = 0;
+  for (int j = 0; j < kQK / 2; ++j) {
+    qs[j] = static_cast<uint8_t>((L[j] & 0x0f) | ((L[j + kQK / 2] & 0x0f) << 4));
+    h |= static_cast<uint32_t>((L[j] & 0x10u) >> 4) << j;
+    h |= static_cast<uint32_t>((L[j + kQK / 2] & 0x10u) >> 4) << (j + kQK / 2);
+  }
+  if (qh != nullptr) std::memcpy(qh, &h, sizeof(h));
+}
+
+template <int kNmax>
+void QuantizeSymmetricWeighted(const float* x, void* dst, int64_t n, const float* importance) {
+  const float sigma2 = RowSigma2(x, n);
+  float weight[kQK];
+  int8_t L[kQK];
+  for (int64_t ib = 0; ib < n / kQK; ++ib) {
+    const float* xb = x + kQK * ib;
+    BlockWeights(xb, importance + kQK * ib, sigma2, weight);
+    const uint16_t d = FloatToHalf(MakeQxQuants(kQK, kNmax, xb, L, weight));
+    if (kNmax == 8) {
+      BlockQ4_0& b = static_cast<BlockQ4_0*>(dst)[ib];
+      b.d = d;
+      PackNibbles(reinterpret_cast<const uint8_t*>(L), b.qs, nullptr);
+    } else {
+      BlockQ5_0& b = static_cast<BlockQ5_0*>(dst)[ib];
+      b.d = d;
+      PackNibbles(reinterpret_cast<const uint8_t*>(L), b.qs, b.qh);
+    }
+  }
+}
+
+template <int kNmax>
+void QuantizeMinWeighted(const float* x, void* dst, int64_t n, const float* importance) {
+  const float sigma2 = RowSigma2(x, n);
+  float weight[kQK];
+  uint8_t L[kQK], Laux[kQK];
+  for (int64_t ib = 0; ib < n / kQK; ++ib) {
+    const float* xb = x + kQK * ib;
+    BlockWeights(xb, importance + kQK * ib, sigma2, weight);
+    float min;
+    const uint16_t d =
+        FloatToHalf(MakeQkx3Quants(kQK, kNmax, xb, weight, L, &min, Laux, -0.9f, 0.05f, 36));
+    if (kNmax == 15) {
+      BlockQ4_1& b = static_cast<BlockQ4_1*>(dst)[ib];
+      b.d = d;
+      b.m = FloatToHalf(-min);
+      PackNibbles(L, b.qs, nullptr);
+    } else {
+      BlockQ5_1& b = static_cast<BlockQ5_1*>(dst)[ib];
+      b.d = d;
+      b.m = FloatToHalf(-min);
+      PackNibbles(L, b.qs, b.qh);
+    }
+  }
+}
+
 }  // namespace
 
 void DequantizeRowQ4_0(const void* src, float* dst, int64_t n) {
   DequantizeBlocks<BlockQ4_0, DequantizeQ4_0, kQK>(src, dst, n);
 }
 void QuantizeRowQ4_0(const float* src, void* dst, int64_t n, const float* importance) {
-  (void)importance;
+  if (importance != nullptr) return QuantizeSymmetricWeighted<8>(src, dst, n, importance);
   QuantizeBlocks<BlockQ4_0, QuantizeQ4_0, kQK>(src, dst, n);
 }
 
@@ -207,7 +279,7 @@ void DequantizeRowQ4_1(const void* src, float* dst, int64_t n) {
   DequantizeBlocks<BlockQ4_1, DequantizeQ4_1, kQK>(src, dst, n);
 }
 void QuantizeRowQ4_1(const float* src, void* dst, int64_t n, const float* importance) {
-  (void)importance;
+  if (importance != nullptr) return QuantizeMinWeighted<15>(src, dst, n, importance);
   QuantizeBlocks<BlockQ4_1, QuantizeQ4_1, kQK>(src, dst, n);
 }
 
@@ -215,7 +287,7 @@ void DequantizeRowQ5_0(const void* src, float* dst, int64_t n) {
   DequantizeBlocks<BlockQ5_0, DequantizeQ5_0, kQK>(src, dst, n);
 }
 void QuantizeRowQ5_0(const float* src, void* dst, int64_t n, const float* importance) {
-  (void)importance;
+  if (importance != nullptr) return QuantizeSymmetricWeighted<16>(src, dst, n, importance);
   QuantizeBlocks<BlockQ5_0, QuantizeQ5_0, kQK>(src, dst, n);
 }
 
@@ -223,7 +295,7 @@ void DequantizeRowQ5_1(const void* src, float* dst, int64_t n) {
   DequantizeBlocks<BlockQ5_1, DequantizeQ5_1, kQK>(src, dst, n);
 }
 void QuantizeRowQ5_1(const float* src, void* dst, int64_t n, const float* importance) {
-  (void)importance;
+  if (importance != nullptr) return QuantizeMinWeighted<31>(src, dst, n, importance);
   QuantizeBlocks<BlockQ5_1, QuantizeQ5_1, kQK>(src, dst, n);
 }
 

@@ -154,7 +154,7 @@ TEST(QuantsTest, QuantizeMatchesGgmlBytesOnMixedInput) {
   for (const std::string& name : DumpedTypes()) {
     SCOPED_TRACE(name);
     const QuantDump d = LoadDump(name + ".bin");
-    if (!CanQuantize(d.type)) continue;  // IQ4_XS: dequantize only
+    ASSERT_TRUE(CanQuantize(d.type));
     // The input is not trivial: rows of normal, uniform, outliers, tiny values.
     double sum_abs = 0;
     for (float v : d.input) sum_abs += std::fabs(v);
@@ -343,6 +343,31 @@ TEST(QuantsTest, DequantizeMatchesGgmlOnEveryGridEntry) {
     std::vector<float> out(d.dequant.size(), -1.0f);
     ASSERT_TRUE(Dequantize(d.type, d.quant.data(), out.data(), out.size()).ok());
     EXPECT_EQ(CountBitDiffs(out, d.dequant), 0u);
+  }
+}
+
+// ggml's quantizers with an importance vector (llama-quantize --imatrix):
+// the same bytes for every type whose quantizer reads one.
+TEST(QuantsTest, QuantizeRowsWithImportanceMatchesGgmlBytes) {
+  for (const std::string& name :
+       {"iq2_xxs", "iq2_xs", "iq2_s", "iq3_xxs", "iq3_s", "iq1_s", "iq1_m", "iq4_nl", "iq4_xs",
+        "q2_K", "q3_K", "q4_K", "q5_K", "q6_K", "q4_0", "q4_1", "q5_0", "q5_1"}) {
+    SCOPED_TRACE(name);
+    const QuantDump d = LoadDump(std::string(name) + ".imatrix.bin");
+    ASSERT_EQ(d.kind, 3u);
+    ASSERT_TRUE(QuantizeUsesImportance(d.type));
+    std::vector<uint8_t> out(d.quant.size(), 0xAA);
+    ASSERT_TRUE(
+        QuantizeRows(d.type, d.input.data(), out.data(), d.rows, d.per_row, d.importance.data())
+            .ok());
+    size_t diff_bytes = 0;
+    for (size_t i = 0; i < out.size(); ++i) diff_bytes += out[i] != d.quant[i];
+    EXPECT_EQ(diff_bytes, 0u) << "of " << out.size() << " bytes";
+    // Without importance the bytes differ (the importance matters).
+    std::vector<uint8_t> plain(d.quant.size());
+    ASSERT_TRUE(
+        QuantizeRows(d.type, d.input.data(), plain.data(), d.rows, d.per_row, nullptr).ok());
+    EXPECT_NE(plain, out);
   }
 }
 
