@@ -42,6 +42,32 @@ std::vector<uint8_t> ReadFile(const std::string& path) {
   return std::vector<uint8_t>(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
 }
 
+// Writes the Σqs of each Q8_0 block after the row's blocks, where Matmul's
+// Q8_0 activation rows keep them (ActivationRowBytes, matmul.h).
+void WriteQ8_0Sums(uint8_t* row, int64_t cols) {
+  const int64_t nb = cols / kQK;
+  const BlockQ8_0* blocks = reinterpret_cast<const BlockQ8_0*>(row);
+  for (int64_t b = 0; b < nb; ++b) {
+    int16_t sum = 0;
+    for (int j = 0; j < kQK; ++j) sum = static_cast<int16_t>(sum + blocks[b].qs[j]);
+    std::memcpy(row + nb * static_cast<int64_t>(sizeof(BlockQ8_0)) + 2 * b, &sum, 2);
+  }
+}
+
+// ggml's Q8_0 activation rows (the blocks only) as Matmul's rows.
+std::vector<uint8_t> WithQ8_0Sums(const std::vector<uint8_t>& ggml_rows, int64_t tokens,
+                                  int64_t cols, int64_t* row_bytes) {
+  const int64_t ggml_bytes = cols / kQK * static_cast<int64_t>(sizeof(BlockQ8_0));
+  EXPECT_EQ(*row_bytes, ggml_bytes);
+  *row_bytes = ActivationRowBytes(GgmlType::kQ8_0, cols);
+  std::vector<uint8_t> out(static_cast<size_t>(tokens * *row_bytes));
+  for (int64_t t = 0; t < tokens; ++t) {
+    std::memcpy(out.data() + t * *row_bytes, ggml_rows.data() + t * ggml_bytes, ggml_bytes);
+    WriteQ8_0Sums(out.data() + t * *row_bytes, cols);
+  }
+  return out;
+}
+
 // A "MFVD" file (format in tests/data/quants/README.md): ggml-quantized
 // weights, ggml-quantized activations and ggml's vec_dot of each pair.
 struct VecDotDump {
@@ -83,6 +109,7 @@ VecDotDump LoadVecDot(const std::string& name) {
   d.native.resize(nr);
   std::memcpy(d.generic.data(), b.data() + off, 4 * nr);
   std::memcpy(d.native.data(), b.data() + off + 4 * nr, 4 * nr);
+  if (d.act_type == GgmlType::kQ8_0) d.a = WithQ8_0Sums(d.a, d.tokens, d.cols, &d.a_row_bytes);
   return d;
 }
 
@@ -183,6 +210,7 @@ void FillRawActivations(GgmlType type, uint8_t* row, int64_t cols, std::mt19937&
       blk.d = Fp32ToFp16(0.0078125f);
       for (int j = 0; j < 32; ++j) blk.qs[j] = static_cast<int8_t>(q(rng));
     }
+    WriteQ8_0Sums(row, cols);
     return;
   }
   for (int64_t b = 0; b < cols / 256; ++b) {
