@@ -514,9 +514,9 @@ TEST(EngineTest, MissingMisShapedAndUnsupportedTensorsAreNamed) {
   const std::string up = "blk.2.ffn_up_exps.weight";
   const std::string out = "blk.1.attn_output.weight";
   for (const Case& c : {Case{up, "", "", up, "missing"}, Case{"", out, "", out, "shape"},
-                        Case{"", "", up, up, "iq4_xs"}}) {
+                        Case{"", "", up, up, "tq2_0"}}) {
     const std::string path = WriteModifiedCopy(FixturePath("tiny-v3", "q8_0.gguf"), c.drop,
-                                               c.reshape, c.retype, GgmlType::kIQ4_XS);
+                                               c.reshape, c.retype, GgmlType::kTQ2_0);
     auto engine = Deepseek2Engine::Open(path);
     ASSERT_EQ(engine.status().code(), absl::StatusCode::kInvalidArgument) << c.expect_name;
     const std::string msg(engine.status().message());
