@@ -7,11 +7,11 @@
 // The node count comes from hwloc (HWLOC_SYNTHETIC simulates a machine) or
 // --numa-nodes. --json prints the same facts as one JSON object.
 //
-// --plan prints the GPU memory plan instead (model/memory_plan.h
-// PlanGpuMemory): VRAM per card of the gpu_worker's part (non-expert weights
-// as the CUDA kernels hold them, the MLA KV cache for --context tokens and a
-// workspace estimate) over 1, 2 and 4 cards, for the file given (optional)
-// and for the DeepSeek-V3 shape at several quant mixes.
+// A split model (model/gguf_split.h) is given by any of its shards; its
+// shards are listed. A file in the older MLA layout (attn_kv_b,
+// model/deepseek2/kv_b_layout.h) says what is derived from it at load.
+//
+// --plan prints the GPU memory plan instead (cli/inspect_plan.cc).
 #include <hwloc.h>
 
 #include <algorithm>
@@ -29,8 +29,11 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "cli/commands.h"
+#include "cli/inspect_plan.h"
 #include "model/deepseek2/config.h"
+#include "model/deepseek2/kv_b_layout.h"
 #include "model/gguf.h"
+#include "model/gguf_shard.h"
 #include "model/memory_plan.h"
 #include "model/model_generator.h"
 #include "model/tokenizer_data.h"
@@ -42,12 +45,9 @@ ABSL_FLAG(int32_t, numa_nodes, 0, "NUMA nodes to plan the experts for (0: ask hw
 ABSL_FLAG(bool, plan, false,
           "print the GPU memory plan (weights, KV cache, workspace per card over 1/2/4 cards) "
           "for the file, if given, and for the DeepSeek-V3 shape");
-ABSL_FLAG(int64_t, context, 4096, "--plan: KV cache positions (tokens, all sequences together)");
-ABSL_FLAG(int64_t, max_batch_tokens, 64,
-          "tokens per step: inspect --plan's workspace estimate; serve's batches (decode tokens "
-          "+ prefill chunks)");
 
 namespace moeflow {
+
 namespace {
 
 constexpr ExpertPlacement kPlacements[] = {ExpertPlacement::kReplicate, ExpertPlacement::kSlice,
@@ -67,18 +67,6 @@ int CountNumaNodes() {
   }
   hwloc_topology_destroy(topology);
   return nodes < 1 ? 1 : nodes;
-}
-
-std::string FileTypeText(const GgufFile& file) {
-  auto id = file.GetIntOr("general.file_type", -1);
-  if (!id.ok() || *id < 0) return "unknown";
-  for (const std::string& name : LlamaFileTypeNames()) {
-    auto type = ParseLlamaFileType(name);
-    if (type.ok() && static_cast<int64_t>(*type) == *id) {
-      return absl::StrCat(LlamaFileTypeName(*type), " (", *id, ")");
-    }
-  }
-  return absl::StrCat(*id);
 }
 
 nlohmann::json ValueJson(const GgufValue& v) {
@@ -180,6 +168,65 @@ void PrintConfig(const Deepseek2Config& c) {
   row("vocab", absl::StrCat(c.vocab_size));
 }
 
+// One shard of a split model, for the listing.
+struct ShardSummary {
+  std::string path;
+  uint64_t bytes = 0;
+  int64_t tensors = 0;
+  std::string first, last;  // tensor names
+};
+
+std::vector<ShardSummary> SummarizeShards(const GgufFile& file) {
+  std::vector<ShardSummary> out(static_cast<size_t>(file.shard_count()));
+  for (int i = 0; i < file.shard_count(); ++i) {
+    out[i].path = file.shard(i).path();
+    out[i].bytes = file.shard(i).file_size();
+  }
+  for (const GgufTensorInfo& t : file.tensors()) {
+    ShardSummary& s = out[static_cast<size_t>(t.shard)];
+    if (s.tensors++ == 0) s.first = t.name;
+    s.last = t.name;
+  }
+  return out;
+}
+
+// The older MLA layout: which layers store attn_kv_b, and what the
+// processes derive from it at load.
+struct KvBSummary {
+  int64_t layers = 0;
+  uint64_t kv_b_bytes = 0;                     // in the file
+  uint64_t derived_bytes = 0;                  // attn_k_b + attn_v_b made at load
+  std::string kv_b_types, k_b_type, v_b_type;  // "q8_0 ×2", per layer
+};
+
+// "q5_0 ×1, q8_0 ×1": how many of each type.
+std::string TypeCounts(const std::map<std::string, int>& counts) {
+  std::vector<std::string> parts;
+  for (const auto& [type, n] : counts) parts.push_back(absl::StrCat(type, " ×", n));
+  return absl::StrJoin(parts, ", ");
+}
+
+KvBSummary SummarizeKvB(const GgufFile& file, const Deepseek2Config& c) {
+  KvBSummary s;
+  std::map<std::string, int> kv_types, k_types, v_types;
+  for (int64_t il = 0; il < c.n_layers; ++il) {
+    if (!StoresKvB(file, il)) continue;
+    const GgufTensorInfo* kv_b = file.FindTensor(LayerTensorName(il, "attn_kv_b.weight"));
+    auto derived = DerivedMlaTensorInfos(*kv_b, c);
+    if (!derived.ok()) continue;
+    ++s.layers;
+    s.kv_b_bytes += kv_b->n_bytes;
+    s.derived_bytes += (*derived)[0].n_bytes + (*derived)[1].n_bytes;
+    ++kv_types[std::string(Traits(kv_b->type).name)];
+    ++k_types[std::string(Traits((*derived)[0].type).name)];
+    ++v_types[std::string(Traits((*derived)[1].type).name)];
+  }
+  s.kv_b_types = TypeCounts(kv_types);
+  s.k_b_type = TypeCounts(k_types);
+  s.v_b_type = TypeCounts(v_types);
+  return s;
+}
+
 // Tensors grouped: globals first (file order), then each layer.
 std::vector<std::pair<std::string, std::vector<const GgufTensorInfo*>>> GroupByLayer(
     const GgufFile& file) {
@@ -202,177 +249,8 @@ std::vector<std::pair<std::string, std::vector<const GgufTensorInfo*>>> GroupByL
   return groups;
 }
 
-// ---------------------------------------------------------------------------
-// --plan
-
-constexpr int kPlanCards[] = {1, 2, 4};
-constexpr LlamaFileType kPlanV3Types[] = {LlamaFileType::kQ4_K_M, LlamaFileType::kQ6_K,
-                                          LlamaFileType::kQ8_0, LlamaFileType::kBF16};
-// Cards the table marks a plan as fitting: RTX 4090 (24 GiB), H100 (80 GiB).
-constexpr double kPlanCardGib[] = {24, 80};
-
-struct NamedPlan {
-  std::string model;  // "file" or "v3"
-  std::string quant;  // file type name
-  GpuMemoryPlan plan;
-};
-
-std::vector<GgufTensorInfo> ShapeTensors(const Deepseek2Config& config, LlamaFileType type) {
-  std::vector<GgufTensorInfo> tensors;
-  for (const PlannedTensor& p : PlanTensors(config, type)) {
-    GgufTensorInfo t;
-    t.name = p.name;
-    t.ne = p.ne;
-    t.type = p.type;
-    t.n_elements = 1;
-    for (int64_t d : t.ne) t.n_elements *= d;
-    t.n_bytes = static_cast<uint64_t>(RowBytes(t.type, t.ne[0]).value_or(0)) *
-                static_cast<uint64_t>(t.n_elements / t.ne[0]);
-    tensors.push_back(std::move(t));
-  }
-  return tensors;
-}
-
-// Bytes in the table's unit (GiB, or MiB for models under 1 GiB a card).
-std::string UnitText(uint64_t bytes, uint64_t unit) {
-  return absl::StrFormat("%.2f", static_cast<double>(bytes) / static_cast<double>(unit));
-}
-
-nlohmann::json PlanJson(const NamedPlan& p) {
-  nlohmann::json devices = nlohmann::json::array();
-  for (const GpuDevicePlan& d : p.plan.devices) {
-    nlohmann::json parts = nlohmann::json::object();
-    for (int i = 0; i < kNumTensorParts; ++i) {
-      if (d.weight_bytes_by_part[i] == 0) continue;
-      parts[std::string(TensorPartName(static_cast<TensorPart>(i)))] = d.weight_bytes_by_part[i];
-    }
-    devices.push_back({{"weight_bytes", d.weight_bytes},
-                       {"weight_bytes_by_part", parts},
-                       {"kv_cache_bytes", d.kv_cache_bytes},
-                       {"activation_bytes", d.activation_bytes},
-                       {"workspace_bytes", d.workspace_bytes},
-                       {"total_bytes", d.total()}});
-  }
-  nlohmann::json fits = nlohmann::json::object();
-  for (double gib : kPlanCardGib) {
-    fits[absl::StrCat(static_cast<int>(gib), "_gib")] =
-        p.plan.max_device_bytes() <= static_cast<uint64_t>(gib * (1ull << 30));
-  }
-  return {{"model", p.model},
-          {"quant", p.quant},
-          {"cards", p.plan.options.n_devices},
-          {"context_tokens", p.plan.options.context_tokens},
-          {"kv_cache_positions", p.plan.kv_cache_positions},
-          {"kv_bytes_per_token", p.plan.kv_bytes_per_token},
-          {"max_batch_tokens", p.plan.options.max_batch_tokens},
-          {"max_card_bytes", p.plan.max_device_bytes()},
-          {"fits", fits},
-          {"devices", devices}};
-}
-
-void PrintPlanRow(const NamedPlan& p, uint64_t unit) {
-  // Card 0 holds the largest share (shares differ by at most one unit).
-  const GpuDevicePlan& d = p.plan.devices[0];
-  uint64_t all_weights = 0;
-  for (const GpuDevicePlan& card : p.plan.devices) all_weights += card.weight_bytes;
-  std::string fits;
-  for (double gib : kPlanCardGib) {
-    const bool ok = p.plan.max_device_bytes() <= static_cast<uint64_t>(gib * (1ull << 30));
-    absl::StrAppend(&fits, absl::StrFormat(" %9s", ok ? "yes" : "no"));
-  }
-  std::printf("  %-8s %5d %9s %9s %9s %9s %9s%s\n", p.quant.c_str(), p.plan.options.n_devices,
-              UnitText(d.weight_bytes, unit).c_str(), UnitText(d.kv_cache_bytes, unit).c_str(),
-              UnitText(d.workspace_bytes, unit).c_str(), UnitText(d.total(), unit).c_str(),
-              UnitText(all_weights, unit).c_str(), fits.c_str());
-}
-
-int RunPlan(const std::vector<std::string>& args) {
-  if (args.size() > 1) {
-    return ReportUsageError("inspect", absl::StrCat("--plan: expected at most one FILE.gguf, got ",
-                                                    args.size(), " arguments"));
-  }
-  GpuPlanOptions options;
-  options.context_tokens = absl::GetFlag(FLAGS_context);
-  options.max_batch_tokens = absl::GetFlag(FLAGS_max_batch_tokens);
-  if (options.context_tokens < 1 || options.context_tokens > (int64_t{1} << 32)) {
-    return ReportUsageError(
-        "inspect", absl::StrCat("--context=", options.context_tokens, ": must be in [1, 2^32]"));
-  }
-  if (options.max_batch_tokens < 1 || options.max_batch_tokens > 65536) {
-    return ReportUsageError("inspect", absl::StrCat("--max-batch-tokens=", options.max_batch_tokens,
-                                                    ": must be in [1, 65536]"));
-  }
-  std::vector<NamedPlan> plans;
-  std::string file_line;
-  if (args.size() == 1) {
-    auto opened = GgufFile::Open(args[0]);
-    if (!opened.ok()) return ReportFailure("inspect", opened.status());
-    auto config = Deepseek2Config::FromGguf(**opened);
-    if (!config.ok()) return ReportFailure("inspect", config.status());
-    std::string quant = FileTypeText(**opened);  // "Q4_K_M (15)": the name only
-    quant = quant.substr(0, quant.find(' '));
-    for (int cards : kPlanCards) {
-      options.n_devices = cards;
-      plans.push_back({"file", quant, PlanGpuMemory(*config, (*opened)->tensors(), options)});
-    }
-    file_line = absl::StrFormat("%s (%s, %d layers, %d heads, hidden %d)", args[0], quant,
-                                config->n_layers, config->n_heads, config->hidden);
-  }
-  const Deepseek2Config v3 = *PresetConfig("v3");
-  for (LlamaFileType type : kPlanV3Types) {
-    const std::vector<GgufTensorInfo> tensors = ShapeTensors(v3, type);
-    for (int cards : kPlanCards) {
-      options.n_devices = cards;
-      plans.push_back({"v3", LlamaFileTypeName(type), PlanGpuMemory(v3, tensors, options)});
-    }
-  }
-
-  if (absl::GetFlag(FLAGS_json)) {
-    nlohmann::json list = nlohmann::json::array();
-    for (const NamedPlan& p : plans) list.push_back(PlanJson(p));
-    nlohmann::json j = {{"gpu_plan", list},
-                        {"kv_page_tokens", kGpuKvPageTokens},
-                        {"cublas_workspace_bytes", kCublasWorkspaceBytes},
-                        {"cuda_runtime_reserve_bytes", kCudaRuntimeReserveBytes}};
-    if (args.size() == 1) j["file"] = args[0];
-    std::printf("%s\n", j.dump(1).c_str());
-    return kExitOk;
-  }
-  std::printf(
-      "GPU memory plan per card: non-expert weights as the CUDA kernels hold them\n"
-      "(Q4_K int4 repack, Q8_0 int8, other quants requantized to int8, BF16/F16/F32 matrices\n"
-      "BF16, norms and router F32), MLA KV cache for %lld tokens (BF16, %lld-token pages,\n"
-      "every card holds all of it), workspace for %lld-token steps (+%s cuBLAS, +%s runtime\n"
-      "reserve, an estimate). Tensor parallel: attention heads, dense FFN and shared-expert\n"
-      "rows, embedding and output vocabulary rows split; q_a/kv_a, norms, router replicated.\n",
-      static_cast<long long>(options.context_tokens), static_cast<long long>(kGpuKvPageTokens),
-      static_cast<long long>(options.max_batch_tokens), HumanBytes(kCublasWorkspaceBytes).c_str(),
-      HumanBytes(kCudaRuntimeReserveBytes).c_str());
-  std::string current;
-  uint64_t unit = 1ull << 30;
-  for (const NamedPlan& p : plans) {
-    if (p.model != current) {
-      current = p.model;
-      uint64_t most = 0;
-      for (const NamedPlan& q : plans) {
-        if (q.model == current) most = std::max(most, q.plan.max_device_bytes());
-      }
-      unit = most < (1ull << 30) ? (1ull << 20) : (1ull << 30);
-      std::printf("\n%s\n", p.model == "file"
-                                ? file_line.c_str()
-                                : "DeepSeek-V3 shape (61 layers, 128 heads, hidden 7168, "
-                                  "vocab 129280)");
-      std::printf("  %-8s %5s %9s %9s %9s %9s %9s %9s %9s  (%s)\n", "quant", "cards", "weights",
-                  "kv", "workspace", "per card", "all wts", "24 GiB", "80 GiB",
-                  unit == (1ull << 20) ? "MiB" : "GiB");
-    }
-    PrintPlanRow(p, unit);
-  }
-  return kExitOk;
-}
-
 int RunInspect(const std::vector<std::string>& args) {
-  if (absl::GetFlag(FLAGS_plan)) return RunPlan(args);
+  if (absl::GetFlag(FLAGS_plan)) return RunInspectPlan(args);
   if (args.size() != 1) {
     std::fprintf(stderr, "moeflow inspect: expected one FILE.gguf, got %zu arguments\n",
                  args.size());
@@ -408,6 +286,8 @@ int RunInspect(const std::vector<std::string>& args) {
   const int numa_nodes = numa_flag > 0 ? numa_flag : CountNumaNodes();
   const char* numa_source = numa_flag > 0 ? "--numa-nodes" : "hwloc";
   const ModelBytes bytes = CountModelBytes(file.tensors());
+  const std::vector<ShardSummary> shards = SummarizeShards(file);
+  const KvBSummary kv_b = is_deepseek2 && config.ok() ? SummarizeKvB(file, *config) : KvBSummary{};
   std::vector<PlacementPlan> plans;
   for (ExpertPlacement p : kPlacements) {
     plans.push_back(PlanExpertPlacement(file.tensors(), p, numa_nodes));
@@ -422,6 +302,23 @@ int RunInspect(const std::vector<std::string>& args) {
     j["gguf_version"] = file.version();
     j["file_bytes"] = file.file_size();
     j["alignment"] = file.alignment();
+    nlohmann::json shard_list = nlohmann::json::array();
+    for (const ShardSummary& sh : shards) {
+      shard_list.push_back({{"path", sh.path},
+                            {"bytes", sh.bytes},
+                            {"tensors", sh.tensors},
+                            {"first_tensor", sh.first},
+                            {"last_tensor", sh.last}});
+    }
+    j["shards"] = shard_list;
+    if (kv_b.layers > 0) {
+      j["older_mla_layout"] = {{"layers", kv_b.layers},
+                               {"kv_b_types", kv_b.kv_b_types},
+                               {"kv_b_bytes", kv_b.kv_b_bytes},
+                               {"derived_k_b_type", kv_b.k_b_type},
+                               {"derived_v_b_type", kv_b.v_b_type},
+                               {"derived_bytes", kv_b.derived_bytes}};
+    }
     j["architecture"] = arch;
     j["file_type"] = FileTypeText(file);
     if (is_deepseek2 && config.ok()) j["hyperparameters"] = ConfigJson(*config);
@@ -487,6 +384,15 @@ int RunInspect(const std::vector<std::string>& args) {
   std::printf("architecture: %s, name: %s, file type: %s\n", arch.empty() ? "(none)" : arch.c_str(),
               file.GetString("general.name").value_or("(none)").c_str(),
               FileTypeText(file).c_str());
+  if (shards.size() > 1) {
+    std::printf("split model: %zu shards (opened as %s)\n", shards.size(), args[0].c_str());
+    for (size_t i = 0; i < shards.size(); ++i) {
+      std::printf("  %zu/%zu %s  %s, %lld tensors (%s .. %s)\n", i + 1, shards.size(),
+                  shards[i].path.c_str(), HumanBytes(shards[i].bytes).c_str(),
+                  static_cast<long long>(shards[i].tensors), shards[i].first.c_str(),
+                  shards[i].last.c_str());
+    }
+  }
   if (!is_deepseek2) {
     std::printf("not a deepseek2 file: only the generic metadata, tensors and sizes follow\n");
   } else if (!config.ok()) {
@@ -552,6 +458,14 @@ int RunInspect(const std::vector<std::string>& args) {
                 static_cast<long long>(bytes.tensors_by_part[p]));
   }
   std::printf("  %-16s %12s\n", "total", HumanBytes(bytes.total()).c_str());
+  if (kv_b.layers > 0) {
+    std::printf(
+        "  older MLA layout: attn_kv_b in %lld layers (%s; %s); derived from it at load:\n"
+        "    attn_k_b (%s) + attn_v_b (%s), %s held instead (attn_kv_b's pages released)\n",
+        static_cast<long long>(kv_b.layers), kv_b.kv_b_types.c_str(),
+        HumanBytes(kv_b.kv_b_bytes).c_str(), kv_b.k_b_type.c_str(), kv_b.v_b_type.c_str(),
+        HumanBytes(kv_b.derived_bytes).c_str());
+  }
   std::printf("  routed experts %s (%.1f%%) vs everything else %s\n",
               HumanBytes(bytes.routed_experts()).c_str(),
               bytes.total() == 0 ? 0.0 : 100.0 * bytes.routed_experts() / bytes.total(),
@@ -598,8 +512,9 @@ Command InspectCommand() {
       "shard (whole experts split over the nodes). HWLOC_SYNTHETIC simulates a machine,\n"
       "e.g. HWLOC_SYNTHETIC=\"package:2 numa:1 core:32 pu:1\".\n"
       "--plan [FILE.gguf]: VRAM per card for the gpu_worker's part over 1/2/4 cards\n"
-      "(tensor parallel), for the file and for DeepSeek-V3 at Q4_K_M/Q6_K/Q8_0/BF16.",
-      {"tensors", "json", "numa_nodes", "plan", "context", "max_batch_tokens"},
+      "(tensor parallel), for the file and for the --shapes (default v3; v3.1, kimi-k2, ...)\n"
+      "at Q4_K_M/Q6_K/Q8_0/BF16. A split model is given by any of its shards.",
+      {"tensors", "json", "numa_nodes", "plan", "context", "max_batch_tokens", "shapes"},
       &RunInspect,
   };
 }

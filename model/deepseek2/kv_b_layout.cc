@@ -147,6 +147,7 @@ absl::StatusOr<DerivedMla> DeriveMlaFromKvB(const GgufFile& file, const Deepseek
         }
       }
     }
+    file.ReleasePages(src, kv_b->n_bytes);
     return out;
   }
   std::vector<float> head(static_cast<size_t>(nope * lora));  // [n][k]
@@ -165,6 +166,7 @@ absl::StatusOr<DerivedMla> DeriveMlaFromKvB(const GgufFile& file, const Deepseek
       }
     }
   }
+  file.ReleasePages(src, kv_b->n_bytes);
   return out;
 }
 

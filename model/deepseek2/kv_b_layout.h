@@ -68,6 +68,7 @@ struct DerivedMla {
 };
 
 // attn_k_b and attn_v_b of `layer`, derived from its attn_kv_b as above.
+// The file's pages of attn_kv_b are released afterwards (read once).
 absl::StatusOr<DerivedMla> DeriveMlaFromKvB(const GgufFile& file, const Deepseek2Config& config,
                                             int64_t layer);
 
