@@ -18,6 +18,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
+#include "absl/strings/string_view.h"
 #include "cli/commands.h"
 #include "model/deepseek2/config.h"
 #include "model/gguf.h"
@@ -56,6 +57,15 @@ constexpr LlamaFileType kPlanShapeTypes[] = {LlamaFileType::kQ4_K_M, LlamaFileTy
                                              LlamaFileType::kQ8_0, LlamaFileType::kBF16};
 // Cards the table marks a plan as fitting: RTX 4090 (24 GiB), H100 (80 GiB).
 constexpr double kPlanCardGib[] = {24, 80};
+
+// What each preset's shape is, for the table's headings.
+std::string ShapeTitle(absl::string_view preset) {
+  if (preset == "v3") return "DeepSeek-V3";
+  if (preset == "v3.1") return "DeepSeek-V3.1 / R1-0528";
+  if (preset == "kimi-k2") return "Kimi-K2";
+  if (preset == "v2-lite") return "DeepSeek-V2-Lite";
+  return std::string(preset);
+}
 
 struct NamedPlan {
   std::string model;  // "file" or a preset shape ("v3", "kimi-k2", ...)
@@ -178,8 +188,9 @@ int RunInspectPlan(const std::vector<std::string>& args) {
   for (const std::string& shape : shapes) {
     const Deepseek2Config c = *PresetConfig(shape);
     shape_lines[shape] = absl::StrFormat(
-        "%s shape (%d layers, %d heads, hidden %d, %d experts top-%d, vocab %d)", shape, c.n_layers,
-        c.n_heads, c.hidden, c.n_experts, c.n_experts_used, c.vocab_size);
+        "%s shape (preset %s: %d layers, %d heads, hidden %d, %d experts top-%d, vocab %d)",
+        ShapeTitle(shape), shape, c.n_layers, c.n_heads, c.hidden, c.n_experts, c.n_experts_used,
+        c.vocab_size);
     for (LlamaFileType type : kPlanShapeTypes) {
       const std::vector<GgufTensorInfo> tensors = ShapeTensors(c, type);
       for (int cards : kPlanCards) {

@@ -11,10 +11,10 @@
 
 #include "absl/strings/str_cat.h"
 #include "base/check.h"
+#include "formats/ggml_types.h"
 #include "kernels/cpu/matmul.h"
 #include "kernels/cpu/moe.h"
 #include "kernels/cpu/numa.h"
-#include "formats/ggml_types.h"
 
 namespace moeflow {
 namespace {
@@ -31,7 +31,8 @@ void PrefaultPages(const uint8_t* data, size_t bytes) {
   if (::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_POPULATE_READ) == 0) return;
 #endif
   uint8_t sum = 0;
-  for (uintptr_t a = begin; a < end; a += page) sum ^= *reinterpret_cast<const volatile uint8_t*>(a);
+  for (uintptr_t a = begin; a < end; a += page)
+    sum ^= *reinterpret_cast<const volatile uint8_t*>(a);
   (void)sum;
 }
 
@@ -49,13 +50,12 @@ std::string ExpertShard::BindToNode(int numa_node, int* node_cores) {
   if (hwloc_topology_load(topology) != 0) {
     result = "not bound (hwloc_topology_load failed)";
   } else {
-    hwloc_obj_t node = hwloc_get_obj_by_type(topology, HWLOC_OBJ_NUMANODE,
-                                             static_cast<unsigned>(numa_node));
+    hwloc_obj_t node =
+        hwloc_get_obj_by_type(topology, HWLOC_OBJ_NUMANODE, static_cast<unsigned>(numa_node));
     if (node == nullptr) {
       result = absl::StrCat("not bound (hwloc sees no NUMA node ", numa_node, ")");
     } else {
-      *node_cores = hwloc_get_nbobjs_inside_cpuset_by_type(topology, node->cpuset,
-                                                           HWLOC_OBJ_CORE);
+      *node_cores = hwloc_get_nbobjs_inside_cpuset_by_type(topology, node->cpuset, HWLOC_OBJ_CORE);
       if (!hwloc_topology_is_thissystem(topology)) {
         // HWLOC_SYNTHETIC and friends describe another machine: binding
         // calls would act on this one with meaningless masks.
@@ -65,9 +65,9 @@ std::string ExpertShard::BindToNode(int numa_node, int* node_cores) {
         const int cpu = hwloc_set_cpubind(topology, node->cpuset, HWLOC_CPUBIND_PROCESS);
         const int mem = hwloc_set_membind(topology, node->nodeset, HWLOC_MEMBIND_BIND,
                                           HWLOC_MEMBIND_PROCESS | HWLOC_MEMBIND_BYNODESET);
-        result = absl::StrCat("NUMA node ", numa_node, " (", *node_cores, " cores): cpu bind ",
-                              cpu == 0 ? "ok" : "failed", ", memory bind ",
-                              mem == 0 ? "ok" : "failed");
+        result =
+            absl::StrCat("NUMA node ", numa_node, " (", *node_cores, " cores): cpu bind ",
+                         cpu == 0 ? "ok" : "failed", ", memory bind ", mem == 0 ? "ok" : "failed");
       }
     }
   }
@@ -82,12 +82,12 @@ absl::Status ExpertShard::Configure(const proto::ConfigureRequest& request) {
   }
   if (request.model_path().empty()) return absl::InvalidArgumentError("model_path: empty");
   const proto::ShardSpec& shard = request.shard();
-  if (shard.slice_count() < 0 || (shard.slice_count() > 1 && (shard.slice_index() < 0 ||
-                                                              shard.slice_index() >=
-                                                                  shard.slice_count()))) {
-    return absl::InvalidArgumentError(absl::StrCat("shard.slice_index ", shard.slice_index(),
-                                                   " is outside [0, slice_count = ",
-                                                   shard.slice_count(), ")"));
+  if (shard.slice_count() < 0 ||
+      (shard.slice_count() > 1 &&
+       (shard.slice_index() < 0 || shard.slice_index() >= shard.slice_count()))) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("shard.slice_index ", shard.slice_index(),
+                     " is outside [0, slice_count = ", shard.slice_count(), ")"));
   }
   if (shard.slice_count() > 1 && shard.expert_ids_size() > 0) {
     return absl::InvalidArgumentError("shard: expert_ids and slice_count > 1 are exclusive");
@@ -149,17 +149,21 @@ absl::Status ExpertShard::Load(const std::function<void(const proto::LoadProgres
   p.set_phase(proto::LOAD_PHASE_MAPPING);
   p.set_tensor_name(request_.model_path());
   progress(p);
-  MOEFLOW_ASSIGN_OR_RETURN(file_, GgufFile::Open(request_.model_path()));
+  // Only the routed experts are read here: the shards of a split model
+  // without any are validated and unmapped (model/gguf_split.h).
+  GgufOpenOptions open_options;
+  open_options.reads_tensor = IsRoutedExpertTensor;
+  MOEFLOW_ASSIGN_OR_RETURN(file_, GgufFile::Open(request_.model_path(), open_options));
   MOEFLOW_ASSIGN_OR_RETURN(config_, Deepseek2Config::FromGguf(*file_));
-  MOEFLOW_ASSIGN_OR_RETURN(weights_, EngineWeights::Map(*file_, config_));
+  MOEFLOW_ASSIGN_OR_RETURN(weights_, EngineWeights::MapRoutedExperts(*file_, config_));
   rope_ = Deepseek2RopeParams::FromConfig(config_, 1.f);  // unused by experts
   const proto::ShardSpec& shard = request_.shard();
   holds_expert_.assign(static_cast<size_t>(config_.n_experts), shard.expert_ids_size() == 0);
   for (int id : shard.expert_ids()) {
     if (id >= config_.n_experts) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "shard.expert_ids: expert ", id, " is outside the model's ", config_.n_experts,
-          " experts (", request_.model_path(), ")"));
+      return absl::InvalidArgumentError(absl::StrCat("shard.expert_ids: expert ", id,
+                                                     " is outside the model's ", config_.n_experts,
+                                                     " experts (", request_.model_path(), ")"));
     }
     holds_expert_[static_cast<size_t>(id)] = 1;
   }
@@ -187,8 +191,8 @@ absl::Status ExpertShard::Load(const std::function<void(const proto::LoadProgres
   p.set_bytes_total(copy_total);
   if (slices > 1) {
     if (ff % slices != 0) {
-      return absl::InvalidArgumentError(absl::StrCat("shard.slice_count ", slices,
-                                                     " does not divide expert_ff ", ff));
+      return absl::InvalidArgumentError(
+          absl::StrCat("shard.slice_count ", slices, " does not divide expert_ff ", ff));
     }
     const int64_t ffs = ff / slices;
     const int64_t s0 = shard.slice_index() * ffs;
@@ -200,10 +204,10 @@ absl::Status ExpertShard::Load(const std::function<void(const proto::LoadProgres
       const MatmulWeight gate = lw.ffn_gate_exps, up = lw.ffn_up_exps, down = lw.ffn_down_exps;
       const GgmlTypeTraits& dt = Traits(down.type);
       if (ffs % dt.block_size != 0) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "placement slice: blk.", il, ".ffn_down_exps is ", dt.name, " (blocks of ",
-            dt.block_size, "); a slice of ", ffs, " of expert_ff ", ff,
-            " does not fall on block boundaries (use replicate or shard)"));
+        return absl::InvalidArgumentError(
+            absl::StrCat("placement slice: blk.", il, ".ffn_down_exps is ", dt.name, " (blocks of ",
+                         dt.block_size, "); a slice of ", ffs, " of expert_ff ", ff,
+                         " does not fall on block boundaries (use replicate or shard)"));
       }
       const int64_t down_row_bytes = ffs / dt.block_size * dt.type_size;
       const int64_t E = config_.n_experts;
@@ -336,10 +340,10 @@ absl::Status ExpertShard::Load(const std::function<void(const proto::LoadProgres
   // Reserved now for the largest request, so no step allocates.
   for (int64_t il = config_.n_dense_layers; il < config_.n_layers; ++il) {
     const EngineLayerWeights& lw = shard_layers_[static_cast<size_t>(il)];
-    scratch_.moe.Reserve(MoeExperts{lw.ffn_gate_exps, lw.ffn_up_exps, lw.ffn_down_exps,
-                                    shard_config_.n_experts, shard_config_.expert_ff,
-                                    shard_config_.hidden},
-                         max_pairs_, 1, threads);
+    scratch_.moe.Reserve(
+        MoeExperts{lw.ffn_gate_exps, lw.ffn_up_exps, lw.ffn_down_exps, shard_config_.n_experts,
+                   shard_config_.expert_ff, shard_config_.hidden},
+        max_pairs_, 1, threads);
     scratch_.moe.Reserve(
         MoeExperts{lw.ffn_gate_exps, lw.ffn_up_exps, lw.ffn_down_exps, shard_config_.n_experts,
                    shard_config_.expert_ff, shard_config_.hidden},
@@ -406,9 +410,9 @@ absl::Status ExpertShard::Handle(const RequestHeader& header, absl::Span<const u
     const int32_t r = row_of_pair[p], e = expert_of_pair[p];
     if (r < 0 || r >= rows || e < 0 || e >= config_.n_experts ||
         !holds_expert_[static_cast<size_t>(e)]) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          request_.worker_name(), ": pair ", p, " (row ", r, ", expert ", e,
-          ") is out of range or its expert is not held by this shard"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(request_.worker_name(), ": pair ", p, " (row ", r, ", expert ", e,
+                       ") is out of range or its expert is not held by this shard"));
     }
     if (combine && r != p / k) {
       return absl::InvalidArgumentError(absl::StrCat("kExperts combine: pair ", p, " names row ", r,

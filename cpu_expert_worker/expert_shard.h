@@ -1,7 +1,8 @@
 // cpu_expert_worker's compute: the routed experts of one NUMA node, for the
 // (token, expert) pairs the coordinator sends it.
 //
-// Role in the data flow: Load maps the GGUF and keeps the node's part of
+// Role in the data flow: Load maps the GGUF — of a split model only the
+// shards holding routed-expert tensors — and keeps the node's part of
 // every MoE layer's routed experts — placement replicate (all experts),
 // shard (ShardSpec.expert_ids), or slice (ShardSpec.slice_index of
 // slice_count parts of every expert's intermediate dimension: gate/up rows
@@ -33,11 +34,11 @@
 #include <vector>
 
 #include "dataflow/worker_process.h"
+#include "engine/engine.h"
 #include "kernels/cpu/numa.h"
 #include "kernels/cpu/thread_pool.h"
 #include "kernels/cpu/weight_memory.h"
 #include "model/deepseek2/config.h"
-#include "engine/engine.h"
 #include "model/gguf.h"
 
 namespace moeflow {
@@ -51,6 +52,9 @@ class ExpertShard final : public dataflow::WorkerCompute {
   absl::Status Handle(const dataflow::RequestHeader& header, absl::Span<const uint8_t> payload,
                       dataflow::ReplyWriter& reply, proto::LayerStats& stats) override;
   int64_t ShardBytes() const override { return shard_bytes_; }
+  // The model as Load opened it (null before): a split model's shards
+  // without routed experts are unmapped (GgufShard::mapped()).
+  const GgufFile* file() const { return file_.get(); }
   void Idle() override {
     if (pool_ != nullptr) pool_->Rest();
   }

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
@@ -192,6 +193,27 @@ absl::StatusOr<EngineWeights> EngineWeights::Map(
     }
   }
   if (progress) progress(c.n_layers, c.n_layers);
+  return w;
+}
+
+bool IsRoutedExpertTensor(const GgufTensorInfo& tensor) {
+  return absl::StrContains(tensor.name, "_exps.");  // as model/memory_plan.cc PartOf
+}
+
+absl::StatusOr<EngineWeights> EngineWeights::MapRoutedExperts(const GgufFile& file,
+                                                              const Deepseek2Config& c) {
+  EngineWeights w;
+  w.layers.resize(static_cast<size_t>(c.n_layers));
+  for (int64_t il = c.n_dense_layers; il < c.n_layers; ++il) {
+    EngineLayerWeights& l = w.layers[static_cast<size_t>(il)];
+    const std::vector<int64_t> gate_up = {c.hidden, c.expert_ff, c.n_experts};
+    MOEFLOW_RETURN_IF_ERROR(
+        MapMatrix(file, LayerTensorName(il, "ffn_gate_exps.weight"), gate_up, &l.ffn_gate_exps));
+    MOEFLOW_RETURN_IF_ERROR(
+        MapMatrix(file, LayerTensorName(il, "ffn_up_exps.weight"), gate_up, &l.ffn_up_exps));
+    MOEFLOW_RETURN_IF_ERROR(MapMatrix(file, LayerTensorName(il, "ffn_down_exps.weight"),
+                                      {c.expert_ff, c.hidden, c.n_experts}, &l.ffn_down_exps));
+  }
   return w;
 }
 

@@ -48,13 +48,13 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
+#include "engine/kv_pages.h"
 #include "kernels/cpu/attention.h"
 #include "kernels/cpu/matmul.h"
 #include "kernels/cpu/moe.h"
 #include "kernels/cpu/thread_pool.h"
 #include "kernels/cpu/weight_memory.h"
 #include "model/deepseek2/config.h"
-#include "engine/kv_pages.h"
 #include "model/deepseek2/reference.h"
 #include "model/gguf.h"
 
@@ -68,10 +68,10 @@ struct EngineLayerWeights {
   MatmulWeight attn_k_b;  // n_heads · kv_lora_rank rows of qk_nope_dim
   MatmulWeight attn_v_b;  // n_heads · v_head_dim rows of kv_lora_rank
   MatmulWeight attn_output;
-  MatmulWeight ffn_gate, ffn_up, ffn_down;     // dense layers
-  MatmulWeight ffn_gate_inp;                   // n_experts rows of hidden
-  MatmulWeight ffn_gate_exps, ffn_up_exps;     // n_experts · expert_ff rows of hidden
-  MatmulWeight ffn_down_exps;                  // n_experts · hidden rows of expert_ff
+  MatmulWeight ffn_gate, ffn_up, ffn_down;  // dense layers
+  MatmulWeight ffn_gate_inp;                // n_experts rows of hidden
+  MatmulWeight ffn_gate_exps, ffn_up_exps;  // n_experts · expert_ff rows of hidden
+  MatmulWeight ffn_down_exps;               // n_experts · hidden rows of expert_ff
   MatmulWeight ffn_gate_shexp, ffn_up_shexp, ffn_down_shexp;
 };
 
@@ -93,7 +93,17 @@ struct EngineWeights {
   static absl::StatusOr<EngineWeights> Map(
       const GgufFile& file, const Deepseek2Config& config,
       const std::function<void(int64_t done, int64_t total)>& progress = nullptr);
+
+  // Only what an expert worker reads: ffn_{gate,up,down}_exps of every MoE
+  // layer (checked as Map checks them); every other view stays empty and
+  // nothing is derived. So `file` may have been opened with reads_tensor =
+  // IsRoutedExpertTensor (the shards without routed experts unmapped).
+  static absl::StatusOr<EngineWeights> MapRoutedExperts(const GgufFile& file,
+                                                        const Deepseek2Config& config);
 };
+
+// blk.N.ffn_{gate,up,down}_exps: the tensors MapRoutedExperts reads.
+bool IsRoutedExpertTensor(const GgufTensorInfo& tensor);
 
 // Heads per unit of attention work (one token × this many heads): the
 // cached rows are read once per unit for all its heads (kernels/cpu/attention.h).

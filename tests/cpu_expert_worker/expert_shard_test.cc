@@ -1,17 +1,22 @@
 // ExpertShard (cpu_expert_worker's compute) in process, on the tiny-v2
 // fixture: a kExpertsCombine request returns, per row, the weighted sum of
 // the per-pair outputs the plain request returns, and the malformed requests
-// are refused with INVALID_ARGUMENT before anything is sent.
+// are refused with INVALID_ARGUMENT before anything is sent; on a split
+// model it maps only the shards that hold routed experts.
 #include "cpu_expert_worker/expert_shard.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "dataflow/wire.h"
 #include "gtest/gtest.h"
+#include "model/gguf.h"
+#include "model/gguf_shard.h"
 #include "proto/worker.pb.h"
 
 namespace moeflow {
@@ -42,19 +47,27 @@ class BufferReplyWriter final : public dataflow::ReplyWriter {
   size_t sent_bytes_ = 0;
 };
 
+// Configures and loads `shard` (every expert) on `model_path`.
+void LoadShard(const std::string& model_path, ExpertShard& shard) {
+  proto::ConfigureRequest request;
+  request.set_model_path(model_path);
+  request.set_role(proto::WORKER_ROLE_CPU_EXPERT);
+  request.set_max_batch_tokens(8);
+  request.set_worker_name("expert-test");
+  ASSERT_TRUE(shard.Configure(request).ok());
+  const absl::Status loaded = shard.Load([](const proto::LoadProgress&) {});
+  ASSERT_TRUE(loaded.ok()) << loaded;
+}
+
 class ExpertShardTest : public ::testing::Test {
  protected:
+  virtual std::string ModelPath() const { return "tests/data/llamacpp/tiny-v2/tiny-v2.q8_0.gguf"; }
+
   void SetUp() override {
-    proto::ConfigureRequest request;
-    request.set_model_path("tests/data/llamacpp/tiny-v2/tiny-v2.q8_0.gguf");
-    request.set_role(proto::WORKER_ROLE_CPU_EXPERT);
-    request.set_max_batch_tokens(8);
-    request.set_worker_name("expert-test");
-    ASSERT_TRUE(shard_.Configure(request).ok());
-    ASSERT_TRUE(shard_.Load([](const proto::LoadProgress&) {}).ok());
+    ASSERT_NO_FATAL_FAILURE(LoadShard(ModelPath(), shard_));
     auto engine_options = Deepseek2EngineOptions();
     engine_options.n_threads = 1;
-    auto engine = Deepseek2Engine::Open(request.model_path(), engine_options);
+    auto engine = Deepseek2Engine::Open(ModelPath(), engine_options);
     ASSERT_TRUE(engine.ok()) << engine.status();
     config_ = (*engine)->config();
   }
@@ -96,8 +109,12 @@ class ExpertShardTest : public ::testing::Test {
 
   absl::Status Handle(const RequestHeader& header, const std::vector<uint8_t>& payload,
                       BufferReplyWriter& writer) {
+    return Handle(shard_, header, payload, writer);
+  }
+  static absl::Status Handle(ExpertShard& shard, const RequestHeader& header,
+                             const std::vector<uint8_t>& payload, BufferReplyWriter& writer) {
     proto::LayerStats stats;
-    return shard_.Handle(header, absl::MakeConstSpan(payload), writer, stats);
+    return shard.Handle(header, absl::MakeConstSpan(payload), writer, stats);
   }
 
   ExpertShard shard_;
@@ -179,6 +196,49 @@ TEST_F(ExpertShardTest, MalformedRequestsAreRefusedBeforeAnythingIsSent) {
     EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
     EXPECT_NE(s.message().find(c.message), absl::string_view::npos) << s;
     EXPECT_EQ(writer.sends(), 0);
+  }
+}
+
+// A split model (tiny-v3-split: llama-gguf-split of tiny-v3.q4_k_m.gguf,
+// 20 tensors a shard) given by its first shard, which holds no routed
+// expert: the worker maps only shards 2-4 (blk.1-3's ffn_*_exps), and its
+// replies are those of a worker on the whole file, bit for bit.
+class SplitModelExpertShardTest : public ExpertShardTest {
+ protected:
+  std::string ModelPath() const override {
+    return "tests/data/llamacpp/tiny-v3-split/tiny-v3-split.q4_k_m-00001-of-00004.gguf";
+  }
+};
+
+TEST_F(SplitModelExpertShardTest, MapsOnlyTheShardsWithExpertsAndRepliesAsTheWholeFile) {
+  const GgufFile* file = shard_.file();
+  ASSERT_NE(file, nullptr);
+  ASSERT_EQ(file->shard_count(), 4);
+  EXPECT_FALSE(file->shard(0).mapped()) << file->shard(0).path();
+  for (int i = 1; i < 4; ++i) EXPECT_TRUE(file->shard(i).mapped()) << file->shard(i).path();
+
+  ExpertShard whole;
+  ASSERT_NO_FATAL_FAILURE(LoadShard("tests/data/llamacpp/tiny-v3/tiny-v3.q4_k_m.gguf", whole));
+  ASSERT_EQ(whole.file()->shard_count(), 1);
+  EXPECT_EQ(shard_.ShardBytes(), whole.ShardBytes());
+  const int rows = 3, k = static_cast<int>(config_.n_experts_used);
+  const std::vector<uint8_t> payload = Payload(rows, k, false, /*seed=*/7);
+  for (int64_t il = config_.n_dense_layers; il < config_.n_layers; ++il) {
+    SCOPED_TRACE(il);
+    RequestHeader header = Header(rows, k, 0);
+    header.layer = static_cast<int32_t>(il);
+    BufferReplyWriter from_split(shard_.ReplyPartBytes()[0]);
+    BufferReplyWriter from_whole(whole.ReplyPartBytes()[0]);
+    ASSERT_TRUE(Handle(shard_, header, payload, from_split).ok());
+    ASSERT_TRUE(Handle(whole, header, payload, from_whole).ok());
+    ASSERT_EQ(from_split.sent_bytes(), static_cast<size_t>(rows * k * config_.hidden) * 4);
+    ASSERT_EQ(from_split.sent_bytes(), from_whole.sent_bytes());
+    EXPECT_EQ(std::memcmp(from_split.data(), from_whole.data(), from_split.sent_bytes()), 0);
+    float max_abs = 0.f;
+    for (size_t i = 0; i < from_split.sent_bytes() / 4; ++i) {
+      max_abs = std::max(max_abs, std::fabs(from_split.data()[i]));
+    }
+    EXPECT_GT(max_abs, 0.f);
   }
 }
 

@@ -12,14 +12,15 @@
 #include <functional>
 #include <sstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
-#include "gtest/gtest.h"
 #include "engine/engine.h"
+#include "gtest/gtest.h"
 #include "proto/worker.grpc.pb.h"
 #include "tests/dataflow/launch_process.h"
 
@@ -64,13 +65,12 @@ struct Case {
 
 class LaunchLogitsTest : public ::testing::TestWithParam<Case> {};
 
-// `before_stop` (if set) runs on the still-serving launch after the check.
-void ExpectLaunchMatchesEngine(const Case& c, const std::string& tls,
-                               LaunchSpec spec = LaunchSpec(),
-                               const std::function<void(LaunchProcess&)>& before_stop = nullptr) {
-  const std::string model = std::string("tests/data/llamacpp/") + c.model_dir + "/" + c.model_dir +
-                            "." + c.quant + ".gguf";
-  const std::vector<int32_t> tokens = Sequence64(c.model_dir);
+// `model` under launch with `placement` over `tls` gives the engine's logits
+// on `tokens` (bit for bit when `exact`). `before_stop` (if set) runs on the
+// still-serving launch after the check.
+void ExpectLaunchMatchesEngineOn(const std::string& model, const std::vector<int32_t>& tokens,
+                                 const Case& c, const std::string& tls, LaunchSpec spec,
+                                 const std::function<void(LaunchProcess&)>& before_stop) {
   ASSERT_EQ(tokens.size(), 64u);
   const std::vector<float> expected = EngineLogits(model, tokens);
   ASSERT_FALSE(expected.empty());
@@ -113,6 +113,14 @@ void ExpectLaunchMatchesEngine(const Case& c, const std::string& tls,
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
 }
 
+void ExpectLaunchMatchesEngine(const Case& c, const std::string& tls,
+                               LaunchSpec spec = LaunchSpec(),
+                               const std::function<void(LaunchProcess&)>& before_stop = nullptr) {
+  const std::string model = std::string("tests/data/llamacpp/") + c.model_dir + "/" + c.model_dir +
+                            "." + c.quant + ".gguf";
+  ExpectLaunchMatchesEngineOn(model, Sequence64(c.model_dir), c, tls, std::move(spec), before_stop);
+}
+
 TEST_P(LaunchLogitsTest, MatchesSingleProcessEngine) {
   ExpectLaunchMatchesEngine(GetParam(), "sm,self");
 }
@@ -152,6 +160,24 @@ TEST(LaunchLogitsCombinedRepliesTest, OneExpertWorkerSumsItsPairsBitIdentically)
           }
           EXPECT_EQ(checked, config.n_layers - config.n_dense_layers);
         });
+  }
+}
+
+// The files people have (issue 16): a split model given by a shard that is
+// not the first (each expert worker maps only the shards with routed
+// experts), and the older MLA layout (attn_kv_b; the gpu worker derives
+// attn_k_b / attn_v_b at load): the single-process engine's logits, bit for
+// bit, with the experts sharded over two workers.
+TEST(LaunchLogitsFileLayoutsTest, SplitModelAndKvBFileMatchSingleProcessEngine) {
+  const std::vector<int32_t> tokens = Sequence64("tiny-v3");
+  ExpectLaunchMatchesEngineOn(
+      "tests/data/llamacpp/tiny-v3-split/tiny-v3-split.q4_k_m-00002-of-00004.gguf", tokens,
+      Case{"tiny-v3-split", "q4_k_m", "shard", true}, "sm,self", LaunchSpec(), nullptr);
+  for (const char* quant : {"f32", "q8_0"}) {
+    SCOPED_TRACE(quant);
+    ExpectLaunchMatchesEngineOn(
+        std::string("tests/data/llamacpp/tiny-v3-kvb/tiny-v3-kvb.") + quant + ".gguf", tokens,
+        Case{"tiny-v3-kvb", quant, "shard", true}, "sm,self", LaunchSpec(), nullptr);
   }
 }
 
