@@ -6,16 +6,19 @@
 
 #include <algorithm>
 #include <fstream>
+#include <optional>
 #include <utility>
 
 #include "absl/flags/flag.h"
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "auth/bearer_auth.h"
 #include "model/gguf.h"
+#include "model/gguf_split.h"
 #include "model/model_generator.h"
 #include "server/ollama_models.h"
 
@@ -138,6 +141,21 @@ server::OllamaModelCard OllamaCard(const std::string& path) {
   return card;
 }
 
+// The model id clients name by default: the file name without .gguf; for
+// a shard of a split model (PREFIX-00002-of-00009.gguf, gguf_split.h) the
+// split's PREFIX, whichever shard was given.
+std::string DefaultModelName(const std::string& path) {
+  std::string name = path.substr(path.find_last_of('/') + 1);
+  constexpr size_t kSuffix = sizeof("-00001-of-00009.gguf") - 1;
+  int no = 0, count = 0;
+  if (name.size() > kSuffix && absl::SimpleAtoi(name.substr(name.size() - kSuffix + 1, 5), &no) &&
+      absl::SimpleAtoi(name.substr(name.size() - 10, 5), &count) && no >= 1 && no <= count) {
+    if (std::optional<std::string> prefix = GgufSplitPrefix(name, no - 1, count)) return *prefix;
+  }
+  if (absl::EndsWith(name, ".gguf")) name.resize(name.size() - 5);
+  return name;
+}
+
 }  // namespace
 
 bool DrainForShutdown(HttpApi& api, server::GenerationBackend& backend, const sigset_t& signals,
@@ -170,11 +188,7 @@ absl::StatusOr<HttpApi> StartHttpApi(const HttpApiConfig& config, const BpeToken
                                      server::ServerMetrics* metrics) {
   server::ApiOptions api_options;
   api_options.model_name = absl::GetFlag(FLAGS_model_name);
-  if (api_options.model_name.empty()) {
-    std::string name = config.model_path.substr(config.model_path.find_last_of('/') + 1);
-    if (absl::EndsWith(name, ".gguf")) name.resize(name.size() - 5);
-    api_options.model_name = name;
-  }
+  if (api_options.model_name.empty()) api_options.model_name = DefaultModelName(config.model_path);
   api_options.api_key = absl::GetFlag(FLAGS_api_key);
   api_options.chat_template = config.chat_template;
   api_options.ollama = OllamaCard(config.model_path);

@@ -34,8 +34,9 @@ namespace moeflow {
 struct HttpApiConfig {
   std::string host = "127.0.0.1";
   int32_t port = 0;
-  // Path of the GGUF (its name is the default model id, its size goes to
-  // /api/tags) and its chat template text ("" when it has none).
+  // Path of the GGUF or of one shard of a split model (its name, a split's
+  // prefix, is the default model id; the model's size goes to /api/tags)
+  // and its chat template text ("" when it has none).
   std::string model_path;
   std::string chat_template;
   // Why the server does not serve ("degraded", "draining"), "" when it does:

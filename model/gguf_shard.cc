@@ -43,6 +43,34 @@ constexpr int kMaxArrayDepth = 16;
 // about 1M values (a 256k vocabulary and its merges); cap well above that.
 constexpr uint64_t kMaxMetadataValues = uint64_t{1} << 24;
 
+// What a ggml type id moeflow does not read is (ggml.h's enum ggml_type,
+// llama.cpp v0.5.0), for the error that names it.
+std::string UnreadGgmlTypeText(uint32_t id) {
+  switch (id) {
+    case 4:
+    case 5:
+      return "q4_2 / q4_3, removed from ggml";
+    case 31:
+    case 32:
+    case 33:
+      return "q4_0_4_4 / q4_0_4_8 / q4_0_8_8, removed from GGUF files";
+    case 36:
+    case 37:
+    case 38:
+      return "iq4_nl_4_4 / iq4_nl_4_8 / iq4_nl_8_8, removed from GGUF files";
+    case 39:
+      return "ggml's mxfp4, which moeflow does not read";
+    case 40:
+      return "ggml's nvfp4, which moeflow does not read";
+    case 41:
+      return "ggml's q1_0, which moeflow does not read";
+    case 42:
+      return "ggml's q2_0, which moeflow does not read";
+    default:
+      return "not a ggml type";
+  }
+}
+
 // Smallest encoding of one key/value pair: empty key (u64 length), u32 type,
 // one u8 value; and of one tensor info: empty name, u32 n_dims, one u64 dim,
 // u32 type, u64 offset.
@@ -418,7 +446,8 @@ absl::Status GgufShard::Parse() {
     MOEFLOW_RETURN_IF_ERROR(in.Read(&type_id, absl::StrCat("the ggml type of ", label)));
     const std::optional<GgmlTypeTraits> traits = FindGgmlType(type_id);
     if (!traits.has_value()) {
-      return in.Error(type_offset, absl::StrCat(label, ": unknown ggml type ", type_id));
+      return in.Error(type_offset, absl::StrCat(label, ": unknown ggml type ", type_id, " (",
+                                                UnreadGgmlTypeText(type_id), ")"));
     }
     t.type = traits->type;
     if (t.ne[0] % traits->block_size != 0) {

@@ -131,10 +131,36 @@ v3 = {(p["quant"], p["cards"]): p for p in plans if p["model"] == "v3"}
 assert v3[("Q4_K_M", 1)]["fits"]["24_gib"] and not v3[("BF16", 1)]["fits"]["24_gib"]
 assert v3[("BF16", 4)]["max_card_bytes"] < v3[("BF16", 2)]["max_card_bytes"] < v3[("BF16", 1)]["max_card_bytes"]
 PY
+# The other real shapes (model/model_presets.h): V3.1 plans as V3 (the same
+# shape); Kimi-K2's 64 heads (V3: 128) make its attention weights smaller,
+# its 163840-token vocabulary its embedding and output larger.
+expect_rc 0 "inspect --plan --shapes" -- "$MOEFLOW" inspect --plan --shapes v3,v3.1,kimi-k2
+for want in "DeepSeek-V3 shape (preset v3: 61 layers, 128 heads" \
+    "DeepSeek-V3.1 / R1-0528 shape (preset v3.1: 61 layers, 128 heads" \
+    "Kimi-K2 shape (preset kimi-k2: 61 layers, 64 heads, hidden 7168, 384 experts top-8, vocab 163840)"; do
+  expect_in "$TMP/out" "$want" "inspect --plan --shapes output"
+done
+expect_rc 0 "inspect --plan --shapes --json" -- "$MOEFLOW" inspect --plan --json --shapes v3,v3.1,kimi-k2
+python3 - "$TMP/out" <<'PY' || fail "inspect --plan --shapes --json content"
+import json, sys
+plans = json.load(open(sys.argv[1]))["gpu_plan"]
+assert sorted({p["model"] for p in plans}) == ["kimi-k2", "v3", "v3.1"], plans
+by = {(p["model"], p["quant"], p["cards"]): p for p in plans}
+assert len(by) == 3 * 4 * 3
+for q in ("Q4_K_M", "Q6_K", "Q8_0", "BF16"):
+    for cards in (1, 2, 4):
+        v3, v31, kimi = (by[(m, q, cards)] for m in ("v3", "v3.1", "kimi-k2"))
+        assert v3["devices"] == v31["devices"], (q, cards)
+        k, v = kimi["devices"][0]["weight_bytes_by_part"], v3["devices"][0]["weight_bytes_by_part"]
+        assert k["attention"] < v["attention"], (q, cards)
+        assert k["embeddings"] > v["embeddings"] and k["output"] > v["output"], (q, cards)
+PY
+expect_rc 2 "inspect --plan --shapes with an unknown shape" -- "$MOEFLOW" inspect --plan --shapes v3,kimi
+expect_in "$TMP/err" 'unknown preset "kimi"' "unknown --shapes message"
 
 # `moeflow logits` on a llama.cpp fixture: the MFLG file it writes agrees with
 # llama.cpp's (same tokens, top-1 everywhere, max |dlogit| < 1e-3 on F32).
-for fixture in tiny-v2.f32 tiny-v3.q8_0; do
+for fixture in tiny-v2.f32 tiny-v3.q8_0 tiny-v3-kvb.f32; do
   dir="$FIXTURES/${fixture%%.*}"
   for engine in engine reference; do
     flag=""

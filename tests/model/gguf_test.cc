@@ -641,7 +641,7 @@ TEST(GgufTest, HonoursCustomAlignment) {
 TEST(GgufTest, RejectsUnknownGgmlType) {
   Image image;
   image.Header(3, 1, 0).Tensor("w", {4}, 4, 0).PadTo(32).Zeros(16);
-  ExpectInvalid(image.Parse(), {"tensor 'w'", "unknown ggml type 4", "offset 45"});
+  ExpectInvalid(image.Parse(), {"tensor 'w'", "unknown ggml type 4 (q4_2 / q4_3, removed from ggml)", "offset 45"});
 }
 
 TEST(GgufTest, RejectsZeroDims) {
