@@ -63,7 +63,9 @@ absl::StatusOr<Sampler> Sampler::Create(const SamplerOptions& options) {
   return Sampler(options);
 }
 
-Sampler::Sampler(const SamplerOptions& options) : options_(options), rng_(options.seed) {}
+Sampler::Sampler(const SamplerOptions& options) : options_(options), rng_(options.seed) {
+  if (options_.grammar != nullptr) grammar_ = std::make_unique<GrammarConstraint>(options_.grammar);
+}
 
 double Sampler::NextUniform() {
   return static_cast<double>(rng_() >> 11) * (1.0 / 9007199254740992.0);  // 2^-53
@@ -114,6 +116,28 @@ absl::StatusOr<int32_t> Sampler::Sample(absl::Span<const float> logits) {
     }
   }
 
+  if (grammar_ == nullptr) return Choose();
+  // The fast path: what the model would pick anyway, if the grammar takes it.
+  absl::StatusOr<int32_t> token = Choose();
+  if (!token.ok() || !grammar_->Allows(*token)) {
+    if (!grammar_->status().ok()) return grammar_->status();
+    if (grammar_->Mask(absl::MakeSpan(logits_)) == 0 ||
+        std::none_of(logits_.begin(), logits_.end(), [kNegInf](float l) { return l != kNegInf; })) {
+      if (!grammar_->status().ok()) return grammar_->status();
+      return absl::InvalidArgumentError(
+          "logits: no token the grammar allows has a finite logit (logit_bias may ban them all)");
+    }
+    token = Choose();
+    if (!token.ok()) return token.status();
+  }
+  if (absl::Status accepted = grammar_->Accept(*token); !accepted.ok()) return accepted;
+  return *token;
+}
+
+absl::StatusOr<int32_t> Sampler::Choose() {
+  candidates_.clear();
+  const int64_t vocab = static_cast<int64_t>(logits_.size());
+  const float kNegInf = -std::numeric_limits<float>::infinity();
   // 3. greedy.
   int32_t best = -1;
   for (int32_t t = 0; t < vocab; ++t) {

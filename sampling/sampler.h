@@ -22,6 +22,15 @@
 //   8. min_p             keep tokens with p >= min_p * max p
 //   9. sample            one draw from the renormalized survivors
 //
+// With a grammar (constrained decoding, grammar_constraint.h), steps 3-9
+// run first on the unmasked logits; if the grammar allows the token drawn it
+// is taken (llama.cpp's fast path), else the logits the grammar rejects are
+// set to -infinity and steps 3-9 run again (another draw). Greedy picks the
+// best allowed token either way; with temperature alone the draw follows the
+// masked distribution exactly, while top-k / top-p / min-p are applied to
+// the masked logits only on the second pass (as llama.cpp). Sample() then
+// moves the grammar past the token it returns: the caller must append it.
+//
 // Determinism: the PRNG is a per-sampler std::mt19937_64 seeded with
 // `seed`, and uniforms are built from its raw bits (not from a
 // std::*_distribution, whose output differs between standard libraries), so
@@ -30,12 +39,15 @@
 // Thread-safety: none; a Sampler belongs to one sequence / thread.
 // Failure: Create() returns InvalidArgument naming the bad option; Sample()
 // returns InvalidArgument for empty logits, a logit_bias id outside the
-// vocabulary, or logits without one finite value.
+// vocabulary, logits without one finite value, or no finite logit among the
+// tokens the grammar allows (e.g. logit_bias banned them), and the
+// grammar's ResourceExhausted (too ambiguous to follow).
 #ifndef MOEFLOW_SAMPLING_SAMPLER_H_
 #define MOEFLOW_SAMPLING_SAMPLER_H_
 
 #include <cstdint>
 #include <deque>
+#include <memory>
 #include <random>
 #include <utility>
 #include <vector>
@@ -44,6 +56,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
+#include "sampling/grammar_constraint.h"
 
 namespace moeflow::sampling {
 
@@ -69,6 +82,8 @@ struct SamplerOptions {
   // Added to the logit of each listed token id before anything else; finite,
   // or -infinity to ban a token.
   std::vector<std::pair<int32_t, float>> logit_bias;
+  // Constrained decoding: only tokens this grammar accepts (null: any).
+  std::shared_ptr<const TokenGrammar> grammar;
 };
 
 // OK, or InvalidArgument naming the first bad option
@@ -80,7 +95,8 @@ class Sampler {
   static absl::StatusOr<Sampler> Create(const SamplerOptions& options);
 
   // Picks the next token from `logits` (one per vocabulary id). Does not
-  // record it: call Accept() with the token that is actually appended.
+  // record it for the penalties: call Accept() with it. With a grammar, the
+  // grammar moves past it (it is the next token of the output).
   absl::StatusOr<int32_t> Sample(absl::Span<const float> logits);
 
   // Records a token of the sequence for the penalties. Callers that want the
@@ -93,12 +109,16 @@ class Sampler {
   const std::vector<std::pair<int32_t, float>>& last_distribution() const { return candidates_; }
 
   const SamplerOptions& options() const { return options_; }
+  // The grammar's state (null without one).
+  const GrammarConstraint* grammar() const { return grammar_.get(); }
 
  private:
   explicit Sampler(const SamplerOptions& options);
 
   // Uniform double in [0, 1) from 53 raw PRNG bits.
   double NextUniform();
+  // Steps 3-9 over logits_.
+  absl::StatusOr<int32_t> Choose();
 
   SamplerOptions options_;
   std::mt19937_64 rng_;
@@ -106,6 +126,7 @@ class Sampler {
   absl::flat_hash_map<int32_t, int32_t> counts_;  // whole-history counts
   std::vector<float> logits_;                     // working copy
   std::vector<std::pair<int32_t, float>> candidates_;
+  std::unique_ptr<GrammarConstraint> grammar_;
 };
 
 }  // namespace moeflow::sampling

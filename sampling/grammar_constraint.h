@@ -1,0 +1,81 @@
+// GrammarConstraint: constrained decoding of one sequence — which tokens may
+// come next under a grammar, as a logits mask.
+//
+// Role in the data flow: a request with a response_format (JSON mode or a
+// JSON schema, converted by json_schema_grammar.h) carries a TokenGrammar in
+// its SamplerOptions; the Sampler (sampler.h) of each of its sequences owns
+// a GrammarConstraint and, every step, samples as usual, asks Allows() of
+// the sampled token, and only when the grammar rejects it Mask()s the logits
+// (every token whose bytes the grammar cannot accept goes to -infinity) and
+// samples again — llama.cpp's fast path: most steps inside a string or a
+// number never build the mask. The chosen token is then Accept()ed.
+//
+// End of generation: the vocabulary's end tokens (EOS) are allowed only
+// where the whole output matches the grammar; once the grammar has nothing
+// left to match, they are the only tokens allowed, so the model stops there.
+// After an end token nothing is allowed.
+//
+// Thread-safety: none; one per sequence (the TokenGrammar it reads is
+// immutable and shared). Failure: Accept returns InvalidArgument for a token
+// the grammar does not allow; Allows / Mask report a grammar too ambiguous
+// to follow through status() (ResourceExhausted), the sampler then fails
+// the step.
+#ifndef MOEFLOW_SAMPLING_GRAMMAR_CONSTRAINT_H_
+#define MOEFLOW_SAMPLING_GRAMMAR_CONSTRAINT_H_
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/types/span.h"
+#include "sampling/grammar.h"
+#include "sampling/grammar_matcher.h"
+#include "sampling/token_vocabulary.h"
+
+namespace moeflow::sampling {
+
+// What a request's sequences share: the compiled grammar and the model's
+// vocabulary.
+struct TokenGrammar {
+  std::shared_ptr<const Grammar> grammar;
+  std::shared_ptr<const TokenVocabulary> vocabulary;
+};
+
+class GrammarConstraint {
+ public:
+  explicit GrammarConstraint(std::shared_ptr<const TokenGrammar> grammar);
+
+  // Whether `token` may come next.
+  bool Allows(int32_t token);
+  // Sets every logit the grammar does not allow to -infinity (ids past the
+  // vocabulary too); returns how many tokens stay allowed.
+  int64_t Mask(absl::Span<float> logits);
+  // Moves past `token`; InvalidArgument if it is not allowed.
+  absl::Status Accept(int32_t token);
+
+  // The output so far matches the whole grammar.
+  bool complete() const { return !ended_ && matcher_.complete(); }
+  // An end token was accepted.
+  bool ended() const { return ended_; }
+  const absl::Status& status() const { return matcher_.status(); }
+
+  // Counters for tests and the benchmark: Allows() calls answered, Mask()
+  // calls (a full walk of the trie each).
+  int64_t checks() const { return checks_; }
+  int64_t masks() const { return masks_; }
+
+ private:
+  std::shared_ptr<const TokenGrammar> grammar_;
+  const TokenVocabulary& vocabulary_;
+  GrammarMatcher matcher_;
+  bool ended_ = false;
+  std::vector<GrammarMatcher::State> walk_;  // state per trie depth
+  std::vector<uint8_t> allowed_;
+  int64_t checks_ = 0;
+  int64_t masks_ = 0;
+};
+
+}  // namespace moeflow::sampling
+
+#endif  // MOEFLOW_SAMPLING_GRAMMAR_CONSTRAINT_H_
