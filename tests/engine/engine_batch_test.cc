@@ -13,8 +13,8 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
-#include "gtest/gtest.h"
 #include "engine/engine.h"
+#include "gtest/gtest.h"
 #include "model/model_generator.h"
 #include "tests/model/deepseek2/llamacpp_fixture.h"
 
