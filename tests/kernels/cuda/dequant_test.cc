@@ -1,16 +1,16 @@
 // GPU dequantization vs the CPU reference (kernels/cpu/quants.h), bit for bit.
-// Needs a CUDA device; without one the device tests are skipped with the
-// reason printed, and only the argument checks run.
+// The random blocks and their CPU dequantization are made everywhere; the
+// device part skips, printing why, without a CUDA device.
 #include "kernels/cuda/dequant.h"
 
+#include <algorithm>
 #include <cstring>
 #include <random>
 #include <vector>
 
-#include <cuda_runtime.h>
-
 #include "gtest/gtest.h"
 #include "kernels/cpu/quants.h"
+#include "tests/kernels/cuda/cuda_test_util.h"
 
 namespace moeflow::cuda {
 namespace {
@@ -47,14 +47,6 @@ std::vector<uint8_t> RandomBlocks(GgmlType type, int64_t n_blocks, uint32_t seed
   return bytes;
 }
 
-std::string NoDeviceReason() {
-  int count = 0;
-  const cudaError_t err = cudaGetDeviceCount(&count);
-  if (err != cudaSuccess) return std::string("no CUDA device: ") + cudaGetErrorString(err);
-  if (count == 0) return "no CUDA device";
-  return "";
-}
-
 TEST(CudaDequantTest, RejectsUnsupportedTypeAndPartialBlocks) {
   DequantizeArguments args;
   args.type = GgmlType::kQ5_1;
@@ -70,28 +62,19 @@ TEST(CudaDequantTest, RejectsUnsupportedTypeAndPartialBlocks) {
 class CudaDequantDeviceTest : public ::testing::TestWithParam<GgmlType> {};
 
 TEST_P(CudaDequantDeviceTest, MatchesCpuReferenceBitForBit) {
-  const std::string reason = NoDeviceReason();
-  if (!reason.empty()) GTEST_SKIP() << reason;
   const GgmlType type = GetParam();
   const int64_t n_blocks = 1024;
   const int64_t n = n_blocks * Traits(type).block_size;
-  std::vector<uint8_t> blocks = RandomBlocks(type, n_blocks, 7);
+  const std::vector<uint8_t> blocks = RandomBlocks(type, n_blocks, 7);
   std::vector<float> want(n);
   ASSERT_TRUE(Dequantize(type, blocks.data(), want.data(), n).ok());
-
-  void* d_blocks = nullptr;
-  float* d_out = nullptr;
-  ASSERT_EQ(cudaMalloc(&d_blocks, blocks.size()), cudaSuccess);
-  ASSERT_EQ(cudaMalloc(&d_out, n * sizeof(float)), cudaSuccess);
-  ASSERT_EQ(cudaMemcpy(d_blocks, blocks.data(), blocks.size(), cudaMemcpyHostToDevice),
-            cudaSuccess);
-  DequantizeArguments args{type, d_blocks, d_out, n, nullptr};
+  ASSERT_TRUE(std::any_of(want.begin(), want.end(), [](float v) { return v != 0.f; }));
+  MOEFLOW_SKIP_WITHOUT_CUDA_DEVICE();
+  DeviceBuffer<uint8_t> d_blocks(blocks);
+  DeviceBuffer<float> d_out(n);
+  DequantizeArguments args{type, d_blocks.get(), d_out.get(), n, nullptr};
   ASSERT_TRUE(RunDequantize(args).ok());
-  std::vector<float> got(n);
-  ASSERT_EQ(cudaMemcpy(got.data(), d_out, n * sizeof(float), cudaMemcpyDeviceToHost),
-            cudaSuccess);
-  cudaFree(d_blocks);
-  cudaFree(d_out);
+  const std::vector<float> got = d_out.Download();
   for (int64_t i = 0; i < n; ++i) {
     ASSERT_EQ(std::memcmp(&got[i], &want[i], 4), 0)
         << Traits(type).name << " element " << i << ": gpu " << got[i] << " cpu " << want[i];

@@ -3,7 +3,8 @@
 // step for step (scores as double dot products rounded to float times
 // kq_scale, softmax with a double sum, the context in double), over rows
 // rounded to bf16 as the cache stores them. Pages are handed out in a
-// shuffled order so the page table matters. Device tests skip, printing why,
+// shuffled order so the page table matters. Each test builds its inputs and
+// the reference first (that part runs everywhere), then skips, printing why,
 // without a CUDA device; the argument checks always run.
 #include "kernels/cuda/mla_attention.h"
 
@@ -105,36 +106,60 @@ TEST(MlaAttentionTest, ArgumentChecksNameTheProblem) {
 
 class MlaDeviceTest : public ::testing::TestWithParam<Shape> {};
 
-TEST_P(MlaDeviceTest, DecodeMatchesReferenceOverShuffledPages) {
-  MOEFLOW_SKIP_WITHOUT_CUDA_DEVICE();
-  const Shape s = GetParam();
-  const int page_tokens = 64, max_pages = 20;
+// Sequences of several lengths in shuffled pages of one pool; the query of
+// each sequence and the reference context over its whole length.
+struct DecodeCase {
+  int page_tokens = 64, max_pages = 20;
+  std::vector<int64_t> lens;
+  std::vector<PagedSequence> seqs;
+  std::vector<uint16_t> pool;
+  std::vector<int32_t> table, seq_lens;
+  std::vector<float> q, want;  // want: [n_seqs × n_heads × kv_lora]
+};
+
+DecodeCase MakeDecodeCase(const Shape& s, float kq_scale) {
+  DecodeCase d;
+  d.lens = {1, 63, 64, 700, 1280};
+  const int64_t n_seqs = static_cast<int64_t>(d.lens.size());
   const int64_t row_dim = s.kv_lora + s.rope;
-  const std::vector<int64_t> lens = {1, 63, 64, 700, 1280};
-  const int64_t n_seqs = static_cast<int64_t>(lens.size());
-  const float kq_scale = 1.0f / std::sqrt(192.0f);
-  std::vector<int32_t> free_pages(n_seqs * max_pages);
+  std::vector<int32_t> free_pages(n_seqs * d.max_pages);
   std::iota(free_pages.begin(), free_pages.end(), 0);
   std::shuffle(free_pages.begin(), free_pages.end(), std::mt19937(1));
-  std::vector<uint16_t> pool(free_pages.size() * page_tokens * row_dim, 0);
-  std::vector<PagedSequence> seqs(n_seqs);
-  std::vector<int32_t> table(n_seqs * max_pages), seq_lens(n_seqs);
+  d.pool.assign(free_pages.size() * d.page_tokens * row_dim, 0);
+  d.seqs.resize(n_seqs);
+  d.table.resize(n_seqs * d.max_pages);
+  d.seq_lens.resize(n_seqs);
   for (int64_t i = 0; i < n_seqs; ++i) {
-    seqs[i].rows = Bf16Rounded(RandomFloats(lens[i] * row_dim, 100 + i, -2, 2));
-    seqs[i].pages.assign(free_pages.begin() + i * max_pages,
-                         free_pages.begin() + (i + 1) * max_pages);
-    std::copy(seqs[i].pages.begin(), seqs[i].pages.end(), table.begin() + i * max_pages);
-    seq_lens[i] = static_cast<int32_t>(lens[i]);
-    Place(seqs[i], row_dim, page_tokens, &pool);
+    d.seqs[i].rows = Bf16Rounded(RandomFloats(d.lens[i] * row_dim, 100 + i, -2, 2));
+    d.seqs[i].pages.assign(free_pages.begin() + i * d.max_pages,
+                           free_pages.begin() + (i + 1) * d.max_pages);
+    std::copy(d.seqs[i].pages.begin(), d.seqs[i].pages.end(), d.table.begin() + i * d.max_pages);
+    d.seq_lens[i] = static_cast<int32_t>(d.lens[i]);
+    Place(d.seqs[i], row_dim, d.page_tokens, &d.pool);
   }
-  const std::vector<float> q = RandomFloats(n_seqs * s.n_heads * row_dim, 7, -1, 1);
-  DeviceBuffer<float> dq(q), dout(n_seqs * s.n_heads * s.kv_lora);
-  DeviceBuffer<uint16_t> dpool(pool);
-  DeviceBuffer<int32_t> dtable(table), dlens(seq_lens);
+  d.q = RandomFloats(n_seqs * s.n_heads * row_dim, 7, -1, 1);
+  for (int64_t i = 0; i < n_seqs; ++i) {
+    const std::vector<float> qi(d.q.begin() + i * s.n_heads * row_dim,
+                                d.q.begin() + (i + 1) * s.n_heads * row_dim);
+    const std::vector<float> ctx = ReferenceContext(qi, d.seqs[i].rows, d.lens[i], s, kq_scale);
+    d.want.insert(d.want.end(), ctx.begin(), ctx.end());
+  }
+  return d;
+}
+
+TEST_P(MlaDeviceTest, DecodeSplitKMatchesReferenceOverShuffledPages) {
+  const Shape s = GetParam();
+  const float kq_scale = 1.0f / std::sqrt(192.0f);
+  const DecodeCase d = MakeDecodeCase(s, kq_scale);
+  const int64_t n_seqs = static_cast<int64_t>(d.lens.size());
+  MOEFLOW_SKIP_WITHOUT_CUDA_DEVICE();
+  DeviceBuffer<float> dq(d.q), dout(n_seqs * s.n_heads * s.kv_lora);
+  DeviceBuffer<uint16_t> dpool(d.pool);
+  DeviceBuffer<int32_t> dtable(d.table), dlens(d.seq_lens);
   for (int splits : {1, 3, MlaDecodeSplitsFor(1280)}) {
     DeviceBuffer<float> work(MlaDecodeWorkspaceFloats(n_seqs, s.n_heads, splits, s.kv_lora));
     MlaDecodeArguments a;
-    a.params = {s.n_heads, s.kv_lora, s.rope, page_tokens, max_pages, kq_scale};
+    a.params = {s.n_heads, s.kv_lora, s.rope, d.page_tokens, d.max_pages, kq_scale};
     a.q = dq.get();
     a.cache = dpool.get();
     a.page_table = dtable.get();
@@ -145,69 +170,103 @@ TEST_P(MlaDeviceTest, DecodeMatchesReferenceOverShuffledPages) {
     a.workspace = work.get();
     ASSERT_TRUE(RunMlaDecode(a).ok());
     const std::vector<float> got = dout.Download();
-    for (int64_t i = 0; i < n_seqs; ++i) {
-      const std::vector<float> qi(q.begin() + i * s.n_heads * row_dim,
-                                  q.begin() + (i + 1) * s.n_heads * row_dim);
-      const std::vector<float> want = ReferenceContext(qi, seqs[i].rows, lens[i], s, kq_scale);
-      for (size_t c = 0; c < want.size(); ++c) {
-        // A convex combination of values in [-2, 2]: f32 softmax and sums.
-        ASSERT_NEAR(got[i * s.n_heads * s.kv_lora + c], want[c], 2e-5)
-            << "splits " << splits << " seq " << i << " (len " << lens[i] << ") value " << c;
-      }
+    for (size_t c = 0; c < d.want.size(); ++c) {
+      // A convex combination of values in [-2, 2]: f32 softmax and sums.
+      const int64_t seq = static_cast<int64_t>(c) / (s.n_heads * s.kv_lora);
+      ASSERT_NEAR(got[c], d.want[c], 2e-5)
+          << "splits " << splits << " seq " << seq << " (len " << d.lens[seq] << ") value "
+          << c % (s.n_heads * s.kv_lora);
     }
   }
 }
 
-TEST_P(MlaDeviceTest, PrefillChunkMatchesReferenceCausally) {
+// The cache write stores bf16 of each row at its slot (page · page_tokens +
+// offset) and leaves every other slot as it was.
+TEST_P(MlaDeviceTest, CacheWriteStoresBf16RowsAtTheirSlots) {
+  const Shape s = GetParam();
+  const int page_tokens = 64, n_pages = 4;
+  const int64_t row_dim = s.kv_lora + s.rope, n_tokens = 70;
+  const std::vector<float> rows = RandomFloats(n_tokens * row_dim, 11, -3, 3);
+  std::vector<int32_t> slots(n_tokens);
+  std::vector<int32_t> all(n_pages * page_tokens);
+  std::iota(all.begin(), all.end(), 0);
+  std::shuffle(all.begin(), all.end(), std::mt19937(2));
+  std::copy(all.begin(), all.begin() + n_tokens, slots.begin());
+  std::vector<uint16_t> pool(n_pages * page_tokens * row_dim);
+  for (size_t i = 0; i < pool.size(); ++i) pool[i] = static_cast<uint16_t>(0x3f80 + i % 7);
+  std::vector<uint16_t> want = pool;
+  for (int64_t t = 0; t < n_tokens; ++t) {
+    for (int64_t c = 0; c < row_dim; ++c) {
+      want[slots[t] * row_dim + c] = Fp32ToBf16(rows[t * row_dim + c]);
+    }
+  }
+  ASSERT_NE(want, pool);
   MOEFLOW_SKIP_WITHOUT_CUDA_DEVICE();
+  DeviceBuffer<uint16_t> dpool(pool);
+  DeviceBuffer<float> drows(rows);
+  DeviceBuffer<int32_t> dslots(slots);
+  ASSERT_TRUE(
+      RunMlaCacheWrite({drows.get(), dslots.get(), n_tokens, row_dim, dpool.get(), nullptr}).ok());
+  EXPECT_EQ(dpool.Download(), want);
+}
+
+// A prompt prefilled in chunks as the gpu_worker does it: each chunk's rows
+// go into the paged cache through the cache-write kernel, then the chunk's
+// queries attend causally over every position so far (the earlier chunks'
+// rows read back from the cache). Chunk sizes cover one token (a decode
+// step), a partial tile, several tiles and a page boundary crossed.
+TEST_P(MlaDeviceTest, ChunkedPrefillOverThePagedCacheMatchesReferenceCausally) {
   const Shape s = GetParam();
   const int page_tokens = 64, max_pages = 6;
   const int64_t row_dim = s.kv_lora + s.rope;
-  const int64_t start_pos = 37, n_tokens = 90, len = start_pos + n_tokens;
+  const std::vector<int64_t> chunks = {37, 90, 1, 50, 1};
+  int64_t len = 0;
+  for (int64_t c : chunks) len += c;
   const float kq_scale = 0.07f;
   PagedSequence seq;
   seq.rows = Bf16Rounded(RandomFloats(len * row_dim, 3, -2, 2));
   seq.pages = {4, 1, 5, 0, 3, 2};
-  std::vector<uint16_t> pool(max_pages * page_tokens * row_dim, 0);
-  // The chunk's own rows go in through the cache-write kernel, the earlier
-  // ones directly.
-  PagedSequence prefix = seq;
-  prefix.rows.resize(start_pos * row_dim);
-  Place(prefix, row_dim, page_tokens, &pool);
-  DeviceBuffer<uint16_t> dpool(pool);
-  const std::vector<float> chunk_rows(seq.rows.begin() + start_pos * row_dim, seq.rows.end());
-  std::vector<int32_t> slots(n_tokens);
-  for (int64_t t = 0; t < n_tokens; ++t) {
-    const int64_t j = start_pos + t;
-    slots[t] = seq.pages[j / page_tokens] * page_tokens + static_cast<int32_t>(j % page_tokens);
+  std::vector<int32_t> slots(len);
+  for (int64_t j = 0; j < len; ++j) {
+    slots[j] = seq.pages[j / page_tokens] * page_tokens + static_cast<int32_t>(j % page_tokens);
   }
-  DeviceBuffer<float> drows(chunk_rows);
-  DeviceBuffer<int32_t> dslots(slots), dtable(seq.pages);
-  ASSERT_TRUE(
-      RunMlaCacheWrite({drows.get(), dslots.get(), n_tokens, row_dim, dpool.get(), nullptr}).ok());
-  Place(seq, row_dim, page_tokens, &pool);
-  ASSERT_EQ(dpool.Download(), pool);  // the cache write stores bf16 of each row
-
-  const std::vector<float> q = RandomFloats(n_tokens * s.n_heads * row_dim, 8, -1, 1);
-  DeviceBuffer<float> dq(q), dout(n_tokens * s.n_heads * s.kv_lora);
-  MlaPrefillArguments a;
-  a.params = {s.n_heads, s.kv_lora, s.rope, page_tokens, max_pages, kq_scale};
-  a.q = dq.get();
-  a.cache = dpool.get();
-  a.page_table = dtable.get();
-  a.start_pos = start_pos;
-  a.n_tokens = n_tokens;
-  a.out = dout.get();
-  ASSERT_TRUE(RunMlaPrefill(a).ok());
-  const std::vector<float> got = dout.Download();
-  for (int64_t t = 0; t < n_tokens; ++t) {
+  const std::vector<float> q = RandomFloats(len * s.n_heads * row_dim, 8, -1, 1);
+  std::vector<float> want;  // [len × n_heads × kv_lora]
+  for (int64_t t = 0; t < len; ++t) {
     const std::vector<float> qt(q.begin() + t * s.n_heads * row_dim,
                                 q.begin() + (t + 1) * s.n_heads * row_dim);
-    const std::vector<float> want = ReferenceContext(qt, seq.rows, start_pos + t + 1, s, kq_scale);
-    for (size_t c = 0; c < want.size(); ++c) {
-      ASSERT_NEAR(got[t * s.n_heads * s.kv_lora + c], want[c], 2e-5)
-          << "token " << t << " (position " << start_pos + t << ") value " << c;
-    }
+    const std::vector<float> ctx = ReferenceContext(qt, seq.rows, t + 1, s, kq_scale);
+    want.insert(want.end(), ctx.begin(), ctx.end());
+  }
+  std::vector<uint16_t> full_pool(max_pages * page_tokens * row_dim, 0);
+  Place(seq, row_dim, page_tokens, &full_pool);
+  MOEFLOW_SKIP_WITHOUT_CUDA_DEVICE();
+  DeviceBuffer<uint16_t> dpool(std::vector<uint16_t>(full_pool.size(), 0));
+  DeviceBuffer<float> drows(std::vector<float>(seq.rows.begin(), seq.rows.end()));
+  DeviceBuffer<int32_t> dslots(slots), dtable(seq.pages);
+  DeviceBuffer<float> dq(q), dout(len * s.n_heads * s.kv_lora);
+  int64_t start = 0;
+  for (int64_t n_tokens : chunks) {
+    ASSERT_TRUE(RunMlaCacheWrite({drows.get() + start * row_dim, dslots.get() + start, n_tokens,
+                                  row_dim, dpool.get(), nullptr})
+                    .ok());
+    MlaPrefillArguments a;
+    a.params = {s.n_heads, s.kv_lora, s.rope, page_tokens, max_pages, kq_scale};
+    a.q = dq.get() + start * s.n_heads * row_dim;
+    a.cache = dpool.get();
+    a.page_table = dtable.get();
+    a.start_pos = start;
+    a.n_tokens = n_tokens;
+    a.out = dout.get() + start * s.n_heads * s.kv_lora;
+    ASSERT_TRUE(RunMlaPrefill(a).ok());
+    start += n_tokens;
+  }
+  ASSERT_EQ(dpool.Download(), full_pool);
+  const std::vector<float> got = dout.Download();
+  for (size_t c = 0; c < want.size(); ++c) {
+    const int64_t t = static_cast<int64_t>(c) / (s.n_heads * s.kv_lora);
+    ASSERT_NEAR(got[c], want[c], 2e-5)
+        << "position " << t << " value " << c % (s.n_heads * s.kv_lora);
   }
 }
 
