@@ -1,8 +1,8 @@
 """Repository rule that finds the local CUDA toolkit (nvcc, cudart, NCCL).
 
 When $CUDA_PATH/bin/nvcc exists (default /usr/local/cuda) and the repo env
-MOEFLOW_CUDA is not "0", @local_cuda exposes cuda_headers, cudart, cublas and
-nccl from that toolkit and `@local_cuda//:nvcc`. Otherwise every target there is
+MOEFLOW_CUDA is not "0", @local_cuda exposes cuda_headers, cudart (shared, or static with
+--define=cudart=static), cublas and nccl from that toolkit and `@local_cuda//:nvcc`. Otherwise every target there is
 incompatible (target_compatible_with a constraint nobody satisfies), so CUDA
 targets are skipped by `bazel test //...` instead of failing.
 """
@@ -27,9 +27,15 @@ cc_library(
     includes = ["include", "include/cccl"],
 )
 
+# The CUDA runtime: shared by default; static under --define=cudart=static
+# (--config=gpukit: binaries that run on a machine whose CUDA runtime may
+# differ, found only through the driver).
 cc_library(
     name = "cudart",
-    linkopts = ["-L{path}/lib64", "-Wl,-rpath,{path}/lib64", "-lcudart"],
+    linkopts = select({
+        "@//:cudart_static": ["-L{path}/lib64", "-l:libcudart_static.a", "-ldl", "-lrt", "-lpthread"],
+        "//conditions:default": ["-L{path}/lib64", "-Wl,-rpath,{path}/lib64", "-lcudart"],
+    }),
     deps = [":cuda_headers"],
 )
 
