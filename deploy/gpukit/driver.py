@@ -1,0 +1,812 @@
+#!/usr/bin/env python3
+"""The GPU device kit's driver: validates moeflow's CUDA backend on one machine.
+
+Run from a kit that deploy/gpu-kit.sh built (this file is its driver.py):
+
+    python3 KIT/driver.py --out DIR [--budget-s 480] [--dry-run] [--skip STEP,...]
+
+Steps, each bounded by its own timeout and all by --budget-s:
+  kernels  every CUDA kernel test binary (GoogleTest) against its CPU
+           reference; one verdict per kernel (KERNELS below)
+  e2e      `moeflow launch` of a topology with `backend: cuda` and one expert
+           worker on this machine's CPUs, against the same topology with
+           `backend: cpu`: greedy text of 32 tokens equal, logits of a
+           64-token sequence within the tolerance (E2E_TOLERANCE)
+  timing   cuda_kernel_bench (MLA decode at 1K/8K/32K context, int4/int8 GEMV
+           GB/s against the card's bandwidth) and the decode step of a
+           DeepSeek-V3-shaped few-layer model made here by `moeflow mkmodel`
+Writes DIR/gpu-kit-report.json, DIR/gpu-kit-report.md and DIR/gpu-kit-logs.tar.gz
+(every step's output) and prints one verdict line per kernel.
+
+--dry-run (CI, no GPU): CUDA is hidden from every child (CUDA_VISIBLE_DEVICES
+empty), so every GPU check must report "skipped: no device"; the CPU sides run
+for real: the tests' CPU references, the e2e harness on the CPU backend
+(launch vs the single-process engine, bit-identical), the refusal of the CUDA
+gpu worker at Configure, the bench's argument handling, the reports. Exit 0
+when every row is as it must be (device run: every check passed; dry run:
+every GPU check skipped for want of a device and every CPU check passed).
+
+Only the Python standard library; nothing is installed or fetched.
+"""
+
+import argparse
+import glob
+import json
+import os
+import re
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import tarfile
+import time
+from array import array
+
+KIT = os.path.dirname(os.path.abspath(__file__))
+
+# (kernel, test binary, regex over "Suite.Test/param" names). Every GPU test
+# of a binary should be claimed by one row; the rest land in its "host
+# checks" row.
+KERNELS = [
+    ("dequantize Q8_0", "dequant_test", r"MatchesCpuReferenceBitForBit/q8_0$"),
+    ("dequantize Q4_K", "dequant_test", r"MatchesCpuReferenceBitForBit/q4_K$"),
+    ("dequantize Q6_K", "dequant_test", r"MatchesCpuReferenceBitForBit/q6_K$"),
+    ("RMSNorm", "layer_ops_test", r"\.RmsNormMatchesReference$"),
+    ("YaRN RoPE", "layer_ops_test", r"\.YarnRopeMatchesReference$"),
+    ("SiLU-mul", "layer_ops_test", r"\.SiluMulMatchesReference$"),
+    ("residual add, f32->bf16", "layer_ops_test", r"\.ResidualAddAndBf16MatchReference$"),
+    ("router top-k softmax", "layer_ops_test", r"\.RouterTopKSoftmaxMatchesReference$"),
+    ("router top-k sigmoid+bias+groups", "layer_ops_test",
+     r"\.RouterTopKSigmoidBiasGroupsMatchesReference$"),
+    ("MLA cache write", "mla_attention_test", r"\.CacheWriteStoresBf16RowsAtTheirSlots/"),
+    ("MLA decode split-K", "mla_attention_test", r"\.DecodeSplitKMatchesReference"),
+    ("MLA chunked prefill, paged cache", "mla_attention_test",
+     r"\.ChunkedPrefillOverThePagedCacheMatchesReferenceCausally/"),
+    ("int8 GEMV (Q8_0)", "weight_only_gemm_test", r"\.MatchesReference/q8_0_tokens[1-8]$"),
+    ("int8 GEMM (Q8_0)", "weight_only_gemm_test", r"\.MatchesReference/q8_0_tokens\d\d+$"),
+    ("int4 GEMV (Q4_K)", "weight_only_gemm_test", r"\.MatchesReference/q4_K_tokens[1-8]$"),
+    ("int4 GEMM (Q4_K)", "weight_only_gemm_test", r"\.MatchesReference/q4_K_tokens\d\d+$"),
+    ("int8 GEMV/GEMM (Q6_K requantized)", "weight_only_gemm_test", r"\.MatchesReference/q6_K_"),
+    ("head-batched GEMM (MLA absorption)", "weight_only_gemm_test",
+     r"\.HeadBatchedAbsorptionMatchesReference$"),
+    ("cuBLAS BF16 GEMM", "cublas_gemm_test", r"\.MatchesDoubleReferenceAndAccumulatesWithBeta$"),
+    ("cuBLAS F32 GEMM (router)", "cublas_gemm_test", r"\.F32GemmMatchesDoubleReference$"),
+    ("CUDA graphs replay", "cuda_graph_test", r"\.CapturesOncePerBatchSizeAndReplays"),
+    ("NCCL all-reduce", "nccl_all_reduce_test", r"\.SumsAcrossAllDevices$"),
+    ("CUDA backend vs f32 reference", "cuda_backend_test", r"CudaBackendDeviceTest\.LogitsMatch"),
+]
+TEST_BINARIES = list(dict.fromkeys(b for _, b, _ in KERNELS))
+BINARY_TIMEOUT_S = {"cuda_backend_test": 150}
+# What cuda_backend_test reads (tests/gpu_worker/cuda_backend_test.cc).
+BACKEND_FIXTURES = ["tiny-v2/tiny-v2.f32.gguf", "tiny-v2/tiny-v2.q8_0.gguf",
+                    "tiny-v3/tiny-v3.f32.gguf", "tiny-v3/tiny-v3.q4_k_m.gguf"]
+
+# The e2e comparison of the CUDA gpu worker with the CPU one: BF16 / int8 /
+# int4 weights with f32 activations against the CPU's weights with
+# activations quantized as ggml does, over a few layers.
+E2E_TOLERANCE = {"max_abs_diff_of_max_logit": 0.05, "top1_margin": 0.2}
+E2E_TOKENS = [(i * 37 + 11) % 250 + 1 for i in range(64)]
+E2E_PROMPT = "The quick brown fox jumps over the lazy dog. Once upon a time"
+E2E_NEW_TOKENS = 32
+V3_LAYERS = 3  # DeepSeek-V3 keeps its first 3 layers dense: the whole step on the GPU
+
+
+class Budget:
+    def __init__(self, seconds):
+        self.end = time.monotonic() + seconds
+
+    def left(self):
+        return self.end - time.monotonic()
+
+    def timeout(self, want, reserve=15):
+        return max(0.0, min(want, self.left() - reserve))
+
+
+class Runner:
+    """Runs children in their own process group, logs each to work/logs."""
+
+    def __init__(self, work, env):
+        self.logs = os.path.join(work, "logs")
+        os.makedirs(self.logs, exist_ok=True)
+        self.env = env
+        self.n = 0
+
+    def log_path(self, name):
+        self.n += 1
+        return os.path.join(self.logs, "%02d-%s.log" % (self.n, re.sub(r"[^\w.-]", "_", name)))
+
+    def run(self, name, cmd, timeout, cwd=None, env_extra=None, log=True):
+        """(rc or None on timeout, stdout text, stderr text, seconds); logged unless log=False."""
+        env = dict(self.env, **(env_extra or {}))
+        start = time.monotonic()
+        if timeout <= 0:
+            return None, "", "not run: the budget is spent", 0.0
+        p = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, start_new_session=True)
+        try:
+            out, err = p.communicate(timeout=timeout)
+            rc = p.returncode
+        except subprocess.TimeoutExpired:
+            kill_group(p)
+            out, err = p.communicate()
+            rc = None
+        secs = time.monotonic() - start
+        out = out.decode("utf-8", "replace")
+        err = err.decode("utf-8", "replace")
+        if not log:
+            return rc, out, err, secs
+        with open(self.log_path(name), "w") as f:
+            f.write("$ %s\n# cwd %s, rc %s, %.1f s\n--- stdout\n%s\n--- stderr\n%s\n"
+                    % (" ".join(cmd), cwd or os.getcwd(), rc, secs, out, err))
+        return rc, out, err, secs
+
+    def start(self, name, cmd, cwd=None):
+        """A background child: (Popen, its log file, the log's path, its stdout's path)."""
+        path = self.log_path(name)
+        f = open(path, "wb")
+        f.write(("$ %s\n" % " ".join(cmd)).encode())
+        f.flush()
+        out_path = path[:-len(".log")] + ".stdout"
+        with open(out_path, "wb") as out:
+            p = subprocess.Popen(cmd, cwd=cwd, env=self.env, stdout=out, stderr=f,
+                                 start_new_session=True)
+        return p, f, path, out_path
+
+
+def kill_group(p):
+    try:
+        os.killpg(p.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+# --- preflight -------------------------------------------------------------
+
+def glibc_version():
+    v = os.confstr("CS_GNU_LIBC_VERSION") if hasattr(os, "confstr") else ""
+    m = re.search(r"(\d+)\.(\d+)", v or "")
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def find_lib(names, extra_dirs):
+    """First directory holding one of `names` (ldconfig's cache, then extra_dirs)."""
+    try:
+        cache = subprocess.run(["ldconfig", "-p"], capture_output=True, text=True,
+                               timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        cache = ""
+    for name in names:
+        m = re.search(r"\s%s \(.*x86-64.*\) => (\S+)" % re.escape(name), cache)
+        if m:
+            return os.path.dirname(m.group(1))
+    for d in extra_dirs:
+        for name in names:
+            if os.path.exists(os.path.join(d, name)):
+                return d
+    return None
+
+
+def cuda_lib_dirs():
+    dirs = []
+    for root in [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"]:
+        if root:
+            dirs += [os.path.join(root, "lib64"), os.path.join(root, "targets/x86_64-linux/lib")]
+    dirs += sorted(glob.glob("/usr/local/cuda-*/lib64"))
+    # NVIDIA's Python wheels (PyTorch's CUDA libraries) put them here.
+    for pattern in ["/usr/local/lib/python3*/dist-packages/nvidia/*/lib",
+                    "/usr/lib/python3*/dist-packages/nvidia/*/lib",
+                    "/opt/*/.venv/lib/python3*/site-packages/nvidia/*/lib",
+                    "/opt/*/lib/python3*/site-packages/nvidia/*/lib",
+                    "/root/.local/lib/python3*/site-packages/nvidia/*/lib"]:
+        dirs += sorted(glob.glob(pattern))
+    dirs += ["/usr/lib/x86_64-linux-gnu", "/usr/local/nvidia/lib64", "/usr/local/nvidia/lib"]
+    return [d for d in dict.fromkeys(dirs) if os.path.isdir(d)]
+
+
+def nvidia_smi(runner, budget):
+    if shutil.which("nvidia-smi") is None:
+        return None, "nvidia-smi not found"
+    rc, out, err, _ = runner.run(
+        "nvidia-smi", ["nvidia-smi", "--query-gpu=name,driver_version,memory.total,"
+                       "compute_cap", "--format=csv,noheader"], budget.timeout(30, 0))
+    if rc != 0 or not out.strip():
+        return None, (err or out).strip() or "nvidia-smi failed"
+    gpus = []
+    for line in out.strip().splitlines():
+        f = [x.strip() for x in line.split(",")]
+        gpus.append({"name": f[0], "driver": f[1], "memory": f[2],
+                     "compute_capability": f[3] if len(f) > 3 else ""})
+    return gpus, ""
+
+
+def vram_used_mib(runner):
+    if shutil.which("nvidia-smi") is None:
+        return None
+    rc, out, _, _ = runner.run("nvidia-smi-memory", ["nvidia-smi", "--query-gpu=memory.used",
+                                                     "--format=csv,noheader,nounits"], 20)
+    try:
+        return int(out.strip().splitlines()[0]) if rc == 0 else None
+    except (ValueError, IndexError):
+        return None
+
+
+# --- step 1: kernel tests ----------------------------------------------------
+
+def parse_gtest(json_path, stdout):
+    """{full test name: (result, message)} from --gtest_output=json and stdout."""
+    tests = {}
+    try:
+        with open(json_path) as f:
+            doc = json.load(f)
+    except (OSError, ValueError):
+        return None
+    # A skip's reason: the line after gtest's "FILE:LINE: Skipped" in its output.
+    skip_reason, lines = {}, []
+    for line in stdout.splitlines():
+        m = re.match(r"\[  SKIPPED \] (\S+)", line)
+        if line.startswith("[ RUN"):
+            lines = []
+        elif m and m.group(1) not in skip_reason:
+            after = [lines[i + 1] for i in range(len(lines) - 1) if lines[i].endswith(": Skipped")]
+            skip_reason[m.group(1)] = after[0].strip() if after else ""
+        else:
+            lines.append(line)
+    for suite in doc.get("testsuites", []):
+        for t in suite.get("testsuite", []):
+            name = "%s.%s" % (suite["name"], t["name"])
+            failures = t.get("failures") or []
+            if failures:
+                msg = failures[0].get("failure", "").strip().splitlines()
+                tests[name] = ("FAIL", " / ".join(msg[:3]))
+            elif t.get("result") == "SKIPPED":
+                tests[name] = ("SKIP", skip_reason.get(name, ""))
+            elif t.get("status") == "NOTRUN":
+                tests[name] = ("NOTRUN", "")
+            else:
+                tests[name] = ("PASS", t.get("time", ""))
+    return tests
+
+
+def row_verdict(results):
+    """Verdict of a kernel row from its tests' (result, message)."""
+    if not results:
+        return "MISSING", "no test of this name in the binary"
+    fails = [m for r, m in results if r == "FAIL"]
+    if fails:
+        return "FAIL", fails[0]
+    skips = [m for r, m in results if r == "SKIP"]
+    if len(skips) == len(results):
+        return "SKIP", skips[0]
+    if skips:
+        return "FAIL", "some cases skipped: " + skips[0]
+    return "PASS", "%d case(s)" % len(results)
+
+
+def data_root():
+    """(folder holding tests/data/llamacpp, fixtures cuda_backend_test reads that it lacks).
+
+    The kit's data/ if it has them all, else the repository checkout the kit
+    sits in (the device tool sends the checkout), else the kit's data/."""
+    def missing(root):
+        return [f for f in BACKEND_FIXTURES
+                if not os.path.exists(os.path.join(root, "tests/data/llamacpp", f))]
+    candidates = [os.path.join(KIT, "data")]
+    d = os.path.dirname(KIT)
+    while d != os.path.dirname(d):
+        candidates.append(d)
+        d = os.path.dirname(d)
+    for root in candidates:
+        if not missing(root):
+            return root, []
+    return candidates[0], missing(candidates[0])
+
+
+def gtest_param(fixture):
+    return re.sub(r"[^0-9A-Za-z]", "_", fixture.split("/")[-1])
+
+
+def step_kernels(runner, budget, work):
+    rows, extra = [], []
+    bindir = os.path.join(KIT, "bin")
+    data, lacking = data_root()
+    for binary in TEST_BINARIES:
+        mine = [(k, rx) for k, b, rx in KERNELS if b == binary]
+        json_path = os.path.join(work, binary + ".json")
+        if os.path.exists(json_path):
+            os.remove(json_path)
+        cmd = [os.path.join(bindir, binary), "--gtest_output=json:" + json_path]
+        left_out = ""
+        if binary == "cuda_backend_test" and lacking:
+            cmd.append("--gtest_filter=-" + ":".join("*/" + gtest_param(f) for f in lacking))
+            left_out = "; left out (fixture not in the kit nor a checkout): " + ", ".join(lacking)
+        rc, out, err, secs = runner.run(binary, cmd, budget.timeout(
+            BINARY_TIMEOUT_S.get(binary, 90)), cwd=data)
+        tests = parse_gtest(json_path, out)
+        if tests is None:
+            why = ("timed out" if rc is None else "exit %s, no report" % rc) + (
+                ": " + (err.strip().splitlines() or [""])[-1] if err.strip() else "")
+            for k, _ in mine:
+                rows.append({"kernel": k, "binary": binary, "verdict": "FAIL", "detail": why})
+            continue
+        claimed = set()
+        for k, rx in mine:
+            matched = [(n, r) for n, r in tests.items() if re.search(rx, n)]
+            claimed.update(n for n, _ in matched)
+            verdict, detail = row_verdict([r for _, r in matched])
+            detail += left_out if binary == "cuda_backend_test" else ""
+            rows.append({"kernel": k, "binary": binary, "verdict": verdict, "detail": detail,
+                         "tests": sorted(n for n, _ in matched), "seconds": round(secs, 1)})
+        rest = [r for n, r in tests.items() if n not in claimed]
+        verdict, detail = row_verdict(rest) if rest else ("PASS", "none")
+        if rc not in (0, None) and verdict == "PASS":
+            verdict, detail = "FAIL", "exit %s" % rc
+        extra.append({"kernel": "host checks of " + binary, "binary": binary,
+                      "verdict": verdict, "detail": detail,
+                      "tests": sorted(n for n in tests if n not in claimed)})
+    return rows, extra
+
+
+# --- step 2 and 3: launches ------------------------------------------------
+
+def read_mflg(path):
+    with open(path, "rb") as f:
+        data = f.read()
+    magic, version, n_tokens, n_vocab = struct.unpack_from("<4sIII", data, 0)
+    if magic != b"MFLG" or version != 1:
+        raise ValueError("%s: not an MFLG v1 file" % path)
+    logits = array("f")
+    logits.frombytes(data[16 + 4 * n_tokens:16 + 4 * n_tokens + 4 * n_tokens * n_vocab])
+    if sys.byteorder != "little":
+        logits.byteswap()
+    return n_tokens, n_vocab, logits
+
+
+def compare_logits(ref_path, got_path):
+    n, v, ref = read_mflg(ref_path)
+    n2, v2, got = read_mflg(got_path)
+    if (n, v) != (n2, v2):
+        return {"error": "shapes differ: %dx%d vs %dx%d" % (n, v, n2, v2)}
+    max_ref = max(abs(x) for x in ref)
+    max_diff = max(abs(a - b) for a, b in zip(ref, got))
+    clear, top1_equal = 0, 0
+    for t in range(n):
+        r = ref[t * v:(t + 1) * v]
+        g = got[t * v:(t + 1) * v]
+        order = sorted(range(v), key=lambda i: -r[i])[:2]
+        if r[order[0]] - r[order[1]] < E2E_TOLERANCE["top1_margin"]:
+            continue
+        clear += 1
+        top1_equal += max(range(v), key=lambda i: g[i]) == order[0]
+    return {"positions": n, "vocab": v, "max_abs_logit": max_ref, "max_abs_diff": max_diff,
+            "bit_identical": ref.tobytes() == got.tobytes(),
+            "clear_top1_positions": clear, "top1_equal": top1_equal}
+
+
+def write_topology(path, backend, kv_tokens, expert_threads):
+    gpu = ("  - backend: cuda\n    device_ids: [0]\n" if backend == "cuda"
+           else "  - backend: cpu\n    separate_process: true\n    threads: 2\n")
+    with open(path, "w") as f:
+        f.write("# written by the device kit's driver\ncontrol_address: 127.0.0.1:0\n"
+                "placement: replicate\nucx_transports: sm,self\nmax_batch_tokens: 64\n"
+                "gpu_workers:\n%s    kv_cache_tokens: %d\nexpert_workers:\n"
+                "  - numa_node: 0\n    threads: %d\n" % (gpu, kv_tokens, expert_threads))
+
+
+class Launch:
+    """`moeflow launch` in the background, its control address, and moeflowctl."""
+
+    def __init__(self, runner, name, topology, model):
+        self.runner, self.name = runner, name
+        bindir = os.path.join(KIT, "bin")
+        self.ctl = os.path.join(bindir, "moeflowctl")
+        self.proc, self.errf, self.err_path, self.out_path = runner.start(
+            name, [os.path.join(bindir, "moeflow"), "launch", topology, "--model", model,
+                   "--restart_workers=false"])
+        self.addr = None
+
+    def stderr(self):
+        if not self.errf.closed:
+            self.errf.flush()
+        with open(self.err_path, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+
+    def wait_serving(self, timeout):
+        """'' when serving, else why not."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                return "launch exited (%s): %s" % (self.proc.returncode,
+                                                   last_lines(self.stderr(), 3))
+            if self.addr is None:
+                with open(self.out_path, "rb") as f:
+                    m = re.search(rb"CONTROL (\S+)", f.read())
+                if m:
+                    self.addr = m.group(1).decode()
+            if self.addr is not None:
+                rc, _, _, _ = self.runner.run(self.name + "-status",
+                                              [self.ctl, "--addr", self.addr, "status"], 10,
+                                              log=False)
+                if rc == 0:
+                    return ""
+            time.sleep(0.5)
+        return "not serving after %.0f s: %s" % (timeout, last_lines(self.stderr(), 3))
+
+    def ctl_run(self, what, args, timeout):
+        return self.runner.run("%s-%s" % (self.name, what),
+                               [self.ctl, "--addr", self.addr] + args, timeout)
+
+    def stop(self):
+        if self.addr is not None and self.proc.poll() is None:
+            self.ctl_run("shutdown", ["shutdown"], 10)
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            pass
+        kill_group(self.proc)
+        self.proc.wait()
+        self.errf.close()
+
+
+def last_lines(text, n):
+    lines = [l for l in text.strip().splitlines() if l.strip()]
+    return " | ".join(lines[-n:])
+
+
+def generate_line(stderr):
+    m = re.search(r"moeflowctl generate: (\S+), (\d+) prompt \+ (\d+) tokens, (\d+) ms "
+                  r"\(first token (\d+) ms, decode ([\d.]+) tok/s\)", stderr)
+    if not m:
+        return None
+    return {"finish": m.group(1), "prompt_tokens": int(m.group(2)),
+            "completion_tokens": int(m.group(3)), "total_ms": int(m.group(4)),
+            "first_token_ms": int(m.group(5)), "decode_tok_s": float(m.group(6))}
+
+
+def run_deployment(runner, budget, work, name, backend, model, want_logits=True,
+                   new_tokens=E2E_NEW_TOKENS, kv_tokens=1024, ready_s=120):
+    """Launch, logits, greedy text, stats, VRAM, stop. A dict of what came back."""
+    topo = os.path.join(work, name + ".yaml")
+    write_topology(topo, backend, kv_tokens, max(1, min(8, (os.cpu_count() or 2) // 2)))
+    res = {"backend": backend, "model": os.path.basename(model)}
+    launch = Launch(runner, name, topo, model)
+    try:
+        why = launch.wait_serving(budget.timeout(ready_s))
+        if why:
+            res["error"] = why
+            return res
+        res["vram_used_mib"] = vram_used_mib(runner) if backend == "cuda" else None
+        if want_logits:
+            path = os.path.join(work, name + ".logits")
+            rc, _, err, _ = launch.ctl_run("logits", ["logits", "--tokens", ",".join(
+                map(str, E2E_TOKENS)), "--out", path], budget.timeout(60))
+            if rc != 0:
+                res["error"] = "moeflowctl logits: " + last_lines(err, 2)
+                return res
+            res["logits"] = path
+        rc, out, err, _ = launch.ctl_run(
+            "generate", ["generate", "--prompt", E2E_PROMPT, "--max-tokens", str(new_tokens),
+                         "--temperature", "0"], budget.timeout(120))
+        if rc != 0:
+            res["error"] = "moeflowctl generate: " + last_lines(err, 2)
+            return res
+        res["text"] = out[:-1] if out.endswith("\n") else out
+        res["generate"] = generate_line(err)
+        rc, out, _, _ = launch.ctl_run("stats", ["stats"], 20)
+        m = re.search(r"step p50 (\d+) us\s+p99 (\d+) us", out)
+        if m:
+            res["step_p50_us"], res["step_p99_us"] = int(m.group(1)), int(m.group(2))
+        return res
+    finally:
+        launch.stop()
+        res["launch_stderr_tail"] = last_lines(launch.stderr(), 4)
+
+
+def single_process_reference(runner, budget, work, name, model):
+    """`moeflow logits` and `moeflow generate` in one process (the dry run's reference)."""
+    moeflow = os.path.join(KIT, "bin", "moeflow")
+    path = os.path.join(work, name + ".logits")
+    rc, _, err, _ = runner.run(name + "-logits", [moeflow, "logits", "--model", model, "--tokens",
+                                                  ",".join(map(str, E2E_TOKENS)), "--out", path],
+                               budget.timeout(60))
+    if rc != 0:
+        return {"error": "moeflow logits: " + last_lines(err, 2)}
+    rc, out, err, _ = runner.run(name + "-generate",
+                                 [moeflow, "generate", "--model", model, "--prompt", E2E_PROMPT,
+                                  "--max-tokens", str(E2E_NEW_TOKENS), "--temperature", "0"],
+                                 budget.timeout(60))
+    if rc != 0:
+        return {"error": "moeflow generate: " + last_lines(err, 2)}
+    return {"backend": "single process", "logits": path, "text": out}
+
+
+def e2e_verdict(ref, got, exact):
+    if "error" in ref:
+        return "FAIL", "reference run: " + ref["error"], {}
+    if "error" in got:
+        return "FAIL", got["error"], {}
+    cmp = compare_logits(ref["logits"], got["logits"])
+    if "error" in cmp:
+        return "FAIL", cmp["error"], cmp
+    text_equal = ref["text"] == got["text"]
+    cmp["text_equal"] = text_equal
+    if not text_equal:
+        n = next((i for i, (a, b) in enumerate(zip(ref["text"], got["text"])) if a != b),
+                 min(len(ref["text"]), len(got["text"])))
+        cmp["text_diverges_at_char"] = n
+    rel = cmp["max_abs_diff"] / cmp["max_abs_logit"] if cmp["max_abs_logit"] > 0 else 0
+    cmp["max_abs_diff_of_max_logit"] = rel
+    detail = "max |dlogit| %.4g (%.2f%% of max |logit|), top-1 %d/%d, text %s" % (
+        cmp["max_abs_diff"], 100 * rel, cmp["top1_equal"], cmp["clear_top1_positions"],
+        "equal" if text_equal else "differs at char %d" % cmp["text_diverges_at_char"])
+    if exact:
+        ok = cmp["bit_identical"] and text_equal
+    else:
+        ok = (rel <= E2E_TOLERANCE["max_abs_diff_of_max_logit"] and text_equal
+              and cmp["top1_equal"] == cmp["clear_top1_positions"])
+    return ("PASS" if ok else "FAIL"), detail, cmp
+
+
+def step_e2e(runner, budget, work, dry_run):
+    rows = []
+    for label, model in e2e_models(runner, budget, work):
+        name = re.sub(r"\W", "_", label)
+        if not os.path.exists(model):
+            rows.append({"check": "e2e: " + label, "verdict": "FAIL", "detail": model})
+            continue
+        cpu = run_deployment(runner, budget, work, name + "-cpu", "cpu", model)
+        if dry_run:
+            ref = single_process_reference(runner, budget, work, name + "-single", model)
+            verdict, detail, cmp = e2e_verdict(ref, cpu, exact=True)
+            rows.append({"check": "e2e harness, CPU backend vs one process: " + label,
+                         "verdict": verdict, "detail": detail, "comparison": cmp})
+            cuda = run_deployment(runner, budget, work, name + "-cuda", "cuda", model,
+                                  ready_s=60)
+            err = cuda.get("error", "")
+            if "no usable CUDA device" in err:
+                rows.append({"check": "e2e CUDA gpu worker vs CPU: " + label, "verdict": "SKIP",
+                             "detail": "no device (gpu worker refused at Configure: %s)" %
+                                       err[err.find("backend cuda"):][:160]})
+            else:
+                rows.append({"check": "e2e CUDA gpu worker vs CPU: " + label, "verdict": "FAIL",
+                             "detail": "without a device the CUDA gpu worker must refuse at "
+                                       "Configure; got: " + (err or "it served")[:200]})
+            continue
+        cuda = run_deployment(runner, budget, work, name + "-cuda", "cuda", model)
+        verdict, detail, cmp = e2e_verdict(cpu, cuda, exact=False)
+        rows.append({"check": "e2e CUDA gpu worker vs CPU: " + label, "verdict": verdict,
+                     "detail": detail, "comparison": cmp, "vram_used_mib":
+                     cuda.get("vram_used_mib"), "cuda_generate": cuda.get("generate"),
+                     "cpu_generate": cpu.get("generate")})
+    return rows
+
+
+def e2e_models(runner, budget, work):
+    """(label, path): the kit's random model, an F16 one made here (the BF16
+    cuBLAS path), the llama.cpp tiny-v2 Q8_0 fixture (softmax router, no q_lora)."""
+    models = [("random tiny-v3 Q4_K_M",
+               os.path.join(KIT, "data", "models", "random-tiny-v3.q4_k_m.gguf"))]
+    f16 = os.path.join(work, "random-tiny-v3.f16.gguf")
+    rc, _, err, _ = runner.run("mkmodel-f16", [
+        os.path.join(KIT, "bin", "moeflow"), "mkmodel", "--preset", "tiny-v3", "--type", "f16",
+        "--seed", "17", "--threads", "2", "--out", f16, "--force"], budget.timeout(60))
+    models.append(("random tiny-v3 F16", f16 if rc == 0 else "mkmodel failed: " + err[-200:]))
+    root, _ = data_root()
+    fixture = os.path.join(root, "tests/data/llamacpp/tiny-v2/tiny-v2.q8_0.gguf")
+    if os.path.exists(fixture):
+        models.append(("llama.cpp tiny-v2 Q8_0", fixture))
+    return models
+
+
+def start_v3_model(runner, work):
+    path = os.path.join(work, "v3-%dlayers.q4_k_m.gguf" % V3_LAYERS)
+    threads = max(1, (os.cpu_count() or 2) - 2)
+    proc, errf, _, _ = runner.start("mkmodel-v3", [
+        os.path.join(KIT, "bin", "moeflow"), "mkmodel", "--preset", "v3", "--layers",
+        str(V3_LAYERS), "--type", "q4_k_m", "--threads", str(threads), "--out", path, "--force"])
+    return proc, errf, path
+
+
+def step_timing(runner, budget, work, dry_run, v3):
+    rows, bench = [], None
+    rc, out, err, _ = runner.run("cuda_kernel_bench", [os.path.join(KIT, "bin", "cuda_kernel_bench"),
+                                                       "--json"], budget.timeout(150))
+    try:
+        bench = json.loads(out.strip().splitlines()[-1]) if rc == 0 else None
+    except (ValueError, IndexError):
+        bench = None
+    if bench is None:
+        rows.append({"check": "kernel timings", "verdict": "FAIL",
+                     "detail": "cuda_kernel_bench: rc %s %s" % (rc, last_lines(err, 2))})
+    elif "skipped" in bench:
+        rows.append({"check": "kernel timings", "verdict": "SKIP", "detail": bench["skipped"]})
+    else:
+        rows.append({"check": "kernel timings", "verdict": "PASS", "detail": bench["device"]["name"]})
+    # Its argument handling (the dry run's check of the CPU side).
+    rc2, _, err2, _ = runner.run("cuda_kernel_bench-bad-flag", [os.path.join(
+        KIT, "bin", "cuda_kernel_bench"), "--heads", "0"], budget.timeout(20))
+    if rc2 != 2 or "--heads 0" not in err2:
+        rows.append({"check": "cuda_kernel_bench argument checks", "verdict": "FAIL",
+                     "detail": "rc %s: %s" % (rc2, last_lines(err2, 1))})
+    decode = None
+    if dry_run:
+        rows.append({"check": "decode step, v3-shaped %d-layer model" % V3_LAYERS,
+                     "verdict": "SKIP", "detail": "no device (the model is not made in a dry run)"})
+    else:
+        proc, errf, path = v3
+        try:
+            proc.wait(timeout=budget.timeout(300, reserve=120))
+        except subprocess.TimeoutExpired:
+            kill_group(proc)
+        errf.close()
+        if proc.returncode != 0:
+            rows.append({"check": "decode step, v3-shaped model", "verdict": "FAIL",
+                         "detail": "mkmodel did not finish (rc %s)" % proc.returncode})
+        else:
+            d = run_deployment(runner, budget, work, "v3-cuda", "cuda", path, want_logits=False,
+                               new_tokens=64, kv_tokens=4096, ready_s=240)
+            if "error" in d or not d.get("generate"):
+                rows.append({"check": "decode step, v3-shaped model", "verdict": "FAIL",
+                             "detail": d.get("error", "no generate line")})
+            else:
+                g = d["generate"]
+                decode = {"layers": V3_LAYERS, "decode_tok_s": g["decode_tok_s"],
+                          "decode_step_ms": 1000.0 / g["decode_tok_s"] if g["decode_tok_s"] else None,
+                          "first_token_ms": g["first_token_ms"], "step_p50_us": d.get("step_p50_us"),
+                          "vram_used_mib": d.get("vram_used_mib"), "model_bytes": os.path.getsize(path)}
+                rows.append({"check": "decode step, v3-shaped model", "verdict": "PASS",
+                             "detail": "%.2f ms per token" % decode["decode_step_ms"]})
+    return rows, bench, decode
+
+
+# --- reports ---------------------------------------------------------------
+
+def markdown(report):
+    lines = ["# moeflow GPU device kit report", "",
+             "%s, %s, kit %s (%s)" % (report["mode"], report["date"], report["kit"].get("commit"),
+                                      report["kit"].get("cuda")),
+             "", "Machine: %s; glibc %s; GPUs: %s" % (
+                 report["host"]["cpus"], report["host"]["glibc"],
+                 ", ".join("%s (driver %s, %s)" % (g["name"], g["driver"], g["memory"])
+                           for g in report["gpus"]) or report["no_gpu_reason"]),
+             "", "| kernel | verdict | detail |", "|---|---|---|"]
+    for r in report["kernels"] + report["host_checks"]:
+        lines.append("| %s | %s | %s |" % (r["kernel"], r["verdict"], r["detail"].replace("|", "\\|")))
+    lines += ["", "| check | verdict | detail |", "|---|---|---|"]
+    for r in report["e2e"] + report["timing_checks"]:
+        lines.append("| %s | %s | %s |" % (r["check"], r["verdict"], r["detail"].replace("|", "\\|")))
+    b = report.get("bench")
+    if b and "device" in b:
+        d = b["device"]
+        lines += ["", "%s: cc %s, %d SMs, %.1f GiB; memory %.0f GB/s (clock x bus), device copy "
+                  "%.0f GB/s" % (d["name"], d["compute_capability"], d["sms"], d["memory_gib"],
+                                 d["peak_gbps"], d["copy_gbps"]), "",
+                  "| MLA decode context | splits | decode us | cache GB/s | prefill kernel, 1 token, us |",
+                  "|---|---|---|---|---|"]
+        for r in b["mla_decode"]:
+            lines.append("| %d | %d | %.1f | %.0f | %.1f |" % (
+                r["context"], r["splits"], r["decode_us"], r["decode_cache_gbps"],
+                r["prefill_kernel_1token_us"]))
+        lines += ["", "| GEMV (1 token) | rows x cols | us | GB/s | of copy bandwidth |",
+                  "|---|---|---|---|---|"]
+        for r in b["gemv"]:
+            lines.append("| %s (%s) | %d x %d | %.1f | %.0f | %.2f |" % (
+                r["type"], r["kind"], r["rows"], r["cols"], r["us"], r["gbps"],
+                r["of_copy_bandwidth"]))
+    if report.get("decode_step"):
+        d = report["decode_step"]
+        lines += ["", "v3-shaped %d-layer model (Q4_K_M): decode %.2f tok/s, %.2f ms per step, "
+                  "first token %d ms, VRAM used %s MiB" % (
+                      d["layers"], d["decode_tok_s"], d["decode_step_ms"], d["first_token_ms"],
+                      d["vram_used_mib"])]
+    lines += ["", "Verdict: **%s** (%s)" % (report["verdict"], report["verdict_detail"]), ""]
+    return "\n".join(lines)
+
+
+def overall(report, dry_run):
+    rows = report["kernels"] + report["host_checks"] + report["e2e"] + report["timing_checks"]
+    bad = []
+    for r in rows:
+        name = r.get("kernel") or r.get("check")
+        v = r["verdict"]
+        gpu_row = r in report["kernels"] or name.startswith(("e2e CUDA", "kernel timings",
+                                                              "decode step"))
+        if dry_run:
+            if gpu_row and v == "SKIP" and "no device" not in r["detail"] and \
+                    "no CUDA" not in r["detail"]:
+                bad.append("%s: skipped for another reason (%s)" % (name, r["detail"]))
+            elif gpu_row and v not in ("SKIP",):
+                bad.append("%s: %s without a device (%s)" % (name, v, r["detail"]))
+            elif not gpu_row and v != "PASS":
+                bad.append("%s: %s (%s)" % (name, v, r["detail"]))
+        elif v != "PASS":
+            bad.append("%s: %s" % (name, v))
+    return ("PASS" if not bad else "FAIL"), ("; ".join(bad[:6]) or
+                                             "every row as it must be in a %s" %
+                                             ("dry run" if dry_run else "device run"))
+
+
+def main(argv):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", required=True, help="folder for the reports (created)")
+    ap.add_argument("--work", default="", help="scratch folder (default: a temporary one)")
+    ap.add_argument("--budget-s", type=float, default=480, help="total time for every step")
+    ap.add_argument("--dry-run", action="store_true", help="no GPU: hide CUDA, check the CPU parts")
+    ap.add_argument("--skip", default="", help="steps to leave out: kernels,e2e,timing")
+    args = ap.parse_args(argv)
+    skip = set(s for s in args.skip.split(",") if s)
+    if skip - {"kernels", "e2e", "timing"}:
+        ap.error("--skip: unknown step(s) %s" % ",".join(sorted(skip - {"kernels", "e2e", "timing"})))
+    if args.budget_s < 60:
+        ap.error("--budget-s %g: at least 60" % args.budget_s)
+    budget = Budget(args.budget_s)
+    os.makedirs(args.out, exist_ok=True)
+    work = args.work or os.path.join("/tmp", "moeflow-gpukit-%d" % os.getpid())
+    os.makedirs(work, exist_ok=True)
+    with open(os.path.join(KIT, "manifest.json")) as f:
+        manifest = json.load(f)
+
+    env = {k: v for k, v in os.environ.items() if k != "LD_LIBRARY_PATH"}
+    env["UCX_MODULE_DIR"] = os.path.join(KIT, "lib", "ucx")
+    env.setdefault("UCX_NET_DEVICES", "lo")
+    # libcublas (dlopen()ed) and libnccl (linked) come from this machine's CUDA.
+    dirs = cuda_lib_dirs()
+    found = {lib: find_lib([lib], dirs) for lib in ("libcublas.so.13", "libnccl.so.2")}
+    ld = [d for d in dict.fromkeys(found.values()) if d]
+    if ld:
+        env["LD_LIBRARY_PATH"] = ":".join(ld)
+    if args.dry_run:
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    runner = Runner(work, env)
+    gpus, no_gpu = ([], "dry run: CUDA hidden") if args.dry_run else nvidia_smi(runner, budget)
+    gpus = gpus or []
+    need = manifest.get("glibc_required", "0.0")
+    have = glibc_version()
+    report = {"mode": "dry run" if args.dry_run else "device run",
+              "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+              "kit": manifest, "gpus": gpus, "no_gpu_reason": no_gpu,
+              "host": {"cpus": os.cpu_count(), "glibc": "%d.%d" % have if have else "unknown"},
+              "cuda_libraries": found, "kernels": [], "host_checks": [], "e2e": [],
+              "timing_checks": [], "bench": None, "decode_step": None}
+    if have and tuple(map(int, need.split("."))) > have:
+        print("gpu-kit: this machine's glibc %d.%d is older than the kit needs (%s)" %
+              (have + (need,)), file=sys.stderr)
+    v3 = None
+    if not args.dry_run and "timing" not in skip and gpus:
+        v3 = start_v3_model(runner, work)  # made while the kernel tests run
+    if "kernels" not in skip:
+        report["kernels"], report["host_checks"] = step_kernels(runner, budget, work)
+    if "e2e" not in skip:
+        report["e2e"] = step_e2e(runner, budget, work, args.dry_run)
+    if "timing" not in skip:
+        if v3 is None and not args.dry_run:
+            report["timing_checks"] = [{"check": "kernel timings", "verdict": "SKIP",
+                                        "detail": "no device: " + no_gpu}]
+        else:
+            report["timing_checks"], report["bench"], report["decode_step"] = step_timing(
+                runner, budget, work, args.dry_run, v3)
+    if v3 is not None and v3[0].poll() is None:
+        kill_group(v3[0])
+    report["verdict"], report["verdict_detail"] = overall(report, args.dry_run)
+    report["seconds"] = round(args.budget_s - budget.left(), 1)
+
+    with open(os.path.join(args.out, "gpu-kit-report.json"), "w") as f:
+        json.dump(report, f, indent=1, sort_keys=True)
+    with open(os.path.join(args.out, "gpu-kit-report.md"), "w") as f:
+        f.write(markdown(report))
+    with tarfile.open(os.path.join(args.out, "gpu-kit-logs.tar.gz"), "w:gz") as tar:
+        tar.add(runner.logs, arcname="logs")
+    for r in report["kernels"] + report["host_checks"]:
+        print("%-5s %-40s %s" % (r["verdict"], r["kernel"], r["detail"]))
+    for r in report["e2e"] + report["timing_checks"]:
+        print("%-5s %s: %s" % (r["verdict"], r["check"], r["detail"]))
+    print("gpu-kit %s: %s: %s (%.0f s; %s)" % (report["mode"], report["verdict"],
+                                              report["verdict_detail"], report["seconds"],
+                                              os.path.join(args.out, "gpu-kit-report.md")))
+    if not args.work:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0 if report["verdict"] == "PASS" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
