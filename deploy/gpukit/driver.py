@@ -35,13 +35,15 @@ import json
 import os
 import re
 import shutil
-import signal
-import struct
 import subprocess
 import sys
 import tarfile
 import time
-from array import array
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from gpukit_launch import (E2E_NEW_TOKENS, E2E_TOLERANCE, Budget, Runner, compare_logits,  # noqa: E402
+                           kill_group, last_lines, run_deployment, single_process_reference)
+from gpukit_report import markdown, overall  # noqa: E402
 
 KIT = os.path.dirname(os.path.abspath(__file__))
 
@@ -82,84 +84,7 @@ BINARY_TIMEOUT_S = {"cuda_backend_test": 150}
 BACKEND_FIXTURES = ["tiny-v2/tiny-v2.f32.gguf", "tiny-v2/tiny-v2.q8_0.gguf",
                     "tiny-v3/tiny-v3.f32.gguf", "tiny-v3/tiny-v3.q4_k_m.gguf"]
 
-# The e2e comparison of the CUDA gpu worker with the CPU one: BF16 / int8 /
-# int4 weights with f32 activations against the CPU's weights with
-# activations quantized as ggml does, over a few layers.
-E2E_TOLERANCE = {"max_abs_diff_of_max_logit": 0.05, "top1_margin": 0.2}
-E2E_TOKENS = [(i * 37 + 11) % 250 + 1 for i in range(64)]
-E2E_PROMPT = "The quick brown fox jumps over the lazy dog. Once upon a time"
-E2E_NEW_TOKENS = 32
 V3_LAYERS = 3  # DeepSeek-V3 keeps its first 3 layers dense: the whole step on the GPU
-
-
-class Budget:
-    def __init__(self, seconds):
-        self.end = time.monotonic() + seconds
-
-    def left(self):
-        return self.end - time.monotonic()
-
-    def timeout(self, want, reserve=15):
-        return max(0.0, min(want, self.left() - reserve))
-
-
-class Runner:
-    """Runs children in their own process group, logs each to work/logs."""
-
-    def __init__(self, work, env):
-        self.logs = os.path.join(work, "logs")
-        os.makedirs(self.logs, exist_ok=True)
-        self.env = env
-        self.n = 0
-
-    def log_path(self, name):
-        self.n += 1
-        return os.path.join(self.logs, "%02d-%s.log" % (self.n, re.sub(r"[^\w.-]", "_", name)))
-
-    def run(self, name, cmd, timeout, cwd=None, env_extra=None, log=True):
-        """(rc or None on timeout, stdout text, stderr text, seconds); logged unless log=False."""
-        env = dict(self.env, **(env_extra or {}))
-        start = time.monotonic()
-        if timeout <= 0:
-            return None, "", "not run: the budget is spent", 0.0
-        p = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, start_new_session=True)
-        try:
-            out, err = p.communicate(timeout=timeout)
-            rc = p.returncode
-        except subprocess.TimeoutExpired:
-            kill_group(p)
-            out, err = p.communicate()
-            rc = None
-        secs = time.monotonic() - start
-        out = out.decode("utf-8", "replace")
-        err = err.decode("utf-8", "replace")
-        if not log:
-            return rc, out, err, secs
-        with open(self.log_path(name), "w") as f:
-            f.write("$ %s\n# cwd %s, rc %s, %.1f s\n--- stdout\n%s\n--- stderr\n%s\n"
-                    % (" ".join(cmd), cwd or os.getcwd(), rc, secs, out, err))
-        return rc, out, err, secs
-
-    def start(self, name, cmd, cwd=None):
-        """A background child: (Popen, its log file, the log's path, its stdout's path)."""
-        path = self.log_path(name)
-        f = open(path, "wb")
-        f.write(("$ %s\n" % " ".join(cmd)).encode())
-        f.flush()
-        out_path = path[:-len(".log")] + ".stdout"
-        with open(out_path, "wb") as out:
-            p = subprocess.Popen(cmd, cwd=cwd, env=self.env, stdout=out, stderr=f,
-                                 start_new_session=True)
-        return p, f, path, out_path
-
-
-def kill_group(p):
-    try:
-        os.killpg(p.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-
 
 # --- preflight -------------------------------------------------------------
 
@@ -218,18 +143,6 @@ def nvidia_smi(runner, budget):
         gpus.append({"name": f[0], "driver": f[1], "memory": f[2],
                      "compute_capability": f[3] if len(f) > 3 else ""})
     return gpus, ""
-
-
-def vram_used_mib(runner):
-    if shutil.which("nvidia-smi") is None:
-        return None
-    rc, out, _, _ = runner.run("nvidia-smi-memory", ["nvidia-smi", "--query-gpu=memory.used",
-                                                     "--format=csv,noheader,nounits"], 20)
-    try:
-        return int(out.strip().splitlines()[0]) if rc == 0 else None
-    except (ValueError, IndexError):
-        return None
-
 
 # --- step 1: kernel tests ----------------------------------------------------
 
@@ -348,178 +261,6 @@ def step_kernels(runner, budget, work):
 
 
 # --- step 2 and 3: launches ------------------------------------------------
-
-def read_mflg(path):
-    with open(path, "rb") as f:
-        data = f.read()
-    magic, version, n_tokens, n_vocab = struct.unpack_from("<4sIII", data, 0)
-    if magic != b"MFLG" or version != 1:
-        raise ValueError("%s: not an MFLG v1 file" % path)
-    logits = array("f")
-    logits.frombytes(data[16 + 4 * n_tokens:16 + 4 * n_tokens + 4 * n_tokens * n_vocab])
-    if sys.byteorder != "little":
-        logits.byteswap()
-    return n_tokens, n_vocab, logits
-
-
-def compare_logits(ref_path, got_path):
-    n, v, ref = read_mflg(ref_path)
-    n2, v2, got = read_mflg(got_path)
-    if (n, v) != (n2, v2):
-        return {"error": "shapes differ: %dx%d vs %dx%d" % (n, v, n2, v2)}
-    max_ref = max(abs(x) for x in ref)
-    max_diff = max(abs(a - b) for a, b in zip(ref, got))
-    clear, top1_equal = 0, 0
-    for t in range(n):
-        r = ref[t * v:(t + 1) * v]
-        g = got[t * v:(t + 1) * v]
-        order = sorted(range(v), key=lambda i: -r[i])[:2]
-        if r[order[0]] - r[order[1]] < E2E_TOLERANCE["top1_margin"]:
-            continue
-        clear += 1
-        top1_equal += max(range(v), key=lambda i: g[i]) == order[0]
-    return {"positions": n, "vocab": v, "max_abs_logit": max_ref, "max_abs_diff": max_diff,
-            "bit_identical": ref.tobytes() == got.tobytes(),
-            "clear_top1_positions": clear, "top1_equal": top1_equal}
-
-
-def write_topology(path, backend, kv_tokens, expert_threads):
-    gpu = ("  - backend: cuda\n    device_ids: [0]\n" if backend == "cuda"
-           else "  - backend: cpu\n    separate_process: true\n    threads: 2\n")
-    with open(path, "w") as f:
-        f.write("# written by the device kit's driver\ncontrol_address: 127.0.0.1:0\n"
-                "placement: replicate\nucx_transports: sm,self\nmax_batch_tokens: 64\n"
-                "gpu_workers:\n%s    kv_cache_tokens: %d\nexpert_workers:\n"
-                "  - numa_node: 0\n    threads: %d\n" % (gpu, kv_tokens, expert_threads))
-
-
-class Launch:
-    """`moeflow launch` in the background, its control address, and moeflowctl."""
-
-    def __init__(self, runner, name, topology, model):
-        self.runner, self.name = runner, name
-        bindir = os.path.join(KIT, "bin")
-        self.ctl = os.path.join(bindir, "moeflowctl")
-        self.proc, self.errf, self.err_path, self.out_path = runner.start(
-            name, [os.path.join(bindir, "moeflow"), "launch", topology, "--model", model,
-                   "--restart_workers=false"])
-        self.addr = None
-
-    def stderr(self):
-        if not self.errf.closed:
-            self.errf.flush()
-        with open(self.err_path, "rb") as f:
-            return f.read().decode("utf-8", "replace")
-
-    def wait_serving(self, timeout):
-        """'' when serving, else why not."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                return "launch exited (%s): %s" % (self.proc.returncode,
-                                                   last_lines(self.stderr(), 3))
-            if self.addr is None:
-                with open(self.out_path, "rb") as f:
-                    m = re.search(rb"CONTROL (\S+)", f.read())
-                if m:
-                    self.addr = m.group(1).decode()
-            if self.addr is not None:
-                rc, _, _, _ = self.runner.run(self.name + "-status",
-                                              [self.ctl, "--addr", self.addr, "status"], 10,
-                                              log=False)
-                if rc == 0:
-                    return ""
-            time.sleep(0.5)
-        return "not serving after %.0f s: %s" % (timeout, last_lines(self.stderr(), 3))
-
-    def ctl_run(self, what, args, timeout):
-        return self.runner.run("%s-%s" % (self.name, what),
-                               [self.ctl, "--addr", self.addr] + args, timeout)
-
-    def stop(self):
-        if self.addr is not None and self.proc.poll() is None:
-            self.ctl_run("shutdown", ["shutdown"], 10)
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            pass
-        kill_group(self.proc)
-        self.proc.wait()
-        self.errf.close()
-
-
-def last_lines(text, n):
-    lines = [l for l in text.strip().splitlines() if l.strip()]
-    return " | ".join(lines[-n:])
-
-
-def generate_line(stderr):
-    m = re.search(r"moeflowctl generate: (\S+), (\d+) prompt \+ (\d+) tokens, (\d+) ms "
-                  r"\(first token (\d+) ms, decode ([\d.]+) tok/s\)", stderr)
-    if not m:
-        return None
-    return {"finish": m.group(1), "prompt_tokens": int(m.group(2)),
-            "completion_tokens": int(m.group(3)), "total_ms": int(m.group(4)),
-            "first_token_ms": int(m.group(5)), "decode_tok_s": float(m.group(6))}
-
-
-def run_deployment(runner, budget, work, name, backend, model, want_logits=True,
-                   new_tokens=E2E_NEW_TOKENS, kv_tokens=1024, ready_s=120):
-    """Launch, logits, greedy text, stats, VRAM, stop. A dict of what came back."""
-    topo = os.path.join(work, name + ".yaml")
-    write_topology(topo, backend, kv_tokens, max(1, min(8, (os.cpu_count() or 2) // 2)))
-    res = {"backend": backend, "model": os.path.basename(model)}
-    launch = Launch(runner, name, topo, model)
-    try:
-        why = launch.wait_serving(budget.timeout(ready_s))
-        if why:
-            res["error"] = why
-            return res
-        res["vram_used_mib"] = vram_used_mib(runner) if backend == "cuda" else None
-        if want_logits:
-            path = os.path.join(work, name + ".logits")
-            rc, _, err, _ = launch.ctl_run("logits", ["logits", "--tokens", ",".join(
-                map(str, E2E_TOKENS)), "--out", path], budget.timeout(60))
-            if rc != 0:
-                res["error"] = "moeflowctl logits: " + last_lines(err, 2)
-                return res
-            res["logits"] = path
-        rc, out, err, _ = launch.ctl_run(
-            "generate", ["generate", "--prompt", E2E_PROMPT, "--max-tokens", str(new_tokens),
-                         "--temperature", "0"], budget.timeout(120))
-        if rc != 0:
-            res["error"] = "moeflowctl generate: " + last_lines(err, 2)
-            return res
-        res["text"] = out[:-1] if out.endswith("\n") else out
-        res["generate"] = generate_line(err)
-        rc, out, _, _ = launch.ctl_run("stats", ["stats"], 20)
-        m = re.search(r"step p50 (\d+) us\s+p99 (\d+) us", out)
-        if m:
-            res["step_p50_us"], res["step_p99_us"] = int(m.group(1)), int(m.group(2))
-        return res
-    finally:
-        launch.stop()
-        res["launch_stderr_tail"] = last_lines(launch.stderr(), 4)
-
-
-def single_process_reference(runner, budget, work, name, model):
-    """`moeflow logits` and `moeflow generate` in one process (the dry run's reference)."""
-    moeflow = os.path.join(KIT, "bin", "moeflow")
-    path = os.path.join(work, name + ".logits")
-    rc, _, err, _ = runner.run(name + "-logits", [moeflow, "logits", "--model", model, "--tokens",
-                                                  ",".join(map(str, E2E_TOKENS)), "--out", path],
-                               budget.timeout(60))
-    if rc != 0:
-        return {"error": "moeflow logits: " + last_lines(err, 2)}
-    rc, out, err, _ = runner.run(name + "-generate",
-                                 [moeflow, "generate", "--model", model, "--prompt", E2E_PROMPT,
-                                  "--max-tokens", str(E2E_NEW_TOKENS), "--temperature", "0"],
-                                 budget.timeout(60))
-    if rc != 0:
-        return {"error": "moeflow generate: " + last_lines(err, 2)}
-    return {"backend": "single process", "logits": path, "text": out}
-
-
 def e2e_verdict(ref, got, exact):
     if "error" in ref:
         return "FAIL", "reference run: " + ref["error"], {}
@@ -530,14 +271,24 @@ def e2e_verdict(ref, got, exact):
         return "FAIL", cmp["error"], cmp
     text_equal = ref["text"] == got["text"]
     cmp["text_equal"] = text_equal
+    tokens = [(d.get("generate") or {}).get("completion_tokens") for d in (ref, got)]
+    cmp["generated_tokens"] = tokens
+    if tokens[0] != tokens[1] or tokens[0] is None:
+        return "FAIL", "generated tokens: %s vs %s (want %d each)" % (
+            tokens[0], tokens[1], E2E_NEW_TOKENS), cmp
+    if tokens[0] != E2E_NEW_TOKENS:
+        # An end-of-sequence token before 32 is equal on both sides but
+        # compares less text than the check promises.
+        return "FAIL", "only %d of %d tokens generated (EOS)" % (tokens[0], E2E_NEW_TOKENS), cmp
     if not text_equal:
         n = next((i for i, (a, b) in enumerate(zip(ref["text"], got["text"])) if a != b),
                  min(len(ref["text"]), len(got["text"])))
         cmp["text_diverges_at_char"] = n
     rel = cmp["max_abs_diff"] / cmp["max_abs_logit"] if cmp["max_abs_logit"] > 0 else 0
     cmp["max_abs_diff_of_max_logit"] = rel
-    detail = "max |dlogit| %.4g (%.2f%% of max |logit|), top-1 %d/%d, text %s" % (
+    detail = "max |dlogit| %.4g (%.2f%% of max |logit|), top-1 %d/%d, %d-token text %s" % (
         cmp["max_abs_diff"], 100 * rel, cmp["top1_equal"], cmp["clear_top1_positions"],
+        tokens[0],
         "equal" if text_equal else "differs at char %d" % cmp["text_diverges_at_char"])
     if exact:
         ok = cmp["bit_identical"] and text_equal
@@ -657,74 +408,6 @@ def step_timing(runner, budget, work, dry_run, v3):
                 rows.append({"check": "decode step, v3-shaped model", "verdict": "PASS",
                              "detail": "%.2f ms per token" % decode["decode_step_ms"]})
     return rows, bench, decode
-
-
-# --- reports ---------------------------------------------------------------
-
-def markdown(report):
-    lines = ["# moeflow GPU device kit report", "",
-             "%s, %s, kit %s (%s)" % (report["mode"], report["date"], report["kit"].get("commit"),
-                                      report["kit"].get("cuda")),
-             "", "Machine: %s; glibc %s; GPUs: %s" % (
-                 report["host"]["cpus"], report["host"]["glibc"],
-                 ", ".join("%s (driver %s, %s)" % (g["name"], g["driver"], g["memory"])
-                           for g in report["gpus"]) or report["no_gpu_reason"]),
-             "", "| kernel | verdict | detail |", "|---|---|---|"]
-    for r in report["kernels"] + report["host_checks"]:
-        lines.append("| %s | %s | %s |" % (r["kernel"], r["verdict"], r["detail"].replace("|", "\\|")))
-    lines += ["", "| check | verdict | detail |", "|---|---|---|"]
-    for r in report["e2e"] + report["timing_checks"]:
-        lines.append("| %s | %s | %s |" % (r["check"], r["verdict"], r["detail"].replace("|", "\\|")))
-    b = report.get("bench")
-    if b and "device" in b:
-        d = b["device"]
-        lines += ["", "%s: cc %s, %d SMs, %.1f GiB; memory %.0f GB/s (clock x bus), device copy "
-                  "%.0f GB/s" % (d["name"], d["compute_capability"], d["sms"], d["memory_gib"],
-                                 d["peak_gbps"], d["copy_gbps"]), "",
-                  "| MLA decode context | splits | decode us | cache GB/s | prefill kernel, 1 token, us |",
-                  "|---|---|---|---|---|"]
-        for r in b["mla_decode"]:
-            lines.append("| %d | %d | %.1f | %.0f | %.1f |" % (
-                r["context"], r["splits"], r["decode_us"], r["decode_cache_gbps"],
-                r["prefill_kernel_1token_us"]))
-        lines += ["", "| GEMV (1 token) | rows x cols | us | GB/s | of copy bandwidth |",
-                  "|---|---|---|---|---|"]
-        for r in b["gemv"]:
-            lines.append("| %s (%s) | %d x %d | %.1f | %.0f | %.2f |" % (
-                r["type"], r["kind"], r["rows"], r["cols"], r["us"], r["gbps"],
-                r["of_copy_bandwidth"]))
-    if report.get("decode_step"):
-        d = report["decode_step"]
-        lines += ["", "v3-shaped %d-layer model (Q4_K_M): decode %.2f tok/s, %.2f ms per step, "
-                  "first token %d ms, VRAM used %s MiB" % (
-                      d["layers"], d["decode_tok_s"], d["decode_step_ms"], d["first_token_ms"],
-                      d["vram_used_mib"])]
-    lines += ["", "Verdict: **%s** (%s)" % (report["verdict"], report["verdict_detail"]), ""]
-    return "\n".join(lines)
-
-
-def overall(report, dry_run):
-    rows = report["kernels"] + report["host_checks"] + report["e2e"] + report["timing_checks"]
-    bad = []
-    for r in rows:
-        name = r.get("kernel") or r.get("check")
-        v = r["verdict"]
-        gpu_row = r in report["kernels"] or name.startswith(("e2e CUDA", "kernel timings",
-                                                              "decode step"))
-        if dry_run:
-            if gpu_row and v == "SKIP" and "no device" not in r["detail"] and \
-                    "no CUDA" not in r["detail"]:
-                bad.append("%s: skipped for another reason (%s)" % (name, r["detail"]))
-            elif gpu_row and v not in ("SKIP",):
-                bad.append("%s: %s without a device (%s)" % (name, v, r["detail"]))
-            elif not gpu_row and v != "PASS":
-                bad.append("%s: %s (%s)" % (name, v, r["detail"]))
-        elif v != "PASS":
-            bad.append("%s: %s" % (name, v))
-    return ("PASS" if not bad else "FAIL"), ("; ".join(bad[:6]) or
-                                             "every row as it must be in a %s" %
-                                             ("dry run" if dry_run else "device run"))
-
 
 def main(argv):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
