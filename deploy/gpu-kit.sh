@@ -13,7 +13,8 @@
 #            its cma module in lib/ucx, hwloc, yaml-cpp, GoogleTest, libstdc++,
 #            ...) but the C library and the device's CUDA (libcuda, cuBLAS, NCCL)
 # DIR/data   the quantized llama.cpp fixtures the tests read, a small random model
-# DIR/driver.py (+ gpukit_launch.py, gpukit_report.py), manifest.json, README.md
+# DIR/driver.py (+ gpukit_launch.py, gpukit_machine.py, gpukit_report.py), manifest.json,
+#            README.md
 #
 # --dry-run (CI): then checks the kit without a GPU: its size, that every
 # binary's libraries resolve to the kit, the C library or CUDA's own (ldd with
@@ -94,7 +95,7 @@ if [[ $fixtures -eq 1 ]]; then
 fi
 "$out/bin/moeflow" mkmodel --preset tiny-v3 --type q4_k_m --seed 17 --threads 2 \
   --out "$out/data/models/random-tiny-v3.q4_k_m.gguf" >/dev/null
-cp deploy/gpukit/driver.py deploy/gpukit/gpukit_launch.py deploy/gpukit/gpukit_report.py "$out/"
+cp deploy/gpukit/driver.py deploy/gpukit/gpukit_*.py "$out/"
 cp deploy/gpukit/README.md "$out/README.md"
 chmod +x "$out/driver.py"
 python3 deploy/gpukit/kit_libs.py manifest "$out"

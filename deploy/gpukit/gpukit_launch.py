@@ -245,7 +245,8 @@ def run_deployment(runner, budget, work, name, backend, model, want_logits=True,
         if rc != 0:
             res["error"] = "moeflowctl generate: " + last_lines(err, 2)
             return res
-        res["text"] = out  # the pieces as streamed; moeflowctl's own newline goes to stderr
+        # The pieces as streamed, then the one newline moeflowctl always ends with.
+        res["text"] = out[:-1] if out.endswith("\n") else out
         res["generate"] = generate_line(err)
         rc, out, _, _ = launch.ctl_run("stats", ["stats"], 20)
         m = re.search(r"step p50 (\d+) us\s+p99 (\d+) us", out)
