@@ -104,7 +104,8 @@ if [[ $pack -eq 1 ]]; then
   tar -C "$(dirname "$out")" -cf - "$(basename "$out")" | xz -T0 -6 > "$out.tar.xz"
   echo "gpu-kit: packed $out.tar.xz ($(( $(stat -c %s "$out.tar.xz") / 1048576 )) MiB)"
 fi
-echo "gpu-kit: built $out in $(( $(date +%s) - start )) s"
+echo "gpu-kit: built $out in $(( $(date +%s) - start )) s; on a GPU machine:" \
+  "python3 $(basename "$out")/driver.py --out OUT (ends within 480 s; deploy/gpukit/README.md)"
 [[ $dry_run -eq 1 ]] || exit 0
 
 # The dry run, with the system's copies of what the kit carries hidden.

@@ -45,6 +45,7 @@ import sys
 import tarfile
 import time
 
+sys.dont_write_bytecode = True  # nothing written into the kit
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from gpukit_launch import (E2E_NEW_TOKENS, E2E_TOLERANCE, Budget, Runner, compare_logits,  # noqa: E402
                            kill_group, last_lines, run_deployment, single_process_reference)

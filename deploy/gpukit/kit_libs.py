@@ -133,8 +133,12 @@ def manifest(kit):
         for name in names:
             p = os.path.join(root, name)
             files[os.path.relpath(p, kit)] = os.path.getsize(p)
+    newest = {}  # GLIBC version -> the files whose newest need it is
     for p in elf_files(kit):
-        glibc |= symbol_versions(p, "GLIBC")
+        mine = symbol_versions(p, "GLIBC")
+        glibc |= mine
+        if mine:
+            newest.setdefault(max(mine), []).append(os.path.relpath(p, kit))
         if not os.path.basename(p).startswith("libstdc++"):
             glibcxx |= symbol_versions(p, "GLIBCXX")
     with open(os.path.join(kit, "lib", "SOURCES.json")) as f:
@@ -154,6 +158,10 @@ def manifest(kit):
             m.group(1) if m else "?", m.group(1) if m else "?"),
         "gpu_architectures": "sm_89, sm_90 (machine code; no PTX)",
         "glibc_required": top(glibc),
+        # The three newest versions asked for, and by which files (the carried
+        # libstdc++ of GCC 12, built on Debian 12's glibc, sets the bar).
+        "glibc_required_by": {".".join(map(str, v)): sorted(newest[v])
+                              for v in sorted(newest, reverse=True)[:3]},
         "glibcxx_used": top(glibcxx) + " (libstdc++ carried in lib/)",
         "bytes": sum(files.values()),
         "files": files,
