@@ -147,6 +147,20 @@ def row_verdict(results):
     return "PASS", "%d case(s)" % len(results)
 
 
+def host_checks_verdict(tests, claimed, rc):
+    """Verdict of a binary's tests that no kernel row claims (argument checks and such)."""
+    # A host check that only runs without a device (e.g. "Configure refuses
+    # without a device") skips on one, saying so: that skip is its pass.
+    rest = [("PASS", "") if r[0] == "SKIP" and r[1].startswith(DEVICE_PRESENT_SKIP) else r
+            for n, r in tests.items() if n not in claimed]
+    verdict, detail = row_verdict(rest) if rest else ("PASS", "none")
+    # A non-zero exit with every test passed or skipped: the binary itself broke
+    # (a failing kernel test exits 1 too, and is that kernel's row).
+    if rc not in (0, None) and verdict == "PASS" and all(r[0] != "FAIL" for r in tests.values()):
+        verdict, detail = "FAIL", "exit %s after its tests" % rc
+    return verdict, detail
+
+
 def data_root():
     """(folder holding tests/data/llamacpp, fixtures cuda_backend_test reads that it lacks).
 
@@ -202,13 +216,7 @@ def step_kernels(runner, budget, work):
             detail += left_out if binary == "cuda_backend_test" else ""
             rows.append({"kernel": k, "binary": binary, "verdict": verdict, "detail": detail,
                          "tests": sorted(n for n, _ in matched), "seconds": round(secs, 1)})
-        # A host check that only runs without a device (e.g. "Configure refuses
-        # without a device") skips on one, saying so: that skip is its pass.
-        rest = [("PASS", "") if r[0] == "SKIP" and r[1].startswith(DEVICE_PRESENT_SKIP) else r
-                for n, r in tests.items() if n not in claimed]
-        verdict, detail = row_verdict(rest) if rest else ("PASS", "none")
-        if rc not in (0, None) and verdict == "PASS":
-            verdict, detail = "FAIL", "exit %s" % rc
+        verdict, detail = host_checks_verdict(tests, claimed, rc)
         extra.append({"kernel": "host checks of " + binary, "binary": binary,
                       "verdict": verdict, "detail": detail,
                       "tests": sorted(n for n in tests if n not in claimed)})
