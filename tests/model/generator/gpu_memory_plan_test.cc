@@ -2,11 +2,15 @@
 // computed by hand for the `tiny` preset's shapes (tests/data/llamacpp's
 // tiny-v2): 4 layers (1 dense), hidden 256, 4 heads of qk 32 + 32 and v 32,
 // kv_lora 128, dense ff 512, 16 experts of ff 64 with 1 shared, vocab 2048.
+#include <memory>
 #include <string>
 #include <vector>
 
-#include "gtest/gtest.h"
+#include "absl/strings/match.h"
 #include "formats/ggml_types.h"
+#include "gtest/gtest.h"
+#include "model/deepseek2/config.h"
+#include "model/gguf.h"
 #include "model/memory_plan.h"
 #include "model/model_generator.h"
 
@@ -169,6 +173,100 @@ TEST(GpuMemoryPlanTest, CheckFitsNamesDeviceNeedAndCapacity) {
 
 // DeepSeek-V3 at Q4_K_M: the non-expert weights must fit a 24 GB card with
 // room for the cache (the point of the issue), and BF16 must not.
+// The older MLA layout is planned with what the gpu worker derives from it
+// (model/deepseek2/kv_b_layout.h): tiny-v3-kvb.q8_0 is tiny-v3's first two
+// layers with attn_kv_b, and a Q8_0 attn_kv_b gives a Q8_0 attn_k_b and
+// attn_v_b, so its plan is, byte for byte, that of tiny-v3.q8_0's first two
+// layers in the newer layout (attn_k_b, attn_v_b in the file).
+TEST(GpuMemoryPlanTest, KvBFileIsPlannedWithTheDerivedTensors) {
+  auto kvb = GgufFile::Open("tests/data/llamacpp/tiny-v3-kvb/tiny-v3-kvb.q8_0.gguf");
+  auto newer = GgufFile::Open("tests/data/llamacpp/tiny-v3/tiny-v3.q8_0.gguf");
+  ASSERT_TRUE(kvb.ok()) << kvb.status();
+  ASSERT_TRUE(newer.ok()) << newer.status();
+  auto c = Deepseek2Config::FromGguf(**kvb);
+  ASSERT_TRUE(c.ok()) << c.status();
+  ASSERT_EQ(c->n_layers, 2);
+  std::vector<GgufTensorInfo> first_two;
+  bool has_kv_b = false;
+  for (const GgufTensorInfo& t : (*kvb)->tensors()) has_kv_b |= absl::StrContains(t.name, "kv_b");
+  ASSERT_TRUE(has_kv_b);
+  for (const GgufTensorInfo& t : (*newer)->tensors()) {
+    if (absl::StartsWith(t.name, "blk.") && !absl::StartsWith(t.name, "blk.0.") &&
+        !absl::StartsWith(t.name, "blk.1.")) {
+      continue;
+    }
+    first_two.push_back(t);
+  }
+  for (int cards : {1, 2, 4}) {
+    SCOPED_TRACE(cards);
+    GpuPlanOptions options;
+    options.n_devices = cards;
+    const GpuMemoryPlan from_kvb = PlanGpuMemory(*c, (*kvb)->tensors(), options);
+    const GpuMemoryPlan from_newer = PlanGpuMemory(*c, first_two, options);
+    ASSERT_EQ(from_kvb.devices.size(), from_newer.devices.size());
+    for (size_t d = 0; d < from_kvb.devices.size(); ++d) {
+      EXPECT_GT(Part(from_kvb.devices[d], TensorPart::kAttention), 0u);
+      for (int part = 0; part < kNumTensorParts; ++part) {
+        EXPECT_EQ(from_kvb.devices[d].weight_bytes_by_part[part],
+                  from_newer.devices[d].weight_bytes_by_part[part])
+            << TensorPartName(static_cast<TensorPart>(part)) << " on card " << d;
+      }
+      EXPECT_EQ(from_kvb.devices[d].total(), from_newer.devices[d].total());
+    }
+  }
+}
+
+// Where the derived tensors differ from attn_kv_b on the GPU: a Q4_K
+// attn_kv_b (int4 on the card) of the V3 shape gives a Q8_0 attn_k_b (int8)
+// and a Q4_K attn_v_b. Layer 0 of a V3 Q4_K_M plan with its k_b / v_b
+// replaced by such a kv_b {512, 128 · 256} is planned as k_b Q8_0
+// {128, 512, 128} + v_b Q4_K {512, 128, 128}, not as the kv_b itself.
+TEST(GpuMemoryPlanTest, Q4KKvBIsPlannedAsQ8_0KbAndQ4KVb) {
+  const Deepseek2Config v3 = *PresetConfig("v3");
+  const std::vector<GgufTensorInfo> newer = Tensors(v3, LlamaFileType::kQ4_K_M);
+  std::vector<GgufTensorInfo> older, by_hand, kv_b_as_is;
+  GgufTensorInfo kv_b;
+  kv_b.name = "blk.0.attn_kv_b.weight";
+  kv_b.ne = {512, 128 * 256};
+  kv_b.type = GgmlType::kQ4_K;
+  for (const GgufTensorInfo& t : newer) {
+    if (t.name == "blk.0.attn_k_b.weight") {
+      older.push_back(kv_b);
+      GgufTensorInfo underived = kv_b;  // a name the plan does not derive from
+      underived.name = "blk.0.attn_kv_b_as_stored.weight";
+      kv_b_as_is.push_back(underived);
+      GgufTensorInfo k_b = t, v_b = t;
+      k_b.ne = {128, 512, 128};
+      k_b.type = GgmlType::kQ8_0;
+      v_b.name = "blk.0.attn_v_b.weight";
+      v_b.ne = {512, 128, 128};
+      v_b.type = GgmlType::kQ4_K;
+      by_hand.push_back(k_b);
+      by_hand.push_back(v_b);
+      continue;
+    }
+    if (t.name == "blk.0.attn_v_b.weight") continue;
+    older.push_back(t);
+    by_hand.push_back(t);
+    kv_b_as_is.push_back(t);
+  }
+  ASSERT_EQ(older.size() + 1, newer.size());
+  GpuPlanOptions options;
+  const uint64_t planned =
+      Part(PlanGpuMemory(v3, older, options).devices[0], TensorPart::kAttention);
+  const uint64_t expected =
+      Part(PlanGpuMemory(v3, by_hand, options).devices[0], TensorPart::kAttention);
+  EXPECT_EQ(planned, expected);
+  // kv_b counted as it is stored would be smaller (int4 instead of int8 for k_b's half):
+  // 128 · 256 rows of 2 Q4_K blocks (148 B on the card) vs the derived 65536 rows of 4 Q8_0
+  // blocks (34 B) + 16384 rows of 2 Q4_K blocks.
+  const uint64_t kv_b_bytes = 128u * 256 * 2 * 148;
+  const uint64_t derived_bytes = 128u * 512 * 4 * 34 + 128u * 128 * 2 * 148;
+  EXPECT_EQ(
+      planned - Part(PlanGpuMemory(v3, kv_b_as_is, options).devices[0], TensorPart::kAttention),
+      derived_bytes - kv_b_bytes);
+}
+
 TEST(GpuMemoryPlanTest, V3Q4KMFitsOne4090AndBf16DoesNot) {
   const Deepseek2Config v3 = *PresetConfig("v3");
   GpuPlanOptions options;
