@@ -33,11 +33,12 @@ if [[ " $* " == *" --config=nocuda "* || ! -x "$nvcc" ]]; then
 else
   kit_dir=$(mktemp -d -t moeflow-gpukit.XXXXXX)
   echo "run-tests: deploy/gpu-kit.sh --dry-run"
+  kit_start=$(date +%s)
   if deploy/gpu-kit.sh --dry-run --out "$kit_dir/kit"; then
-    echo "run-tests: gpu-kit dry run PASSED"
+    echo "run-tests: gpu-kit dry run PASSED in $(( $(date +%s) - kit_start )) s"
     passed=$((passed + 1))
   else
-    echo "run-tests: gpu-kit dry run FAILED"
+    echo "run-tests: gpu-kit dry run FAILED after $(( $(date +%s) - kit_start )) s"
     failed=$((failed + 1))
     rc=1
   fi
