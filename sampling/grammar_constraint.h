@@ -10,6 +10,11 @@
 // samples again — llama.cpp's fast path: most steps inside a string or a
 // number never build the mask. The chosen token is then Accept()ed.
 //
+// The allowed set is a function of the matcher's state, and a generation
+// comes back to the same few states (inside a string, after a comma), so
+// the last kMaskCacheStates masks are kept as bitmaps: a repeated Mask()
+// costs one pass over the logits instead of a walk of the trie.
+//
 // End of generation: the vocabulary's end tokens (EOS) are allowed only
 // where the whole output matches the grammar; once the grammar has nothing
 // left to match, they are the only tokens allowed, so the model stops there.
@@ -27,6 +32,7 @@
 #include <memory>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/types/span.h"
 #include "sampling/grammar.h"
@@ -44,6 +50,10 @@ struct TokenGrammar {
 
 class GrammarConstraint {
  public:
+  // Masks kept per sequence (a bitmap of the vocabulary each: 16 KiB for
+  // 128k tokens).
+  static constexpr size_t kMaskCacheStates = 32;
+
   explicit GrammarConstraint(std::shared_ptr<const TokenGrammar> grammar);
 
   // Whether `token` may come next.
@@ -61,19 +71,29 @@ class GrammarConstraint {
   const absl::Status& status() const { return matcher_.status(); }
 
   // Counters for tests and the benchmark: Allows() calls answered, Mask()
-  // calls (a full walk of the trie each).
+  // calls, and the walks of the trie they needed (the others were cached).
   int64_t checks() const { return checks_; }
   int64_t masks() const { return masks_; }
+  int64_t walks() const { return walks_; }
+  // Drops the cached masks (the benchmark times walks with it).
+  void ForgetMasks() { mask_cache_.clear(); }
 
  private:
   std::shared_ptr<const TokenGrammar> grammar_;
   const TokenVocabulary& vocabulary_;
   GrammarMatcher matcher_;
   bool ended_ = false;
+  // The allowed tokens of the current state as a bitmap over the vocabulary
+  // (end tokens included).
+  const std::vector<uint64_t>& AllowedBits();
+
   std::vector<GrammarMatcher::State> walk_;  // state per trie depth
-  std::vector<uint8_t> allowed_;
+  absl::flat_hash_map<GrammarMatcher::State, std::vector<uint64_t>> mask_cache_;
+  uint64_t cache_epoch_ = 0;
+  std::vector<uint64_t> scratch_bits_;
   int64_t checks_ = 0;
   int64_t masks_ = 0;
+  int64_t walks_ = 0;
 };
 
 }  // namespace moeflow::sampling

@@ -192,6 +192,7 @@ void GrammarMatcher::Compact() {
       positions.push_back(nodes_[static_cast<size_t>(n)].pos);
     }
   }
+  ++epoch_;
   nodes_.clear();
   node_ids_.clear();
   sets_.clear();

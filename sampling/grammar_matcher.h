@@ -88,6 +88,10 @@ class GrammarMatcher {
   // ResourceExhausted once a step exceeded kMaxStacks.
   const absl::Status& status() const { return status_; }
 
+  // Changes whenever the tables are rebuilt (state ids then mean other
+  // states): what a cache keyed by state must check.
+  uint64_t epoch() const { return epoch_; }
+
   // For tests and the benchmark: table sizes.
   size_t state_count() const { return states_.size(); }
   size_t node_count() const { return nodes_.size(); }
@@ -134,6 +138,7 @@ class GrammarMatcher {
   absl::flat_hash_map<uint64_t, State> state_ids_;  // set << 24 | remaining << 21 | partial
   std::vector<State> transitions_;
   State current_ = kDead;
+  uint64_t epoch_ = 0;
   absl::Status status_;
   bool overflow_ = false;
   std::vector<int32_t> scratch_;
