@@ -34,7 +34,7 @@ ABSL_FLAG(int64_t, max_batch_tokens, 64,
           "+ prefill chunks)");
 ABSL_FLAG(std::string, shapes, "v3",
           "--plan: comma-separated preset shapes planned at full size (v3, v3.1, kimi-k2, v2-lite, "
-          "tiny, tiny-v3)");
+          "tiny, tiny-v3, tiny-v3.1, tiny-k2)");
 
 namespace moeflow {
 
@@ -64,6 +64,8 @@ std::string ShapeTitle(absl::string_view preset) {
   if (preset == "v3.1") return "DeepSeek-V3.1 / R1-0528";
   if (preset == "kimi-k2") return "Kimi-K2";
   if (preset == "v2-lite") return "DeepSeek-V2-Lite";
+  if (preset == "tiny-v3.1") return "DeepSeek-V3.1 / R1-0528 at tiny widths";
+  if (preset == "tiny-k2") return "Kimi-K2 at tiny widths";
   return std::string(preset);
 }
 

@@ -16,7 +16,9 @@
 #include "model/model_generator.h"
 
 ABSL_FLAG(std::string, preset, "tiny",
-          "model shape: tiny, tiny-v3, v2-lite, v3, v3.1 (DeepSeek-V3.1 / R1-0528) or kimi-k2");
+          "model shape: tiny, tiny-v3, v2-lite, v3, v3.1 (DeepSeek-V3.1 / R1-0528), kimi-k2, or "
+          "tiny-v3.1 / tiny-k2 (V3.1's / Kimi-K2's heads, experts, groups and routing at tiny "
+          "widths)");
 ABSL_FLAG(int64_t, layers, 0,
           "number of layers (0: the preset's); the leading dense layers are capped at it");
 ABSL_FLAG(std::string, type, "f32",
@@ -149,7 +151,8 @@ Command MkmodelCommand() {
   return Command{
       "mkmodel",
       "write a random-weight DeepSeek-V2/V3 GGUF model (llama.cpp's deepseek2 layout)",
-      "moeflow mkmodel --preset=tiny|tiny-v3|v2-lite|v3|v3.1|kimi-k2 --out=FILE.gguf [flags]",
+      "moeflow mkmodel --preset=tiny|tiny-v3|tiny-v3.1|tiny-k2|v2-lite|v3|v3.1|kimi-k2 "
+      "--out=FILE.gguf [flags]",
       "Weights are random but fixed by --seed; tensor names, shapes, metadata and the\n"
       "per-tensor quant types are those llama.cpp's converter and llama-quantize write.",
       {"preset", "layers", "type", "pure", "seed", "out", "tokenizer_json", "force", "threads",

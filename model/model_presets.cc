@@ -159,17 +159,44 @@ Deepseek2Config KimiK2Config() {
   return c;
 }
 
+// A real shape at the tiny fixtures' widths: `real`'s structure (head
+// count, leading dense layers, routed experts, top-k, shared experts, expert
+// groups and groups used, gating, weight normalization and scale, RoPE /
+// YaRN, context) with TinyConfig's widths (hidden 256, dense ff 512, expert
+// ff 64, q_lora 128 when `real` has one, kv_lora 128, head dims 32 / 32 / 32,
+// vocabulary 2048), and its leading dense layers + 2 MoE layers. So the test
+// suite runs the engine and launch on Kimi-K2's 384 experts in one group and
+// 64 heads, or V3.1's 128 heads and 8 groups, in seconds.
+Deepseek2Config AtTinyWidths(const Deepseek2Config& real, const std::string& name) {
+  const Deepseek2Config tiny = TinyConfig(/*v3=*/true);
+  Deepseek2Config c = real;
+  c.name = name;
+  c.n_layers = real.n_dense_layers + 2;
+  c.hidden = tiny.hidden;
+  c.dense_ff = tiny.dense_ff;
+  c.expert_ff = tiny.expert_ff;
+  c.q_lora_rank = real.q_lora_rank > 0 ? tiny.q_lora_rank : 0;
+  c.kv_lora_rank = tiny.kv_lora_rank;
+  c.qk_nope_dim = tiny.qk_nope_dim;
+  c.qk_rope_dim = tiny.qk_rope_dim;
+  c.v_head_dim = tiny.v_head_dim;
+  c.vocab_size = tiny.vocab_size;
+  return c;
+}
+
 }  // namespace
 
 const std::vector<std::string>& ModelPresetNames() {
-  static const std::vector<std::string>* names =
-      new std::vector<std::string>{"tiny", "tiny-v3", "v2-lite", "v3", "v3.1", "kimi-k2"};
+  static const std::vector<std::string>* names = new std::vector<std::string>{
+      "tiny", "tiny-v3", "tiny-v3.1", "tiny-k2", "v2-lite", "v3", "v3.1", "kimi-k2"};
   return *names;
 }
 
 absl::StatusOr<Deepseek2Config> PresetConfig(absl::string_view preset) {
   if (preset == "tiny") return TinyConfig(/*v3=*/false);
   if (preset == "tiny-v3") return TinyConfig(/*v3=*/true);
+  if (preset == "tiny-v3.1") return AtTinyWidths(V31Config(), "moeflow-random-tiny-v3.1");
+  if (preset == "tiny-k2") return AtTinyWidths(KimiK2Config(), "moeflow-random-tiny-k2");
   if (preset == "v2-lite") return V2LiteConfig();
   if (preset == "v3") return V3Config();
   if (preset == "v3.1") return V31Config();

@@ -20,7 +20,9 @@
 
 namespace moeflow {
 
-// "tiny", "tiny-v3", "v2-lite", "v3", "v3.1", "kimi-k2".
+// "tiny", "tiny-v3", "tiny-v3.1" and "tiny-k2" (V3.1's and Kimi-K2's heads,
+// experts, groups, routing and RoPE at the tiny widths; their dense layers +
+// 2 MoE layers), "v2-lite", "v3", "v3.1", "kimi-k2".
 const std::vector<std::string>& ModelPresetNames();
 // The preset's hyper-parameters (vocab_size is the generated tokenizer's;
 // a tokenizer.json may raise it). InvalidArgument naming an unknown preset.

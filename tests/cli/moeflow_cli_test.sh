@@ -96,6 +96,28 @@ assert rep["total_expert_bytes"] == 2 * j["bytes"]["routed_experts"]
 assert j["bytes"]["total"] == sum(t["bytes"] for t in j["tensors"])
 PY
 
+# The real shapes' structure at tiny widths (tiny-k2: Kimi-K2's 64 heads,
+# 384 experts top-8 in one group; tiny-v3.1: V3.1's 128 heads, 256 experts in
+# 8 groups, 4 used): mkmodel writes them, inspect reads them, generate runs.
+for shape in "tiny-k2 64 384 1 1 3" "tiny-v3.1 128 256 8 4 5"; do
+  read -r preset heads experts groups groups_used layers <<<"$shape"
+  expect_rc 0 "mkmodel $preset" -- "$MOEFLOW" mkmodel --preset "$preset" --type q8_0 \
+    --out "$TMP/$preset.gguf"
+  expect_rc 0 "inspect --json $preset" -- "$MOEFLOW" inspect --json --notensors "$TMP/$preset.gguf"
+  python3 - "$TMP/out" "$heads" "$experts" "$groups" "$groups_used" "$layers" <<'PY' ||
+import json, sys
+h = json.load(open(sys.argv[1]))["hyperparameters"]
+heads, experts, groups, used, layers = map(int, sys.argv[2:])
+assert (h["n_heads"], h["n_experts"], h["n_experts_used"]) == (heads, experts, 8), h
+assert (h["n_expert_groups"], h["n_expert_groups_used"]) == (groups, used), h
+assert h["n_layers"] == layers and h["hidden"] == 256, h
+PY
+    fail "inspect --json $preset: the preset's structure"
+  expect_rc 0 "generate on $preset" -- "$MOEFLOW" generate --model "$TMP/$preset.gguf" \
+    --prompt "The quick brown fox" --max-tokens 8 --threads 1
+  expect_in "$TMP/err" "generated [0-9]* tokens" "generate on $preset"
+done
+
 echo "not a gguf" >"$TMP/bad.gguf"
 expect_rc 1 "inspect a bad file" -- "$MOEFLOW" inspect "$TMP/bad.gguf"
 expect_in "$TMP/err" "bad.gguf" "bad file message names the file"

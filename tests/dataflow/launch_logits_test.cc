@@ -21,6 +21,7 @@
 #include "absl/time/clock.h"
 #include "engine/engine.h"
 #include "gtest/gtest.h"
+#include "model/model_generator.h"
 #include "proto/worker.grpc.pb.h"
 #include "tests/dataflow/launch_process.h"
 
@@ -178,6 +179,32 @@ TEST(LaunchLogitsFileLayoutsTest, SplitModelAndKvBFileMatchSingleProcessEngine) 
     ExpectLaunchMatchesEngineOn(
         std::string("tests/data/llamacpp/tiny-v3-kvb/tiny-v3-kvb.") + quant + ".gguf", tokens,
         Case{"tiny-v3-kvb", quant, "shard", true}, "sm,self", LaunchSpec(), nullptr);
+  }
+}
+
+// The real shapes' structure at tiny widths (model/model_presets.h): tiny-k2
+// (Kimi-K2: 64 heads, 384 routed experts, top-8, one group) and tiny-v3.1
+// (DeepSeek-V3.1: 128 heads, 256 experts in 8 groups, 4 used), each with its
+// dense layers + 2 MoE layers, Q8_0, the experts sharded 192 / 192 and
+// 128 / 128 over two workers: the single-process engine's logits, bit for bit.
+TEST(LaunchLogitsShapesTest, KimiK2AndV31ShardedMatchSingleProcessEngine) {
+  const char* tmp = std::getenv("TEST_TMPDIR");
+  for (const auto& [preset, n_experts] :
+       std::vector<std::pair<std::string, int64_t>>{{"tiny-k2", 384}, {"tiny-v3.1", 256}}) {
+    SCOPED_TRACE(preset);
+    ModelGeneratorOptions options;
+    options.preset = preset;
+    options.type = "q8_0";
+    options.seed = 5;
+    options.force = true;
+    options.out_path =
+        absl::StrCat(tmp != nullptr ? tmp : "/tmp", "/launch-", preset, ".q8_0.gguf");
+    absl::StatusOr<GeneratedModel> model = GenerateModel(options);
+    ASSERT_TRUE(model.ok()) << model.status();
+    ASSERT_EQ(model->config.n_experts, n_experts);
+    ExpectLaunchMatchesEngineOn(model->path, Sequence64("tiny-v3"),
+                                Case{preset.c_str(), "q8_0", "shard", true}, "sm,self",
+                                LaunchSpec(), nullptr);
   }
 }
 

@@ -6,6 +6,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -85,6 +86,45 @@ TEST(ModelPresetsTest, KimiK2TensorsHave384Experts) {
     }
     if (t.name == "blk.1.attn_k_b.weight") EXPECT_EQ(t.ne, (std::vector<int64_t>{128, 512, 64}));
   }
+}
+
+// tiny-k2 / tiny-v3.1: the real shape's structure, the tiny fixtures' widths.
+TEST(ModelPresetsTest, TinyVariantsKeepTheRealStructure) {
+  const Deepseek2Config tiny = *PresetConfig("tiny-v3");
+  for (const auto& [name, real_name] : std::vector<std::pair<std::string, std::string>>{
+           {"tiny-k2", "kimi-k2"}, {"tiny-v3.1", "v3.1"}}) {
+    SCOPED_TRACE(name);
+    const Deepseek2Config c = *PresetConfig(name);
+    const Deepseek2Config real = *PresetConfig(real_name);
+    EXPECT_EQ(c.name, "moeflow-random-" + name);
+    EXPECT_EQ(c.n_layers, real.n_dense_layers + 2);
+    EXPECT_EQ(c.n_heads, real.n_heads);
+    EXPECT_EQ(c.n_dense_layers, real.n_dense_layers);
+    EXPECT_EQ(c.n_experts, real.n_experts);
+    EXPECT_EQ(c.n_experts_used, real.n_experts_used);
+    EXPECT_EQ(c.n_shared_experts, real.n_shared_experts);
+    EXPECT_EQ(c.n_expert_groups, real.n_expert_groups);
+    EXPECT_EQ(c.n_expert_groups_used, real.n_expert_groups_used);
+    EXPECT_EQ(c.gating, real.gating);
+    EXPECT_EQ(c.expert_weights_norm, real.expert_weights_norm);
+    EXPECT_FLOAT_EQ(c.expert_weights_scale, real.expert_weights_scale);
+    EXPECT_FLOAT_EQ(c.rope_freq_base, real.rope_freq_base);
+    EXPECT_FLOAT_EQ(c.rope_scaling_factor, real.rope_scaling_factor);
+    EXPECT_FLOAT_EQ(c.yarn_beta_fast, real.yarn_beta_fast);
+    EXPECT_FLOAT_EQ(c.yarn_beta_slow, real.yarn_beta_slow);
+    EXPECT_FLOAT_EQ(c.yarn_log_multiplier, real.yarn_log_multiplier);
+    EXPECT_EQ(c.context_length, real.context_length);
+    EXPECT_EQ(c.hidden, tiny.hidden);
+    EXPECT_EQ(c.expert_ff, tiny.expert_ff);
+    EXPECT_EQ(c.kv_lora_rank, tiny.kv_lora_rank);
+    EXPECT_EQ(c.q_lora_rank, tiny.q_lora_rank);
+    EXPECT_EQ(c.qk_rope_dim, tiny.qk_rope_dim);
+    EXPECT_EQ(c.vocab_size, tiny.vocab_size);
+  }
+  EXPECT_EQ(PresetConfig("tiny-k2")->n_heads, 64);
+  EXPECT_EQ(PresetConfig("tiny-k2")->n_experts, 384);
+  EXPECT_EQ(PresetConfig("tiny-v3.1")->n_heads, 128);
+  EXPECT_EQ(PresetConfig("tiny-v3.1")->n_expert_groups, 8);
 }
 
 GeneratedModel Generate(const std::string& out, GgufSplitLimits split) {
