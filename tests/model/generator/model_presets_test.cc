@@ -168,6 +168,27 @@ TEST(ModelGeneratorSplitTest, ShardsHoldTheSameTensorsAsOneFile) {
   }
 }
 
+// --split-max-size as llama-gguf-split cuts by size: `llama-gguf-split
+// --split --split-max-size 1M` (llama.cpp v0.5.0, /work/ext/llama.cpp) of
+// `mkmodel --preset tiny-v3 --type q4_k_m` wrote 4 shards of 27, 19, 18 and 6
+// tensors and these sizes, byte-identical to `mkmodel ... --split-max-size 1M`
+// (compared with cmp, 2026-12-07), and llama.cpp's logits from the first of
+// mkmodel's shards equal those of the file in one piece. The sizes depend on
+// the shapes and types only, not on the seed.
+TEST(ModelGeneratorSplitTest, SplitsBySizeAsLlamaGgufSplitDid) {
+  const GeneratedModel split = Generate(TmpPath("by_size.gguf"), {1000000, 0});
+  ASSERT_EQ(split.shard_paths.size(), 4u);
+  const std::vector<size_t> tensors = {27, 19, 18, 6};
+  const std::vector<uint64_t> bytes = {981472, 782208, 739136, 745984};
+  auto file = GgufFile::Open(split.shard_paths[3]);
+  ASSERT_TRUE(file.ok()) << file.status();
+  ASSERT_EQ((*file)->shard_count(), 4);
+  std::vector<size_t> per_shard(4, 0);
+  for (const GgufTensorInfo& t : (*file)->tensors()) ++per_shard[t.shard];
+  EXPECT_EQ(per_shard, tensors);
+  for (int i = 0; i < 4; ++i) EXPECT_EQ((*file)->shard(i).file_size(), bytes[i]) << i;
+}
+
 TEST(ModelGeneratorSplitTest, RefusesToOverwriteAShard) {
   const GgufSplitLimits by_size{1000000, 0};
   Generate(TmpPath("exists.gguf"), by_size);
