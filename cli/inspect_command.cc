@@ -513,7 +513,9 @@ Command InspectCommand() {
       "e.g. HWLOC_SYNTHETIC=\"package:2 numa:1 core:32 pu:1\".\n"
       "--plan [FILE.gguf]: VRAM per card for the gpu_worker's part over 1/2/4 cards\n"
       "(tensor parallel), for the file and for the --shapes (default v3; v3.1, kimi-k2, ...)\n"
-      "at Q4_K_M/Q6_K/Q8_0/BF16. A split model is given by any of its shards.",
+      "at Q4_K_M/Q6_K/Q8_0/BF16. A split model is given by any of its shards (all are\n"
+      "listed); a file in the older MLA layout (attn_kv_b) is shown with the attn_k_b /\n"
+      "attn_v_b derived from it at load (layers, types, bytes), which --plan counts.",
       {"tensors", "json", "numa_nodes", "plan", "context", "max_batch_tokens", "shapes"},
       &RunInspect,
   };
