@@ -123,9 +123,27 @@ GrammarMatcher::State GrammarMatcher::AdvanceCodePoint(int32_t set, uint32_t c) 
   return InternState(InternSet(scratch_), 0, 0);
 }
 
+// UTF-8 as RFC 3629 has it: no overlong forms, no surrogates, nothing past
+// U+10FFFF. A partial character is checked as the code points it may still
+// become, [lo, hi].
+namespace {
+
+bool InSurrogates(uint32_t lo, uint32_t hi) { return lo >= 0xD800 && hi <= 0xDFFF; }
+
+}  // namespace
+
 GrammarMatcher::State GrammarMatcher::ComputeStep(State s, uint8_t byte, size_t index) {
   const StateInfo info = states_[static_cast<size_t>(s)];
   State next = kDead;
+  // The smallest code point a character of 2, 3, 4 bytes may encode.
+  static constexpr uint32_t kMinOfLength[] = {0, 0, 0x80, 0x800, 0x10000};
+  auto partial_state = [&](uint32_t bits, uint8_t remaining, uint32_t min) {
+    uint32_t lo = bits << (6 * remaining);
+    const uint32_t hi = std::min(lo | ((1u << (6 * remaining)) - 1), CodePointSet::kMaxCodePoint);
+    lo = std::max(lo, min);
+    if (lo > hi || InSurrogates(lo, hi) || !Feasible(info.set, lo, hi)) return kDead;
+    return InternState(info.set, bits, remaining);
+  };
   if (info.remaining == 0) {
     if (byte < 0x80) {
       next = AdvanceCodePoint(info.set, byte);
@@ -142,26 +160,21 @@ GrammarMatcher::State GrammarMatcher::ComputeStep(State s, uint8_t byte, size_t 
         remaining = 3;
         bits = byte & 0x07;
       }
-      if (remaining > 0) {
-        const uint32_t lo = bits << (6 * remaining);
-        const uint32_t hi = lo | ((1u << (6 * remaining)) - 1);
-        if (Feasible(info.set, lo, std::min(hi, CodePointSet::kMaxCodePoint))) {
-          next = InternState(info.set, bits, remaining);
-        }
-      }
+      if (remaining > 0) next = partial_state(bits, remaining, kMinOfLength[remaining + 1]);
     }
-  } else {
+  } else if ((byte & 0xC0) == 0x80) {  // a continuation byte, else dead
     const uint32_t bits = info.partial << 6 | (byte & 0x3F);
     const uint8_t remaining = info.remaining - 1;
+    // The first continuation decides overlong forms: a state with 2 bytes
+    // to come and fewer than 4 bits is a 3-byte lead's (a 4-byte
+    // character's has at least 0x10 by then), one with 3 a 4-byte lead's.
+    uint32_t min = 0;
+    if (info.remaining == 2 && info.partial < 0x10) min = kMinOfLength[3];
+    if (info.remaining == 3) min = kMinOfLength[4];
     if (remaining == 0) {
-      next = AdvanceCodePoint(info.set, bits);
+      if (bits >= min && !InSurrogates(bits, bits)) next = AdvanceCodePoint(info.set, bits);
     } else {
-      const uint32_t lo = bits << (6 * remaining);
-      const uint32_t hi = lo | ((1u << (6 * remaining)) - 1);
-      if (lo <= CodePointSet::kMaxCodePoint &&
-          Feasible(info.set, lo, std::min(hi, CodePointSet::kMaxCodePoint))) {
-        next = InternState(info.set, bits, remaining);
-      }
+      next = partial_state(bits, remaining, min);
     }
   }
   // A dead end from an exceeded stack limit is not cached: status_ tells.

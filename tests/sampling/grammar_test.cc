@@ -116,6 +116,31 @@ TEST(GrammarTest, ClassesEscapesAndAnyCharacter) {
   EXPECT_FALSE(ascii.Advance("\x80"));  // a stray continuation byte
 }
 
+// Only well-formed UTF-8 (RFC 3629): a lead byte whose shortest character
+// is past what the grammar allows, overlong forms (E0 80 80 is U+0000 again,
+// F0 80 80 80 too), surrogates and continuation bytes where a character
+// must start never pass, whatever the class allows.
+TEST(GrammarTest, OnlyWellFormedUtf8Passes) {
+  auto ascii = ParseOk("root ::= [{a]+\n");  // '{' and 'a' only
+  ASSERT_NE(ascii, nullptr);
+  for (const char* lead : {"\xc2", "\xe0", "\xe1", "\xf0", "\xf4"}) {
+    EXPECT_FALSE(Prefix(ascii, lead)) << "lead byte " << static_cast<int>(lead[0] & 0xFF);
+  }
+  auto any = ParseOk("root ::= [^\\x00]+\n");  // every character but U+0000
+  ASSERT_NE(any, nullptr);
+  EXPECT_TRUE(
+      Matches(any, "\xc3\xa9\xe0\xa0\x80\xe4\xb8\xad\xed\x9f\xbf\xf0\x90\x80\x80\xf4\x8f\xbf\xbf"));
+  EXPECT_FALSE(Prefix(any, "\xc0\x80"));          // overlong 2-byte
+  EXPECT_FALSE(Prefix(any, "\xe0\x80"));          // overlong 3-byte, found at once
+  EXPECT_FALSE(Prefix(any, "\xe0\x9f\xbf"));      // U+07FF in 3 bytes
+  EXPECT_FALSE(Prefix(any, "\xf0\x80"));          // overlong 4-byte
+  EXPECT_FALSE(Prefix(any, "\xf0\x8f\xbf\xbf"));  // U+FFFF in 4 bytes
+  EXPECT_FALSE(Prefix(any, "\xed\xa0"));          // a surrogate (U+D800..)
+  EXPECT_FALSE(Prefix(any, "\xf4\x90"));          // past U+10FFFF
+  EXPECT_FALSE(Prefix(any, "\xe4\x41"));          // a lead byte, then no continuation
+  EXPECT_FALSE(Prefix(any, "\xbf"));              // a stray continuation byte
+}
+
 TEST(GrammarTest, RulesGoOnOverLinesInsideGroupsAndAfterBars) {
   auto g =
       ParseOk("root ::= (\n  \"a\"\n  \"b\" ) |\n \"c\" # a comment\n\n# another\nx ::= \"y\"\n");

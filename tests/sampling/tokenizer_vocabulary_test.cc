@@ -74,6 +74,13 @@ TEST(TokenizerVocabularyTest, ASchemaMaskOnTheRealVocabularyAgreesWithTheTokenCh
   ASSERT_GT(ids.size(), 5u);
   GrammarConstraint c(tg);
   std::vector<float> logits(static_cast<size_t>(tok->vocab_size()), 0.5f);
+  // At the start only tokens that begin the object.
+  c.Mask(absl::MakeSpan(logits));
+  for (int32_t t = 0; t < tok->vocab_size(); ++t) {
+    if (std::isfinite(logits[t])) {
+      EXPECT_EQ(tok->TokenBytes(t).substr(0, 1), "{") << "token " << t;
+    }
+  }
   for (int32_t next : ids) {
     std::fill(logits.begin(), logits.end(), 0.5f);
     const int64_t allowed = c.Mask(absl::MakeSpan(logits));
