@@ -69,12 +69,15 @@ struct ApiOptions {
   OllamaModelCard ollama;
 };
 
+class GrammarCache;  // constrained_output.h
+
 // What an exchange needs from the server; all outlive every exchange.
 struct ApiContext {
   const ApiOptions* options = nullptr;
   const BpeTokenizer* tokenizer = nullptr;
   ServerMetrics* metrics = nullptr;  // may be null
   int64_t context_tokens = 0;        // the backend's
+  GrammarCache* grammars = nullptr;  // response_format / format
 };
 
 // The system message that describes `tools` to the model (the DeepSeek

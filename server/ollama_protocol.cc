@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "chat/tool_call_parser.h"
 #include "server/chat_stream_splitter.h"
+#include "server/constrained_output.h"
 
 namespace moeflow::server {
 namespace {
@@ -235,6 +236,7 @@ bool Parse(const ApiContext& ctx, const HttpRequest& http, bool chat, OllamaExch
   e.request = std::make_shared<GenerationRequest>();
   GenerationRequest& request = *e.request;
   if (!ParseOptions(body, request, error)) return false;
+  if (!ReadOllamaFormat(*ctx.grammars, body, http.body, &request.sampler, error)) return false;
   std::vector<chat::ChatMessage> messages;
   std::string raw_prompt;
   bool raw = false;
@@ -257,6 +259,9 @@ bool Parse(const ApiContext& ctx, const HttpRequest& http, bool chat, OllamaExch
     e.opens_think = prompt->opens_think;
     request.prompt = std::move(prompt->tokens);
   }
+  // With a format the grammar holds from the first generated token: the
+  // document is the content, not thinking.
+  if (request.sampler.grammar != nullptr) e.opens_think = false;
   if (chat) static_cast<OllamaChatExchange&>(e).splitter = ChatStreamSplitter(e.opens_think);
   const int64_t context = ctx.context_tokens;
   const int64_t n_prompt = static_cast<int64_t>(request.prompt.size());

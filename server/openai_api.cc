@@ -15,7 +15,11 @@ namespace moeflow::server {
 
 OpenAiApi::OpenAiApi(ApiOptions options, const BpeTokenizer* tokenizer, GenerationBackend* backend,
                      ServerMetrics* metrics)
-    : options_(std::move(options)), tokenizer_(tokenizer), backend_(backend), metrics_(metrics) {
+    : options_(std::move(options)),
+      tokenizer_(tokenizer),
+      backend_(backend),
+      metrics_(metrics),
+      grammars_(std::make_unique<GrammarCache>(tokenizer)) {
   ollama_card_ = options_.ollama;
   if (ollama_card_.name.empty()) ollama_card_.name = options_.model_name;
   if (ollama_card_.size_bytes == 0) ollama_card_.size_bytes = options_.model_file_bytes;
@@ -26,7 +30,7 @@ OpenAiApi::OpenAiApi(ApiOptions options, const BpeTokenizer* tokenizer, Generati
 }
 
 ApiContext OpenAiApi::Context() const {
-  return ApiContext{&options_, tokenizer_, metrics_, backend_->context_tokens()};
+  return ApiContext{&options_, tokenizer_, metrics_, backend_->context_tokens(), grammars_.get()};
 }
 
 void OpenAiApi::Handle(const HttpRequest& request, std::shared_ptr<HttpResponder> responder) {

@@ -45,6 +45,7 @@
 #include <vector>
 
 #include "server/api_exchange.h"
+#include "server/constrained_output.h"
 #include "server/http_server.h"
 #include "server/metrics.h"
 #include "server/scheduler.h"
@@ -73,6 +74,7 @@ class OpenAiApi {
   const BpeTokenizer* tokenizer_;
   GenerationBackend* backend_;
   ServerMetrics* metrics_;
+  std::unique_ptr<GrammarCache> grammars_;
 };
 
 }  // namespace moeflow::server

@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "chat/tool_call_parser.h"
 #include "server/chat_stream_splitter.h"
+#include "server/constrained_output.h"
 
 namespace moeflow::server {
 namespace {
@@ -420,9 +421,26 @@ bool Parse(const ApiContext& ctx, const HttpRequest& http, bool chat, OpenAiExch
   e.request = std::make_shared<GenerationRequest>();
   bool max_given = false;
   if (!ParseOptions(ctx, body, chat, e, &max_given, error)) return false;
+  sampling::SamplerOptions& sampler = e.request->sampler;
+  if (!ReadLogitBias(body, ctx.tokenizer->vocab_size(), &sampler, error) ||
+      !ReadResponseFormat(*ctx.grammars, body, http.body, &sampler, error)) {
+    return false;
+  }
+  if (sampler.grammar != nullptr && e.request->ignore_eos) {
+    *error = ValueError("ignore_eos",
+                        "cannot be combined with response_format (the output ends where the "
+                        "document does)");
+    return false;
+  }
   if (chat ? !ParseChatPrompt(ctx, body, static_cast<ChatCompletionExchange&>(e), error)
            : !ParseCompletionPrompt(ctx, body, e, error)) {
     return false;
+  }
+  if (chat && sampler.grammar != nullptr && e.opens_think) {
+    // The grammar holds from the first generated token: the document is the
+    // reply's content, not reasoning.
+    e.opens_think = false;
+    static_cast<ChatCompletionExchange&>(e).splitter = ChatStreamSplitter(false);
   }
   GenerationRequest& request = *e.request;
   const int64_t context = ctx.context_tokens;

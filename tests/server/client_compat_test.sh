@@ -2,11 +2,13 @@
 # `moeflow serve` (tiny-v3 fixture, 127.0.0.1) with the official `openai`
 # and `ollama` npm packages (pinned): client_compat.js. Needs node, npm and
 # the npm registry; bounded; the server is stopped on exit.
-# Usage: client_compat_test.sh MOEFLOW
+# Usage: client_compat_test.sh MOEFLOW [SCRIPT.js]  (default: client_compat.js;
+# constrained_output_test runs constrained_clients.js the same way)
 set -u
 readonly OPENAI_VERSION="4.95.0"
 readonly OLLAMA_VERSION="0.6.4"
 MOEFLOW="$1"
+SCRIPT="${2:-tests/server/client_compat.js}"
 TMP="${TEST_TMPDIR:-$(mktemp -d)}"
 MODEL="tests/data/llamacpp/tiny-v3/tiny-v3.f32.gguf"
 NAME="tiny-v3"
@@ -35,7 +37,7 @@ for _ in $(seq 600); do
   sleep 0.1
 done
 [[ -n "$PORT" ]] || { cat "$TMP/serve.log" >&2; echo "FAIL: serve did not start" >&2; exit 1; }
-if ! timeout 300 node tests/server/client_compat.js "$TMP/npm/node_modules" "$PORT" "$NAME"; then
+if ! timeout 300 node "$SCRIPT" "$TMP/npm/node_modules" "$PORT" "$NAME"; then
   tail -n 30 "$TMP/serve.log" >&2
   exit 1
 fi
