@@ -23,7 +23,13 @@ ABSL_FLAG(int64_t, layers, 0,
           "number of layers (0: the preset's); the leading dense layers are capped at it");
 ABSL_FLAG(std::string, type, "f32",
           "quant mix as llama-quantize names it: f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, "
-          "q2_k, q3_k_s/m/l, q4_k_s, q4_k_m (= q4_k), q5_k_s, q5_k_m (= q5_k), q6_k");
+          "q2_k, q2_k_s, q3_k_s/m/l, q4_k_s, q4_k_m (= q4_k), q5_k_s, q5_k_m (= q5_k), q6_k, "
+          "iq1_s, iq1_m, iq2_xxs, iq2_xs, iq2_s, iq2_m, iq3_xxs, iq3_xs, iq3_s, iq3_m, iq4_nl, "
+          "iq4_xs");
+ABSL_FLAG(std::string, imatrix, "",
+          "importance matrix from llama-imatrix (its GGUF or legacy .dat file) to quantize with, "
+          "as llama-quantize --imatrix; empty: uniform importance (also for the IQ1/IQ2/IQ3_XXS "
+          "types that llama-quantize refuses to make without one)");
 ABSL_FLAG(bool, pure, false,
           "give every quantizable tensor the type's base quant (llama-quantize --pure), no mix");
 ABSL_FLAG(std::string, tokenizer_json, "",
@@ -87,6 +93,7 @@ int RunMkmodel(const std::vector<std::string>& args) {
   options.layers = absl::GetFlag(FLAGS_layers);
   options.type = absl::GetFlag(FLAGS_type);
   options.pure = absl::GetFlag(FLAGS_pure);
+  options.imatrix_path = absl::GetFlag(FLAGS_imatrix);
   options.seed = absl::GetFlag(FLAGS_seed);
   options.out_path = absl::GetFlag(FLAGS_out);
   options.tokenizer_json_path = absl::GetFlag(FLAGS_tokenizer_json);
@@ -155,8 +162,8 @@ Command MkmodelCommand() {
       "--out=FILE.gguf [flags]",
       "Weights are random but fixed by --seed; tensor names, shapes, metadata and the\n"
       "per-tensor quant types are those llama.cpp's converter and llama-quantize write.",
-      {"preset", "layers", "type", "pure", "seed", "out", "tokenizer_json", "force", "threads",
-       "split_max_size", "split_max_tensors"},
+      {"preset", "layers", "type", "pure", "imatrix", "seed", "out", "tokenizer_json", "force",
+       "threads", "split_max_size", "split_max_tensors"},
       &RunMkmodel,
   };
 }

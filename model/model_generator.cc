@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <optional>
 #include <thread>
 #include <utility>
 
@@ -20,6 +21,7 @@
 #include "chat/chat_template_text.h"
 #include "kernels/cpu/quants.h"
 #include "model/gguf.h"
+#include "model/imatrix.h"
 #include "model/tokenizer_data.h"
 
 namespace moeflow {
@@ -28,57 +30,6 @@ namespace {
 // Values generated (then quantized and written) per step; 4 M floats keep
 // the buffers at ~16 MB + the quantized bytes.
 constexpr int64_t kChunkValues = int64_t{1} << 22;
-
-struct FileTypeEntry {
-  const char* name;
-  LlamaFileType type;
-  GgmlType default_type;
-};
-constexpr FileTypeEntry kFileTypes[] = {
-    {"f32", LlamaFileType::kAllF32, GgmlType::kF32},
-    {"f16", LlamaFileType::kF16, GgmlType::kF16},
-    {"bf16", LlamaFileType::kBF16, GgmlType::kBF16},
-    {"q4_0", LlamaFileType::kQ4_0, GgmlType::kQ4_0},
-    {"q4_1", LlamaFileType::kQ4_1, GgmlType::kQ4_1},
-    {"q5_0", LlamaFileType::kQ5_0, GgmlType::kQ5_0},
-    {"q5_1", LlamaFileType::kQ5_1, GgmlType::kQ5_1},
-    {"q8_0", LlamaFileType::kQ8_0, GgmlType::kQ8_0},
-    {"q2_k", LlamaFileType::kQ2_K, GgmlType::kQ2_K},
-    {"q3_k_s", LlamaFileType::kQ3_K_S, GgmlType::kQ3_K},
-    {"q3_k_m", LlamaFileType::kQ3_K_M, GgmlType::kQ3_K},
-    {"q3_k_l", LlamaFileType::kQ3_K_L, GgmlType::kQ3_K},
-    {"q4_k_s", LlamaFileType::kQ4_K_S, GgmlType::kQ4_K},
-    {"q4_k_m", LlamaFileType::kQ4_K_M, GgmlType::kQ4_K},
-    {"q5_k_s", LlamaFileType::kQ5_K_S, GgmlType::kQ5_K},
-    {"q5_k_m", LlamaFileType::kQ5_K_M, GgmlType::kQ5_K},
-    {"q6_k", LlamaFileType::kQ6_K, GgmlType::kQ6_K},
-};
-// llama-quantize's aliases.
-constexpr std::pair<const char*, const char*> kFileTypeAliases[] = {
-    {"q3_k", "q3_k_m"}, {"q4_k", "q4_k_m"}, {"q5_k", "q5_k_m"}};
-
-const FileTypeEntry& FileTypeInfo(LlamaFileType type) {
-  for (const FileTypeEntry& e : kFileTypes) {
-    if (e.type == type) return e;
-  }
-  MOEFLOW_CHECK(false);
-  return kFileTypes[0];
-}
-
-bool IsQuantized(GgmlType type) {
-  return type != GgmlType::kF32 && type != GgmlType::kF16 && type != GgmlType::kBF16;
-}
-
-// Layer index from "blk.N.…", -1 for global tensors.
-int64_t LayerOf(absl::string_view name) {
-  if (!absl::StartsWith(name, "blk.")) return -1;
-  int64_t layer = 0;
-  size_t i = 4;
-  if (i >= name.size() || name[i] < '0' || name[i] > '9') return -1;
-  while (i < name.size() && name[i] >= '0' && name[i] <= '9')
-    layer = layer * 10 + (name[i++] - '0');
-  return layer;
-}
 
 uint64_t Mix64(uint64_t z) {
   z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
@@ -98,108 +49,6 @@ bool FileExists(const std::string& path) {
 
 }  // namespace
 
-absl::StatusOr<LlamaFileType> ParseLlamaFileType(absl::string_view name) {
-  std::string lower = absl::AsciiStrToLower(name);
-  for (const auto& [alias, target] : kFileTypeAliases) {
-    if (lower == alias) lower = target;
-  }
-  for (const FileTypeEntry& e : kFileTypes) {
-    if (lower == e.name) return e.type;
-  }
-  return absl::InvalidArgumentError(absl::StrCat(
-      "unknown type \"", name, "\" (known: ", absl::StrJoin(LlamaFileTypeNames(), ", "), ")"));
-}
-
-std::string LlamaFileTypeName(LlamaFileType type) {
-  return absl::AsciiStrToUpper(FileTypeInfo(type).name);
-}
-
-std::vector<std::string> LlamaFileTypeNames() {
-  std::vector<std::string> names;
-  for (const FileTypeEntry& e : kFileTypes) names.push_back(e.name);
-  for (const auto& [alias, target] : kFileTypeAliases) names.push_back(alias);
-  return names;
-}
-
-GgmlType DefaultTensorType(LlamaFileType type) { return FileTypeInfo(type).default_type; }
-
-GgmlType ChooseTensorType(absl::string_view name, const std::vector<int64_t>& ne,
-                          LlamaFileType file_type, int64_t n_layers, int64_t n_experts, bool pure) {
-  // What llama-quantize never quantizes.
-  if (ne.size() < 2 || !absl::EndsWith(name, "weight") || absl::StrContains(name, "_norm.weight") ||
-      absl::StrContains(name, "ffn_gate_inp.weight")) {
-    return GgmlType::kF32;
-  }
-  const GgmlType default_type = DefaultTensorType(file_type);
-  if (!IsQuantized(default_type)) return default_type;
-  GgmlType type = default_type;
-  using F = LlamaFileType;
-  const F ft = file_type;
-  if (!pure) {
-    auto more_bits = [](int64_t i, int64_t n) {
-      return i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2;
-    };
-    const int64_t layer = LayerOf(name);
-    if (name == "output.weight") {
-      if (ne[0] % Traits(type).block_size != 0) {
-        type = GgmlType::kQ8_0;
-      } else if (type != GgmlType::kQ8_0) {
-        type = GgmlType::kQ6_K;
-      }
-    } else if (absl::StrContains(name, "ffn_down")) {
-      const int64_t n = n_layers;
-      if (ft == F::kQ2_K) {
-        type = GgmlType::kQ3_K;
-      } else if (ft == F::kQ3_K_M) {
-        type = layer < n / 16 ? GgmlType::kQ5_K : GgmlType::kQ4_K;
-      } else if (ft == F::kQ3_K_L) {
-        type = GgmlType::kQ5_K;
-      } else if (ft == F::kQ4_K_M) {
-        if (more_bits(layer, n)) type = GgmlType::kQ6_K;
-      } else if (ft == F::kQ5_K_M) {
-        if (more_bits(layer, n)) type = GgmlType::kQ6_K;
-      } else if (ft == F::kQ4_K_S) {
-        if (layer < n / 8) type = GgmlType::kQ5_K;
-      }
-    } else if (absl::StrContains(name, "attn_output.weight")) {
-      if (n_experts == 8) {
-        if (ft == F::kQ2_K || ft == F::kQ3_K_S || ft == F::kQ3_K_M || ft == F::kQ4_K_S ||
-            ft == F::kQ4_K_M) {
-          type = GgmlType::kQ5_K;
-        }
-      } else if (ft == F::kQ2_K) {
-        type = GgmlType::kQ3_K;
-      } else if (ft == F::kQ3_K_M) {
-        type = GgmlType::kQ4_K;
-      } else if (ft == F::kQ3_K_L) {
-        type = GgmlType::kQ5_K;
-      }
-    }
-  }
-  // Rows that do not fit the block.
-  if (ne[0] % Traits(type).block_size != 0) {
-    switch (type) {
-      case GgmlType::kQ2_K:
-      case GgmlType::kQ3_K:
-        type = GgmlType::kQ4_0;
-        break;
-      case GgmlType::kQ4_K:
-        type = GgmlType::kQ5_0;
-        break;
-      case GgmlType::kQ5_K:
-        type = GgmlType::kQ5_1;
-        break;
-      case GgmlType::kQ6_K:
-        type = GgmlType::kQ8_0;
-        break;
-      default:
-        break;
-    }
-    if (ne[0] % Traits(type).block_size != 0) type = GgmlType::kF16;
-  }
-  return type;
-}
-
 TensorInit TensorInitFor(absl::string_view name, const std::vector<int64_t>& ne, int64_t hidden) {
   const float fan_in = static_cast<float>(ne.empty() ? 1 : ne[0]);
   if (absl::EndsWith(name, "_norm.weight")) return {1.f, 0.1f};
@@ -211,12 +60,11 @@ TensorInit TensorInitFor(absl::string_view name, const std::vector<int64_t>& ne,
   return {0.f, 0.64f / std::sqrt(fan_in)};
 }
 
-std::vector<PlannedTensor> PlanTensors(const Deepseek2Config& c, LlamaFileType file_type,
-                                       bool pure) {
+std::vector<PlannedTensor> PlanTensors(const Deepseek2Config& c, LlamaFileType file_type, bool pure,
+                                       bool has_imatrix) {
   std::vector<PlannedTensor> out;
   auto add = [&](std::string name, std::vector<int64_t> ne) {
     PlannedTensor t;
-    t.type = ChooseTensorType(name, ne, file_type, c.n_layers, c.n_experts, pure);
     t.init = TensorInitFor(name, ne, c.hidden);
     t.name = std::move(name);
     t.ne = std::move(ne);
@@ -260,7 +108,40 @@ std::vector<PlannedTensor> PlanTensors(const Deepseek2Config& c, LlamaFileType f
   }
   add("output_norm.weight", {c.hidden});
   add("output.weight", {c.hidden, c.vocab_size});
+
+  std::vector<TensorShape> shapes;
+  for (const PlannedTensor& t : out) shapes.push_back({t.name, t.ne});
+  QuantMixOptions mix;
+  mix.file_type = file_type;
+  mix.n_layers = c.n_layers;
+  mix.n_experts = c.n_experts;
+  mix.n_gqa = c.n_heads / std::max<int64_t>(1, c.n_heads_kv);
+  mix.pure = pure;
+  mix.has_imatrix = has_imatrix;
+  const std::vector<GgmlType> types = ChooseTensorTypes(shapes, mix);
+  for (size_t i = 0; i < out.size(); ++i) out[i].type = types[i];
   return out;
+}
+
+absl::Status QuantizeTensorRows(const PlannedTensor& tensor, const float* values, int64_t row_begin,
+                                int64_t row_end, const float* importance, uint8_t* out) {
+  const int64_t n = tensor.ne[0];
+  const int64_t rows_per_matrix = tensor.ne.size() > 1 ? tensor.ne[1] : 1;
+  MOEFLOW_ASSIGN_OR_RETURN(const int64_t row_bytes, RowBytes(tensor.type, n));
+  for (int64_t row = row_begin; row < row_end; ++row) {
+    const float* src = values + (row - row_begin) * n;
+    uint8_t* dst = out + (row - row_begin) * row_bytes;
+    if (tensor.type == GgmlType::kF32) {
+      std::memcpy(dst, src, n * sizeof(float));
+    } else if (importance != nullptr) {
+      // llama-quantize: matrix e = row / ne[1] (an expert) takes slice e.
+      const float* slice = importance + (row / rows_per_matrix) * n;
+      MOEFLOW_RETURN_IF_ERROR(QuantizeRows(tensor.type, src, dst, 1, n, slice));
+    } else {
+      MOEFLOW_RETURN_IF_ERROR(Quantize(tensor.type, src, dst, n));
+    }
+  }
+  return absl::OkStatus();
 }
 
 uint64_t TensorKey(uint64_t seed, absl::string_view name) {
@@ -284,7 +165,7 @@ namespace {
 // Fills rows [row_begin, row_end) of `tensor` (values then quantized) into
 // `out` (row_bytes per row, starting with row_begin's).
 absl::Status FillRows(const PlannedTensor& tensor, uint64_t key, int64_t row_begin, int64_t row_end,
-                      int64_t row_bytes, uint8_t* out) {
+                      int64_t row_bytes, const float* importance, uint8_t* out) {
   const int64_t n = tensor.ne[0];
   std::vector<float> values(n);
   for (int64_t row = row_begin; row < row_end; ++row) {
@@ -292,12 +173,8 @@ absl::Status FillRows(const PlannedTensor& tensor, uint64_t key, int64_t row_beg
     for (int64_t j = 0; j < n; ++j) {
       values[j] = tensor.init.mean + tensor.init.std * RandomNormal(key, base + j);
     }
-    uint8_t* dst = out + (row - row_begin) * row_bytes;
-    if (tensor.type == GgmlType::kF32) {
-      std::memcpy(dst, values.data(), n * sizeof(float));
-    } else {
-      MOEFLOW_RETURN_IF_ERROR(Quantize(tensor.type, values.data(), dst, n));
-    }
+    MOEFLOW_RETURN_IF_ERROR(QuantizeTensorRows(tensor, values.data(), row, row + 1, importance,
+                                               out + (row - row_begin) * row_bytes));
   }
   return absl::OkStatus();
 }
@@ -339,11 +216,26 @@ absl::StatusOr<GeneratedModel> GenerateModel(const ModelGeneratorOptions& option
   config.vocab_size = tokenizer.vocab_size();
   MOEFLOW_RETURN_IF_ERROR(config.Validate());
 
-  const std::vector<PlannedTensor> tensors = PlanTensors(config, file_type, options.pure);
-  for (const PlannedTensor& t : tensors) {
+  std::optional<ImportanceMatrix> imatrix;
+  if (!options.imatrix_path.empty()) {
+    MOEFLOW_ASSIGN_OR_RETURN(imatrix, ImportanceMatrix::Load(options.imatrix_path));
+  }
+  const std::vector<PlannedTensor> tensors =
+      PlanTensors(config, file_type, options.pure, imatrix.has_value());
+  // Each tensor's importance (null: uniform), checked before anything is written.
+  std::vector<const float*> importance(tensors.size(), nullptr);
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const PlannedTensor& t = tensors[i];
     if (t.type != GgmlType::kF32 && !CanQuantize(t.type)) {
       return absl::UnimplementedError(
           absl::StrCat("tensor ", t.name, ": cannot quantize to ", Traits(t.type).name));
+    }
+    if (!imatrix.has_value() || t.type == GgmlType::kF32) continue;
+    MOEFLOW_ASSIGN_OR_RETURN(importance[i], imatrix->ForTensor(t.name, t.ne));
+    if (importance[i] == nullptr && TensorRequiresImatrix(t.name, t.type, file_type)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          options.imatrix_path, ": no imatrix entry for tensor ", t.name, ", which is ",
+          Traits(t.type).name, " (llama-quantize refuses such a very low-bit tensor without one)"));
     }
   }
 
@@ -391,7 +283,9 @@ absl::StatusOr<GeneratedModel> GenerateModel(const ModelGeneratorOptions& option
   };
 
   std::vector<uint8_t> out;
-  for (const PlannedTensor& t : tensors) {
+  for (size_t ti = 0; ti < tensors.size(); ++ti) {
+    const PlannedTensor& t = tensors[ti];
+    const float* t_importance = importance[ti];
     const uint64_t key = TensorKey(options.seed, t.name);
     const int64_t n = t.ne[0];
     int64_t rows = 1;
@@ -412,10 +306,11 @@ absl::StatusOr<GeneratedModel> GenerateModel(const ModelGeneratorOptions& option
         if (b >= e) continue;
         uint8_t* dst = out.data() + (b - r0) * row_bytes;
         if (w + 1 == n_threads || n_threads == 1) {
-          statuses[w] = FillRows(t, key, b, e, row_bytes, dst);
+          statuses[w] = FillRows(t, key, b, e, row_bytes, t_importance, dst);
         } else {
-          workers.emplace_back(
-              [&, w, b, e, dst] { statuses[w] = FillRows(t, key, b, e, row_bytes, dst); });
+          workers.emplace_back([&, w, b, e, dst] {
+            statuses[w] = FillRows(t, key, b, e, row_bytes, t_importance, dst);
+          });
         }
       }
       for (std::thread& worker : workers) worker.join();

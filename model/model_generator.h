@@ -5,8 +5,20 @@
 // and benchmark models of any size without downloading weights. The files
 // use llama.cpp's metadata keys (Deepseek2Config::AddToGguf), tensor names,
 // shapes (MLA in the absorbed layout: attn_k_b / attn_v_b) and per-tensor
-// quant types (the llama-quantize rules for deepseek2, ChooseTensorType), so
+// quant types (llama-quantize's mixes for deepseek2, model/quant_mix.h), so
 // llama.cpp loads them and the engine sees what it sees in real files.
+//
+// Importance matrix: with `imatrix_path` (llama-imatrix's file, GGUF or the
+// legacy .dat; model/imatrix.h) every tensor the matrix has an entry for is
+// quantized with ggml's importance-weighted quantizer, each routed expert
+// with its own slice, as `llama-quantize --imatrix` does, and the mix is the
+// one llama-quantize picks when given an imatrix. A matrix entry whose size
+// does not fit its tensor, or a very low-bit tensor (IQ1_S, IQ1_M, IQ2_XXS,
+// IQ2_XS, IQ2_S, IQ3_XXS) the matrix has no entry for, is an error naming
+// the tensor, as in llama-quantize. Without an imatrix every type is
+// quantized with uniform importance (1 for every value): where llama-quantize
+// refuses (those low-bit types), mkmodel quantizes them as ggml would with an
+// all-ones matrix (kernels/cpu/quants.h).
 //
 // Weights: value i of a tensor is a function of (seed, tensor name, i) only —
 // a splitmix64 counter hashed from the name — so a tensor does not depend on
@@ -30,7 +42,8 @@
 //
 // Thread-safety: GenerateModel may run concurrently for different outputs;
 // it uses `threads` worker threads of its own.
-// Failure: InvalidArgument naming the bad option (preset, type, layers),
+// Failure: InvalidArgument naming the bad option (preset, type, layers) or
+// the imatrix file and entry that does not fit,
 // AlreadyExists when the output (or a shard) exists and `force` is false, the tokenizer
 // loader's or GgufWriter's error otherwise (a failed write leaves no file
 // under the output path).
@@ -48,59 +61,9 @@
 #include "model/deepseek2/config.h"
 #include "model/gguf_split.h"
 #include "model/model_presets.h"
+#include "model/quant_mix.h"
 
 namespace moeflow {
-
-// llama.cpp's llama_ftype (general.file_type): which quant mix a file uses.
-enum class LlamaFileType : int {
-  kAllF32 = 0,
-  kF16 = 1,
-  kQ4_0 = 2,
-  kQ4_1 = 3,
-  kQ8_0 = 7,
-  kQ5_0 = 8,
-  kQ5_1 = 9,
-  kQ2_K = 10,
-  kQ3_K_S = 11,
-  kQ3_K_M = 12,
-  kQ3_K_L = 13,
-  kQ4_K_S = 14,
-  kQ4_K_M = 15,
-  kQ5_K_S = 16,
-  kQ5_K_M = 17,
-  kQ6_K = 18,
-  kBF16 = 32,
-};
-
-// Names as llama-quantize spells them, case-insensitive: f32, f16, bf16,
-// q4_0, q4_1, q5_0, q5_1, q8_0, q2_k, q3_k_s, q3_k_m, q3_k_l, q4_k_s,
-// q4_k_m, q5_k_s, q5_k_m, q6_k, and its aliases q3_k (= q3_k_m), q4_k
-// (= q4_k_m), q5_k (= q5_k_m). InvalidArgument naming an unknown one.
-absl::StatusOr<LlamaFileType> ParseLlamaFileType(absl::string_view name);
-std::string LlamaFileTypeName(LlamaFileType type);  // "Q4_K_M"
-std::vector<std::string> LlamaFileTypeNames();      // lower case, for --help
-// The type most tensors get (Q4_K for Q4_K_M, F32 for kAllF32, ...).
-GgmlType DefaultTensorType(LlamaFileType type);
-
-// The type llama-quantize (no imatrix) gives a tensor of a deepseek2 model
-// of `n_layers` layers and `n_experts` routed experts:
-//   - 1-D tensors, names not ending in "weight", norms and ffn_gate_inp keep
-//     F32;
-//   - output.weight: Q6_K (Q8_0 when the file type is Q8_0 or the rows do
-//     not fit the default type's block);
-//   - ffn_down*: Q4_K_M / Q5_K_M use Q6_K on the "more bits" layers
-//     (i < n/8, i >= 7n/8, (i - n/8) % 3 == 2); Q4_K_S Q5_K for i < n/8;
-//     Q3_K_M Q5_K for i < n/16, else Q4_K; Q3_K_L Q5_K; Q2_K Q3_K;
-//   - attn_output: Q2_K → Q3_K, Q3_K_M → Q4_K, Q3_K_L → Q5_K (and Q5_K for
-//     the low-bit mixes when the model has exactly 8 experts);
-//   - then rows whose length is not a multiple of the block fall back:
-//     Q4_K → Q5_0, Q5_K → Q5_1, Q6_K → Q8_0, Q2_K/Q3_K → Q4_0, and F16 if
-//     even that does not fit.
-// With `pure` every quantizable tensor gets the default type (plus the
-// shape fallback), as `llama-quantize --pure` does.
-GgmlType ChooseTensorType(absl::string_view name, const std::vector<int64_t>& ne,
-                          LlamaFileType file_type, int64_t n_layers, int64_t n_experts,
-                          bool pure = false);
 
 // How a tensor's values are drawn: mean + std * N(0, 1).
 struct TensorInit {
@@ -117,8 +80,19 @@ struct PlannedTensor {
   TensorInit init;
 };
 // The tensors of a model with this config, in llama.cpp's converter order.
+// The types are llama-quantize's for `file_type` (with --pure: `pure`; with
+// --imatrix: `has_imatrix`).
 std::vector<PlannedTensor> PlanTensors(const Deepseek2Config& config, LlamaFileType file_type,
-                                       bool pure = false);
+                                       bool pure = false, bool has_imatrix = false);
+
+// Quantizes rows [row_begin, row_end) of `tensor` (its values at `values`,
+// ne[0] per row, row_begin's first) into `out` (RowBytes(type, ne[0]) per
+// row) as llama-quantize does: with `importance` (the tensor's imatrix
+// entry, ne[0] * ne[2] values) ggml's importance-weighted quantizer, row r
+// taking slice r / ne[1] (its expert); without, uniform importance. F32 is
+// copied. Errors: the quantizer's (kernels/cpu/quants.h).
+absl::Status QuantizeTensorRows(const PlannedTensor& tensor, const float* values, int64_t row_begin,
+                                int64_t row_end, const float* importance, uint8_t* out);
 
 // Value `index` of the tensor `name` for `seed` (N(0, 1), approximately).
 float RandomNormal(uint64_t tensor_key, uint64_t index);
@@ -137,6 +111,9 @@ struct ModelGeneratorOptions {
   int64_t layers = 0;        // 0: the preset's; else dense layers are capped at it
   std::string type = "f32";  // a llama-quantize file type name
   bool pure = false;
+  // llama-imatrix's output (GGUF or legacy .dat, model/imatrix.h); empty:
+  // uniform importance.
+  std::string imatrix_path;
   uint64_t seed = 1;
   std::string out_path;
   // Empty: a generated byte-level BPE, with DeepSeek-V3's chat template as

@@ -64,6 +64,24 @@ expect_rc 1 "mkmodel refuses to overwrite" -- "$MOEFLOW" mkmodel --preset tiny -
 expect_in "$TMP/err" "--force" "overwrite refusal names --force"
 expect_rc 0 "mkmodel --force" -- "$MOEFLOW" mkmodel --preset tiny-v3 --type q4_k_m --force --out "$MODEL"
 
+# IQ types with llama-imatrix's matrix (GGUF and legacy .dat) and without one.
+IMATRIX=$FIXTURES/tiny-v3-imatrix/imatrix
+expect_rc 0 "mkmodel iq2_xxs --imatrix" -- "$MOEFLOW" mkmodel --preset tiny-v3 --type iq2_xxs \
+  --imatrix "$IMATRIX.gguf" --out "$TMP/iq2.gguf"
+expect_rc 0 "inspect iq2_xxs" -- "$MOEFLOW" inspect "$TMP/iq2.gguf"
+expect_in "$TMP/out" "iq2_xxs" "mkmodel --type iq2_xxs writes IQ2_XXS tensors"
+expect_rc 0 "mkmodel iq1_m --imatrix .dat" -- "$MOEFLOW" mkmodel --preset tiny-v3 --type iq1_m \
+  --imatrix "$IMATRIX.dat" --out "$TMP/iq1.gguf"
+expect_rc 0 "mkmodel iq3_xxs, uniform importance" -- "$MOEFLOW" mkmodel --preset tiny-v3 \
+  --type iq3_xxs --out "$TMP/iq3.gguf"
+expect_rc 1 "mkmodel --imatrix missing" -- "$MOEFLOW" mkmodel --preset tiny-v3 --type iq2_xxs \
+  --imatrix "$TMP/none.imatrix" --out "$TMP/x.gguf"
+expect_in "$TMP/err" "none.imatrix" "a missing imatrix file is named"
+expect_rc 1 "mkmodel --imatrix of another model" -- "$MOEFLOW" mkmodel --preset tiny-v3 \
+  --type iq2_xxs --imatrix "$FIXTURES"/tiny-v2-imatrix/imatrix.gguf --out "$TMP/x.gguf"
+expect_in "$TMP/err" "no imatrix entry for tensor blk.0.attn_q_a.weight" "imatrix misfit names the tensor"
+[[ -e "$TMP/x.gguf" ]] && fail "a failed mkmodel left a file"
+
 expect_rc 0 "inspect" -- "$MOEFLOW" inspect "$MODEL"
 for want in "architecture: deepseek2" "q_lora_rank" "gpt2" "tokenizer.ggml.merges" \
     "blk.3.ffn_down_exps.weight" "routed experts" "replicate" "slice" "shard"; do
