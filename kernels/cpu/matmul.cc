@@ -226,10 +226,16 @@ VecDotFn F16ViaBf16VecDot() {
 
 namespace {
 
-// Rows per unit of the row-parallel loops: the decode tile height (8), or a
-// whole panel.
-int64_t UnitRows(const MatmulWeight& w) {
-  return w.layout == WeightLayout::kPanel16 ? kPanelRows : 8;
+// Rows per unit of the row-parallel loops: the decode tile height (8), or
+// whole panels. A panel GEMM call prepares its tokens' activations first
+// (per-block scales and zero-point sums), so prefill calls get at most ~8
+// units per thread (each of them a run of panels) rather than one per panel.
+int64_t UnitRows(const MatmulWeight& w, int64_t n_tokens, int n_threads) {
+  if (w.layout != WeightLayout::kPanel16) return 8;
+  if (n_tokens <= 2) return kPanelRows;
+  const int64_t panels = (w.rows + kPanelRows - 1) / kPanelRows;
+  const int64_t per_unit = std::max<int64_t>(1, panels / (8 * std::max(n_threads, 1)));
+  return per_unit * kPanelRows;
 }
 
 }  // namespace
@@ -280,7 +286,7 @@ void MatmulQuantized(const MatmulWeight& w, const uint8_t* act, int64_t n_act_ro
   if (const GemmFn gemm = SimdGemm(w, isa)) {
     const int64_t act_bytes = ActivationRowBytes(w.type, w.cols);
     // Rows in multiples of the tile height per thread.
-    const int64_t unit = UnitRows(w);
+    const int64_t unit = UnitRows(w, n_act_rows, pool == nullptr ? 1 : pool->size());
     const int64_t units = (w.rows + unit - 1) / unit;
     auto job = [&](int64_t u0, int64_t u1, int /*thread*/) {
       const int64_t r0 = u0 * unit, r1 = std::min(w.rows, u1 * unit);
@@ -351,7 +357,7 @@ void MatmulQuantizedBatch(const MatmulJob* jobs, int64_t n_jobs, CpuIsa isa, Thr
   int64_t first_unit[kMaxJobs + 1];
   first_unit[0] = 0;
   for (int64_t j = 0; j < n_jobs; ++j) {
-    const int64_t unit = UnitRows(jobs[j].w);
+    const int64_t unit = UnitRows(jobs[j].w, jobs[j].n_act_rows, pool->size());
     first_unit[j + 1] = first_unit[j] + (jobs[j].w.rows + unit - 1) / unit;
   }
   auto job = [&](int64_t u0, int64_t u1, int /*thread*/) {
@@ -361,7 +367,7 @@ void MatmulQuantizedBatch(const MatmulJob* jobs, int64_t n_jobs, CpuIsa isa, Thr
       const MatmulJob& b = jobs[j];
       const int64_t a0 = std::max(u0, first_unit[j]) - first_unit[j];
       const int64_t a1 = std::min(u1, first_unit[j + 1]) - first_unit[j];
-      const int64_t unit = UnitRows(b.w);
+      const int64_t unit = UnitRows(b.w, b.n_act_rows, pool->size());
       const int64_t r0 = a0 * unit, r1 = std::min(b.w.rows, a1 * unit);
       if (r0 >= r1) continue;
       SimdGemm(b.w, isa)(b.w.cols, b.w.row(r0), b.w.row_bytes, r1 - r0, b.act,

@@ -87,17 +87,26 @@ Q8Tokens PrepareQ8Tokens(const uint8_t* act, int64_t as, int64_t n_tok, int64_t 
   thread_local std::vector<float> da_buf;
   thread_local std::vector<int32_t> corr_buf;
   float* da = Scratch(da_buf, n_tok * nb);
-  int32_t* corr = Scratch(corr_buf, n_tok * nb);
+  int32_t* corr = Scratch(corr_buf, n_tok * nb + 16);
+  const __m512i neg_z = _mm512_set1_epi32(-z);
   for (int64_t t = 0; t < n_tok; ++t) {
     const uint8_t* row = act + t * as;
     const uint8_t* sums = row + nb * static_cast<int64_t>(sizeof(BlockQ8_0));
     for (int64_t b = 0; b < nb; ++b) {
       uint16_t d;
-      int16_t s;
       std::memcpy(&d, row + b * sizeof(BlockQ8_0), 2);
-      std::memcpy(&s, sums + 2 * b, 2);
       da[t * nb + b] = H2F(d);
-      corr[t * nb + b] = -z * static_cast<int32_t>(s);
+    }
+    int64_t b = 0;
+    for (; b + 16 <= nb; b += 16) {
+      const __m512i s16 =
+          _mm512_cvtepi16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sums + 2 * b)));
+      _mm512_storeu_si512(corr + t * nb + b, _mm512_mullo_epi32(s16, neg_z));
+    }
+    for (; b < nb; ++b) {
+      int16_t v;
+      std::memcpy(&v, sums + 2 * b, 2);
+      corr[t * nb + b] = -z * static_cast<int32_t>(v);
     }
   }
   return Q8Tokens{da, corr, nb};
@@ -188,13 +197,14 @@ Q4KTokens PrepareQ4KTokens(const uint8_t* act, int64_t as, int64_t n_tok, int64_
   thread_local std::vector<float> da_buf, bs_buf;
   float* da = Scratch(da_buf, n_tok * nsb);
   float* bs = Scratch(bs_buf, n_tok * nsb * 8);
+  const __m256i ones = _mm256_set1_epi16(1);
   for (int64_t t = 0; t < n_tok; ++t) {
     for (int64_t i = 0; i < nsb; ++i) {
       const BlockQ8_K* blk = reinterpret_cast<const BlockQ8_K*>(act + t * as) + i;
       da[t * nsb + i] = blk->d;
-      for (int s = 0; s < 8; ++s) {
-        bs[(t * nsb + i) * 8 + s] = static_cast<float>(blk->bsums[2 * s] + blk->bsums[2 * s + 1]);
-      }
+      // bsums in pairs: the 8 sums of 32.
+      const __m256i b16 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk->bsums));
+      _mm256_storeu_ps(bs + (t * nsb + i) * 8, _mm256_cvtepi32_ps(_mm256_madd_epi16(b16, ones)));
     }
   }
   return Q4KTokens{da, bs, nsb};
@@ -203,36 +213,43 @@ Q4KTokens PrepareQ4KTokens(const uint8_t* act, int64_t as, int64_t n_tok, int64_
 // Per panel and super-block: d·sc of the 8 sub-blocks (the odd ones / 16:
 // their high nibbles are multiplied unshifted, as 16·q) and dmin·m, 16 rows
 // each. [sb][0..7] scales, [sb][8..15] mins.
-const float* PrepareQ4KPanel(const uint8_t* panel, int64_t nsb, std::vector<float>& buf) {
-  float* out = Scratch(buf, nsb * 16 * kRows);
+// One super-block of a panel: d·sc of the 8 sub-blocks (the odd ones / 16:
+// their high nibbles are multiplied unshifted, as 16·q), then dmin·m, 16
+// rows each (16 × 16 floats at `out`).
+void DecodeQ4KScales(const uint8_t* blk, float* out) {
   const __m512i m63 = _mm512_set1_epi32(63), m15 = _mm512_set1_epi32(15), m3 = _mm512_set1_epi32(3),
                 mff = _mm512_set1_epi32(0xFF);
-  for (int64_t i = 0; i < nsb; ++i) {
-    const uint8_t* blk = panel + i * kRows * sizeof(BlockQ4_K);
-    const __m512i z0 = _mm512_loadu_si512(blk + 2048);
-    const __m512i z1 = _mm512_loadu_si512(blk + 2048 + 64);
-    const __m512i z2 = _mm512_loadu_si512(blk + 2048 + 128);
-    const __m512 d = LoadHalves(blk + 16 * 140);
-    const __m512 dmin = LoadHalves(blk + 16 * 142);
-    float* o = out + i * 16 * kRows;
-    for (int j = 0; j < 8; ++j) {
-      __m512i sc, mn;
-      if (j < 4) {
-        sc = _mm512_and_si512(_mm512_srli_epi32(z0, 8 * j), m63);
-        mn = _mm512_and_si512(_mm512_srli_epi32(z1, 8 * j), m63);
-      } else {
-        const int k = j - 4;
-        const __m512i q8 = _mm512_and_si512(_mm512_srli_epi32(z2, 8 * k), mff);
-        const __m512i q0 = _mm512_and_si512(_mm512_srli_epi32(z0, 8 * k + 6), m3);
-        const __m512i q4 = _mm512_and_si512(_mm512_srli_epi32(z1, 8 * k + 6), m3);
-        sc = _mm512_or_si512(_mm512_and_si512(q8, m15), _mm512_slli_epi32(q0, 4));
-        mn = _mm512_or_si512(_mm512_srli_epi32(q8, 4), _mm512_slli_epi32(q4, 4));
-      }
-      __m512 s = _mm512_mul_ps(d, _mm512_cvtepi32_ps(sc));
-      if (j % 2 == 1) s = _mm512_mul_ps(s, _mm512_set1_ps(1.0f / 16));
-      _mm512_storeu_ps(o + j * kRows, s);
-      _mm512_storeu_ps(o + (8 + j) * kRows, _mm512_mul_ps(dmin, _mm512_cvtepi32_ps(mn)));
+  const __m512i z0 = _mm512_loadu_si512(blk + 2048);
+  const __m512i z1 = _mm512_loadu_si512(blk + 2048 + 64);
+  const __m512i z2 = _mm512_loadu_si512(blk + 2048 + 128);
+  const __m512 d = LoadHalves(blk + 16 * 140);
+  const __m512 dmin = LoadHalves(blk + 16 * 142);
+  for (int j = 0; j < 8; ++j) {
+    __m512i sc, mn;
+    if (j < 4) {
+      sc = _mm512_and_si512(_mm512_srli_epi32(z0, 8 * j), m63);
+      mn = _mm512_and_si512(_mm512_srli_epi32(z1, 8 * j), m63);
+    } else {
+      const int k = j - 4;
+      const __m512i q8 = _mm512_and_si512(_mm512_srli_epi32(z2, 8 * k), mff);
+      const __m512i q0 = _mm512_and_si512(_mm512_srli_epi32(z0, 8 * k + 6), m3);
+      const __m512i q4 = _mm512_and_si512(_mm512_srli_epi32(z1, 8 * k + 6), m3);
+      sc = _mm512_or_si512(_mm512_and_si512(q8, m15), _mm512_slli_epi32(q0, 4));
+      mn = _mm512_or_si512(_mm512_srli_epi32(q8, 4), _mm512_slli_epi32(q4, 4));
     }
+    __m512 s = _mm512_mul_ps(d, _mm512_cvtepi32_ps(sc));
+    if (j % 2 == 1) s = _mm512_mul_ps(s, _mm512_set1_ps(1.0f / 16));
+    _mm512_storeu_ps(out + j * kRows, s);
+    _mm512_storeu_ps(out + (8 + j) * kRows, _mm512_mul_ps(dmin, _mm512_cvtepi32_ps(mn)));
+  }
+}
+
+// Every super-block of a panel ([sb][16][16] floats), once per call for all
+// its tokens.
+const float* PrepareQ4KPanel(const uint8_t* panel, int64_t nsb, std::vector<float>& buf) {
+  float* out = Scratch(buf, nsb * 16 * kRows);
+  for (int64_t i = 0; i < nsb; ++i) {
+    DecodeQ4KScales(panel + i * kRows * sizeof(BlockQ4_K), out + i * 16 * kRows);
   }
   return out;
 }
@@ -248,7 +265,11 @@ void TileQ4_K(const uint8_t* panel, const float* psc, const uint8_t* act, int64_
   for (int64_t i = 0; i < nsb; ++i) {
     const uint8_t* blk = panel + i * pb;
     if (kPrefetch) Prefetch(blk + 2 * pb, pb);
-    const float* sc = psc + i * 16 * kRows;
+    // Decode (no psc): this super-block's scales now, from the caches the
+    // prefetch filled, instead of a pass over the whole panel first.
+    alignas(64) float inline_sc[16 * kRows];
+    const float* sc = psc != nullptr ? psc + i * 16 * kRows : inline_sc;
+    if (psc == nullptr) DecodeQ4KScales(blk, inline_sc);
     const uint8_t* ab[N];
     for (int t = 0; t < N; ++t) ab[t] = act + t * as + i * kQ8KBytes + 4;
     __m512 fsb[N];
@@ -272,14 +293,15 @@ void TileQ4_K(const uint8_t* panel, const float* psc, const uint8_t* act, int64_
         fsb[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc_hi[t]), s_hi, fsb[t]);
       }
     }
-    for (int t = 0; t < N; ++t) {
-      const float* bs = tok.bs + (t * nsb + i) * 8;
-      __m512 m = _mm512_mul_ps(_mm512_loadu_ps(sc + 8 * kRows), _mm512_set1_ps(bs[0]));
-      for (int s = 1; s < 8; ++s) {
-        m = _mm512_fmadd_ps(_mm512_loadu_ps(sc + (8 + s) * kRows), _mm512_set1_ps(bs[s]), m);
+    // − dmin·m · Σa per sub-block, then × d_a.
+    for (int sb = 0; sb < 8; ++sb) {
+      const __m512 mn = _mm512_loadu_ps(sc + (8 + sb) * kRows);
+      for (int t = 0; t < N; ++t) {
+        fsb[t] = _mm512_fnmadd_ps(mn, _mm512_set1_ps(tok.bs[(t * nsb + i) * 8 + sb]), fsb[t]);
       }
-      facc[t] =
-          _mm512_fmadd_ps(_mm512_sub_ps(fsb[t], m), _mm512_set1_ps(tok.da[t * nsb + i]), facc[t]);
+    }
+    for (int t = 0; t < N; ++t) {
+      facc[t] = _mm512_fmadd_ps(fsb[t], _mm512_set1_ps(tok.da[t * nsb + i]), facc[t]);
     }
   }
   for (int t = 0; t < N; ++t) _mm512_storeu_ps(y + t * ys, facc[t]);
@@ -301,7 +323,10 @@ Q6KTokens PrepareQ6KTokens(const uint8_t* act, int64_t as, int64_t n_tok, int64_
     for (int64_t i = 0; i < nsb; ++i) {
       const BlockQ8_K* blk = reinterpret_cast<const BlockQ8_K*>(act + t * as) + i;
       da[t * nsb + i] = blk->d;
-      for (int s = 0; s < 16; ++s) corr[(t * nsb + i) * 16 + s] = -32 * blk->bsums[s];
+      const __m512i b16 =
+          _mm512_cvtepi16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk->bsums)));
+      _mm512_storeu_si512(corr + (t * nsb + i) * 16,
+                          _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32(b16, 5)));
     }
   }
   return Q6KTokens{da, corr, nsb};
@@ -481,7 +506,7 @@ void GemmQ4_K(int64_t cols, const uint8_t* w, int64_t ws, int64_t n_rows, const 
     const Q4KTokens tok = PrepareQ4KTokens(act, as, nt, nsb);
     for (int64_t p = 0; p < n_rows / kRows; ++p) {
       const uint8_t* pan = w + p * panel_bytes;
-      const float* psc = PrepareQ4KPanel(pan, nsb, panel_scales);
+      const float* psc = nt <= 2 ? nullptr : PrepareQ4KPanel(pan, nsb, panel_scales);
       auto tile = [&](int64_t t, auto n) {
         constexpr int kN = decltype(n)::value;
         const Q4KTokens tt{tok.da + t * nsb, tok.bs + t * nsb * 8, nsb};

@@ -13,13 +13,14 @@
 namespace moeflow {
 
 struct MemoryBandwidth {
-  double read_gbps = 0;   // streaming read of a 256 MiB buffer (best of 3)
+  double read_gbps = 0;   // streaming read of a 256 MiB buffer, widest vector loads (best of 3)
   double triad_gbps = 0;  // STREAM triad a = b + s·c, 3 × 64 MiB (bytes read + written)
 };
 
 MemoryBandwidth MeasureMemoryBandwidth(ThreadPool* pool);
 
 // u8·s8 multiply-adds per second × 2 of an unrolled vpdpbusd (512-bit) loop
+// (24 chains, in assembly)
 // on every thread of the pool; without AVX-512 VNNI, of the AVX2
 // vpmaddubsw + vpmaddwd + vpaddd step (32 products); 0 without AVX2.
 double MeasureInt8PeakGops(ThreadPool* pool);
