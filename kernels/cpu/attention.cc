@@ -58,20 +58,71 @@ void MlaAttention(const MlaAttentionShape& shape, const float* q, int64_t q_stri
   MOEFLOW_CHECK(shape.v_dim > 0 && shape.v_dim <= shape.row_dim);
   MOEFLOW_CHECK(q_stride >= shape.row_dim && out_stride >= shape.v_dim);
   if (HasAvx512(isa) && shape.row_dim % 16 == 0 && shape.v_dim % 16 == 0) {
-    internal::MlaScoresAvx512(shape, q, q_stride, rows, n_rows, scores);
-    for (int64_t h = 0; h < shape.n_heads; ++h)
-      SoftmaxInPlace(scores + h * n_rows, n_rows);
-    internal::MlaContextAvx512(shape, scores, rows, n_rows, out, out_stride);
+    internal::MlaScoresAvx512(shape, q, q_stride, rows, n_rows, scores, n_rows);
+    for (int64_t h = 0; h < shape.n_heads; ++h) SoftmaxInPlace(scores + h * n_rows, n_rows);
+    internal::MlaContextAvx512(shape, scores, n_rows, rows, n_rows, out, out_stride, false);
     return;
   }
   if (isa == CpuIsa::kAvx2 && shape.row_dim % 8 == 0 && shape.v_dim % 8 == 0) {
-    internal::MlaScoresAvx2(shape, q, q_stride, rows, n_rows, scores);
-    for (int64_t h = 0; h < shape.n_heads; ++h)
-      SoftmaxInPlace(scores + h * n_rows, n_rows);
-    internal::MlaContextAvx2(shape, scores, rows, n_rows, out, out_stride);
+    internal::MlaScoresAvx2(shape, q, q_stride, rows, n_rows, scores, n_rows);
+    for (int64_t h = 0; h < shape.n_heads; ++h) SoftmaxInPlace(scores + h * n_rows, n_rows);
+    internal::MlaContextAvx2(shape, scores, n_rows, rows, n_rows, out, out_stride, false);
     return;
   }
   MlaAttentionGeneric(shape, q, q_stride, rows, n_rows, scores, out, out_stride, isa);
+}
+
+// Rows per block of MlaAttentionTokens: 32 rows of DeepSeek's 576 floats are
+// 74 KB, resident in L2 while the call's (token, head) pairs pass over them.
+constexpr int64_t kRowBlock = 32;
+
+void MlaAttentionTokens(const MlaTokensArgs& a, CpuIsa isa) {
+  const MlaAttentionShape& shape = a.shape;
+  MOEFLOW_CHECK(a.n_tok > 0 && a.first_seen > 0);
+  const int64_t H = shape.n_heads;
+  const int64_t stride = a.first_seen + a.n_tok - 1;  // scores per (token, head)
+  using ScoresFn = void (*)(const MlaAttentionShape&, const float*, int64_t, const float* const*,
+                            int64_t, float*, int64_t);
+  using ContextFn = void (*)(const MlaAttentionShape&, const float*, int64_t, const float* const*,
+                             int64_t, float*, int64_t, bool);
+  ScoresFn scores_fn = nullptr;
+  ContextFn context_fn = nullptr;
+  if (HasAvx512(isa) && shape.row_dim % 16 == 0 && shape.v_dim % 16 == 0) {
+    scores_fn = internal::MlaScoresAvx512;
+    context_fn = internal::MlaContextAvx512;
+  } else if (isa == CpuIsa::kAvx2 && shape.row_dim % 8 == 0 && shape.v_dim % 8 == 0) {
+    scores_fn = internal::MlaScoresAvx2;
+    context_fn = internal::MlaContextAvx2;
+  }
+  if (scores_fn == nullptr) {  // the reference, token by token
+    for (int64_t i = 0; i < a.n_tok; ++i) {
+      MlaAttention(shape, a.q + i * H * a.q_stride, a.q_stride, a.rows, a.first_seen + i, a.scores,
+                   a.out + i * H * a.out_stride, a.out_stride, isa);
+    }
+    return;
+  }
+  for (int64_t j0 = 0; j0 < stride; j0 += kRowBlock) {
+    for (int64_t i = 0; i < a.n_tok; ++i) {
+      const int64_t seen = a.first_seen + i;
+      if (seen <= j0) continue;
+      const int64_t n = std::min(seen, j0 + kRowBlock) - j0;
+      scores_fn(shape, a.q + i * H * a.q_stride, a.q_stride, a.rows + j0, n,
+                a.scores + i * H * stride + j0, stride);
+    }
+  }
+  for (int64_t i = 0; i < a.n_tok; ++i) {
+    for (int64_t h = 0; h < H; ++h)
+      SoftmaxInPlace(a.scores + (i * H + h) * stride, a.first_seen + i);
+  }
+  for (int64_t j0 = 0; j0 < stride; j0 += kRowBlock) {
+    for (int64_t i = 0; i < a.n_tok; ++i) {
+      const int64_t seen = a.first_seen + i;
+      if (seen <= j0) continue;
+      const int64_t n = std::min(seen, j0 + kRowBlock) - j0;
+      context_fn(shape, a.scores + i * H * stride + j0, stride, a.rows + j0, n,
+                 a.out + i * H * a.out_stride, a.out_stride, j0 > 0);
+    }
+  }
 }
 
 }  // namespace moeflow

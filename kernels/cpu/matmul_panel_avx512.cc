@@ -40,7 +40,7 @@ constexpr int64_t kRows = kPanelRows;
 // Tokens per pass over a panel's weights: their activations (and the
 // per-token scratch below) stay in L2 while every panel of the call streams
 // past them.
-constexpr int64_t kTokenChunk = 256;
+constexpr int64_t kTokenChunk = 64;
 
 inline float H2F(uint16_t h) { return _cvtsh_ss(h); }
 

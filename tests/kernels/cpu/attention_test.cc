@@ -7,8 +7,10 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -167,6 +169,51 @@ TEST(MlaAttentionTest, HeadResultDoesNotDependOnItsGroup) {
         for (int64_t col = 0; col < c.v_dim; ++col) {
           ASSERT_EQ(out[static_cast<size_t>(col)], all[static_cast<size_t>(h * c.v_dim + col)])
               << CpuIsaName(isa) << " head " << h << " group " << group << " col " << col;
+        }
+      }
+    }
+  }
+}
+
+// MlaAttentionTokens (prefill: a block of consecutive tokens, every head,
+// rows in blocks) gives each (token, head) the bits MlaAttention gives that
+// token alone: whatever the first token's context, across row-block
+// boundaries, on every ISA this CPU runs.
+TEST(MlaAttentionTest, TokenBlocksEqualTokensAloneBitForBit) {
+  std::vector<CpuIsa> isas = {CpuIsa::kScalar};
+  for (CpuIsa isa : {CpuIsa::kAvx2, CpuIsa::kAvx512}) {
+    if (CpuSupportsIsa(isa)) isas.push_back(isa);
+  }
+  const int64_t H = 5, row_dim = 96, v_dim = 64;
+  for (const int64_t first_seen : {1, 7, 30, 33, 70}) {
+    for (const int64_t n_tok : {2, 3, 9, 40}) {
+      const int64_t n_rows = first_seen + n_tok - 1;
+      const Case c{H * n_tok, row_dim, v_dim, n_rows};
+      const Inputs in = MakeInputs(c, static_cast<uint32_t>(first_seen * 100 + n_tok));
+      for (CpuIsa isa : isas) {
+        SCOPED_TRACE(std::string(CpuIsaName(isa)) + " first_seen " + std::to_string(first_seen) +
+                     " n_tok " + std::to_string(n_tok));
+        MlaTokensArgs a;
+        a.shape = MlaAttentionShape{H, row_dim, v_dim, 0.125f};
+        a.q = in.q.data();
+        a.q_stride = row_dim;
+        a.n_tok = n_tok;
+        a.rows = in.rows.data();
+        a.first_seen = first_seen;
+        std::vector<float> scores(static_cast<size_t>(n_tok * H * n_rows), -7.f);
+        std::vector<float> out(static_cast<size_t>(n_tok * H * v_dim), -7.f);
+        a.scores = scores.data();
+        a.out = out.data();
+        a.out_stride = v_dim;
+        MlaAttentionTokens(a, isa);
+        for (int64_t i = 0; i < n_tok; ++i) {
+          std::vector<float> s1(static_cast<size_t>(H * n_rows)),
+              o1(static_cast<size_t>(H * v_dim));
+          MlaAttention(a.shape, in.q.data() + i * H * row_dim, row_dim, in.rows.data(),
+                       first_seen + i, s1.data(), o1.data(), v_dim, isa);
+          EXPECT_EQ(std::memcmp(o1.data(), out.data() + i * H * v_dim, o1.size() * sizeof(float)),
+                    0)
+              << "token " << i;
         }
       }
     }
