@@ -163,10 +163,17 @@ absl::StatusOr<int64_t> MoveWeightsToOwnMemory(const GgufFile& file, bool routed
                                                std::string* note);
 
 inline constexpr int64_t kAttentionHeadGroup = 4;
+// Prefill tokens per attention unit: ~64 (token, head) score rows, so that a
+// block of cached rows in L2 serves that many before the next block comes.
+inline int64_t AttentionBlockTokens(int64_t n_heads) { return n_heads >= 64 ? 1 : 64 / n_heads; }
 // Tokens per EngineSwigluFfn chunk: 128 × the dense FFN's 10944 columns of
 // gate and up is 11 MB of scratch instead of 45 MB for a 512-token prompt,
 // with the weights still reused by 128 tokens per pass.
 inline constexpr int64_t kSwigluTokenChunk = 128;
+// Tokens per MoeForward call of the routed experts (long prompts in chunks).
+inline constexpr int64_t kMoeTokenChunk = 512;
+// Tokens per pass through the layers of Forward (longer prompts in chunks).
+inline constexpr int64_t kPrefillTokenChunk = 512;
 
 // Buffers of one forward pass, sized for `capacity` tokens and `kv_capacity`
 // cached positions. Grows (allocates) only when asked for more.
@@ -184,6 +191,11 @@ struct EngineScratch {
   // and the row pointers of one token's cached positions (kv_capacity).
   std::vector<std::vector<float>> scores;
   std::vector<std::vector<const float*>> kv_rows;
+  // The units of one attention pass (engine.cc), kept to reuse their memory.
+  struct AttentionUnit {
+    int64_t t, count, h0, n_heads;
+  };
+  std::vector<AttentionUnit> attention_units;
   // FFNs.
   std::vector<float> gate, up;
   // Router.
@@ -341,7 +353,8 @@ class Deepseek2Engine {
   absl::StatusOr<std::vector<float>> Forward(absl::Span<const int32_t> tokens, int64_t start_pos);
 
   // As Forward, into `logits`: [tokens.size() × vocab], or [vocab] for the
-  // last position only when `last_only` (what generation needs).
+  // last position only when `last_only` (what generation needs). Prompts
+  // longer than kPrefillTokenChunk pass through the layers in chunks.
   absl::Status ForwardInto(absl::Span<const int32_t> tokens, int64_t start_pos, bool last_only,
                            absl::Span<float> logits);
 
@@ -404,6 +417,10 @@ class Deepseek2Engine {
   KvPagePool* mutable_kv_pages_for_testing() { return kv_pool_ ? kv_pool_.get() : nullptr; }
 
  private:
+  // One pass through the layers (ForwardInto's chunks); empty `logits`: no
+  // output head (a chunk before the last one of a last_only call).
+  absl::Status ForwardChunk(absl::Span<const int32_t> tokens, int64_t start_pos, bool last_only,
+                            absl::Span<float> logits);
   Deepseek2Engine() = default;
   // ffn_norm and the layer's FFN (dense, or router + routed + shared
   // experts) on scratch_.ffn_inp [n × hidden], written to scratch_.x.

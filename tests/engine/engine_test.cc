@@ -205,6 +205,41 @@ TEST(EngineTest, LastOnlyLogitsEqualLastRow) {
             absl::StatusCode::kInvalidArgument);
 }
 
+// A prompt longer than kPrefillTokenChunk goes through the layers in chunks;
+// the logits are those of the same tokens fed in two other pieces, bit for
+// bit (no step depends on the chunk a token is in), for every row and for
+// last_only.
+TEST(EngineTest, LongPromptsInChunksEqualOtherSplits) {
+  Deepseek2EngineOptions options;
+  options.n_threads = 2;
+  options.max_batch = 64;
+  options.max_context = 256;
+  for (const char* quant : {"q4_k_m", "f32"}) {
+    SCOPED_TRACE(quant);
+    auto e = Deepseek2Engine::Open(FixturePath("tiny-v3", std::string(quant) + ".gguf"), options);
+    ASSERT_TRUE(e.ok()) << e.status();
+    Deepseek2Engine& engine = **e;
+    const int64_t vocab = engine.config().vocab_size;
+    const int64_t n = kPrefillTokenChunk + 90;
+    std::vector<int32_t> tokens(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) tokens[static_cast<size_t>(i)] = (i * 7919 + 3) % (vocab - 2);
+    auto whole = engine.Forward(tokens, 0);
+    ASSERT_TRUE(whole.ok()) << whole.status();
+    engine.ResetCache();
+    const int64_t split = 333;
+    auto first = engine.Forward(absl::MakeConstSpan(tokens).subspan(0, split), 0);
+    ASSERT_TRUE(first.ok());
+    auto rest = engine.Forward(absl::MakeConstSpan(tokens).subspan(split), split);
+    ASSERT_TRUE(rest.ok());
+    EXPECT_EQ(std::vector<float>(whole->begin(), whole->begin() + split * vocab), *first);
+    EXPECT_EQ(std::vector<float>(whole->begin() + split * vocab, whole->end()), *rest);
+    engine.ResetCache();
+    std::vector<float> last(static_cast<size_t>(vocab));
+    ASSERT_TRUE(engine.ForwardInto(tokens, 0, true, absl::MakeSpan(last)).ok());
+    EXPECT_EQ(last, std::vector<float>(whole->end() - vocab, whole->end()));
+  }
+}
+
 TEST(EngineTest, ActiveExpertsOverride) {
   const std::vector<int32_t> tokens = {2046, 17, 401, 95, 1200, 33, 7};
   auto full = OpenEngine("tiny-v3", "q8_0");
