@@ -1,5 +1,6 @@
 #include "server/api_exchange.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <utility>
 
@@ -92,18 +93,67 @@ void ApiExchange::Refuse(const ApiError& error) {
   responder_->Send(error.status, std::move(headers), Dump(ErrorJson(error)));
 }
 
-void ApiExchange::OnToken(const GeneratedToken& token) {
+std::vector<std::shared_ptr<GenerationRequest>> ApiExchange::Begin() {
+  choices_.assign(static_cast<size_t>(n), Choice{});
+  std::vector<std::shared_ptr<GenerationRequest>> out = {request};
+  for (int i = 1; i < n; ++i) {
+    auto copy = std::make_shared<GenerationRequest>(*request);  // the same cancel flag
+    copy->sampler.seed = request->sampler.seed + static_cast<uint64_t>(i);
+    out.push_back(std::move(copy));
+  }
+  return out;
+}
+
+void ApiExchange::Submitted() {
+  absl::MutexLock lock(&mu_);
+  submitted_ = true;
+  for (const std::function<void()>& f : held_) f();
+  held_.clear();
+}
+
+void ApiExchange::Abandon(const ApiError& error) {
+  {
+    absl::MutexLock lock(&mu_);
+    abandoned_ = true;
+    held_.clear();
+  }
+  request->cancelled->store(true);  // the choices submitted already
+  Refuse(error);
+}
+
+void ApiExchange::OnToken(int choice, const GeneratedToken& token) {
+  absl::MutexLock lock(&mu_);
+  if (abandoned_) return;
+  if (!submitted_) {
+    held_.push_back([this, choice, token] { HandleToken(choice, token); });
+    return;
+  }
+  HandleToken(choice, token);
+}
+
+void ApiExchange::OnDone(int choice, const GenerationSummary& summary) {
+  absl::MutexLock lock(&mu_);
+  if (abandoned_) return;
+  if (!submitted_) {
+    held_.push_back([this, choice, summary] { HandleDone(choice, summary); });
+    return;
+  }
+  HandleDone(choice, summary);
+}
+
+void ApiExchange::HandleToken(int choice, const GeneratedToken& token) {
+  if (failed_) return;
+  Choice& c = choices_[static_cast<size_t>(choice)];
+  c.text += token.text;
   if (!stream) {
-    text += token.text;
-    if (logprobs) tokens.push_back(token);
+    if (logprobs) c.tokens.push_back(token);
     return;
   }
   if (!head_sent) {
     head_sent = true;
     StartStream();
   }
-  text += token.text;
-  StreamToken(token);
+  StreamToken(choice, token);
 }
 
 void ApiExchange::SendGenerationError(const ApiError& error, bool final) {
@@ -117,20 +167,27 @@ void ApiExchange::SendGenerationError(const ApiError& error, bool final) {
   }
 }
 
-void ApiExchange::OnDone(const GenerationSummary& s) {
-  const std::string note = absl::StrFormat(
-      "prompt %d (cached %d) completion %d finish %s queue %.0f ms prefill %.0f ms "
-      "decode %.1f tok/s",
-      s.prompt_tokens, s.cached_prompt_tokens, s.completion_tokens, s.finish_reason,
-      s.queue_s * 1000, s.prefill_s * 1000,
-      s.decode_s > 0 ? s.completion_tokens / s.decode_s : 0.0);
+void ApiExchange::HandleDone(int choice, const GenerationSummary& s) {
+  if (failed_) return;
+  auto note_of = [](const GenerationSummary& s) {
+    return absl::StrFormat(
+        "prompt %d (cached %d) completion %d finish %s queue %.0f ms prefill %.0f ms "
+        "decode %.1f tok/s",
+        s.prompt_tokens, s.cached_prompt_tokens, s.completion_tokens, s.finish_reason,
+        s.queue_s * 1000, s.prefill_s * 1000,
+        s.decode_s > 0 ? s.completion_tokens / s.decode_s : 0.0);
+  };
+  if (s.finish_reason == "cancelled" || !s.status.ok()) {
+    failed_ = true;
+    if (n > 1) request->cancelled->store(true);  // the other choices end too
+  }
   if (s.finish_reason == "cancelled") {
     if (responder_->closed()) {
-      Log(499, note);  // nginx's "client closed request"
+      Log(499, note_of(s));  // nginx's "client closed request"
       return;
     }
     // Shutdown cancelled it while the client still waits: say so.
-    Log(503, note);
+    Log(503, note_of(s));
     SendGenerationError({503, "the server is shutting down", "", "unavailable", "server_error"},
                         /*final=*/true);
     return;
@@ -154,15 +211,26 @@ void ApiExchange::OnDone(const GenerationSummary& s) {
     }
     return;
   }
-  text += s.flushed_text;
+  Choice& c = choices_[static_cast<size_t>(choice)];
+  c.text += s.flushed_text;
+  c.summary = s;
+  c.done = true;
+  ++done_;
   // A generation can end before any token (max_tokens reached by a held-back
   // stop string prefix): the stream's head goes out first.
   if (stream && !head_sent) {
     head_sent = true;
     StartStream();
   }
-  Finish(s);
-  Log(200, note);
+  if (stream) EndChoice(choice);
+  if (done_ < n) return;
+  GenerationSummary total = choices_[0].summary;
+  for (size_t i = 1; i < choices_.size(); ++i) {
+    total.completion_tokens += choices_[i].summary.completion_tokens;
+    total.decode_s = std::max(total.decode_s, choices_[i].summary.decode_s);
+  }
+  Finish(total);
+  Log(200, n > 1 ? absl::StrCat(note_of(total), " n ", n) : note_of(total));
   if (stream) responder_->EndStream();
 }
 

@@ -10,11 +10,23 @@
 // subclass for its wire shape: the stream head, one event per token, the
 // final event or body.
 //
-//   Parse ─► Submit ─► OnToken* ─► OnDone ─► (Finish | stream error | 499/503)
-//      └─► Refuse (bad request, queue full)
+//   Parse ─► Begin(n) ─► Submit × n ─► Submitted ─► OnToken* ─► OnDone × n ─►
+//      │                      └─► Abandon (queue full)   (Finish | stream error | 499/503)
+//      └─► Refuse (bad request)
 //
-// Thread-safety: parsing on an HTTP worker thread; OnToken / OnDone on the
-// scheduler thread, after which nothing else touches the exchange.
+// Several choices (OpenAI's n): one GenerationRequest per choice, copies of
+// `request` with seeds seed, seed + 1, ... and one cancel flag; they share
+// the prompt's KV through the backend's prefix reuse (batching: its whole
+// 16-token blocks, computed once; serial: the previous request's prefix).
+// Their events carry the choice's index; the end (usage, [DONE], the
+// non-streamed body) waits for every choice, and the first choice that
+// fails ends the exchange with its error and cancels the others.
+//
+// Thread-safety: parsing and submitting on an HTTP worker thread; OnToken /
+// OnDone on the scheduler thread. Callbacks that arrive before
+// Submitted() (a choice already running while the next is submitted) are
+// held and replayed then, or dropped by Abandon(); the exchange's mutex is
+// never held while calling into the backend.
 // Failure: every error reaches the client in the protocol's own shape, and
 // a started stream still ends as the protocol ends it (OpenAI: the error
 // event, then [DONE]; Ollama: an {"error": ...} line). The backend's
@@ -30,7 +42,9 @@
 #include <string>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "chat/chat_message.h"
 #include "server/api_json.h"
 #include "server/http_server.h"
@@ -110,8 +124,16 @@ class ApiExchange {
               std::string id);
   virtual ~ApiExchange() = default;
 
-  void OnToken(const GeneratedToken& token);
-  void OnDone(const GenerationSummary& summary);
+  // The requests to submit, one per choice (the first is `request`); call
+  // once, before submitting them.
+  std::vector<std::shared_ptr<GenerationRequest>> Begin();
+  // Every choice was submitted: replays what arrived meanwhile.
+  void Submitted();
+  // A choice could not be submitted: cancels those that were, drops their
+  // callbacks, and answers with `error`.
+  void Abandon(const ApiError& error);
+  void OnToken(int choice, const GeneratedToken& token);
+  void OnDone(int choice, const GenerationSummary& summary);
   // Answers with `error` (nothing was sent yet) in this protocol's shape; a
   // 503 carries Retry-After.
   void Refuse(const ApiError& error);
@@ -121,6 +143,7 @@ class ApiExchange {
 
   // Set by the parser.
   std::shared_ptr<GenerationRequest> request;
+  int n = 1;  // choices
   std::string model;
   bool stream = false;
   bool logprobs = false;  // chat: logprobs; completions: logprobs != null
@@ -128,31 +151,49 @@ class ApiExchange {
   bool opens_think = false;
 
  protected:
+  // One choice's output (scheduler thread).
+  struct Choice {
+    std::string text;                    // everything released
+    std::vector<GeneratedToken> tokens;  // with logprobs, when not streaming
+    GenerationSummary summary;           // when done
+    bool done = false;
+  };
+
   virtual json ErrorJson(const ApiError& error) const = 0;
   // The stream's head (status, content type) and its first events.
   virtual void StartStream() = 0;
-  // One token's event(s); `text` already has the token's text.
-  virtual void StreamToken(const GeneratedToken& token) = 0;
+  // One token's event(s); choices_[choice].text already has its text.
+  virtual void StreamToken(int choice, const GeneratedToken& token) = 0;
   // An error inside a started stream (`final`: also close the event stream
   // as the protocol does, e.g. OpenAI's [DONE]).
   virtual void StreamError(const ApiError& error, bool final) = 0;
-  // A successful end: the final event(s) or the whole body; `text` has
-  // everything generated.
-  virtual void Finish(const GenerationSummary& summary) = 0;
+  // Streaming: one choice ended well; its last events.
+  virtual void EndChoice(int /*choice*/) {}
+  // Every choice ended well: the closing events, or the whole body.
+  // `total`: the first choice's summary with every choice's completion
+  // tokens.
+  virtual void Finish(const GenerationSummary& total) = 0;
 
   const ApiContext ctx_;
   const std::shared_ptr<HttpResponder> responder_;
   const std::string endpoint_;
   const std::string id_;
   const double start_s_;
-  // Scheduler thread.
-  std::string text;                    // everything released
-  std::vector<GeneratedToken> tokens;  // with logprobs, when not streaming
+  std::vector<Choice> choices_;  // scheduler thread (sized by Begin)
   bool head_sent = false;
 
  private:
+  void HandleToken(int choice, const GeneratedToken& token);
+  void HandleDone(int choice, const GenerationSummary& summary);
   // Reports a generation that failed after it was accepted.
   void SendGenerationError(const ApiError& error, bool final);
+
+  absl::Mutex mu_;
+  bool submitted_ ABSL_GUARDED_BY(mu_) = false;
+  bool abandoned_ ABSL_GUARDED_BY(mu_) = false;
+  std::vector<std::function<void()>> held_ ABSL_GUARDED_BY(mu_);
+  bool failed_ = false;  // a choice failed: the others are ignored
+  int done_ = 0;
 };
 
 }  // namespace moeflow::server

@@ -73,7 +73,7 @@ class OllamaChatExchange final : public OllamaExchange {
   ChatStreamSplitter splitter;
 
  protected:
-  void StreamToken(const GeneratedToken& token) override {
+  void StreamToken(int /*choice*/, const GeneratedToken& token) override {
     ChatStreamSplitter::Delta d = splitter.Feed(token.text, /*final=*/false);
     if (d.reasoning.empty() && d.content.empty()) return;
     json message = {{"role", "assistant"}, {"content", d.content}};
@@ -81,7 +81,7 @@ class OllamaChatExchange final : public OllamaExchange {
     Line({{"model", model}, {"created_at", Rfc3339Now()}, {"message", message}, {"done", false}});
   }
   void Finish(const GenerationSummary& s) override {
-    const ChatOutput out = ParseChatOutput(text, opens_think);
+    const ChatOutput out = ParseChatOutput(choices_[0].text, opens_think);
     const std::string finish_reason = out.tool_calls.empty() ? s.finish_reason : "tool_calls";
     json message;
     if (!stream) {
@@ -105,7 +105,7 @@ class OllamaGenerateExchange final : public OllamaExchange {
   using OllamaExchange::OllamaExchange;
 
  protected:
-  void StreamToken(const GeneratedToken& token) override {
+  void StreamToken(int /*choice*/, const GeneratedToken& token) override {
     if (token.text.empty()) return;
     Line({{"model", model},
           {"created_at", Rfc3339Now()},
@@ -113,7 +113,7 @@ class OllamaGenerateExchange final : public OllamaExchange {
           {"done", false}});
   }
   void Finish(const GenerationSummary& s) override {
-    SendFinal(Final(s, s.finish_reason, "response", stream ? s.flushed_text : text));
+    SendFinal(Final(s, s.finish_reason, "response", stream ? s.flushed_text : choices_[0].text));
   }
 };
 

@@ -162,18 +162,21 @@ void OpenAiApi::HandleChecked(const HttpRequest& request,
 }
 
 void OpenAiApi::Start(std::shared_ptr<ApiExchange> e) {
-  GenerationRequest& request = *e->request;
-  // The callbacks hold the exchange; the request holds the callbacks; the
-  // scheduler drops the request after on_done, which breaks the cycle.
-  request.on_token = [e](const GeneratedToken& token) { e->OnToken(token); };
-  request.on_done = [e](const GenerationSummary& summary) {
-    e->OnDone(summary);
-    e->request->on_token = nullptr;
-    e->request->on_done = nullptr;
-  };
-  std::weak_ptr<std::atomic<bool>> cancelled = request.cancelled;
-  const absl::Status submitted = backend_->Submit(e->request);
-  if (!submitted.ok()) {
+  std::weak_ptr<std::atomic<bool>> cancelled = e->request->cancelled;
+  std::vector<std::shared_ptr<GenerationRequest>> requests = e->Begin();
+  for (size_t i = 0; i < requests.size(); ++i) {
+    GenerationRequest& request = *requests[i];
+    const int choice = static_cast<int>(i);
+    // The callbacks hold the exchange; the request holds the callbacks; the
+    // scheduler drops the request after on_done, which breaks the cycle.
+    request.on_token = [e, choice](const GeneratedToken& token) { e->OnToken(choice, token); };
+    request.on_done = [e, choice, r = &request](const GenerationSummary& summary) {
+      e->OnDone(choice, summary);
+      r->on_token = nullptr;
+      r->on_done = nullptr;
+    };
+    const absl::Status submitted = backend_->Submit(requests[i]);
+    if (submitted.ok()) continue;
     ApiError error;
     switch (submitted.code()) {
       case absl::StatusCode::kResourceExhausted:
@@ -185,11 +188,12 @@ void OpenAiApi::Start(std::shared_ptr<ApiExchange> e) {
       default:
         error = {400, std::string(submitted.message()), "max_tokens", "context_length_exceeded"};
     }
-    e->request->on_token = nullptr;
-    e->request->on_done = nullptr;
-    e->Refuse(error);
+    request.on_token = nullptr;
+    request.on_done = nullptr;
+    e->Abandon(error);
     return;
   }
+  e->Submitted();
   e->responder()->SetOnClose([cancelled] {
     if (auto flag = cancelled.lock()) flag->store(true);
   });

@@ -15,6 +15,9 @@
 namespace moeflow::server {
 namespace {
 
+// The most choices (n) one request may ask for.
+constexpr int64_t kMaxChoices = 16;
+
 json TokenLogprobJson(const BpeTokenizer& tokenizer, int32_t token, float logprob) {
   const absl::string_view bytes = tokenizer.TokenBytes(token);
   json byte_list = json::array();
@@ -120,58 +123,46 @@ class OpenAiExchange : public ApiExchange {
 class ChatCompletionExchange final : public OpenAiExchange {
  public:
   using OpenAiExchange::OpenAiExchange;
-  ChatStreamSplitter splitter;
+  ChatStreamSplitter splitter;  // each choice starts from this one
 
  protected:
   void StartStream() override {
     OpenAiExchange::StartStream();
-    Event(Chunk("chat.completion.chunk",
-                json::array({{{"index", 0},
-                              {"delta", {{"role", "assistant"}, {"content", ""}}},
-                              {"logprobs", nullptr},
-                              {"finish_reason", nullptr}}})));
+    splitters_.assign(static_cast<size_t>(n), splitter);
+    json choices = json::array();
+    for (int i = 0; i < n; ++i) {
+      choices.push_back({{"index", i},
+                         {"delta", {{"role", "assistant"}, {"content", ""}}},
+                         {"logprobs", nullptr},
+                         {"finish_reason", nullptr}});
+    }
+    Event(Chunk("chat.completion.chunk", std::move(choices)));
   }
-  void StreamToken(const GeneratedToken& token) override {
-    ChatStreamSplitter::Delta d = splitter.Feed(token.text, /*final=*/false);
+  void StreamToken(int i, const GeneratedToken& token) override {
+    ChatStreamSplitter::Delta d = splitters_[static_cast<size_t>(i)].Feed(token.text, false);
     if (d.reasoning.empty() && d.content.empty() && !logprobs) return;
     json delta = json::object();
     if (!d.reasoning.empty()) delta["reasoning_content"] = d.reasoning;
     if (!d.content.empty() || (d.reasoning.empty() && logprobs)) delta["content"] = d.content;
     json choice = {
-        {"index", 0}, {"delta", delta}, {"logprobs", nullptr}, {"finish_reason", nullptr}};
+        {"index", i}, {"delta", delta}, {"logprobs", nullptr}, {"finish_reason", nullptr}};
     if (logprobs) choice["logprobs"] = ChatLogprobsJson(*ctx_.tokenizer, {token});
     Event(Chunk("chat.completion.chunk", json::array({choice})));
   }
-  void Finish(const GenerationSummary& s) override {
-    const ChatOutput out = ParseChatOutput(text, opens_think);
-    const std::string finish_reason = out.tool_calls.empty() ? s.finish_reason : "tool_calls";
-    if (!stream) {
-      json message = {{"role", "assistant"},
-                      {"content", out.content_null ? json(nullptr) : json(out.content)}};
-      if (!out.reasoning.empty()) message["reasoning_content"] = out.reasoning;
-      if (!out.tool_calls.empty()) message["tool_calls"] = ToolCallsJson(out.tool_calls, false);
-      json choice = {
-          {"index", 0},
-          {"message", message},
-          {"logprobs", logprobs ? ChatLogprobsJson(*ctx_.tokenizer, tokens) : json(nullptr)},
-          {"finish_reason", finish_reason}};
-      responder_->Send(200, JsonHeaders(),
-                       Dump({{"id", id_},
-                             {"object", "chat.completion"},
-                             {"created", created_},
-                             {"model", model},
-                             {"system_fingerprint", "moeflow"},
-                             {"choices", json::array({choice})},
-                             {"usage", UsageJson(s)}}));
-      return;
-    }
+  std::string FinishReason(const ChatOutput& out, const GenerationSummary& s) const {
+    return out.tool_calls.empty() ? s.finish_reason : "tool_calls";
+  }
+  void EndChoice(int i) override {
+    const Choice& c = choices_[static_cast<size_t>(i)];
+    ChatStreamSplitter& splitter = splitters_[static_cast<size_t>(i)];
+    const ChatOutput out = ParseChatOutput(c.text, opens_think);
     auto delta_chunk = [&](json delta, json finish) {
-      return Chunk("chat.completion.chunk", json::array({{{"index", 0},
+      return Chunk("chat.completion.chunk", json::array({{{"index", i},
                                                           {"delta", delta},
                                                           {"logprobs", nullptr},
                                                           {"finish_reason", finish}}}));
     };
-    ChatStreamSplitter::Delta d = splitter.Feed(s.flushed_text, /*final=*/true);
+    ChatStreamSplitter::Delta d = splitter.Feed(c.summary.flushed_text, /*final=*/true);
     if (!d.reasoning.empty()) Event(delta_chunk({{"reasoning_content", d.reasoning}}, nullptr));
     if (!d.content.empty()) Event(delta_chunk({{"content", d.content}}, nullptr));
     if (splitter.in_tool_calls()) {
@@ -182,9 +173,39 @@ class ChatCompletionExchange final : public OpenAiExchange {
         Event(delta_chunk({{"content", splitter.tool_text()}}, nullptr));
       }
     }
-    Event(delta_chunk(json::object(), finish_reason));
-    EndEvents("chat.completion.chunk", s);
+    Event(delta_chunk(json::object(), FinishReason(out, c.summary)));
   }
+  void Finish(const GenerationSummary& total) override {
+    if (stream) {
+      EndEvents("chat.completion.chunk", total);
+      return;
+    }
+    json choices = json::array();
+    for (int i = 0; i < n; ++i) {
+      const Choice& c = choices_[static_cast<size_t>(i)];
+      const ChatOutput out = ParseChatOutput(c.text, opens_think);
+      json message = {{"role", "assistant"},
+                      {"content", out.content_null ? json(nullptr) : json(out.content)}};
+      if (!out.reasoning.empty()) message["reasoning_content"] = out.reasoning;
+      if (!out.tool_calls.empty()) message["tool_calls"] = ToolCallsJson(out.tool_calls, false);
+      choices.push_back(
+          {{"index", i},
+           {"message", message},
+           {"logprobs", logprobs ? ChatLogprobsJson(*ctx_.tokenizer, c.tokens) : json(nullptr)},
+           {"finish_reason", FinishReason(out, c.summary)}});
+    }
+    responder_->Send(200, JsonHeaders(),
+                     Dump({{"id", id_},
+                           {"object", "chat.completion"},
+                           {"created", created_},
+                           {"model", model},
+                           {"system_fingerprint", "moeflow"},
+                           {"choices", std::move(choices)},
+                           {"usage", UsageJson(total)}}));
+  }
+
+ private:
+  std::vector<ChatStreamSplitter> splitters_;  // per choice, when streaming
 };
 
 class CompletionExchange final : public OpenAiExchange {
@@ -192,33 +213,42 @@ class CompletionExchange final : public OpenAiExchange {
   using OpenAiExchange::OpenAiExchange;
 
  protected:
-  void StreamToken(const GeneratedToken& token) override {
+  void StreamToken(int i, const GeneratedToken& token) override {
     if (token.text.empty() && !logprobs) return;
     json choice = {
-        {"index", 0}, {"text", token.text}, {"logprobs", nullptr}, {"finish_reason", nullptr}};
+        {"index", i}, {"text", token.text}, {"logprobs", nullptr}, {"finish_reason", nullptr}};
     if (logprobs) {
+      const std::string& text = choices_[static_cast<size_t>(i)].text;
       choice["logprobs"] = CompletionLogprobsJson(
           *ctx_.tokenizer, {token}, static_cast<int64_t>(text.size() - token.text.size()));
     }
     Event(Chunk("text_completion", json::array({choice})));
   }
-  void Finish(const GenerationSummary& s) override {
-    if (!stream) {
-      json choice = {{"index", 0},
-                     {"text", text},
-                     {"logprobs", logprobs ? CompletionLogprobsJson(*ctx_.tokenizer, tokens, 0)
-                                           : json(nullptr)},
-                     {"finish_reason", s.finish_reason}};
-      json out = Chunk("text_completion", json::array({choice}));
-      out["usage"] = UsageJson(s);
-      responder_->Send(200, JsonHeaders(), Dump(out));
-      return;
-    }
-    Event(Chunk("text_completion", json::array({{{"index", 0},
+  void EndChoice(int i) override {
+    const GenerationSummary& s = choices_[static_cast<size_t>(i)].summary;
+    Event(Chunk("text_completion", json::array({{{"index", i},
                                                  {"text", s.flushed_text},
                                                  {"logprobs", nullptr},
                                                  {"finish_reason", s.finish_reason}}})));
-    EndEvents("text_completion", s);
+  }
+  void Finish(const GenerationSummary& total) override {
+    if (stream) {
+      EndEvents("text_completion", total);
+      return;
+    }
+    json choices = json::array();
+    for (int i = 0; i < n; ++i) {
+      const Choice& c = choices_[static_cast<size_t>(i)];
+      choices.push_back(
+          {{"index", i},
+           {"text", c.text},
+           {"logprobs",
+            logprobs ? CompletionLogprobsJson(*ctx_.tokenizer, c.tokens, 0) : json(nullptr)},
+           {"finish_reason", c.summary.finish_reason}});
+    }
+    json out = Chunk("text_completion", std::move(choices));
+    out["usage"] = UsageJson(total);
+    responder_->Send(200, JsonHeaders(), Dump(out));
   }
 };
 
@@ -248,11 +278,8 @@ bool ParseOptions(const ApiContext& ctx, const json& body, bool chat, OpenAiExch
   if (!ReadInteger(body, "seed", INT64_MIN, INT64_MAX, &seed, &seed_given, error)) return false;
   sampler.seed = seed_given ? static_cast<uint64_t>(seed) : RandomSeed();
   int64_t n = 1;
-  if (!ReadInteger(body, "n", 1, 128, &n, nullptr, error)) return false;
-  if (n != 1) {
-    *error = ValueError("n", "only n = 1 is supported");
-    return false;
-  }
+  if (!ReadInteger(body, "n", 1, kMaxChoices, &n, nullptr, error)) return false;
+  e.n = static_cast<int>(n);
   int64_t max_tokens = chat ? 0 : ctx.options->default_completion_max_tokens;
   if (!ReadInteger(body, "max_tokens", 1, INT32_MAX, &max_tokens, max_given, error) ||
       !ReadInteger(body, "max_completion_tokens", 1, INT32_MAX, &max_tokens, max_given, error)) {

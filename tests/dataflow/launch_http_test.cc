@@ -5,7 +5,8 @@
 // coordinator's one KV cache) does not change the second HTTP answer (the
 // HTTP side recomputes its cached prefix); /v1/models and /health answer; a
 // non-loopback http_address without --api_key and a malformed --http_address
-// are refused; moeflowctl drain and status cover the HTTP requests.
+// are refused; moeflowctl drain and status cover the HTTP requests; n = 2
+// and a response_format work over the coordinator.
 #include <unistd.h>
 
 #include <cstdlib>
@@ -45,11 +46,12 @@ std::string ControlGenerate(testing::LaunchProcess& launch, const std::string& p
 
 // The text of a greedy /v1/completions of `prompt` (n tokens, no stop at EOS).
 std::string HttpComplete(int port, const std::string& prompt, int n) {
-  const nlohmann::json body = {{"model", "tiny-v3.q8_0"}, {"prompt", prompt},
-                               {"max_tokens", n},         {"temperature", 0},
+  const nlohmann::json body = {{"model", "tiny-v3.q8_0"},
+                               {"prompt", prompt},
+                               {"max_tokens", n},
+                               {"temperature", 0},
                                {"ignore_eos", true}};
-  server::testing::ParsedResponse r =
-      server::testing::Post(port, "/v1/completions", body.dump());
+  server::testing::ParsedResponse r = server::testing::Post(port, "/v1/completions", body.dump());
   EXPECT_EQ(r.status, 200) << r.body;
   if (r.status != 200) return "";
   const nlohmann::json reply = nlohmann::json::parse(r.body);
@@ -67,7 +69,8 @@ TEST(LaunchHttpTest, CompletionsMatchTheControlServiceAcrossInterleavedRequests)
   ASSERT_TRUE(launch.WaitServing(30000));
   ASSERT_GT(launch.http_port(), 0);
 
-  const server::testing::ParsedResponse health = server::testing::Get(launch.http_port(), "/health");
+  const server::testing::ParsedResponse health =
+      server::testing::Get(launch.http_port(), "/health");
   EXPECT_EQ(health.status, 200);
   const server::testing::ParsedResponse models =
       server::testing::Get(launch.http_port(), "/v1/models");
@@ -76,6 +79,41 @@ TEST(LaunchHttpTest, CompletionsMatchTheControlServiceAcrossInterleavedRequests)
 
   const std::string first = HttpComplete(launch.http_port(), kPrompt, 12);
   EXPECT_FALSE(first.empty());
+  // n = 2 over the coordinator: two greedy choices, each the same text.
+  nlohmann::json body = {{"model", "tiny-v3.q8_0"}, {"prompt", kPrompt},  {"max_tokens", 12},
+                         {"temperature", 0},        {"ignore_eos", true}, {"n", 2}};
+  server::testing::ParsedResponse two =
+      server::testing::Post(launch.http_port(), "/v1/completions", body.dump());
+  ASSERT_EQ(two.status, 200) << two.body;
+  const nlohmann::json choices = nlohmann::json::parse(two.body)["choices"];
+  ASSERT_EQ(choices.size(), 2u) << two.body;
+  EXPECT_EQ(choices[0]["text"], first);
+  EXPECT_EQ(choices[1]["text"], first);
+  // A response_format reaches the coordinator's sampler: the document ends
+  // (EOS where it is complete) and has the schema's shape.
+  body = {{"model", "tiny-v3.q8_0"},
+          {"prompt", kPrompt},
+          {"max_tokens", 200},
+          {"temperature", 0},
+          {"response_format",
+           {{"type", "json_schema"},
+            {"json_schema",
+             {{"name", "flag"},
+              {"schema",
+               {{"type", "object"},
+                {"properties", {{"ok", {{"type", "boolean"}}}}},
+                {"required", {"ok"}},
+                {"additionalProperties", false}}}}}}}};
+  server::testing::ParsedResponse shaped =
+      server::testing::Post(launch.http_port(), "/v1/completions", body.dump());
+  ASSERT_EQ(shaped.status, 200) << shaped.body;
+  const nlohmann::json choice = nlohmann::json::parse(shaped.body)["choices"][0];
+  EXPECT_EQ(choice["finish_reason"], "stop") << shaped.body;
+  const nlohmann::json doc =
+      nlohmann::json::parse(choice["text"].get<std::string>(), nullptr, false);
+  ASSERT_TRUE(doc.is_object()) << shaped.body;
+  EXPECT_EQ(doc.size(), 1u);
+  EXPECT_TRUE(doc["ok"].is_boolean()) << shaped.body;
   // The control service fills the KV cache with another sequence...
   const std::string other = ControlGenerate(launch, "A completely different prompt", 6);
   EXPECT_FALSE(other.empty());
@@ -128,8 +166,7 @@ TEST(LaunchHttpTest, DrainCoversHttpRequests) {
   proto::DrainResponse drained;
   const grpc::Status s = launch.stub().Drain(&ctx, drain, &drained);
   ASSERT_TRUE(s.ok()) << s.error_message();
-  EXPECT_EQ(drained.requests_cancelled() + drained.requests_finished(), 1)
-      << drained.DebugString();
+  EXPECT_EQ(drained.requests_cancelled() + drained.requests_finished(), 1) << drained.DebugString();
   const std::string rest = head + server::testing::ReadToEof(fd);
   close(fd);
   EXPECT_NE(rest.find("data: [DONE]"), std::string::npos) << rest.substr(rest.size() - 300);

@@ -3,7 +3,8 @@
 // and `ollama` npm packages:
 //   node client_compat.js NODE_MODULES PORT MODEL_NAME
 // The standard tool round-trip (assistant content null + tool_calls, then
-// the tool's result), the developer role, Ollama's list / show / ps (a real
+// the tool's result), the developer role, n > 1 (two choices, streamed too;
+// the other choices reuse the prompt's KV, read from /metrics), Ollama's list / show / ps (a real
 // digest, capabilities, model_info) and chat. One "ok"/"FAIL" line per
 // check; exits 1 when one failed. Bounded (every request times out; the run
 // stops itself after 240 s).
@@ -73,6 +74,59 @@ async function main() {
       messages: [{role: 'developer', content: 'Answer in French.'},
                  {role: 'user', content: 'Hello'}]});
     check(r.choices[0].message.role === 'assistant', 'openai: the developer role: 200');
+  });
+
+  await attempt('openai: n', async () => {
+    const r = await openai.chat.completions.create({
+      model: modelName, max_tokens: 8, temperature: 1, seed: 11, n: 2,
+      messages: [{role: 'user', content: 'Name a color.'}]});
+    check(r.choices.length === 2 && r.choices[0].index === 0 && r.choices[1].index === 1 &&
+              r.choices.every((c) => typeof c.message.content === 'string' && c.finish_reason),
+          `openai: n = 2 gives two choices (${JSON.stringify(r.choices.map((c) => c.message.content))})`);
+    const stream = await openai.chat.completions.create({
+      model: modelName, max_tokens: 8, temperature: 1, seed: 11, n: 2, stream: true,
+      stream_options: {include_usage: true},
+      messages: [{role: 'user', content: 'Name a color.'}]});
+    const text = ['', ''], finish = [null, null];
+    let usage = null;
+    for await (const chunk of stream) {
+      if (chunk.usage) usage = chunk.usage;
+      for (const c of chunk.choices) {
+        text[c.index] += c.delta.content || '';
+        finish[c.index] = c.finish_reason || finish[c.index];
+      }
+    }
+    check(finish[0] && finish[1] && text[0] === r.choices[0].message.content &&
+              text[1] === r.choices[1].message.content &&
+              usage.completion_tokens === r.usage.completion_tokens,
+          'openai: n = 2 streamed: both choices, the same texts (same seed), one usage');
+    // A prompt no earlier request had: the other choices reuse its KV blocks.
+    const metric = async (name) => {
+      const body = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+      const line = body.split('\n').find((l) => l.startsWith(name + ' '));
+      return Number(line.split(' ')[1]);
+    };
+    const before = await metric('moeflow_prompt_cached_tokens_total');
+    const topic = `${Date.now()} ` + 'the lighthouse keeper counts the gulls at dawn '.repeat(8);
+    const three = await openai.chat.completions.create({
+      model: modelName, max_tokens: 4, temperature: 1, n: 3,
+      messages: [{role: 'user', content: topic}]});
+    const reused = (await metric('moeflow_prompt_cached_tokens_total')) - before;
+    const blocks = Math.floor((three.usage.prompt_tokens - 1) / 16) * 16;
+    check(three.choices.length === 3 && three.usage.prompt_tokens > 64 && reused >= 2 * blocks,
+          `openai: n = 3 computes the prompt once: ${reused} prompt tokens reused for the other ` +
+              `two choices of ${three.usage.prompt_tokens} (whole 16-token blocks: ${blocks} each)`);
+    const completion = await openai.completions.create({
+      model: modelName, prompt: 'Hello', max_tokens: 4, temperature: 1, n: 3});
+    check(completion.choices.length === 3 &&
+              completion.choices.map((c) => c.index).join() === '0,1,2',
+          '/v1/completions: n = 3');
+    let status = 0;
+    try {
+      await openai.chat.completions.create({model: modelName, max_tokens: 4, n: 17,
+                                            messages: [{role: 'user', content: 'x'}]});
+    } catch (e) { status = e.status; }
+    check(status === 400, `openai: n = 17: 400 (${status})`);
   });
 
   await attempt('ollama: list', async () => {

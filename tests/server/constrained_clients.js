@@ -92,6 +92,15 @@ async function main() {
             `openai: json_schema at temperature ${temperature} matches the schema, keys in its ` +
                 `order (${JSON.stringify(c.message.content)})`);
     }
+    const several = await openai.chat.completions.create({
+      model: modelName, messages, max_tokens: 400, temperature: 1, seed: 21, n: 3,
+      response_format: jsonSchemaFormat});
+    check(several.choices.length === 3 &&
+              several.choices.every((c) => c.finish_reason === 'stop' &&
+                                           parses(c.message.content).ok &&
+                                           matchesSchema(parses(c.message.content).value)),
+          `openai: json_schema with n = 3: every choice matches ` +
+              `(${JSON.stringify(several.choices.map((c) => c.message.content.replace(/\s+/g, '')))})`);
     const stream = await openai.chat.completions.create({
       model: modelName, messages, max_tokens: 400, temperature: 1, seed: 9, stream: true,
       response_format: jsonSchemaFormat});

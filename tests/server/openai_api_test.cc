@@ -3,6 +3,7 @@
 #include <chrono>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -138,8 +139,8 @@ TEST(OpenAiApiTest, MaxTokensAndStopStrings) {
                       .body);
   EXPECT_EQ(j["choices"][0]["finish_reason"], "length");
   EXPECT_EQ(j["usage"]["completion_tokens"], 40);
-  ParsedResponse bad = Post(f.port(), "/v1/chat/completions",
-                            std::string(kChat) + R"(,"ignore_eos":"yes"})");
+  ParsedResponse bad =
+      Post(f.port(), "/v1/chat/completions", std::string(kChat) + R"(,"ignore_eos":"yes"})");
   EXPECT_EQ(bad.status, 400);
   EXPECT_NE(bad.body.find("ignore_eos"), std::string::npos) << bad.body;
 }
@@ -224,7 +225,8 @@ TEST(OpenAiApiTest, BadInputGetsOpenAiErrorsWithTheRightStatus) {
       {std::string(kChat) + R"(,"max_tokens":0})", 400, "invalid_value", "max_tokens"},
       {std::string(kChat) + R"(,"max_tokens":1000})", 400, "context_length_exceeded", "max_tokens"},
       {std::string(kChat) + R"(,"stop":5})", 400, "invalid_type", "stop"},
-      {std::string(kChat) + R"(,"n":2})", 400, "invalid_value", "n"},
+      {std::string(kChat) + R"(,"n":17})", 400, "invalid_value", "n"},
+      {std::string(kChat) + R"(,"n":0})", 400, "invalid_value", "n"},
       {std::string(kChat) + R"(,"stream":"yes"})", 400, "invalid_type", "stream"},
       {std::string(kChat) + R"(,"top_logprobs":2})", 400, "invalid_value", "top_logprobs"},
       {R"({"model":"tiny","messages":[{"role":"user","content":")" + long_text.substr(0, 300) +
@@ -274,6 +276,67 @@ TEST(OpenAiApiTest, FullQueueGets429) {
   ParsedResponse r = Post(f.port(), "/v1/chat/completions", std::string(kChat) + "}");
   EXPECT_EQ(r.status, 429);
   EXPECT_EQ(json::parse(r.body)["error"]["code"], "rate_limit_exceeded");
+}
+
+TEST(OpenAiApiTest, SeveralChoicesForOnePrompt) {
+  ApiFixture f;
+  ParsedResponse r = Post(f.port(), "/v1/chat/completions", std::string(kChat) + R"(,"n":3})");
+  ASSERT_EQ(r.status, 200) << r.body;
+  json j = json::parse(r.body);
+  ASSERT_EQ(j["choices"].size(), 3u);
+  int64_t one = 0;
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_EQ(j["choices"][i]["index"], i);
+    EXPECT_EQ(j["choices"][i]["message"]["content"], kScript);
+    EXPECT_EQ(j["choices"][i]["finish_reason"], "stop");
+  }
+  ParsedResponse single = Post(f.port(), "/v1/chat/completions", std::string(kChat) + "}");
+  one = json::parse(single.body)["usage"]["completion_tokens"].get<int64_t>();
+  // The prompt counts once, the completions of every choice.
+  EXPECT_EQ(j["usage"]["completion_tokens"].get<int64_t>(), 3 * one);
+  EXPECT_EQ(j["usage"]["prompt_tokens"], json::parse(single.body)["usage"]["prompt_tokens"]);
+
+  // Streamed: each choice's role, deltas and finish under its index, one [DONE].
+  ParsedResponse s = Post(f.port(), "/v1/completions",
+                          R"({"model":"tiny","prompt":"Hi","max_tokens":40,"temperature":0,"n":2,
+                              "stream":true,"stream_options":{"include_usage":true}})");
+  ASSERT_EQ(s.status, 200) << s.body;
+  bool done = false;
+  std::vector<json> events = SseEvents(s.body, &done);
+  ASSERT_TRUE(done);
+  std::string text[2];
+  int finishes[2] = {0, 0};
+  for (const json& e : events) {
+    for (const json& c : e["choices"]) {
+      const int i = c["index"].get<int>();
+      ASSERT_TRUE(i == 0 || i == 1) << e;
+      text[i] += c["text"].get<std::string>();
+      if (!c["finish_reason"].is_null()) finishes[i]++;
+    }
+  }
+  EXPECT_EQ(text[0], kScript);
+  EXPECT_EQ(text[1], kScript);
+  EXPECT_EQ(finishes[0], 1);
+  EXPECT_EQ(finishes[1], 1);
+  EXPECT_EQ(events.back()["usage"]["completion_tokens"].get<int64_t>(), 2 * one);
+}
+
+TEST(OpenAiApiTest, ChoicesTheQueueCannotTakeGet429AndNothingElse) {
+  // max_queue 1: the second or the third choice is refused; the first is
+  // cancelled and its callbacks dropped, so the client gets the 429 alone.
+  ApiFixture f(kScript, {}, /*max_queue=*/1, /*context=*/96, /*forward_delay_ms=*/20);
+  ParsedResponse r = Post(f.port(), "/v1/chat/completions", std::string(kChat) + R"(,"n":3})");
+  EXPECT_EQ(r.status, 429) << r.body;
+  EXPECT_EQ(json::parse(r.body)["error"]["code"], "rate_limit_exceeded");
+  // The server goes on (the cancelled choices ended).
+  ParsedResponse next;
+  for (int attempt = 0; attempt < 100; ++attempt) {
+    next = Post(f.port(), "/v1/chat/completions", std::string(kChat) + "}");
+    if (next.status != 429) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  ASSERT_EQ(next.status, 200) << next.body;
+  EXPECT_EQ(json::parse(next.body)["choices"][0]["message"]["content"], kScript);
 }
 
 const char kToolsRequest[] =
