@@ -14,20 +14,9 @@ const [nodeModules, port, modelName] = process.argv.slice(2);
 const OpenAI = require(path.join(nodeModules, 'openai')).default;
 const {Ollama} = require(path.join(nodeModules, 'ollama'));
 
-setTimeout(() => { console.log('FAIL client_compat.js ran past 240 s'); process.exit(1); }, 240000)
-    .unref();
-let failures = 0;
-function check(cond, what) {
-  console.log(`${cond ? 'ok  ' : 'FAIL'} ${what}`);
-  if (!cond) failures++;
-}
-async function attempt(what, fn) {
-  try {
-    await fn();
-  } catch (e) {
-    check(false, `${what}: ${e.status || ''} ${e.message}`);
-  }
-}
+const {check, attempt, limit, failed} = require('./checks.js');
+
+limit('client_compat.js', 240);
 
 const openai = new OpenAI({baseURL: `http://127.0.0.1:${port}/v1`, apiKey: 'unused',
                            timeout: 60000, maxRetries: 0});
@@ -181,6 +170,6 @@ async function main() {
     }
     check(chunks >= 1 && done, 'ollama: chat() streaming');
   });
-  process.exit(failures ? 1 : 0);
+  process.exit(failed() ? 1 : 0);
 }
 main().catch((e) => { console.log(`FAIL ${e.stack}`); process.exit(1); });

@@ -14,20 +14,9 @@ const [nodeModules, port, modelName] = process.argv.slice(2);
 const OpenAI = require(path.join(nodeModules, 'openai')).default;
 const {Ollama} = require(path.join(nodeModules, 'ollama'));
 
-setTimeout(() => { console.log('FAIL constrained_clients.js ran past 240 s'); process.exit(1); },
-           240000).unref();
-let failures = 0;
-function check(cond, what) {
-  console.log(`${cond ? 'ok  ' : 'FAIL'} ${what}`);
-  if (!cond) failures++;
-}
-async function attempt(what, fn) {
-  try {
-    await fn();
-  } catch (e) {
-    check(false, `${what}: ${e.status || ''} ${e.message}`);
-  }
-}
+const {check, attempt, limit, failed} = require('./checks.js');
+
+limit('constrained_clients.js', 240);
 function parses(text) {
   try { return {ok: true, value: JSON.parse(text)}; } catch (e) { return {ok: false}; }
 }
@@ -210,6 +199,6 @@ async function main() {
                                                       format: {type: 'bogus'}}));
     check(s.status === 400, `ollama: a bad schema: 400 (${s.error && s.error.message})`);
   });
-  process.exit(failures ? 1 : 0);
+  process.exit(failed() ? 1 : 0);
 }
 main().catch((e) => { console.log(`FAIL ${e.stack}`); process.exit(1); });
