@@ -322,10 +322,12 @@ TEST(OpenAiApiTest, SeveralChoicesForOnePrompt) {
 }
 
 TEST(OpenAiApiTest, ChoicesTheQueueCannotTakeGet429AndNothingElse) {
-  // max_queue 1: the second or the third choice is refused; the first is
-  // cancelled and its callbacks dropped, so the client gets the 429 alone.
+  // max_queue 1 and 16 choices: whatever the backend runs at once (serial:
+  // one; batching: up to 8), a later choice is refused while the first ones
+  // still run (20 ms per step); those are cancelled and their callbacks
+  // dropped, so the client gets the 429 alone.
   ApiFixture f(kScript, {}, /*max_queue=*/1, /*context=*/96, /*forward_delay_ms=*/20);
-  ParsedResponse r = Post(f.port(), "/v1/chat/completions", std::string(kChat) + R"(,"n":3})");
+  ParsedResponse r = Post(f.port(), "/v1/chat/completions", std::string(kChat) + R"(,"n":16})");
   EXPECT_EQ(r.status, 429) << r.body;
   EXPECT_EQ(json::parse(r.body)["error"]["code"], "rate_limit_exceeded");
   // The server goes on (the cancelled choices ended).
