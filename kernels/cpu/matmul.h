@@ -48,8 +48,9 @@
 // decode keeps them in registers (R rows × 1-2 tokens, R = 4 on AVX-512, 2
 // on AVX2), prefill unpacks a panel of rows once into a stack buffer and
 // runs R × T register tiles over it for every token (AVX-512 4 × 3, AVX2
-// 2 × 2); IQ4_NL prefill turns its rows into Q8_0 rows (exact) for the Q8_0
-// tiles.
+// 2 × 2). IQ4_NL and Q4_0 (the same block layout, other levels) have a
+// decode tile of their own, and for prefill their rows become Q8_0 rows
+// (exact) for the Q8_0 tiles.
 // Integer sums stay exact (vpdpbusd / vpmaddubsw + vpdpwssd or vpmaddwd with
 // biased operands), so they too differ from the scalar result only in float
 // summation order, and a (row, token) result never depends on the tile it

@@ -1,4 +1,4 @@
-// kernels/cpu/matmul for the IQ types and the K types Q2_K, Q3_K, Q5_K: the
+// kernels/cpu/matmul for the IQ types, the K types Q2_K, Q3_K, Q5_K and Q4_0: the
 // scalar reference against ggml's own vec_dot results (tests/data/quants
 // vecdot.*.bin) and against the dequantized dot, then every SIMD variant
 // this CPU runs against the scalar reference (bit-equal where the float
@@ -22,11 +22,12 @@
 namespace moeflow {
 namespace {
 
-// The types these kernels add (IQ4_XS had a dequantizer only before).
-const GgmlType kNewTypes[] = {GgmlType::kIQ2_XXS, GgmlType::kIQ2_XS, GgmlType::kIQ2_S,
-                              GgmlType::kIQ3_XXS, GgmlType::kIQ3_S,  GgmlType::kIQ1_S,
-                              GgmlType::kIQ1_M,   GgmlType::kIQ4_NL, GgmlType::kIQ4_XS,
-                              GgmlType::kQ2_K,    GgmlType::kQ3_K,   GgmlType::kQ5_K};
+// The types these kernels add (IQ4_XS had a dequantizer only before; Q4_0
+// ran the scalar reference).
+const GgmlType kNewTypes[] = {
+    GgmlType::kIQ2_XXS, GgmlType::kIQ2_XS, GgmlType::kIQ2_S,  GgmlType::kIQ3_XXS, GgmlType::kIQ3_S,
+    GgmlType::kIQ1_S,   GgmlType::kIQ1_M,  GgmlType::kIQ4_NL, GgmlType::kIQ4_XS,  GgmlType::kQ2_K,
+    GgmlType::kQ3_K,    GgmlType::kQ5_K,   GgmlType::kQ4_0};
 
 std::vector<CpuIsa> SimdIsas() {
   std::vector<CpuIsa> out;
