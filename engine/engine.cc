@@ -84,8 +84,8 @@ absl::Status MapDerivedMla(const GgufFile& file, const Deepseek2Config& c, int64
 
 float Silu(float x) { return x / (1.0f + std::exp(-x)); }
 
-template <typename T>
-void GrowTo(std::vector<T>& v, int64_t n) {
+template <typename Vector>
+void GrowTo(Vector& v, int64_t n) {
   if (static_cast<int64_t>(v.size()) < n) v.resize(static_cast<size_t>(n));
 }
 

@@ -42,6 +42,7 @@
 #include <vector>
 
 #include "absl/types/span.h"
+#include "base/aligned_allocator.h"
 
 namespace moeflow {
 
@@ -121,7 +122,7 @@ class KvPagePool {
   int64_t row_dim_ = 0;
   int64_t page_tokens_ = 0;
   int64_t n_pages_ = 0;
-  std::vector<float> data_;
+  CacheAlignedVector<float> data_;  // cache-line aligned rows (576 floats = 36 lines)
   std::vector<Page> pages_;
   std::vector<int32_t> free_;  // a stack: the most recently freed page first
   std::list<int32_t> lru_;     // unreferenced hashed pages, least recently released first

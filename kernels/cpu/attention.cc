@@ -59,13 +59,15 @@ void MlaAttention(const MlaAttentionShape& shape, const float* q, int64_t q_stri
   MOEFLOW_CHECK(q_stride >= shape.row_dim && out_stride >= shape.v_dim);
   if (HasAvx512(isa) && shape.row_dim % 16 == 0 && shape.v_dim % 16 == 0) {
     internal::MlaScoresAvx512(shape, q, q_stride, rows, n_rows, scores, n_rows);
-    for (int64_t h = 0; h < shape.n_heads; ++h) SoftmaxInPlace(scores + h * n_rows, n_rows);
+    for (int64_t h = 0; h < shape.n_heads; ++h)
+      internal::MlaSoftmaxAvx512(scores + h * n_rows, n_rows);
     internal::MlaContextAvx512(shape, scores, n_rows, rows, n_rows, out, out_stride, false);
     return;
   }
   if (isa == CpuIsa::kAvx2 && shape.row_dim % 8 == 0 && shape.v_dim % 8 == 0) {
     internal::MlaScoresAvx2(shape, q, q_stride, rows, n_rows, scores, n_rows);
-    for (int64_t h = 0; h < shape.n_heads; ++h) SoftmaxInPlace(scores + h * n_rows, n_rows);
+    for (int64_t h = 0; h < shape.n_heads; ++h)
+      internal::MlaSoftmaxAvx2(scores + h * n_rows, n_rows);
     internal::MlaContextAvx2(shape, scores, n_rows, rows, n_rows, out, out_stride, false);
     return;
   }
@@ -87,12 +89,15 @@ void MlaAttentionTokens(const MlaTokensArgs& a, CpuIsa isa) {
                              int64_t, float*, int64_t, bool);
   ScoresFn scores_fn = nullptr;
   ContextFn context_fn = nullptr;
+  void (*softmax_fn)(float*, int64_t) = nullptr;
   if (HasAvx512(isa) && shape.row_dim % 16 == 0 && shape.v_dim % 16 == 0) {
     scores_fn = internal::MlaScoresAvx512;
     context_fn = internal::MlaContextAvx512;
+    softmax_fn = internal::MlaSoftmaxAvx512;
   } else if (isa == CpuIsa::kAvx2 && shape.row_dim % 8 == 0 && shape.v_dim % 8 == 0) {
     scores_fn = internal::MlaScoresAvx2;
     context_fn = internal::MlaContextAvx2;
+    softmax_fn = internal::MlaSoftmaxAvx2;
   }
   if (scores_fn == nullptr) {  // the reference, token by token
     for (int64_t i = 0; i < a.n_tok; ++i) {
@@ -111,8 +116,7 @@ void MlaAttentionTokens(const MlaTokensArgs& a, CpuIsa isa) {
     }
   }
   for (int64_t i = 0; i < a.n_tok; ++i) {
-    for (int64_t h = 0; h < H; ++h)
-      SoftmaxInPlace(a.scores + (i * H + h) * stride, a.first_seen + i);
+    for (int64_t h = 0; h < H; ++h) softmax_fn(a.scores + (i * H + h) * stride, a.first_seen + i);
   }
   for (int64_t j0 = 0; j0 < stride; j0 += kRowBlock) {
     for (int64_t i = 0; i < a.n_tok; ++i) {

@@ -10,8 +10,8 @@
 // (token, head group) pairs over its ThreadPool; this kernel is single-threaded.
 //
 //   scores[h][j] = (q[h] · rows[j][0 .. row_dim)) · scale        j < n_rows
-//   p[h]         = softmax(scores[h])                            (float exp, double sum)
-//   out[h][c]    = Σ_j p[h][j] · rows[j][c]                      c < v_dim, j ascending
+//   p[h]         = softmax(scores[h])      (scalar: expf, double sum; SIMD: a vector exp, float
+//   sum) out[h][c]    = Σ_j p[h][j] · rows[j][c]                      c < v_dim, j ascending
 //
 // Variants: a scalar reference (CpuIsa::kScalar: ggml's scalar F32 dot for
 // the scores, the context summed per column), an AVX2 path when row_dim and
@@ -58,9 +58,10 @@ void MlaAttention(const MlaAttentionShape& shape, const float* q, int64_t q_stri
                   int64_t out_stride, CpuIsa isa);
 
 // Softmax in place over n > 0 floats (ggml_soft_max's steps: subtract the
-// max, float exp, divide by the sum, here summed in double). Shared by every
-// attention variant, so that they differ only in the dot products and the
-// context sums, and by the router softmax of the engine and the reference.
+// max, float exp, divide by the sum, here summed in double): the scalar
+// attention reference's, and the router softmax of the engine and the
+// reference. The SIMD variants use a vector exp (internal::MlaSoftmax*,
+// ggml's SIMD softmax does the same), a sixth of the time of expf per score.
 void SoftmaxInPlace(float* s, int64_t n);
 
 // Causal attention of `n_tok` consecutive query tokens of one sequence, all
@@ -98,6 +99,9 @@ void MlaScoresAvx512(const MlaAttentionShape& shape, const float* q, int64_t q_s
 void MlaContextAvx512(const MlaAttentionShape& shape, const float* p, int64_t p_stride,
                       const float* const* rows, int64_t n_rows, float* out, int64_t out_stride,
                       bool accumulate);
+// Softmax in place over n > 0 floats with a vector exp (attention_simd.inc:
+// relative error < 2e-7 against expf; the sum in float lanes).
+void MlaSoftmaxAvx512(float* s, int64_t n);
 // The same with 8-float vectors (attention_avx2.cc): row_dim and v_dim
 // multiples of 8.
 void MlaScoresAvx2(const MlaAttentionShape& shape, const float* q, int64_t q_stride,
@@ -105,6 +109,7 @@ void MlaScoresAvx2(const MlaAttentionShape& shape, const float* q, int64_t q_str
 void MlaContextAvx2(const MlaAttentionShape& shape, const float* p, int64_t p_stride,
                     const float* const* rows, int64_t n_rows, float* out, int64_t out_stride,
                     bool accumulate);
+void MlaSoftmaxAvx2(float* s, int64_t n);
 }  // namespace internal
 
 }  // namespace moeflow

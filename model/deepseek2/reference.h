@@ -44,6 +44,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
+#include "base/aligned_allocator.h"
 #include "model/deepseek2/config.h"
 #include "model/deepseek2/weights.h"
 #include "model/gguf.h"
@@ -83,8 +84,8 @@ struct Deepseek2RopeParams {
 // kv_cmpr (kv_lora_rank) followed by the roped k_pe (qk_rope_dim), exactly
 // what llama.cpp keeps in its F32 K cache. Positions are 0..n_tokens()-1.
 struct MlaLayerCache {
-  int64_t row_dim = 0;      // kv_lora_rank + qk_rope_dim
-  std::vector<float> rows;  // [n_tokens × row_dim]
+  int64_t row_dim = 0;             // kv_lora_rank + qk_rope_dim
+  CacheAlignedVector<float> rows;  // [n_tokens × row_dim], cache-line aligned
   int64_t n_tokens() const {
     return row_dim == 0 ? 0 : static_cast<int64_t>(rows.size()) / row_dim;
   }

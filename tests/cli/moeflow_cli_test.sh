@@ -320,6 +320,17 @@ expert_workers:
   numa_node: 0
 YAML
 
+# bench at a depth: -d D caches D tokens first; both tests are named as
+# llama-bench names them, JSON carries the depth; a negative depth is a usage error.
+BENCH_MODEL="$FIXTURES/tiny-v3/tiny-v3.q4_k_m.gguf"
+expect_rc 0 "bench -d" -- "$MOEFLOW" bench -m "$BENCH_MODEL" -p 8 -n 2 -d 5 -r 1
+expect_in "$TMP/out" "pp8 @ d5" "bench -d names the prefill test"
+expect_in "$TMP/out" "tg2 @ d5" "bench -d names the decode test"
+expect_rc 0 "bench -d --json" -- "$MOEFLOW" bench -m "$BENCH_MODEL" -p 8 -n 0 -d 5 -r 1 --json
+expect_in "$TMP/out" '"depth": 5' "bench --json gives the depth"
+expect_rc 2 "bench -d -3" -- "$MOEFLOW" bench -m "$BENCH_MODEL" -p 8 -d -3
+expect_in "$TMP/err" "-d >= 0" "bench -d -3 says what it needs"
+
 if [[ $FAILURES -ne 0 ]]; then
   echo "$FAILURES failure(s)" >&2
   exit 1

@@ -222,3 +222,40 @@ TEST(MlaAttentionTest, TokenBlocksEqualTokensAloneBitForBit) {
 
 }  // namespace
 }  // namespace moeflow
+
+namespace moeflow {
+namespace {
+
+// The SIMD softmax (vector exp, float lanes) against SoftmaxInPlace (expf,
+// double sum): relative error within a few float roundings per value, every
+// tail length, and values far below the maximum going to 0 as expf's do
+// (below e^-87) or staying close.
+void ExpectSoftmaxNearReference(void (*softmax)(float*, int64_t)) {
+  std::mt19937 rng(7);
+  std::normal_distribution<float> dist(0.f, 4.f);
+  for (int64_t n : {1, 2, 7, 8, 15, 16, 17, 33, 100, 4097}) {
+    std::vector<float> s(static_cast<size_t>(n));
+    for (float& v : s) v = dist(rng);
+    if (n > 2) s[1] = s[0] - 90.f;  // e^-90: 0 in both (expf flushes near there too)
+    std::vector<float> ref = s;
+    SoftmaxInPlace(ref.data(), n);
+    softmax(s.data(), n);
+    for (int64_t i = 0; i < n; ++i) {
+      const size_t k = static_cast<size_t>(i);
+      EXPECT_NEAR(s[k], ref[k], 1e-6f * ref[k] + 1e-37f) << "n " << n << " i " << i;
+    }
+  }
+}
+
+TEST(MlaSoftmaxTest, Avx512NearReference) {
+  if (!CpuSupportsIsa(CpuIsa::kAvx512NoVnni)) GTEST_SKIP() << "no AVX-512 on this CPU";
+  ExpectSoftmaxNearReference(internal::MlaSoftmaxAvx512);
+}
+
+TEST(MlaSoftmaxTest, Avx2NearReference) {
+  if (!CpuSupportsIsa(CpuIsa::kAvx2)) GTEST_SKIP() << "no AVX2 on this CPU";
+  ExpectSoftmaxNearReference(internal::MlaSoftmaxAvx2);
+}
+
+}  // namespace
+}  // namespace moeflow
