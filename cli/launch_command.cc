@@ -31,11 +31,11 @@
 #include "cli/pem_file.h"
 #include "coordinator/control_service.h"
 #include "coordinator/coordinator.h"
-#include "coordinator/coordinator_sequence_model.h"
+#include "coordinator/dataflow_batch_model.h"
 #include "coordinator/topology.h"
 #include "kernels/cpu/numa.h"
+#include "server/batching_scheduler.h"
 #include "server/metrics.h"
-#include "server/scheduler.h"
 #include "tokenizer/bpe_tokenizer.h"
 
 ABSL_FLAG(std::string, control_address, "",
@@ -64,6 +64,9 @@ ABSL_FLAG(std::string, http_address, "",
           "http_address; empty in both: no HTTP API). Off loopback it needs --api_key");
 // Shared with `serve` (serve_command.cc): requests waiting before 429.
 ABSL_DECLARE_FLAG(int64_t, max_queue);
+ABSL_DECLARE_FLAG(int32_t, parallel);
+ABSL_DECLARE_FLAG(int64_t, chunk_size);
+ABSL_DECLARE_FLAG(int64_t, decode_reserve_tokens);
 ABSL_DECLARE_FLAG(std::string, api_key);
 ABSL_FLAG(bool, validate_only, false,
           "parse and validate the topology, print it, and exit without starting anything");
@@ -211,6 +214,11 @@ int RunLaunch(const std::vector<std::string>& args) {
   options.expert_worker_binary =
       FindWorkerBinary(absl::GetFlag(FLAGS_expert_worker_binary), "cpu_expert_worker");
   options.restart_workers = absl::GetFlag(FLAGS_restart_workers);
+  options.max_sequences = absl::GetFlag(FLAGS_parallel);
+  if (options.max_sequences < 1) {
+    std::fprintf(stderr, "moeflow launch: --parallel must be >= 1\n");
+    return kExitUsage;
+  }
   const std::string overlap = absl::GetFlag(FLAGS_overlap_shared_experts);
   if (overlap == "on") {
     options.overlap_shared_experts = CoordinatorOptions::Overlap::kOn;
@@ -231,32 +239,32 @@ int RunLaunch(const std::vector<std::string>& args) {
                  std::string(coordinator.status().message()).c_str());
     return kExitFailure;
   }
-  ControlServiceImpl service(**coordinator, token, [] { kill(getpid(), SIGTERM); });
-
-  // The OpenAI / Ollama API over the coordinator: one sequence at a time
-  // (SerialScheduler; the KV cache is shared with the control service's
-  // Generate, coordinator_sequence_model.h).
+  Coordinator& c = **coordinator;
+  // One scheduler for every front end (the HTTP API and moeflowctl
+  // generate): continuous batching over the dataflow (dataflow_batch_model.h).
   std::unique_ptr<BpeTokenizer> tokenizer;
-  std::unique_ptr<CoordinatorSequenceModel> sequence_model;
+  if (auto opened = BpeTokenizer::FromGguf(c.model_file()); opened.ok()) {
+    tokenizer = std::move(*opened);
+  } else if (!http_address.empty()) {
+    std::fprintf(stderr, "moeflow launch: HTTP API: the model has no usable tokenizer: %s\n",
+                 std::string(opened.status().message()).c_str());
+    c.Shutdown();
+    return kExitFailure;
+  }
+  DataflowBatchModel batch_model(&c, tokenizer.get());
   server::ServerMetrics metrics;
-  std::unique_ptr<server::SerialScheduler> scheduler;
+  server::BatchingSchedulerOptions scheduler_options;
+  scheduler_options.max_queue = absl::GetFlag(FLAGS_max_queue);
+  scheduler_options.max_running = c.limits().max_sequences;
+  scheduler_options.max_batch_tokens = c.limits().max_tokens;
+  scheduler_options.chunk_tokens = std::min(absl::GetFlag(FLAGS_chunk_size), c.limits().max_tokens);
+  scheduler_options.decode_reserve_tokens = absl::GetFlag(FLAGS_decode_reserve_tokens);
+  scheduler_options.ready_wait_ms = absl::GetFlag(FLAGS_worker_restart_wait_s) * 1000;
+  server::BatchingScheduler scheduler(&batch_model, scheduler_options, &metrics);
+  ControlServiceImpl service(c, &scheduler, &batch_model, tokenizer.get(), token,
+                             [] { kill(getpid(), SIGTERM); });
   std::optional<HttpApi> http;
   if (!http_address.empty()) {
-    auto opened = BpeTokenizer::FromGguf((*coordinator)->model_file());
-    if (!opened.ok()) {
-      std::fprintf(stderr, "moeflow launch: HTTP API: the model has no usable tokenizer: %s\n",
-                   std::string(opened.status().message()).c_str());
-      (*coordinator)->Shutdown();
-      return kExitFailure;
-    }
-    tokenizer = std::move(*opened);
-    sequence_model =
-        std::make_unique<CoordinatorSequenceModel>(coordinator->get(), tokenizer.get());
-    server::SerialSchedulerOptions scheduler_options;
-    scheduler_options.max_queue = absl::GetFlag(FLAGS_max_queue);
-    scheduler_options.ready_wait_ms = absl::GetFlag(FLAGS_worker_restart_wait_s) * 1000;
-    scheduler = std::make_unique<server::SerialScheduler>(sequence_model.get(), scheduler_options,
-                                                          &metrics);
     http_config.model_path = topology->model_path();
     // /health: 503 "degraded" while a worker is down, "draining" once
     // moeflowctl drain ran.
@@ -272,28 +280,23 @@ int RunLaunch(const std::vector<std::string>& args) {
           return "degraded";
       }
     };
-    const GgufFile& file = (*coordinator)->model_file();
+    const GgufFile& file = c.model_file();
     if (file.Find("tokenizer.chat_template") != nullptr) {
       http_config.chat_template = file.GetString("tokenizer.chat_template").value_or("");
     }
     absl::StatusOr<HttpApi> started =
-        StartHttpApi(http_config, tokenizer.get(), scheduler.get(), &metrics);
+        StartHttpApi(http_config, tokenizer.get(), &scheduler, &metrics);
     if (!started.ok()) {
       std::fprintf(stderr, "moeflow launch: HTTP API: %s\n",
                    std::string(started.status().message()).c_str());
-      scheduler->Shutdown();
-      (*coordinator)->Shutdown();
+      scheduler.Shutdown();
+      c.Shutdown();
       return kExitFailure;
     }
     http = std::move(*started);
     std::fprintf(stderr, "moeflow launch: OpenAI / Ollama API on http://%s:%d (model %s)\n",
                  http_address.substr(0, http_address.rfind(':')).c_str(), http->http->port(),
                  http->model_name.c_str());
-    // moeflowctl drain covers the HTTP requests too.
-    server::SerialScheduler* s = scheduler.get();
-    service.AddFrontend({[s] { s->StopAccepting("the server is draining (moeflowctl drain)"); },
-                         [s] { return s->pending(); }, [s] { s->CancelAll(); },
-                         [s] { s->StartAccepting(); }});
   }
   grpc::ServerBuilder builder;
   int port = 0;
@@ -304,6 +307,7 @@ int RunLaunch(const std::vector<std::string>& args) {
   if (server == nullptr || port == 0) {
     std::fprintf(stderr, "moeflow launch: cannot bind the control service to %s\n",
                  topology->control_address().c_str());
+    scheduler.Shutdown();
     (*coordinator)->Shutdown();
     return kExitFailure;
   }
@@ -325,14 +329,14 @@ int RunLaunch(const std::vector<std::string>& args) {
   sigwait(&signals, &sig);
   std::fprintf(stderr, "moeflow launch: %s: shutting down\n", sig == SIGINT ? "SIGINT" : "SIGTERM");
   if (http) {
-    // Stop accepting; running HTTP requests get --shutdown_grace_s to
-    // finish, what is left ends ("cancelled") before the workers go.
-    DrainForShutdown(*http, *scheduler, signals, [](const std::string& line) {
+    // Stop accepting; running requests get --shutdown_grace_s to finish,
+    // what is left ends ("cancelled") before the workers go.
+    DrainForShutdown(*http, scheduler, signals, [](const std::string& line) {
       std::fprintf(stderr, "moeflow launch: %s\n", line.c_str());
     });
-    scheduler->Shutdown();
-    http->http->Stop();
   }
+  scheduler.Shutdown();
+  if (http) http->http->Stop();
   server->Shutdown(absl::ToChronoTime(absl::Now() + absl::Seconds(2)));
   (*coordinator)->Shutdown();
   std::fprintf(stderr, "moeflow launch: stopped\n");
@@ -351,8 +355,10 @@ Command LaunchCommand() {
       "attaches to one started by hand when the entry gives its address), prints each\n"
       "worker's load progress and the memory plan, then serves the control service and,\n"
       "with http_address (topology or flag), the OpenAI / Ollama HTTP API of `moeflow serve`\n"
-      "(one request at a time; see deploy/topologies/). Stays in the foreground; Ctrl-C\n"
-      "stops everything.",
+      "(see deploy/topologies/). HTTP and moeflowctl requests share one scheduler: continuous\n"
+      "batching of up to --parallel requests over the workers, paged KV cache (the gpu\n"
+      "worker's kv_cache_tokens) with prefix reuse and preemption. Stays in the foreground;\n"
+      "Ctrl-C stops everything.",
       {"model",
        "control_address",
        "control_token",
@@ -366,6 +372,9 @@ Command LaunchCommand() {
        "http_workers",
        "model_name",
        "max_queue",
+       "parallel",
+       "chunk_size",
+       "decode_reserve_tokens",
        "max_connections",
        "idle_timeout_s",
        "request_timeout_s",

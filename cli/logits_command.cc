@@ -15,7 +15,7 @@
 #include "absl/time/clock.h"
 #include "cli/commands.h"
 #include "cli/common_flags.h"
-#include "engine/engine.h"
+#include "coordinator/local_logits.h"
 #include "model/deepseek2/logits_file.h"
 #include "model/deepseek2/reference.h"
 
@@ -76,18 +76,11 @@ int RunLogits(const std::vector<std::string>& args) {
     vocab = (*ref)->config().vocab_size;
     logits = (*ref)->Forward(*tokens, 0);
   } else {
-    Deepseek2EngineOptions options;
+    LocalLogitsOptions options;
     options.active_experts = absl::GetFlag(FLAGS_active_experts);
     options.n_threads = threads;
-    options.max_batch = static_cast<int64_t>(tokens->size());
-    options.max_context = static_cast<int64_t>(tokens->size());
-    auto engine = Deepseek2Engine::Open(model, options);
-    if (!engine.ok()) {
-      std::fprintf(stderr, "moeflow logits: %s\n", std::string(engine.status().message()).c_str());
-      return kExitFailure;
-    }
-    vocab = (*engine)->config().vocab_size;
-    logits = (*engine)->Forward(*tokens, 0);
+    logits = LocalLogits(model, *tokens, options);
+    if (logits.ok()) vocab = static_cast<int64_t>(logits->size() / tokens->size());
   }
   if (!logits.ok()) {
     std::fprintf(stderr, "moeflow logits: %s\n", std::string(logits.status().message()).c_str());

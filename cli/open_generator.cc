@@ -7,15 +7,13 @@
 namespace moeflow {
 
 absl::StatusOr<std::unique_ptr<TextGenerator>> OpenGeneratorFromFlags(const std::string& model,
-                                                                      int64_t context_tokens,
-                                                                      int64_t kv_pool_tokens) {
+                                                                      int64_t context_tokens) {
   TextGeneratorOptions options;
-  options.engine.kv_pool_tokens = kv_pool_tokens;
-  options.engine.n_threads = absl::GetFlag(FLAGS_threads);
-  options.engine.active_experts = absl::GetFlag(FLAGS_active_experts);
+  options.topology.n_threads = absl::GetFlag(FLAGS_threads);
+  options.topology.active_experts = absl::GetFlag(FLAGS_active_experts);
   options.context_tokens = context_tokens;
-  StderrProgress progress("loading model", "layers");
-  options.engine.progress = [&progress](int64_t done, int64_t total) {
+  StderrProgress progress("loading model", "parts");
+  options.topology.progress = [&progress](int64_t done, int64_t total) {
     progress.Update(done, total);
   };
   absl::StatusOr<std::unique_ptr<TextGenerator>> generator = TextGenerator::Open(model, options);

@@ -1,4 +1,4 @@
-// Opens the TextGenerator that `moeflow generate`, `chat` and `serve` run:
+// Opens the TextGenerator that `moeflow generate` and `chat` run:
 // the engine options come from the shared flags (--threads,
 // --active_experts), and a progress bar on stderr shows the load.
 // Errors: those of TextGenerator::Open (bad file, unsupported model).
@@ -14,11 +14,9 @@
 
 namespace moeflow {
 
-// `context_tokens` 0: the model's context length. `kv_pool_tokens` > 0 gives
-// the engine a paged KV cache of that many positions (serve's batching).
+// `context_tokens` 0: the model's context length.
 absl::StatusOr<std::unique_ptr<TextGenerator>> OpenGeneratorFromFlags(const std::string& model,
-                                                                      int64_t context_tokens = 0,
-                                                                      int64_t kv_pool_tokens = 0);
+                                                                      int64_t context_tokens = 0);
 
 }  // namespace moeflow
 

@@ -5,9 +5,10 @@
 // (new requests get 503, /health "draining"), lets queued and running requests
 // finish for up to --shutdown_grace_s (default 30 s; a second signal ends the
 // wait), cancels what is left (its streams end with a clean error event) and
-// exits 0. Requests are batched continuously (BatchingScheduler over the
-// engine's paged KV cache) or, with --scheduler=serial, run one at a time in
-// arrival order (SerialScheduler).
+// exits 0. Requests are batched continuously by the one scheduler
+// (BatchingScheduler) over the dataflow engine on the single-process
+// topology, or, with --scheduler=serial, run one at a time in arrival order
+// (the same scheduler with one request running).
 // Logs one line per request on stderr, and first
 //   "moeflow serve: listening on http://HOST:PORT (model NAME)"
 // (with --port 0 the kernel picks a free port; this line names it).
@@ -27,13 +28,12 @@
 #include "cli/commands.h"
 #include "cli/common_flags.h"
 #include "cli/http_api.h"
-#include "cli/open_generator.h"
-#include "generation/text_generator.h"
+#include "coordinator/dataflow_batch_model.h"
+#include "coordinator/local_topology.h"
+#include "model/gguf.h"
 #include "server/batching_scheduler.h"
-#include "server/engine_batch_model.h"
-#include "server/engine_sequence_model.h"
 #include "server/metrics.h"
-#include "server/scheduler.h"
+#include "tokenizer/bpe_tokenizer.h"
 
 ABSL_FLAG(std::string, host, "127.0.0.1", "serve: address to listen on");
 ABSL_FLAG(int32_t, port, 8080, "serve: TCP port to listen on (0: a free port, printed on stderr)");
@@ -103,47 +103,55 @@ int RunServe(const std::vector<std::string>& args) {
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   signal(SIGPIPE, SIG_IGN);
 
-  if (batching && kv_tokens == 0) {
-    if (context_tokens == 0) {
-      return Usage("--kv-tokens is required with --context-tokens=0 and the batching scheduler");
-    }
-    kv_tokens = parallel * context_tokens;
+  if (kv_tokens == 0) {
+    if (context_tokens == 0) return Usage("--kv-tokens is required with --context-tokens=0");
+    kv_tokens = (batching ? parallel : 1) * context_tokens;
   }
-  absl::StatusOr<std::unique_ptr<TextGenerator>> generator =
-      OpenGeneratorFromFlags(model, context_tokens, batching ? kv_tokens : 0);
-  if (!generator.ok()) {
-    std::fprintf(stderr, "moeflow serve: %s\n", std::string(generator.status().message()).c_str());
-    return kExitFailure;
+  // The model's tokenizer and template, then the engine: the dataflow over
+  // the single-process topology (coordinator/local_topology.h), the same
+  // layer driver `moeflow launch` runs over its worker processes.
+  absl::StatusOr<std::unique_ptr<GgufFile>> file = GgufFile::Open(model);
+  if (!file.ok()) return ReportFailure("serve", file.status());
+  absl::StatusOr<std::unique_ptr<BpeTokenizer>> tokenizer = BpeTokenizer::FromGguf(**file);
+  if (!tokenizer.ok()) return ReportFailure("serve", tokenizer.status());
+  std::string chat_template;
+  if ((*file)->Find("tokenizer.chat_template") != nullptr) {
+    chat_template = (*file)->GetString("tokenizer.chat_template").value_or("");
   }
+  file->reset();
+  LocalTopologyOptions topology_options;
+  topology_options.n_threads = absl::GetFlag(FLAGS_threads);
+  topology_options.active_experts = absl::GetFlag(FLAGS_active_experts);
+  topology_options.max_batch_tokens = max_batch_tokens;
+  topology_options.max_sequences = batching ? parallel : 1;
+  topology_options.kv_tokens = kv_tokens;
+  topology_options.context_tokens = context_tokens;
+  StderrProgress progress("loading model", "parts");
+  topology_options.progress = [&progress](int64_t done, int64_t total) {
+    progress.Update(done, total);
+  };
+  absl::StatusOr<std::unique_ptr<LocalTopology>> topology =
+      LocalTopology::Open(model, topology_options);
+  progress.Finish();
+  if (!topology.ok()) return ReportFailure("serve", topology.status());
+  DataflowBatchModel batch_model(topology->get(), tokenizer->get());
 
   server::ServerMetrics metrics;
-  std::unique_ptr<server::SequenceModel> sequence_model;
-  std::unique_ptr<server::BatchModel> batch_model;
-  std::unique_ptr<server::GenerationBackend> backend;
-  if (batching) {
-    batch_model = std::make_unique<server::EngineBatchModel>(generator->get());
-    server::BatchingSchedulerOptions options;
-    options.max_queue = max_queue;
-    options.max_running = parallel;
-    options.max_batch_tokens = max_batch_tokens;
-    options.chunk_tokens = chunk_size;
-    options.decode_reserve_tokens = decode_reserve_tokens;
-    backend = std::make_unique<server::BatchingScheduler>(batch_model.get(), options, &metrics);
-  } else {
-    sequence_model = std::make_unique<server::EngineSequenceModel>(generator->get());
-    server::SerialSchedulerOptions options;
-    options.max_queue = max_queue;
-    backend = std::make_unique<server::SerialScheduler>(sequence_model.get(), options, &metrics);
-  }
-  server::GenerationBackend& scheduler = *backend;
+  server::BatchingSchedulerOptions options;
+  options.max_queue = max_queue;
+  // serial: one request at a time over the same engine and cache.
+  options.max_running = batching ? parallel : 1;
+  options.max_batch_tokens = max_batch_tokens;
+  options.chunk_tokens = std::min(chunk_size, max_batch_tokens);
+  options.decode_reserve_tokens = decode_reserve_tokens;
+  server::BatchingScheduler scheduler(&batch_model, options, &metrics);
 
   HttpApiConfig http_config;
   http_config.host = absl::GetFlag(FLAGS_host);
   http_config.port = port;
   http_config.model_path = model;
-  http_config.chat_template = (*generator)->chat_template();
-  absl::StatusOr<HttpApi> http =
-      StartHttpApi(http_config, &(*generator)->tokenizer(), &scheduler, &metrics);
+  http_config.chat_template = chat_template;
+  absl::StatusOr<HttpApi> http = StartHttpApi(http_config, tokenizer->get(), &scheduler, &metrics);
   if (!http.ok()) {
     std::fprintf(stderr, "moeflow serve: %s\n", std::string(http.status().message()).c_str());
     return kExitFailure;

@@ -2,14 +2,15 @@
 
 #include <algorithm>
 #include <cstring>
+#include <deque>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "auth/bearer_auth.h"
 #include "base/check.h"
 #include "chat/chat_message.h"
 #include "chat/chat_template.h"
-#include "auth/bearer_auth.h"
 #include "sampling/sampler.h"
 #include "sampling/stop_condition.h"
 
@@ -58,15 +59,16 @@ std::string ValidUtf8(absl::string_view in) {
 
 }  // namespace
 
-ControlServiceImpl::ControlServiceImpl(Coordinator& coordinator, std::string token,
-                                       std::function<void()> on_shutdown)
-    : coordinator_(coordinator), token_(std::move(token)), on_shutdown_(std::move(on_shutdown)) {
-  auto tokenizer = BpeTokenizer::FromGguf(coordinator_.model_file());
-  if (tokenizer.ok()) {
-    tokenizer_ = std::move(*tokenizer);
-  } else {
-    tokenizer_error_ = std::string(tokenizer.status().message());
-  }
+ControlServiceImpl::ControlServiceImpl(Coordinator& coordinator,
+                                       server::GenerationBackend* scheduler,
+                                       DataflowBatchModel* model, const BpeTokenizer* tokenizer,
+                                       std::string token, std::function<void()> on_shutdown)
+    : coordinator_(coordinator),
+      scheduler_(scheduler),
+      model_(model),
+      tokenizer_(tokenizer),
+      token_(std::move(token)),
+      on_shutdown_(std::move(on_shutdown)) {
   // Missing or unreadable: RenderChat falls back to a known template.
   if (coordinator_.model_file().Find("tokenizer.chat_template") != nullptr) {
     chat_template_ =
@@ -125,8 +127,10 @@ proto::CoordinatorState ControlServiceImpl::State() {
     active = active_;
   }
   if (stopping) return proto::COORDINATOR_STATE_STOPPING;
-  if (draining)
-    return active > 0 ? proto::COORDINATOR_STATE_DRAINING : proto::COORDINATOR_STATE_DRAINED;
+  if (draining) {
+    return active > 0 || scheduler_->pending() > 0 ? proto::COORDINATOR_STATE_DRAINING
+                                                   : proto::COORDINATOR_STATE_DRAINED;
+  }
   return coordinator_.AllServing() ? proto::COORDINATOR_STATE_SERVING
                                    : proto::COORDINATOR_STATE_DEGRADED;
 }
@@ -136,14 +140,73 @@ grpc::Status ControlServiceImpl::Status(grpc::ServerContext* context, const prot
   if (grpc::Status s = Authorize(context); !s.ok()) return s;
   coordinator_.FillStatus(response);
   response->set_state(State());
-  int64_t http = 0;
-  for (const Frontend& f : frontends_) http += f.pending();
-  response->set_http_requests(static_cast<int32_t>(http));
+  const int64_t pending = scheduler_->pending();
   absl::MutexLock lock(&mu_);
   response->set_active_requests(active_);
-  response->set_queued_requests(queued_);
+  response->set_http_requests(static_cast<int32_t>(std::max<int64_t>(0, pending - active_)));
   return grpc::Status::OK;
 }
+
+absl::StatusOr<std::shared_ptr<server::GenerationRequest>> ControlServiceImpl::MakeRequest(
+    const proto::GenerateRequest& request) {
+  if (request.input_case() == proto::GenerateRequest::INPUT_NOT_SET) {
+    return absl::InvalidArgumentError("input: set prompt or chat");
+  }
+  if (tokenizer_ == nullptr) {
+    return absl::FailedPreconditionError("the model has no usable tokenizer");
+  }
+  auto r = std::make_shared<server::GenerationRequest>();
+  if (request.input_case() == proto::GenerateRequest::kChat) {
+    MOEFLOW_ASSIGN_OR_RETURN(r->prompt, RenderChatPrompt(request.chat()));
+  } else {
+    r->prompt = tokenizer_->Encode(request.prompt(), tokenizer_->add_bos());
+  }
+  if (r->prompt.empty()) return absl::InvalidArgumentError("prompt: empty");
+  const int64_t context_tokens = scheduler_->context_tokens();
+  const int64_t n_prompt = static_cast<int64_t>(r->prompt.size());
+  if (n_prompt >= context_tokens) {
+    return absl::InvalidArgumentError(absl::StrCat("prompt: ", n_prompt,
+                                                   " tokens leave no room in the ", context_tokens,
+                                                   "-token context (kv_cache_tokens)"));
+  }
+  if (request.max_tokens() < 0) return absl::InvalidArgumentError("max_tokens: must be >= 0");
+  sampling::SamplerOptions& so = r->sampler;
+  so.temperature = request.sampling().temperature();
+  so.top_k = request.sampling().top_k();
+  so.top_p = request.sampling().top_p() == 0.f ? 1.f : request.sampling().top_p();
+  so.seed = request.sampling().seed();
+  so.repetition_penalty = 1.f;
+  MOEFLOW_RETURN_IF_ERROR(sampling::ValidateSamplerOptions(so));
+  for (const std::string& stop : request.stop()) {
+    if (stop.empty()) return absl::InvalidArgumentError("stop: empty string");
+    r->stop.stop_strings.push_back(stop);
+  }
+  // 0: until the context (or the KV cache) is full.
+  r->stop.max_tokens = std::min<int64_t>(request.max_tokens(), context_tokens - n_prompt);
+  return r;
+}
+
+namespace {
+
+// What a Generate's handler thread and the scheduler's callbacks share.
+struct GenerateStream {
+  absl::Mutex mu;
+  std::deque<proto::GenerateResponse> out ABSL_GUARDED_BY(mu);
+  bool done ABSL_GUARDED_BY(mu) = false;
+  server::GenerationSummary summary ABSL_GUARDED_BY(mu);
+  absl::Time first_token ABSL_GUARDED_BY(mu) = absl::InfiniteFuture();
+};
+
+proto::FinishReason FinishReasonOf(const server::GenerationSummary& s, int64_t max_tokens) {
+  if (s.finish_reason == "cancelled") return proto::FINISH_REASON_CANCELLED;
+  if (s.finish_reason == "stop") {
+    return s.matched_stop_token >= 0 ? proto::FINISH_REASON_EOS : proto::FINISH_REASON_STOP_STRING;
+  }
+  return max_tokens > 0 && s.completion_tokens >= max_tokens ? proto::FINISH_REASON_MAX_TOKENS
+                                                             : proto::FINISH_REASON_CONTEXT_FULL;
+}
+
+}  // namespace
 
 grpc::Status ControlServiceImpl::Generate(grpc::ServerContext* context,
                                           const proto::GenerateRequest* request,
@@ -155,64 +218,37 @@ grpc::Status ControlServiceImpl::Generate(grpc::ServerContext* context,
         grpc::UNAVAILABLE,
         absl::StrCat("coordinator is ", proto::CoordinatorState_Name(state), ", not SERVING"));
   }
-  if (request->input_case() == proto::GenerateRequest::INPUT_NOT_SET) {
-    return grpc::Status(grpc::INVALID_ARGUMENT, "input: set prompt or chat");
-  }
-  if (tokenizer_ == nullptr) {
-    return grpc::Status(grpc::FAILED_PRECONDITION,
-                        absl::StrCat("the model has no usable tokenizer: ", tokenizer_error_));
-  }
-  std::vector<int32_t> prompt;
-  if (request->input_case() == proto::GenerateRequest::kChat) {
-    absl::StatusOr<std::vector<int32_t>> rendered = RenderChatPrompt(request->chat());
-    if (!rendered.ok()) return ToGrpc(rendered.status());
-    prompt = std::move(*rendered);
-  } else {
-    prompt = tokenizer_->Encode(request->prompt(), tokenizer_->add_bos());
-  }
-  if (prompt.empty()) return grpc::Status(grpc::INVALID_ARGUMENT, "prompt: empty");
-  const int64_t context_tokens = coordinator_.context_tokens();
-  if (static_cast<int64_t>(prompt.size()) >= context_tokens) {
-    return grpc::Status(grpc::INVALID_ARGUMENT,
-                        absl::StrCat("prompt: ", prompt.size(), " tokens leave no room in the ",
-                                     context_tokens, "-token context (kv_cache_tokens)"));
-  }
-  if (request->max_tokens() < 0) {
-    return grpc::Status(grpc::INVALID_ARGUMENT, "max_tokens: must be >= 0");
-  }
-  sampling::SamplerOptions so;
-  so.temperature = request->sampling().temperature();
-  so.top_k = request->sampling().top_k();
-  so.top_p = request->sampling().top_p() == 0.f ? 1.f : request->sampling().top_p();
-  so.seed = request->sampling().seed();
-  auto sampler = sampling::Sampler::Create(so);
-  if (!sampler.ok())
-    return grpc::Status(grpc::INVALID_ARGUMENT, std::string(sampler.status().message()));
-  sampling::StopOptions stop_options;
-  for (const std::string& s : request->stop()) {
-    if (s.empty()) return grpc::Status(grpc::INVALID_ARGUMENT, "stop: empty string");
-    stop_options.stop_strings.push_back(s);
-  }
-  if (tokenizer_->eos_id() >= 0) stop_options.stop_tokens.push_back(tokenizer_->eos_id());
-  const int64_t room = context_tokens - static_cast<int64_t>(prompt.size());
-  stop_options.max_tokens =
-      request->max_tokens() > 0 ? std::min<int64_t>(request->max_tokens(), room) : room;
-  auto stop = sampling::StopCondition::Create(stop_options);
-  if (!stop.ok()) return grpc::Status(grpc::INVALID_ARGUMENT, std::string(stop.status().message()));
-
+  absl::StatusOr<std::shared_ptr<server::GenerationRequest>> made = MakeRequest(*request);
+  if (!made.ok()) return ToGrpc(made.status());
+  std::shared_ptr<server::GenerationRequest> r = *std::move(made);
+  auto stream = std::make_shared<GenerateStream>();
+  r->on_token = [stream](const server::GeneratedToken& token) {
+    absl::MutexLock lock(&stream->mu);
+    if (stream->first_token == absl::InfiniteFuture()) stream->first_token = absl::Now();
+    if (token.text.empty()) return;
+    proto::GenerateResponse piece;
+    piece.mutable_piece()->set_text(ValidUtf8(token.text));
+    piece.mutable_piece()->add_token_ids(token.token);
+    stream->out.push_back(std::move(piece));
+  };
+  r->on_done = [stream](const server::GenerationSummary& summary) {
+    absl::MutexLock lock(&stream->mu);
+    if (!summary.flushed_text.empty()) {
+      proto::GenerateResponse piece;
+      piece.mutable_piece()->set_text(ValidUtf8(summary.flushed_text));
+      stream->out.push_back(std::move(piece));
+    }
+    stream->summary = summary;
+    stream->done = true;
+  };
+  const int64_t n_prompt = static_cast<int64_t>(r->prompt.size());
+  const int64_t max_tokens = r->stop.max_tokens;
+  const absl::Time start = absl::Now();
   {
     absl::MutexLock lock(&mu_);
-    ++queued_;
     ++requests_total_;
-  }
-  // The KV cache is this request's until it ends (Coordinator::kv_mutex).
-  absl::MutexLock run(&coordinator_.kv_mutex());
-  coordinator_.SwapKvUser(this);
-  {
-    absl::MutexLock lock(&mu_);
-    --queued_;
     ++active_;
-    prompt_tokens_ += static_cast<int64_t>(prompt.size());
+    prompt_tokens_ += n_prompt;
   }
   auto finish = [&](const grpc::Status& s) {
     absl::MutexLock lock(&mu_);
@@ -220,82 +256,57 @@ grpc::Status ControlServiceImpl::Generate(grpc::ServerContext* context,
     if (!s.ok()) ++requests_failed_;
     return s;
   };
-  const absl::Time start = absl::Now();
-  if (cancel_running_.load()) {
-    // Queued when a Drain ran out of time: cancelled before it started.
-    proto::GenerateResponse final_message;
-    final_message.mutable_final()->set_finish_reason(proto::FINISH_REASON_CANCELLED);
-    final_message.mutable_final()->mutable_usage()->set_prompt_tokens(
-        static_cast<int32_t>(prompt.size()));
-    writer->Write(final_message);
-    {
-      absl::MutexLock lock(&mu_);
-      ++requests_cancelled_;
-    }
-    return finish(grpc::Status::OK);
+  if (absl::Status s = scheduler_->Submit(r); !s.ok()) {
+    r->on_token = nullptr;
+    r->on_done = nullptr;
+    return finish(ToGrpc(s));
   }
-  std::vector<float> logits;
-  absl::Status s = coordinator_.Forward(prompt, 0, /*last_only=*/true, &logits);
-  if (!s.ok()) return finish(ToGrpc(s));
-  const absl::Time first = absl::Now();
-  int64_t pos = static_cast<int64_t>(prompt.size());
-  int32_t generated = 0;
-  proto::FinishReason reason = proto::FINISH_REASON_MAX_TOKENS;
+  // The scheduler thread produces, this thread writes (gRPC streams are
+  // written from their handler's thread).
+  server::GenerationSummary summary;
+  absl::Time first = absl::InfiniteFuture();
   while (true) {
-    if (context->IsCancelled()) {
-      reason = proto::FINISH_REASON_CANCELLED;
-      break;
+    std::deque<proto::GenerateResponse> out;
+    bool done = false;
+    {
+      absl::MutexLock lock(&stream->mu);
+      stream->mu.AwaitWithTimeout(absl::Condition(
+                                      +[](GenerateStream* g) ABSL_EXCLUSIVE_LOCKS_REQUIRED(g->mu) {
+                                        return g->done || !g->out.empty();
+                                      },
+                                      stream.get()),
+                                  absl::Milliseconds(50));
+      out.swap(stream->out);
+      done = stream->done;
+      if (done) summary = stream->summary;
+      first = stream->first_token;
     }
-    if (cancel_running_.load()) {
-      reason = proto::FINISH_REASON_CANCELLED;
-      absl::MutexLock lock(&mu_);
-      ++requests_cancelled_;
-      break;
-    }
-    absl::StatusOr<int32_t> token = sampler->Sample(logits);
-    if (!token.ok()) return finish(ToGrpc(token.status()));
-    sampler->Accept(*token);
-    ++generated;
-    sampling::StopStep step = stop->Append(*token, tokenizer_->TokenBytes(*token));
-    if (!step.text.empty()) {
-      proto::GenerateResponse piece;
-      piece.mutable_piece()->set_text(ValidUtf8(step.text));
-      piece.mutable_piece()->add_token_ids(*token);
-      writer->Write(piece);
-    }
-    if (step.finished()) {
-      reason = step.matched_stop_token >= 0        ? proto::FINISH_REASON_EOS
-               : !step.matched_stop_string.empty() ? proto::FINISH_REASON_STOP_STRING
-               : pos + 1 >= context_tokens         ? proto::FINISH_REASON_CONTEXT_FULL
-                                                   : proto::FINISH_REASON_MAX_TOKENS;
-      break;
-    }
-    const int32_t next[1] = {*token};
-    s = coordinator_.Forward(absl::MakeConstSpan(next, 1), pos, true, &logits);
-    if (!s.ok()) return finish(ToGrpc(s));
-    ++pos;
+    for (proto::GenerateResponse& m : out) writer->Write(m);
+    if (done) break;
+    if (context->IsCancelled()) r->cancelled->store(true);  // the client left
   }
-  if (std::string rest = stop->Flush(); !rest.empty()) {
-    proto::GenerateResponse piece;
-    piece.mutable_piece()->set_text(ValidUtf8(rest));
-    writer->Write(piece);
-  }
+  r->on_token = nullptr;
+  r->on_done = nullptr;
+  if (!summary.status.ok()) return finish(ToGrpc(summary.status));
   const absl::Time end = absl::Now();
   proto::GenerateResponse final_message;
   proto::GenerateFinal* f = final_message.mutable_final();
-  f->set_finish_reason(reason);
-  f->mutable_usage()->set_prompt_tokens(static_cast<int32_t>(prompt.size()));
-  f->mutable_usage()->set_completion_tokens(generated);
-  f->mutable_usage()->set_time_to_first_token_ms(absl::ToInt64Milliseconds(first - start));
+  f->set_finish_reason(FinishReasonOf(summary, max_tokens));
+  f->mutable_usage()->set_prompt_tokens(static_cast<int32_t>(n_prompt));
+  f->mutable_usage()->set_completion_tokens(static_cast<int32_t>(summary.completion_tokens));
+  f->mutable_usage()->set_cached_prompt_tokens(static_cast<int32_t>(summary.cached_prompt_tokens));
+  if (first != absl::InfiniteFuture()) {
+    f->mutable_usage()->set_time_to_first_token_ms(absl::ToInt64Milliseconds(first - start));
+  }
   f->mutable_usage()->set_total_time_ms(absl::ToInt64Milliseconds(end - start));
   writer->Write(final_message);
   {
     absl::MutexLock lock(&mu_);
-    completion_tokens_ += generated;
-    const double prefill_s = absl::ToDoubleSeconds(first - start);
-    const double decode_s = absl::ToDoubleSeconds(end - first);
-    if (prefill_s > 0) prefill_tps_ = static_cast<double>(prompt.size()) / prefill_s;
-    if (decode_s > 0 && generated > 1) decode_tps_ = (generated - 1) / decode_s;
+    completion_tokens_ += summary.completion_tokens;
+    if (summary.prefill_s > 0) prefill_tps_ = n_prompt / summary.prefill_s;
+    if (summary.decode_s > 0 && summary.completion_tokens > 1) {
+      decode_tps_ = (summary.completion_tokens - 1) / summary.decode_s;
+    }
   }
   return finish(grpc::Status::OK);
 }
@@ -307,57 +318,37 @@ grpc::Status ControlServiceImpl::Drain(grpc::ServerContext* context,
   if (request->timeout_ms() < 0) {
     return grpc::Status(grpc::INVALID_ARGUMENT, "timeout_ms: must be >= 0");
   }
-  // The other front ends (HTTP) stop taking requests first; their pending
-  // ones are waited for by polling (they do not signal mu_).
-  int64_t frontend_before = 0;
-  for (const Frontend& f : frontends_) {
-    f.stop_accepting();
-    frontend_before += f.pending();
+  {
+    absl::MutexLock lock(&mu_);
+    draining_ = true;
   }
-  auto frontends_pending = [this] {
-    int64_t n = 0;
-    for (const Frontend& f : frontends_) n += f.pending();
-    return n;
-  };
-  absl::MutexLock lock(&mu_);
-  draining_ = true;
-  const int before = active_ + queued_;
-  const int64_t cancelled_before = requests_cancelled_;
-  auto idle = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return active_ == 0 && queued_ == 0; };
-  // Waits until this service and the front ends are idle or `deadline`.
-  auto wait_idle = [&](absl::Time deadline) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    static constexpr bool kNever = false;
-    while (true) {
-      const absl::Time slice = std::min(deadline, absl::Now() + absl::Milliseconds(50));
-      if (mu_.AwaitWithDeadline(absl::Condition(&idle), slice)) {
-        if (frontends_pending() == 0) return true;
-        mu_.AwaitWithDeadline(absl::Condition(&kNever), slice);  // sleeps, mu_ released
-      }
+  // Both front ends (this service and the HTTP API) submit to the scheduler.
+  scheduler_->StopAccepting("the server is draining (moeflowctl drain)");
+  const int64_t before = scheduler_->pending();
+  auto wait_idle = [&](absl::Time deadline) {
+    while (scheduler_->pending() > 0) {
       if (absl::Now() >= deadline) return false;
+      absl::SleepFor(absl::Milliseconds(20));
     }
+    return true;
   };
-  int64_t frontend_cancelled = 0;
+  int64_t cancelled = 0;
   if (!wait_idle(request->timeout_ms() == 0
                      ? absl::InfiniteFuture()
                      : absl::Now() + absl::Milliseconds(request->timeout_ms()))) {
-    // Cancel what is left: each request stops at its next step (one forward
-    // pass, bounded by the coordinator's step timeout).
-    frontend_cancelled = frontends_pending();
-    for (const Frontend& f : frontends_) f.cancel_all();
-    cancel_running_.store(true);
-    const bool done = wait_idle(absl::Now() + absl::Seconds(70));
-    cancel_running_.store(false);
-    if (!done) {
+    // Cancel what is left: each request stops at its next step.
+    cancelled = scheduler_->pending();
+    scheduler_->CancelAll();
+    if (!wait_idle(absl::Now() + absl::Seconds(70))) {
       return grpc::Status(
           grpc::DEADLINE_EXCEEDED,
-          absl::StrCat(active_ + queued_ + frontends_pending(), " requests still running ",
-                       request->timeout_ms(), " ms + 70 s after Drain, though cancelled"));
+          absl::StrCat(scheduler_->pending(), " requests still running ", request->timeout_ms(),
+                       " ms + 70 s after Drain, though "
+                       "cancelled"));
     }
   }
-  const int cancelled =
-      static_cast<int>(requests_cancelled_ - cancelled_before + frontend_cancelled);
-  response->set_requests_cancelled(cancelled);
-  response->set_requests_finished(static_cast<int>(before + frontend_before) - cancelled);
+  response->set_requests_cancelled(static_cast<int32_t>(cancelled));
+  response->set_requests_finished(static_cast<int32_t>(before - cancelled));
   return grpc::Status::OK;
 }
 
@@ -369,9 +360,7 @@ grpc::Status ControlServiceImpl::Undrain(grpc::ServerContext* context, const pro
     if (stopping_) return grpc::Status(grpc::FAILED_PRECONDITION, "the coordinator is stopping");
     draining_ = false;
   }
-  for (const Frontend& f : frontends_) {
-    if (f.start_accepting) f.start_accepting();
-  }
+  scheduler_->StartAccepting();
   response->set_state(State());
   return grpc::Status::OK;
 }
@@ -443,14 +432,12 @@ grpc::Status ControlServiceImpl::ComputeLogits(grpc::ServerContext* context,
                         absl::StrCat("coordinator is ", proto::CoordinatorState_Name(state)));
   }
   if (request->tokens_size() == 0) return grpc::Status(grpc::INVALID_ARGUMENT, "tokens: empty");
-  if (request->tokens_size() > coordinator_.context_tokens()) {
+  if (request->tokens_size() > model_->context_tokens()) {
     return grpc::Status(grpc::INVALID_ARGUMENT, "tokens: longer than the context");
   }
   std::vector<int32_t> tokens(request->tokens().begin(), request->tokens().end());
   std::vector<float> logits;
-  absl::MutexLock run(&coordinator_.kv_mutex());
-  coordinator_.SwapKvUser(this);
-  absl::Status s = coordinator_.Forward(tokens, 0, /*last_only=*/false, &logits);
+  absl::Status s = model_->AllLogits(tokens, &logits);
   if (!s.ok()) return ToGrpc(s);
   response->set_n_vocab(static_cast<int32_t>(coordinator_.config().vocab_size));
   response->set_logits(

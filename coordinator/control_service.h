@@ -4,11 +4,13 @@
 // drain, shutdown, metrics, expert policy, and ComputeLogits for checking the
 // deployment against the single-process engine.
 //
-// Requests run one at a time on the Coordinator (no continuous batching yet):
-// a Generate waits for the one before it. Drain stops new requests at once,
-// waits for the accepted ones, and after its timeout cancels those still
-// running or queued (their streams end with FINISH_REASON_CANCELLED);
-// Undrain accepts requests again.
+// Generate submits to the one scheduler (server/batching_scheduler.h) that
+// the HTTP API of `moeflow launch` submits to, so gRPC and HTTP requests are
+// batched together; ComputeLogits runs a sequence of its own through the
+// batch model (coordinator/dataflow_batch_model.h). Drain stops new
+// requests of both front ends at once, waits for the accepted ones, and
+// after its timeout cancels those still running or queued (their streams
+// end with FINISH_REASON_CANCELLED); Undrain accepts requests again.
 //
 // Thread-safety: gRPC calls it from many threads; state is behind mu_.
 // Failure: as control.proto says; UNAUTHENTICATED when a token is required
@@ -26,7 +28,9 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
 #include "coordinator/coordinator.h"
+#include "coordinator/dataflow_batch_model.h"
 #include "proto/control.grpc.pb.h"
+#include "server/scheduler.h"
 #include "tokenizer/bpe_tokenizer.h"
 
 namespace moeflow {
@@ -34,7 +38,9 @@ namespace moeflow {
 class ControlServiceImpl final : public proto::ControlService::Service {
  public:
   // `on_shutdown` is called (once) after a Shutdown RPC has been answered.
-  ControlServiceImpl(Coordinator& coordinator, std::string token,
+  // All pointers must outlive the service.
+  ControlServiceImpl(Coordinator& coordinator, server::GenerationBackend* scheduler,
+                     DataflowBatchModel* model, const BpeTokenizer* tokenizer, std::string token,
                      std::function<void()> on_shutdown);
 
   grpc::Status Status(grpc::ServerContext* context, const proto::StatusRequest* request,
@@ -57,18 +63,6 @@ class ControlServiceImpl final : public proto::ControlService::Service {
                              const proto::ComputeLogitsRequest* request,
                              proto::ComputeLogitsResponse* response) override;
 
-  // Another front end on the same coordinator (the HTTP API of `moeflow
-  // launch`), which Drain covers too: stop_accepting() when Drain starts,
-  // pending() requests waited for (polled), cancel_all() when its timeout
-  // passes, start_accepting() on Undrain. Set before the service serves.
-  struct Frontend {
-    std::function<void()> stop_accepting;
-    std::function<int64_t()> pending;
-    std::function<void()> cancel_all;
-    std::function<void()> start_accepting;
-  };
-  void AddFrontend(Frontend frontend) { frontends_.push_back(std::move(frontend)); }
-
   // SERVING, DEGRADED, DRAINING, ... as Status reports it (the HTTP API's
   // /health uses it). Thread-safe.
   proto::CoordinatorState State();
@@ -80,23 +74,22 @@ class ControlServiceImpl final : public proto::ControlService::Service {
   // message with a bad role; the renderer's errors otherwise.
   absl::StatusOr<std::vector<int32_t>> RenderChatPrompt(const proto::ChatConversation& chat) const;
 
+  // The request to submit for `request` (prompt rendered, options checked).
+  absl::StatusOr<std::shared_ptr<server::GenerationRequest>> MakeRequest(
+      const proto::GenerateRequest& request);
+
   Coordinator& coordinator_;
+  server::GenerationBackend* const scheduler_;
+  DataflowBatchModel* const model_;
+  const BpeTokenizer* const tokenizer_;
   const std::string token_;
   std::function<void()> on_shutdown_;
-  std::vector<Frontend> frontends_;
-  std::unique_ptr<BpeTokenizer> tokenizer_;
-  std::string tokenizer_error_;
   std::string chat_template_;  // tokenizer.chat_template of the model file, or empty
 
   absl::Mutex mu_;
   bool draining_ ABSL_GUARDED_BY(mu_) = false;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
-  int active_ ABSL_GUARDED_BY(mu_) = 0;
-  int queued_ ABSL_GUARDED_BY(mu_) = 0;
-  // Set by a Drain whose timeout passed: running and queued Generates end
-  // with FINISH_REASON_CANCELLED at their next step.
-  std::atomic<bool> cancel_running_{false};
-  int64_t requests_cancelled_ ABSL_GUARDED_BY(mu_) = 0;
+  int active_ ABSL_GUARDED_BY(mu_) = 0;  // Generates in flight
   int64_t requests_total_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t requests_failed_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t prompt_tokens_ ABSL_GUARDED_BY(mu_) = 0;

@@ -11,6 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "base/check.h"
+#include "engine/engine_profile.h"
 #include "formats/ggml_types.h"
 #include "kernels/cpu/matmul.h"
 #include "kernels/cpu/moe.h"
@@ -104,8 +105,13 @@ absl::Status ExpertShard::Configure(const proto::ConfigureRequest& request) {
         absl::StrCat("expert_memory: '", memory, "' is not one of auto, mapped, node"));
   }
   request_ = request;
-  std::fprintf(stderr, "cpu_expert_worker %s: %s\n", request.worker_name().c_str(),
-               BindToNode(request.numa_node(), &node_cores_).c_str());
+  const std::string bound = shared_pool_ != nullptr
+                                ? std::string("in the caller's process, not bound")
+                                : BindToNode(request.numa_node(), &node_cores_);
+  if (shared_pool_ == nullptr) {  // in a worker process of its own
+    std::fprintf(stderr, "cpu_expert_worker %s: %s\n", request.worker_name().c_str(),
+                 bound.c_str());
+  }
   return absl::OkStatus();
 }
 
@@ -129,8 +135,11 @@ absl::StatusOr<bool> ExpertShard::CopyExpertsToNode(int64_t held_bytes) {
     // several nodes); otherwise a private huge-page copy
     // (kernels/cpu/weight_memory.h) when huge pages are on and the copy fits,
     // else the mapping.
-    if (!topology.ok() || node < 0 || node >= (*topology)->num_nodes()) return false;
-    const bool bindable = (*topology)->is_this_system() && (*topology)->num_nodes() > 1;
+    // A worker placed on no node (numa_node -1: the single-process topology)
+    // gets the huge-page copy without a node (numa_ stays null).
+    const bool placed = node >= 0;
+    if (placed && (!topology.ok() || node >= (*topology)->num_nodes())) return false;
+    const bool bindable = placed && (*topology)->is_this_system() && (*topology)->num_nodes() > 1;
     if (!bindable) {
       if (!HugePagesEnabled()) return false;
       if (const std::string why = CopyWouldNotFit(held_bytes); !why.empty()) {
@@ -140,7 +149,7 @@ absl::StatusOr<bool> ExpertShard::CopyExpertsToNode(int64_t held_bytes) {
       }
     }
   }
-  numa_ = std::move(*topology);
+  if (node >= 0) numa_ = std::move(*topology);
   return true;
 }
 
@@ -258,6 +267,18 @@ absl::Status ExpertShard::Load(const std::function<void(const proto::LoadProgres
                                         {&lw.ffn_down_exps, hidden}}) {
         const uint64_t total = static_cast<uint64_t>(w->rows * w->row_bytes);
         const size_t expert_bytes = static_cast<size_t>(rows_per_expert * w->row_bytes);
+        if (numa_ == nullptr) {  // not placed on a node: a plain huge-page copy
+          MOEFLOW_ASSIGN_OR_RETURN(WeightBuffer plain, WeightBuffer::Allocate(total));
+          for (int64_t e = 0; e < config_.n_experts; ++e) {
+            if (!holds_expert_[static_cast<size_t>(e)]) continue;
+            std::memcpy(plain.data() + e * expert_bytes, w->row(e * rows_per_expert), expert_bytes);
+            shard_bytes_ += static_cast<int64_t>(expert_bytes);
+          }
+          file_->ReleasePages(w->data, total);
+          w->data = plain.data();
+          plain_buffers_.push_back(std::move(plain));
+          continue;
+        }
         NodeBuffer buf = NodeBuffer::Allocate(*numa_, node, total);
         for (int64_t e = 0; e < config_.n_experts; ++e) {
           if (!holds_expert_[static_cast<size_t>(e)]) continue;
@@ -282,24 +303,30 @@ absl::Status ExpertShard::Load(const std::function<void(const proto::LoadProgres
   int threads = request_.compute_threads();
   if (threads <= 0) threads = node_cores_ > 0 ? node_cores_ : 1;
   threads = std::min<int>(threads, std::max(1u, std::thread::hardware_concurrency()));
-  // Worker threads pinned one per core of the node (kernels/cpu/numa); a
-  // plain pool when the worker is not placed on a node hwloc knows.
-  if (request_.numa_node() >= 0) {
-    auto topology = NumaTopology::Load();
-    if (topology.ok() && request_.numa_node() < (*topology)->num_nodes()) {
-      PinReport pin;
-      NodePoolOptions pool_options;
-      pool_options.n_threads = threads;
-      pool_ = MakeNodePool(**topology, request_.numa_node(), pool_options, &pin);
-      caller_cpu_ = pin.caller_cpu;
-      std::fprintf(stderr, "cpu_expert_worker %s: %s\n", request_.worker_name().c_str(),
-                   pin.message.c_str());
+  if (shared_pool_ != nullptr) {
+    pool_ = shared_pool_;
+    threads = shared_pool_->size();
+  } else {
+    // Worker threads pinned one per core of the node (kernels/cpu/numa); a
+    // plain pool when the worker is not placed on a node hwloc knows.
+    if (request_.numa_node() >= 0) {
+      auto topology = NumaTopology::Load();
+      if (topology.ok() && request_.numa_node() < (*topology)->num_nodes()) {
+        PinReport pin;
+        NodePoolOptions pool_options;
+        pool_options.n_threads = threads;
+        own_pool_ = MakeNodePool(**topology, request_.numa_node(), pool_options, &pin);
+        caller_cpu_ = pin.caller_cpu;
+        std::fprintf(stderr, "cpu_expert_worker %s: %s\n", request_.worker_name().c_str(),
+                     pin.message.c_str());
+      }
     }
+    if (own_pool_ == nullptr) own_pool_ = std::make_unique<ThreadPool>(threads);
+    // Between the layers the coordinator computes on these cores: idle
+    // threads yield them rather than halt (dataflow/worker_compute.h).
+    own_pool_->SetYieldBeforeSleep(dataflow::DataflowYieldMicros());
+    pool_ = own_pool_.get();
   }
-  if (pool_ == nullptr) pool_ = std::make_unique<ThreadPool>(threads);
-  // Between the layers the coordinator computes on these cores: idle
-  // threads yield them rather than halt (dataflow/worker_process.h).
-  pool_->SetYieldBeforeSleep(dataflow::DataflowYieldMicros());
   // The held experts into the layout this CPU's kernels want (the engine
   // does the same, so the results stay bit-identical to it): the slices and
   // node copies are this process's own and are rewritten in place; mapped
@@ -307,8 +334,8 @@ absl::Status ExpertShard::Load(const std::function<void(const proto::LoadProgres
   const bool own_copies = slices > 1 || copy_to_node;
   const int64_t repacked = RepackRoutedExperts(
       config_, SelectedIsa(), slices > 1 ? std::vector<uint8_t>() : holds_expert_, own_copies,
-      file_.get(), shard_layers_, &repacked_, pool_.get());
-  if (repacked > 0) {
+      file_.get(), shard_layers_, &repacked_, pool_);
+  if (repacked > 0 && shared_pool_ == nullptr) {
     std::fprintf(stderr, "cpu_expert_worker %s: %.0f MiB of experts repacked for %s\n",
                  request_.worker_name().c_str(), static_cast<double>(repacked) / (1 << 20),
                  CpuIsaName(SelectedIsa()));
@@ -349,7 +376,7 @@ absl::Status ExpertShard::Load(const std::function<void(const proto::LoadProgres
                    shard_config_.expert_ff, shard_config_.hidden},
         max_rows_, config_.n_experts_used, threads);  // kExpertsCombine
   }
-  ctx_ = EngineContext{&shard_config_, &rope_, SelectedIsa(), pool_.get(), &scratch_};
+  ctx_ = EngineContext{&shard_config_, &rope_, SelectedIsa(), pool_, &scratch_};
   expanded_.resize(static_cast<size_t>(max_pairs_ * hidden));
   ones_.assign(static_cast<size_t>(max_pairs_), 1.f);
   p.set_phase(proto::LOAD_PHASE_READING);
@@ -360,14 +387,11 @@ absl::Status ExpertShard::Load(const std::function<void(const proto::LoadProgres
 }
 
 size_t ExpertShard::MaxRequestBytes() const {
-  // rows, row_of_pair, expert_of_pair and (kExpertsCombine) weight_of_pair.
-  return static_cast<size_t>(max_rows_ * config_.hidden) * sizeof(float) +
-         static_cast<size_t>(2 * max_pairs_) * sizeof(int32_t) +
-         static_cast<size_t>(max_pairs_) * sizeof(float);
+  return dataflow::MaxExpertsRequestBytes(max_rows_, max_pairs_, config_.hidden);
 }
 
-std::vector<size_t> ExpertShard::ReplyPartBytes() const {
-  return {static_cast<size_t>(max_pairs_ * config_.hidden) * sizeof(float)};
+size_t ExpertShard::MaxReplyBytes() const {
+  return dataflow::SectionBytes<float>(static_cast<size_t>(max_pairs_ * config_.hidden));
 }
 
 absl::Status ExpertShard::Handle(const RequestHeader& header, absl::Span<const uint8_t> payload,
@@ -395,17 +419,11 @@ absl::Status ExpertShard::Handle(const RequestHeader& header, absl::Span<const u
     return absl::InvalidArgumentError(
         absl::StrCat("kExperts combine: n_pairs ", pairs, " is not n_rows ", rows, " × k ", k));
   }
-  const size_t row_bytes = static_cast<size_t>(rows * h) * sizeof(float);
-  const size_t want = row_bytes + static_cast<size_t>(2 * pairs) * sizeof(int32_t) +
-                      (combine ? static_cast<size_t>(pairs) * sizeof(float) : 0);
-  if (payload.size() != want) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("kExperts: payload of ", payload.size(), " bytes, expected ", want,
-                     " for n_rows ", rows, " / n_pairs ", pairs, combine ? " with weights" : ""));
-  }
-  const float* x = reinterpret_cast<const float*>(payload.data());
-  const int32_t* row_of_pair = reinterpret_cast<const int32_t*>(payload.data() + row_bytes);
-  const int32_t* expert_of_pair = row_of_pair + pairs;
+  MOEFLOW_ASSIGN_OR_RETURN(const dataflow::ExpertsRequest request,
+                           dataflow::ParseExpertsRequest(header, payload, h));
+  const float* x = request.rows.data();
+  const int32_t* row_of_pair = request.row_of_pair.data();
+  const int32_t* expert_of_pair = request.expert_of_pair.data();
   for (int64_t p = 0; p < pairs; ++p) {
     const int32_t r = row_of_pair[p], e = expert_of_pair[p];
     if (r < 0 || r >= rows || e < 0 || e >= config_.n_experts ||
@@ -419,21 +437,22 @@ absl::Status ExpertShard::Handle(const RequestHeader& header, absl::Span<const u
                                                      ", expected ", p / k, " (k = ", k, ")"));
     }
   }
-  float* out = reinterpret_cast<float*>(reply.Payload(0));
+  float* out = reinterpret_cast<float*>(reply.Payload());
   const EngineRoutedExperts experts(ctx_, shard_layers_[static_cast<size_t>(il)]);
   stats.set_rows_computed(pairs);
+  const EnginePhaseTimer timer(EnginePhase::kRoutedExperts, rows);
   if (combine) {
-    // The single-process engine's own call: the same pairs, weights and sum.
-    const float* weights = reinterpret_cast<const float*>(expert_of_pair + pairs);
-    experts.Forward(x, rows, expert_of_pair, weights, k, out);
-    return reply.Send(0, row_bytes);
+    // The engine's own call on every pair of the step: the same pairs,
+    // weights and sum as when one process computes everything.
+    experts.Forward(x, rows, expert_of_pair, request.weight_of_pair.data(), k, out);
+    return reply.Send(dataflow::SectionBytes<float>(static_cast<size_t>(rows * h)));
   }
   for (int64_t p = 0; p < pairs; ++p) {
     std::memcpy(expanded_.data() + p * h, x + row_of_pair[p] * h,
                 static_cast<size_t>(h) * sizeof(float));
   }
   experts.Forward(expanded_.data(), pairs, expert_of_pair, ones_.data(), 1, out);
-  return reply.Send(0, static_cast<size_t>(pairs * h) * sizeof(float));
+  return reply.Send(dataflow::SectionBytes<float>(static_cast<size_t>(pairs * h)));
 }
 
 }  // namespace moeflow

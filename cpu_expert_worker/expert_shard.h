@@ -33,7 +33,7 @@
 #include <string>
 #include <vector>
 
-#include "dataflow/worker_process.h"
+#include "dataflow/worker_compute.h"
 #include "engine/engine.h"
 #include "kernels/cpu/numa.h"
 #include "kernels/cpu/thread_pool.h"
@@ -45,10 +45,14 @@ namespace moeflow {
 
 class ExpertShard final : public dataflow::WorkerCompute {
  public:
+  // `shared_pool` (may be null; must outlive the shard): compute on it
+  // instead of a pool pinned to the node (the single-process topology).
+  explicit ExpertShard(ThreadPool* shared_pool = nullptr) : shared_pool_(shared_pool) {}
+
   absl::Status Configure(const proto::ConfigureRequest& request) override;
   absl::Status Load(const std::function<void(const proto::LoadProgress&)>& progress) override;
   size_t MaxRequestBytes() const override;
-  std::vector<size_t> ReplyPartBytes() const override;
+  size_t MaxReplyBytes() const override;
   absl::Status Handle(const dataflow::RequestHeader& header, absl::Span<const uint8_t> payload,
                       dataflow::ReplyWriter& reply, proto::LayerStats& stats) override;
   int64_t ShardBytes() const override { return shard_bytes_; }
@@ -56,12 +60,14 @@ class ExpertShard final : public dataflow::WorkerCompute {
   // without routed experts are unmapped (GgufShard::mapped()).
   const GgufFile* file() const { return file_.get(); }
   void Idle() override {
-    if (pool_ != nullptr) pool_->Rest();
+    if (own_pool_ != nullptr) own_pool_->Rest();
   }
   void Busy() override {
-    if (pool_ != nullptr) pool_->Wake();
+    if (own_pool_ != nullptr) own_pool_->Wake();
   }
-  void PinCaller() override { (void)PinCallerThread(caller_cpu_); }
+  void PinCaller() override {
+    if (own_pool_ != nullptr) (void)PinCallerThread(caller_cpu_);
+  }
 
   // Binds the process to `numa_node` when hwloc describes the real machine.
   // Returns a line for the log saying what was done.
@@ -91,12 +97,16 @@ class ExpertShard final : public dataflow::WorkerCompute {
   // no memory). numa_ outlives the buffers (declared first).
   std::unique_ptr<NumaTopology> numa_;
   std::vector<NodeBuffer> node_buffers_;
+  // The same without a node (numa_node -1, the single-process topology).
+  std::vector<WeightBuffer> plain_buffers_;
   // The held experts in the layout this CPU's kernels want, when they were
   // mapped from the file (RepackRoutedExperts; copies are repacked in place).
   std::vector<std::unique_ptr<uint8_t[]>> repacked_;
   std::vector<EngineLayerWeights> shard_layers_;
   std::vector<uint8_t> holds_expert_;
-  std::unique_ptr<ThreadPool> pool_;
+  ThreadPool* const shared_pool_;
+  std::unique_ptr<ThreadPool> own_pool_;
+  ThreadPool* pool_ = nullptr;
   int caller_cpu_ = -1;  // PinReport::caller_cpu of pool_
   EngineScratch scratch_;
   EngineContext ctx_;

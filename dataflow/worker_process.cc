@@ -20,8 +20,9 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
-#include "base/knobs.h"
 #include "auth/bearer_auth.h"
+#include "base/knobs.h"
+#include "dataflow/layer_stats.h"
 #include "proto/worker.grpc.pb.h"
 #include "transport/activation_channel.h"
 #include "transport/ucx_handles.h"
@@ -47,11 +48,6 @@ int64_t ResidentBytes() {
 }
 
 }  // namespace
-
-int DataflowYieldMicros() {
-  static const int us = static_cast<int>(KnobInt(Knob::kYieldUs));
-  return us;
-}
 
 namespace {
 
@@ -127,7 +123,8 @@ class WorkerServer final : public proto::WorkerService::Service {
     return grpc::Status::OK;
   }
 
-  grpc::Status GetTransportAddress(grpc::ServerContext* context, const proto::GetTransportAddressRequest*,
+  grpc::Status GetTransportAddress(grpc::ServerContext* context,
+                                   const proto::GetTransportAddressRequest*,
                                    proto::GetTransportAddressResponse* response) override {
     if (grpc::Status a = Authorize(*context); !a.ok()) return a;
     absl::MutexLock lock(&mu_);
@@ -160,14 +157,9 @@ class WorkerServer final : public proto::WorkerService::Service {
     options.yield_before_sleep_us = DataflowYieldMicros();
     options.recv_buffer_bytes =
         static_cast<int64_t>(AlignUp(sizeof(RequestHeader) + compute_.MaxRequestBytes()));
-    part_offsets_.clear();
-    size_t total = 0;
-    for (size_t bytes : compute_.ReplyPartBytes()) {
-      part_offsets_.push_back(total);
-      total += AlignUp(sizeof(ReplyHeader) + bytes + 4096);
-    }
-    part_offsets_.push_back(total);
-    options.send_buffer_bytes = static_cast<int64_t>(total);
+    // Room for an error reply's message too.
+    options.send_buffer_bytes =
+        static_cast<int64_t>(AlignUp(sizeof(ReplyHeader) + compute_.MaxReplyBytes() + 4096));
     auto channel = ActivationChannel::Create(**ep, options);
     if (!channel.ok()) return ToGrpc(channel.status());
     endpoint_ = std::move(*ep);
@@ -200,22 +192,7 @@ class WorkerServer final : public proto::WorkerService::Service {
   grpc::Status Stats(grpc::ServerContext* context, const proto::StatsRequest* request,
                      proto::StatsResponse* response) override {
     if (grpc::Status a = Authorize(*context); !a.ok()) return a;
-    absl::MutexLock lock(&stats_mu_);
-    int64_t sent = 0, received = 0, steps = 0;
-    for (const auto& [layer, s] : layer_stats_) {
-      *response->add_layers() = s;
-      sent += s.bytes_sent();
-      received += s.bytes_received();
-      steps += s.steps();
-    }
-    response->set_steps(steps);
-    response->set_bytes_sent(sent);
-    response->set_bytes_received(received);
-    response->set_window_ms(absl::ToInt64Milliseconds(absl::Now() - stats_start_));
-    if (request->reset()) {
-      layer_stats_.clear();
-      stats_start_ = absl::Now();
-    }
+    stats_.Fill(response, request->reset());
     return grpc::Status::OK;
   }
 
@@ -262,16 +239,15 @@ class WorkerServer final : public proto::WorkerService::Service {
    public:
     ChannelReplyWriter(WorkerServer& server, uint32_t seq, proto::LayerStats& stats)
         : server_(server), seq_(seq), stats_(stats) {}
-    uint8_t* Payload(int part) override {
-      return server_.channel_->send_buffer().data() + server_.part_offsets_[part] +
-             sizeof(ReplyHeader);
+    uint8_t* Payload() override {
+      return server_.channel_->send_buffer().data() + sizeof(ReplyHeader);
     }
-    absl::Status Send(int part, size_t payload_bytes) override {
-      uint8_t* base = server_.channel_->send_buffer().data() + server_.part_offsets_[part];
+    absl::Status Send(size_t payload_bytes) override {
+      uint8_t* base = server_.channel_->send_buffer().data();
       ReplyHeader header;
       header.payload_bytes = static_cast<int64_t>(payload_bytes);
       std::memcpy(base, &header, sizeof(header));
-      return server_.SendPart(seq_, part, base, sizeof(header) + payload_bytes, stats_);
+      return server_.SendReply(seq_, base, sizeof(header) + payload_bytes, stats_);
     }
 
    private:
@@ -280,12 +256,12 @@ class WorkerServer final : public proto::WorkerService::Service {
     proto::LayerStats& stats_;
   };
 
-  absl::Status SendPart(uint32_t seq, int part, const uint8_t* data, size_t bytes,
-                        proto::LayerStats& stats) {
+  absl::Status SendReply(uint32_t seq, const uint8_t* data, size_t bytes,
+                         proto::LayerStats& stats) {
     const absl::Time t0 = absl::Now();
     const uint8_t source = static_cast<uint8_t>(configure_.transport_source());
-    transport::TransferId id = channel_->PostSend(ReplyTag(seq, static_cast<uint16_t>(part), source),
-                                                  absl::MakeConstSpan(data, bytes));
+    transport::TransferId id =
+        channel_->PostSend(ReplyTag(seq, source), absl::MakeConstSpan(data, bytes));
     absl::StatusOr<size_t> sent = channel_->Wait(id, 10000);
     if (!sent.ok()) {
       channel_->Release(id);
@@ -299,13 +275,8 @@ class WorkerServer final : public proto::WorkerService::Service {
 
   void SendError(uint32_t seq, const absl::Status& status, proto::LayerStats& stats) {
     uint8_t* base = channel_->send_buffer().data();
-    const std::string message(status.message().substr(0, 2000));
-    ReplyHeader header;
-    header.code = static_cast<int32_t>(status.code());
-    header.message_bytes = static_cast<int32_t>(message.size());
-    std::memcpy(base, &header, sizeof(header));
-    std::memcpy(base + sizeof(header), message.data(), message.size());
-    (void)SendPart(seq, 0, base, sizeof(header) + message.size(), stats);
+    const size_t bytes = WriteErrorReply(status, channel_->send_buffer());
+    (void)SendReply(seq, base, bytes, stats);
   }
 
   void Fail(const std::string& why) {
@@ -363,22 +334,10 @@ class WorkerServer final : public proto::WorkerService::Service {
       }
       stats.set_compute_time_us(absl::ToInt64Microseconds(absl::Now() - t0) -
                                 stats.transport_time_us());
-      Record(stats);
+      stats_.Record(stats);
       compute_.Idle();
       ++seq;
     }
-  }
-
-  void Record(const proto::LayerStats& s) {
-    absl::MutexLock lock(&stats_mu_);
-    proto::LayerStats& total = layer_stats_[s.layer()];
-    total.set_layer(s.layer());
-    total.set_steps(total.steps() + 1);
-    total.set_transport_time_us(total.transport_time_us() + s.transport_time_us());
-    total.set_compute_time_us(total.compute_time_us() + s.compute_time_us());
-    total.set_bytes_sent(total.bytes_sent() + s.bytes_sent());
-    total.set_bytes_received(total.bytes_received() + s.bytes_received());
-    total.set_rows_computed(total.rows_computed() + s.rows_computed());
   }
 
   // Every call carries the launch's token (empty: none required).
@@ -404,13 +363,10 @@ class WorkerServer final : public proto::WorkerService::Service {
   std::unique_ptr<UcxWorker> ucx_worker_;
   std::unique_ptr<UcxEndpoint> endpoint_;
   std::unique_ptr<ActivationChannel> channel_;
-  std::vector<size_t> part_offsets_;
   std::thread data_plane_;
   std::atomic<bool> stop_{false};
 
-  absl::Mutex stats_mu_;
-  std::map<int32_t, proto::LayerStats> layer_stats_ ABSL_GUARDED_BY(stats_mu_);
-  absl::Time stats_start_ ABSL_GUARDED_BY(stats_mu_) = absl::Now();
+  LayerStatsTable stats_;
 };
 
 }  // namespace
@@ -435,8 +391,8 @@ int RunWorkerProcess(int argc, char** argv, const char* program, WorkerCompute& 
     } else if (absl::StartsWith(arg, "--token_file=")) {
       token_file = std::string(arg.substr(13));
     } else {
-      std::fprintf(stderr, "%s: unknown argument '%s' (usage: %s %s)\n", program, argv[i],
-                   program, usage);
+      std::fprintf(stderr, "%s: unknown argument '%s' (usage: %s %s)\n", program, argv[i], program,
+                   usage);
       return 2;
     }
   }
@@ -446,7 +402,8 @@ int RunWorkerProcess(int argc, char** argv, const char* program, WorkerCompute& 
   if (!token_file.empty()) {
     absl::StatusOr<std::string> t = ReadTokenFile(token_file);
     if (!t.ok()) {
-      std::fprintf(stderr, "%s: --token_file: %s\n", program, std::string(t.status().message()).c_str());
+      std::fprintf(stderr, "%s: --token_file: %s\n", program,
+                   std::string(t.status().message()).c_str());
       return 2;
     }
     token = *std::move(t);

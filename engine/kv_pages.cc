@@ -1,14 +1,17 @@
 #include "engine/kv_pages.h"
 
+#include <sys/mman.h>
+
+#include <utility>
+
 #include "base/check.h"
 
 namespace moeflow {
 
-KvPagePool::KvPagePool(int64_t n_layers, int64_t row_dim, int64_t page_tokens, int64_t n_pages)
-    : n_layers_(n_layers), row_dim_(row_dim), page_tokens_(page_tokens), n_pages_(n_pages) {
-  MOEFLOW_CHECK(n_layers > 0 && row_dim > 0 && page_tokens > 0 && n_pages > 0);
+KvPagePool::KvPagePool(int64_t page_tokens, int64_t n_pages)
+    : page_tokens_(page_tokens), n_pages_(n_pages) {
+  MOEFLOW_CHECK(page_tokens > 0 && n_pages > 0);
   MOEFLOW_CHECK(n_pages < (int64_t{1} << 31));
-  data_.resize(static_cast<size_t>(n_pages * page_floats()));
   pages_.resize(static_cast<size_t>(n_pages));
   free_.reserve(static_cast<size_t>(n_pages));
   for (int64_t p = n_pages - 1; p >= 0; --p) free_.push_back(static_cast<int32_t>(p));
@@ -52,6 +55,18 @@ int32_t KvPagePool::Acquire(uint64_t hash, uint64_t parent, absl::Span<const int
   if (p.refs == 0) lru_.erase(p.lru);
   ++p.refs;
   return id;
+}
+
+void KvPagePool::ForgetPublished() {
+  for (int32_t id : lru_) free_.push_back(id);
+  lru_.clear();
+  by_hash_.clear();
+  for (Page& p : pages_) {
+    p.hashed = false;
+    p.serial = 0;
+    p.parent = 0;
+    p.tokens.clear();
+  }
 }
 
 void KvPagePool::Release(int32_t id) {
@@ -108,6 +123,33 @@ uint64_t KvPagePool::BlockHash(uint64_t previous, absl::Span<const int32_t> toke
   h *= 0x94d049bb133111ebull;
   h ^= h >> 31;
   return h;
+}
+
+KvPageMemory::KvPageMemory(int64_t n_layers, int64_t row_dim, int64_t page_tokens, int64_t n_pages)
+    : n_layers_(n_layers), row_dim_(row_dim), page_tokens_(page_tokens), n_pages_(n_pages) {
+  bytes_ = static_cast<size_t>(n_pages * page_floats()) * sizeof(float);
+  if (bytes_ == 0) return;
+  void* p = mmap(nullptr, bytes_, PROT_READ | PROT_WRITE,
+                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  MOEFLOW_CHECK(p != MAP_FAILED);
+  data_ = static_cast<float*>(p);
+}
+
+KvPageMemory::~KvPageMemory() {
+  if (data_ != nullptr) munmap(data_, bytes_);
+}
+
+KvPageMemory& KvPageMemory::operator=(KvPageMemory&& other) noexcept {
+  if (this != &other) {
+    if (data_ != nullptr) munmap(data_, bytes_);
+    n_layers_ = other.n_layers_;
+    row_dim_ = other.row_dim_;
+    page_tokens_ = other.page_tokens_;
+    n_pages_ = other.n_pages_;
+    data_ = std::exchange(other.data_, nullptr);
+    bytes_ = std::exchange(other.bytes_, 0);
+  }
+  return *this;
 }
 
 }  // namespace moeflow

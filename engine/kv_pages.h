@@ -1,12 +1,14 @@
-// A paged compressed-KV (MLA) cache shared by several sequences, with
-// block-hash prefix reuse.
+// The pages of a paged compressed-KV (MLA) cache shared by several
+// sequences, with block-hash prefix reuse: the bookkeeping (which page is
+// free, referenced, published, cached), not the memory.
 //
-// Role in the data flow: Deepseek2Engine's batched forward (ForwardBatch)
-// keeps the KV rows of every running sequence here. Memory is one block of
-// `n_pages` pages allocated at construction; a page holds `page_tokens`
-// consecutive positions of one sequence for every layer, laid out
-// [layer][position in page][row_dim] so that one layer's rows of a page are
-// contiguous. A sequence owns a page table (page ids in position order).
+// Role in the data flow: the coordinator's batch model (coordinator/
+// dataflow_batch_model.h, through kv_sequences.h) allocates the pages of
+// every running sequence here and sends their ids with each step; the
+// attention worker holds the memory (KvPageMemory below; a CUDA one on its
+// card). A page holds `page_tokens` consecutive positions of one sequence
+// for every layer. A sequence owns a page table (page ids in position
+// order).
 //
 // Pages are refcounted. A page whose block of `page_tokens` positions is full
 // can be published under the hash of its tokens chained with the hash of the
@@ -39,26 +41,20 @@
 #include <cstdint>
 #include <list>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "absl/types/span.h"
-#include "base/aligned_allocator.h"
 
 namespace moeflow {
 
 class KvPagePool {
  public:
   KvPagePool() = default;
-  KvPagePool(int64_t n_layers, int64_t row_dim, int64_t page_tokens, int64_t n_pages);
+  KvPagePool(int64_t page_tokens, int64_t n_pages);
 
-  int64_t n_layers() const { return n_layers_; }
-  int64_t row_dim() const { return row_dim_; }
   int64_t page_tokens() const { return page_tokens_; }
   int64_t n_pages() const { return n_pages_; }
-  // Floats per page (all layers) and per layer within a page.
-  int64_t page_floats() const { return n_layers_ * layer_floats(); }
-  int64_t layer_floats() const { return page_tokens_ * row_dim_; }
-  float* base() { return data_.data(); }
 
   // Pages with at least one reference.
   int64_t referenced_pages() const { return n_pages_ - free_pages() - cached_pages(); }
@@ -80,6 +76,11 @@ class KvPagePool {
   int32_t Find(uint64_t hash, uint64_t parent, absl::Span<const int32_t> tokens) const;
   // Drops one reference; see the state machine above.
   void Release(int32_t page);
+  // Forgets every page's block (the memory behind the pages was lost: the
+  // attention worker restarted): cached pages go back to the free list,
+  // referenced ones stay referenced but are no longer found, and their
+  // serials never match again.
+  void ForgetPublished();
   // Registers a full, referenced page holding block `tokens` (page_tokens
   // of them) after the prefix named by serial `parent` (0: first block)
   // under `hash`. Returns the serial that names this prefix from now on:
@@ -118,17 +119,45 @@ class KvPagePool {
     std::list<int32_t>::iterator lru;  // valid when refs == 0 && hashed
   };
 
-  int64_t n_layers_ = 0;
-  int64_t row_dim_ = 0;
   int64_t page_tokens_ = 0;
   int64_t n_pages_ = 0;
-  CacheAlignedVector<float> data_;  // cache-line aligned rows (576 floats = 36 lines)
   std::vector<Page> pages_;
   std::vector<int32_t> free_;  // a stack: the most recently freed page first
   std::list<int32_t> lru_;     // unreferenced hashed pages, least recently released first
   std::unordered_map<uint64_t, int32_t> by_hash_;
   uint64_t next_serial_ = 1;
   HashFn hash_fn_ = &BlockHash;
+};
+
+// The memory of a paged MLA cache on the CPU: `n_pages` pages, each laid out
+// [layer][position in page][row_dim] so that one layer's rows of a page are
+// contiguous. Anonymous zero memory mapped at construction: pages no
+// sequence has written take no memory (a cache sized for a long context
+// costs what is used).
+class KvPageMemory {
+ public:
+  KvPageMemory() = default;
+  KvPageMemory(int64_t n_layers, int64_t row_dim, int64_t page_tokens, int64_t n_pages);
+  ~KvPageMemory();
+  KvPageMemory(KvPageMemory&& other) noexcept { *this = std::move(other); }
+  KvPageMemory& operator=(KvPageMemory&& other) noexcept;
+  KvPageMemory(const KvPageMemory&) = delete;
+  KvPageMemory& operator=(const KvPageMemory&) = delete;
+
+  int64_t n_pages() const { return n_pages_; }
+  int64_t page_tokens() const { return page_tokens_; }
+  int64_t row_dim() const { return row_dim_; }
+  // Floats per page (all layers) and per layer within a page.
+  int64_t page_floats() const { return n_layers_ * layer_floats(); }
+  int64_t layer_floats() const { return page_tokens_ * row_dim_; }
+  // Layer `layer`'s rows of page 0; page p's are page_floats() further.
+  float* layer_base(int64_t layer) { return data_ + layer * layer_floats(); }
+  int64_t bytes() const { return static_cast<int64_t>(bytes_); }
+
+ private:
+  int64_t n_layers_ = 0, row_dim_ = 0, page_tokens_ = 0, n_pages_ = 0;
+  float* data_ = nullptr;
+  size_t bytes_ = 0;
 };
 
 }  // namespace moeflow

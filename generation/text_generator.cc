@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "base/check.h"
 #include "model/gguf.h"
+#include "sampling/token_step.h"
 
 namespace moeflow {
 namespace {
@@ -25,26 +26,28 @@ absl::StatusOr<std::unique_ptr<TextGenerator>> TextGenerator::Open(
         absl::StrCat("context_tokens ", options.context_tokens, " is negative"));
   }
   std::unique_ptr<TextGenerator> g(new TextGenerator());
+  int64_t model_context = 0;
   {
     // The tokenizer and template come from a second (mmapped, cheap) view of
-    // the file; the engine keeps its own.
+    // the file; the workers keep their own.
     MOEFLOW_ASSIGN_OR_RETURN(std::unique_ptr<GgufFile> file, GgufFile::Open(gguf_path));
     MOEFLOW_ASSIGN_OR_RETURN(g->tokenizer_, BpeTokenizer::FromGguf(*file));
     if (file->Find("tokenizer.chat_template") != nullptr) {
       MOEFLOW_ASSIGN_OR_RETURN(g->chat_template_, file->GetString("tokenizer.chat_template"));
     }
+    MOEFLOW_ASSIGN_OR_RETURN(const Deepseek2Config config, Deepseek2Config::FromGguf(*file));
+    model_context = config.context_length;
   }
-  MOEFLOW_ASSIGN_OR_RETURN(g->engine_, Deepseek2Engine::Open(gguf_path, options.engine));
-  const int64_t model_context = g->engine_->config().context_length;
   g->context_tokens_ =
       options.context_tokens == 0 ? model_context : std::min(options.context_tokens, model_context);
-  g->logits_.resize(static_cast<size_t>(g->engine_->config().vocab_size));
+  LocalTopologyOptions topology = options.topology;
+  topology.kv_tokens = g->context_tokens_;
+  topology.context_tokens = g->context_tokens_;
+  topology.max_sequences = 1;
+  MOEFLOW_ASSIGN_OR_RETURN(g->topology_, LocalTopology::Open(gguf_path, topology));
+  g->model_ = std::make_unique<DataflowBatchModel>(g->topology_.get(), g->tokenizer_.get());
+  g->logits_.resize(static_cast<size_t>(g->topology_->config().vocab_size));
   return g;
-}
-
-void TextGenerator::ResetCache() {
-  engine_->ResetCache();
-  cached_.clear();
 }
 
 absl::StatusOr<GenerationResult> TextGenerator::Generate(
@@ -60,9 +63,11 @@ absl::StatusOr<GenerationResult> TextGenerator::Generate(
         absl::StrCat("the prompt has ", n_prompt, " tokens but the context holds ", context_tokens_,
                      " (the prompt must leave at least one position free)"));
   }
-  MOEFLOW_ASSIGN_OR_RETURN(sampling::Sampler sampler, sampling::Sampler::Create(sampler_options));
   GenerationResult result;
-  sampling::StopOptions stop = stop_options;
+  sampling::TokenStepOptions step_options;
+  step_options.sampler = sampler_options;
+  step_options.stop = stop_options;
+  sampling::StopOptions& stop = step_options.stop;
   if (stop.max_tokens < 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("max_tokens: must be >= 0, got ", stop.max_tokens));
@@ -73,57 +78,65 @@ absl::StatusOr<GenerationResult> TextGenerator::Generate(
                      context_tokens_, " tokens and the prompt has ", n_prompt);
   }
   if (stop.max_tokens == 0 || stop.max_tokens > room) stop.max_tokens = room;
-  const int32_t eos = tokenizer_->eos_id();
-  if (!flags.ignore_eos && eos >= 0 &&
-      std::find(stop.stop_tokens.begin(), stop.stop_tokens.end(), eos) == stop.stop_tokens.end()) {
-    stop.stop_tokens.push_back(eos);
-  }
-  MOEFLOW_ASSIGN_OR_RETURN(sampling::StopCondition stop_condition,
-                           sampling::StopCondition::Create(stop));
-  for (int32_t t : prompt) sampler.Accept(t);
+  step_options.eos_id = tokenizer_->eos_id();
+  step_options.ignore_eos = flags.ignore_eos;
+  MOEFLOW_ASSIGN_OR_RETURN(sampling::TokenStep step,
+                           sampling::TokenStep::Create(step_options, prompt));
 
-  // Prefill: keep the cached prefix (at least one token must run to get logits).
-  int64_t reuse = 0;
-  if (flags.reuse_cache_prefix) {
-    const int64_t limit = std::min<int64_t>(static_cast<int64_t>(cached_.size()), n_prompt - 1);
-    while (reuse < limit && cached_[static_cast<size_t>(reuse)] == prompt[reuse]) ++reuse;
-  }
+  // The positions the sequence may take: the prompt and every token but the
+  // last generated one.
+  MOEFLOW_ASSIGN_OR_RETURN(
+      const server::BatchModel::Started started,
+      model_->StartSequence(prompt, n_prompt + stop.max_tokens - 1, flags.reuse_cache_prefix,
+                            /*publish=*/true));
+  const int64_t sequence = started.sequence;
   result.prompt_tokens = n_prompt;
-  result.reused_prompt_tokens = reuse;
-  cached_.resize(static_cast<size_t>(reuse));
+  result.reused_prompt_tokens = started.cached_tokens;
+  auto end = [&] { model_->EndSequence(sequence); };
   const auto prefill_start = std::chrono::steady_clock::now();
-  absl::Status forward = engine_->ForwardInto(prompt.subspan(static_cast<size_t>(reuse)), reuse,
-                                              /*last_only=*/true, absl::MakeSpan(logits_));
-  if (!forward.ok()) {
-    ResetCache();
-    return forward;
+  // Prefill in chunks of the topology's step size.
+  const int64_t chunk = topology_->limits().max_tokens;
+  int64_t pos = started.cached_tokens;
+  while (pos < n_prompt) {
+    const int64_t m = std::min(chunk, n_prompt - pos);
+    const server::BatchModel::Entry entry{
+        sequence, prompt.subspan(static_cast<size_t>(pos), static_cast<size_t>(m)), pos};
+    if (absl::Status s = model_->Forward(absl::MakeConstSpan(&entry, 1), absl::MakeSpan(logits_));
+        !s.ok()) {
+      end();
+      return s;
+    }
+    pos += m;
   }
-  cached_.assign(prompt.begin(), prompt.end());
   result.prefill_s = SecondsSince(prefill_start);
 
   const auto decode_start = std::chrono::steady_clock::now();
+  auto token_bytes = [this](int32_t t) { return tokenizer_->TokenBytes(t); };
   while (true) {
-    MOEFLOW_ASSIGN_OR_RETURN(const int32_t token, sampler.Sample(logits_));
-    sampler.Accept(token);
-    result.tokens.push_back(token);
-    sampling::StopStep step = stop_condition.Append(token, tokenizer_->TokenBytes(token));
-    if (!step.text.empty()) {
-      result.text += step.text;
-      if (on_text) on_text(step.text);
+    absl::StatusOr<sampling::TokenStepResult> next = step.Next(logits_, token_bytes);
+    if (!next.ok()) {
+      end();
+      return next.status();
     }
-    if (step.finished()) {
-      result.finish_reason = step.finish_reason;
+    result.tokens.push_back(next->token);
+    if (!next->text.empty()) {
+      result.text += next->text;
+      if (on_text) on_text(next->text);
+    }
+    if (next->finished()) {
+      result.finish_reason = next->finish_reason;
       break;
     }
-    const int64_t pos = static_cast<int64_t>(cached_.size());
-    forward = engine_->ForwardInto(absl::MakeConstSpan(&token, 1), pos, /*last_only=*/true,
-                                   absl::MakeSpan(logits_));
-    if (!forward.ok()) {
-      ResetCache();
-      return forward;
+    const int32_t token = next->token;
+    const server::BatchModel::Entry entry{sequence, absl::MakeConstSpan(&token, 1), pos};
+    if (absl::Status s = model_->Forward(absl::MakeConstSpan(&entry, 1), absl::MakeSpan(logits_));
+        !s.ok()) {
+      end();
+      return s;
     }
-    cached_.push_back(token);
+    ++pos;
   }
+  end();
   result.decode_s = SecondsSince(decode_start);
   result.completion_tokens = static_cast<int64_t>(result.tokens.size());
   return result;
@@ -134,10 +147,7 @@ ChatSession::ChatSession(TextGenerator* generator, ChatSessionOptions options)
   MOEFLOW_CHECK(generator_ != nullptr);
 }
 
-void ChatSession::Reset() {
-  messages_.clear();
-  generator_->ResetCache();
-}
+void ChatSession::Reset() { messages_.clear(); }
 
 absl::StatusOr<std::vector<int32_t>> ChatSession::RenderPrompt(absl::string_view user_text,
                                                                bool* opens_think) {

@@ -1,22 +1,26 @@
-// Text generation on one Deepseek2Engine: prompt tokens in, sampled text out,
-// streamed as it becomes safe to show.
+// Text generation on the single-process topology: prompt tokens in, sampled
+// text out, streamed as it becomes safe to show.
 //
-// Role in the data flow: `moeflow generate` and `moeflow chat` (and later the
-// server) open one TextGenerator per model file. It owns the engine (weights,
-// KV cache, thread pool), the tokenizer read from the same GGUF and the
-// file's chat template text. Generate() runs
+// Role in the data flow: `moeflow generate` and `moeflow chat` open one
+// TextGenerator per model file. It owns the engine — the dataflow over an
+// in-process topology (coordinator/local_topology.h) and its batch model
+// (coordinator/dataflow_batch_model.h: the paged KV cache with block-hash
+// prefix reuse), the same engine `moeflow serve` and `moeflow launch` run —
+// the tokenizer read from the same GGUF and the file's chat template text.
+// Generate() runs one sequence:
 //
-//   prefill(prompt[reused..]) ─► Sample ─► StopCondition.Append ─► on_text
-//                                  ▲                                  │
-//                                  └── ForwardInto({token}, pos) ◄────┘
+//   prefill(prompt[reused..]) ─► TokenStep (sample, stop) ─► on_text
+//                                  ▲                            │
+//                                  └── Forward({token}, pos) ◄──┘
 //
 // until a stop token (the tokenizer's EOS unless ignore_eos), a stop string,
-// max_tokens or the end of the context. Pieces reach `on_text` only when the
-// StopCondition releases them: whole UTF-8 characters, never a part of a stop
-// string. ChatSession keeps a conversation and renders it through the chat
-// template each turn; the KV cache of the token prefix the new prompt shares
-// with what the cache holds is reused (prefill starts at that position), so a
-// turn costs only its new tokens.
+// max_tokens or the end of the context (sampling/token_step.h, the step
+// every caller shares). Pieces reach `on_text` only when the StopCondition
+// releases them: whole UTF-8 characters, never a part of a stop string.
+// ChatSession keeps a conversation and renders it through the chat template
+// each turn; the whole 16-token blocks the new prompt shares with what was
+// computed before are reused from the KV cache, so a turn costs about only
+// its new tokens.
 //
 // Thread-safety: none; a TextGenerator (and its ChatSessions) belong to one
 // thread. Failure: Open returns the engine's and tokenizer's errors (naming
@@ -38,7 +42,8 @@
 #include "absl/types/span.h"
 #include "chat/chat_message.h"
 #include "chat/chat_template.h"
-#include "engine/engine.h"
+#include "coordinator/dataflow_batch_model.h"
+#include "coordinator/local_topology.h"
 #include "sampling/sampler.h"
 #include "sampling/stop_condition.h"
 #include "tokenizer/bpe_tokenizer.h"
@@ -46,17 +51,19 @@
 namespace moeflow {
 
 struct TextGeneratorOptions {
-  // Threads, active experts, load progress, ... of the engine.
-  Deepseek2EngineOptions engine;
+  // Threads, active experts, load progress, ... of the topology; its
+  // kv_tokens and context_tokens are set from context_tokens below.
+  LocalTopologyOptions topology;
   // Most positions (prompt + generated) a sequence may use; 0 = the model's
-  // context_length. Never more than context_length.
+  // context_length. Never more than context_length. (The KV memory is
+  // mapped for it and takes memory as positions are used.)
   int64_t context_tokens = 0;
 };
 
 struct GenerateFlags {
-  // Keep the KV cache of the longest prefix the prompt shares with the tokens
-  // already cached (from the previous Generate) and prefill only the rest;
-  // false: start from an empty cache.
+  // Reuse the whole KV blocks the prompt starts with that were computed
+  // before (a previous Generate) and prefill only the rest; false: compute
+  // the whole prompt.
   bool reuse_cache_prefix = false;
   // Do not stop on the tokenizer's EOS (only on StopOptions).
   bool ignore_eos = false;
@@ -99,21 +106,20 @@ class TextGenerator {
   const BpeTokenizer& tokenizer() const { return *tokenizer_; }
   // The file's tokenizer.chat_template ("" when it has none).
   const std::string& chat_template() const { return chat_template_; }
-  const Deepseek2Config& config() const { return engine_->config(); }
-  Deepseek2Engine& engine() { return *engine_; }
+  const Deepseek2Config& config() const { return topology_->config(); }
   int64_t context_tokens() const { return context_tokens_; }
-  // Tokens whose keys/values the engine's cache holds, in order.
-  const std::vector<int32_t>& cached_tokens() const { return cached_; }
-  void ResetCache();
+  // The engine: the topology and its batch model.
+  LocalTopology& topology() { return *topology_; }
+  DataflowBatchModel& model() { return *model_; }
 
  private:
   TextGenerator() = default;
 
-  std::unique_ptr<Deepseek2Engine> engine_;
   std::unique_ptr<BpeTokenizer> tokenizer_;
+  std::unique_ptr<LocalTopology> topology_;
+  std::unique_ptr<DataflowBatchModel> model_;
   std::string chat_template_;
   int64_t context_tokens_ = 0;
-  std::vector<int32_t> cached_;
   std::vector<float> logits_;
 };
 
@@ -144,7 +150,7 @@ class ChatSession {
                                 const sampling::StopOptions& stop,
                                 const std::function<void(absl::string_view piece)>& on_text);
 
-  // Forgets the conversation (the system prompt stays) and the KV cache.
+  // Forgets the conversation (the system prompt stays).
   void Reset();
 
   // Non-empty when the template fell back: which one and why (from RenderChat).

@@ -14,10 +14,9 @@
 
 #include <memory>
 #include <utility>
-#include <vector>
 
 #include "base/check.h"
-#include "dataflow/worker_process.h"
+#include "dataflow/worker_compute.h"
 
 namespace moeflow {
 
@@ -37,7 +36,7 @@ class GpuWorkerBackendSelector final : public dataflow::WorkerCompute {
     return active_->Load(progress);
   }
   size_t MaxRequestBytes() const override { return active_->MaxRequestBytes(); }
-  std::vector<size_t> ReplyPartBytes() const override { return active_->ReplyPartBytes(); }
+  size_t MaxReplyBytes() const override { return active_->MaxReplyBytes(); }
   absl::Status Handle(const dataflow::RequestHeader& header, absl::Span<const uint8_t> payload,
                       dataflow::ReplyWriter& reply, proto::LayerStats& stats) override {
     return active_->Handle(header, payload, reply, stats);

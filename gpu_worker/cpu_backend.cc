@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "base/check.h"
+#include "engine/engine_profile.h"
 #include "kernels/cpu/matmul.h"
 #include "kernels/cpu/quants.h"
 #include "model/deepseek2/reference.h"
@@ -16,6 +17,7 @@ namespace moeflow {
 
 using dataflow::DataflowOp;
 using dataflow::RequestHeader;
+using dataflow::WireWriter;
 
 absl::Status CpuGpuWorkerBackend::Configure(const proto::ConfigureRequest& request) {
   if (request.role() != proto::WORKER_ROLE_GPU) {
@@ -31,8 +33,10 @@ absl::Status CpuGpuWorkerBackend::Configure(const proto::ConfigureRequest& reque
         absl::StrCat("backend: '", request.backend(), "' is not one of cpu, cuda"));
   }
   if (request.model_path().empty()) return absl::InvalidArgumentError("model_path: empty");
-  if (request.kv_cache_tokens() < 0) {
-    return absl::InvalidArgumentError("kv_cache_tokens: must be >= 0");
+  if (request.kv_cache_tokens() < 0 || request.context_tokens() < 0 ||
+      request.max_sequences() < 0 || request.kv_page_tokens() < 0) {
+    return absl::InvalidArgumentError(
+        "kv_cache_tokens, context_tokens, max_sequences, kv_page_tokens: must be >= 0");
   }
   config_request_ = request;
   return absl::OkStatus();
@@ -51,35 +55,41 @@ absl::Status CpuGpuWorkerBackend::Load(
                            file_->GetFloatOr("deepseek2.rope.scaling.attn_factor", 1.0));
   rope_ = Deepseek2RopeParams::FromConfig(config_, static_cast<float>(rope_attn_factor));
   int threads = config_request_.compute_threads();
-  if (threads <= 0) threads = std::max(1u, std::thread::hardware_concurrency());
-  PinReport pin;
-  pool_ = MakeCpuPool(threads, &pin);
-  caller_cpu_ = pin.caller_cpu;
-  pool_->SetYieldBeforeSleep(dataflow::DataflowYieldMicros());
-  std::fprintf(stderr, "gpu_worker (cpu backend): %s\n", pin.message.c_str());
-  // As the single-process engine holds and repacks them (the routed experts
-  // are the expert workers'), so that the logits stay bit-identical.
-  std::string weight_memory;
+  if (shared_pool_ != nullptr) {
+    pool_ = shared_pool_;
+    threads = shared_pool_->size();
+  } else {
+    if (threads <= 0) threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+    PinReport pin;
+    own_pool_ = MakeCpuPool(threads, &pin);
+    caller_cpu_ = pin.caller_cpu;
+    own_pool_->SetYieldBeforeSleep(dataflow::DataflowYieldMicros());
+    std::fprintf(stderr, "gpu_worker (cpu backend): %s\n", pin.message.c_str());
+    pool_ = own_pool_.get();
+  }
+  // As every CPU process that runs these matrices holds and repacks them
+  // (the routed experts are the expert workers'), so that the logits stay
+  // bit-identical.
   MOEFLOW_ASSIGN_OR_RETURN(const int64_t copied,
                            MoveWeightsToOwnMemory(*file_, /*routed_experts=*/false, weights_,
-                                                  &resident_, pool_.get(), &weight_memory));
+                                                  &resident_, pool_, &weight_memory_));
   RepackLayerWeights(SelectedIsa(), /*in_place=*/copied > 0, file_.get(), weights_.layers,
                      &repacked_);
-  std::fprintf(stderr, "gpu_worker (cpu backend): %s\n", weight_memory.c_str());
-  kv_tokens_ = config_request_.kv_cache_tokens() > 0
-                   ? std::min<int64_t>(config_request_.kv_cache_tokens(), config_.context_length)
-                   : config_.context_length;
-  max_batch_ = std::min<int64_t>(config_request_.max_batch_tokens(), kv_tokens_);
-  scratch_.Reserve(config_, config_.n_experts_used, threads, max_batch_, kv_tokens_);
-  cache_ = MlaKvCache(config_.n_layers, config_.kv_lora_rank + config_.qk_rope_dim);
-  for (MlaLayerCache& l : cache_.layers) l.rows.reserve(static_cast<size_t>(kv_tokens_ * l.row_dim));
-  ctx_ = EngineContext{&config_, &rope_, SelectedIsa(), pool_.get(), &scratch_};
-  x_norm_.resize(static_cast<size_t>(max_batch_ * config_.hidden));
-  ffn_out_.resize(static_cast<size_t>(max_batch_ * config_.hidden));
+  if (shared_pool_ == nullptr) {
+    std::fprintf(stderr, "gpu_worker (cpu backend): %s\n", weight_memory_.c_str());
+  }
+  limits_ = LimitsFromConfigure(config_request_, config_);
+  const int64_t row_dim = config_.kv_lora_rank + config_.qk_rope_dim;
+  kv_ = KvPageMemory(config_.n_layers, row_dim, limits_.page_tokens, limits_.n_pages);
+  step_.emplace(config_, limits_);
+  const int64_t n = limits_.max_tokens, h = config_.hidden;
+  scratch_.Reserve(config_, config_.n_experts_used, threads, n, limits_.max_positions);
+  ctx_ = EngineContext{&config_, &rope_, SelectedIsa(), pool_, &scratch_};
+  for (std::vector<float>* v : {&x_, &ffn_inp_, &x_norm_, &ffn_out_, &shared_, &last_rows_}) {
+    v->assign(static_cast<size_t>(n * h), 0.f);
+  }
   const ModelBytes bytes = CountModelBytes(file_->tensors());
-  shard_bytes_ = static_cast<int64_t>(bytes.non_expert()) +
-                 static_cast<int64_t>(cache_.layers.size()) * kv_tokens_ *
-                     cache_.layers[0].row_dim * static_cast<int64_t>(sizeof(float));
+  shard_bytes_ = static_cast<int64_t>(bytes.non_expert()) + kv_.bytes();
   p.set_phase(proto::LOAD_PHASE_READING);
   p.set_bytes_done(static_cast<int64_t>(bytes.non_expert()));
   p.set_bytes_total(static_cast<int64_t>(bytes.non_expert()));
@@ -88,105 +98,143 @@ absl::Status CpuGpuWorkerBackend::Load(
 }
 
 size_t CpuGpuWorkerBackend::MaxRequestBytes() const {
-  return static_cast<size_t>(max_batch_ * config_.hidden) * sizeof(float);
+  return dataflow::MaxLayerRequestBytes(limits_.max_tokens, limits_.max_segments,
+                                        MaxStepPages(limits_), config_.hidden);
 }
 
-std::vector<size_t> CpuGpuWorkerBackend::ReplyPartBytes() const {
-  const size_t n = static_cast<size_t>(max_batch_);
-  const size_t h = static_cast<size_t>(config_.hidden);
-  const size_t k = static_cast<size_t>(config_.n_experts_used);
-  const size_t part0 =
-      std::max(n * static_cast<size_t>(config_.vocab_size), n * (2 * h + 2 * k)) * sizeof(float);
-  return {part0, n * h * sizeof(float)};
+size_t CpuGpuWorkerBackend::MaxReplyBytes() const {
+  const int64_t n = limits_.max_tokens;
+  return std::max(dataflow::RouterReplyBytes(n, config_.hidden, config_.n_experts_used),
+                  dataflow::SectionBytes<float>(static_cast<size_t>(n * config_.vocab_size)));
 }
 
 absl::Status CpuGpuWorkerBackend::Handle(const RequestHeader& header,
                                          absl::Span<const uint8_t> payload,
                                          dataflow::ReplyWriter& reply, proto::LayerStats& stats) {
-  const int64_t n = header.n_tokens;
-  const int64_t h = config_.hidden;
-  if (n < 1 || n > max_batch_) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("n_tokens ", n, " is outside [1, max_batch_tokens = ", max_batch_, "]"));
-  }
-  stats.set_rows_computed(n);
-  const size_t x_bytes = static_cast<size_t>(n * h) * sizeof(float);
+  stats.set_rows_computed(header.n_tokens);
+  absl::Status s;
   switch (static_cast<DataflowOp>(header.op)) {
-    case DataflowOp::kEmbed: {
-      if (payload.size() != static_cast<size_t>(n) * sizeof(int32_t)) {
-        return absl::InvalidArgumentError("kEmbed: payload is not n_tokens int32 ids");
-      }
-      float* x = reinterpret_cast<float*>(reply.Payload(0));
-      const MatmulWeight& embd = weights_.token_embd;
-      for (int64_t t = 0; t < n; ++t) {
-        int32_t token = 0;  // the payload need not be 4-byte aligned
-        std::memcpy(&token, payload.data() + t * sizeof(int32_t), sizeof(token));
-        if (token < 0 || token >= config_.vocab_size) {
-          return absl::InvalidArgumentError(absl::StrCat("token id ", token, " at index ", t,
-                                                         " is out of range [0, ",
-                                                         config_.vocab_size, ")"));
-        }
-        MOEFLOW_RETURN_IF_ERROR(Dequantize(embd.type, embd.row(token), x + t * h, h));
-      }
-      return reply.Send(0, x_bytes);
-    }
-    case DataflowOp::kLayer: {
-      const int64_t il = header.layer;
-      if (il < 0 || il >= config_.n_layers) {
-        return absl::InvalidArgumentError(absl::StrCat("layer ", il, " is outside [0, ",
-                                                       config_.n_layers, ")"));
-      }
-      if (payload.size() != x_bytes) return absl::InvalidArgumentError("kLayer: payload size");
-      MlaLayerCache& cache = cache_.layers[static_cast<size_t>(il)];
-      if (header.start_pos < 0 || header.start_pos > cache.n_tokens() ||
-          header.start_pos + n > kv_tokens_) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("layer ", il, ": start_pos ", header.start_pos, " with ", n,
-                         " tokens does not fit the cache (", cache.n_tokens(), " cached, ",
-                         kv_tokens_, " capacity)"));
-      }
-      const int64_t k = header.k;
-      if (config_.is_moe_layer(il) && (k < 1 || k > config_.n_experts_used)) {
-        return absl::InvalidArgumentError(absl::StrCat("k ", k, " is outside [1, ",
-                                                       config_.n_experts_used, "]"));
-      }
-      const float* x = reinterpret_cast<const float*>(payload.data());
-      const EngineLayerWeights& lw = weights_.layers[static_cast<size_t>(il)];
-      float* out = reinterpret_cast<float*>(reply.Payload(0));
-      float* ffn_inp = out;
-      EngineAttentionBlock(ctx_, lw).Forward(x, n, header.start_pos, cache, ffn_inp);
-      float* x_norm = config_.is_moe_layer(il) ? out + n * h : x_norm_.data();
-      for (int64_t t = 0; t < n; ++t) {
-        RmsNorm(ffn_inp + t * h, lw.ffn_norm.data(), h, config_.rms_eps, x_norm + t * h);
-      }
-      if (!config_.is_moe_layer(il)) {
-        EngineSwigluFfn(ctx_, lw.ffn_gate, lw.ffn_up, lw.ffn_down).Forward(x_norm, n,
-                                                                           ffn_out_.data());
-        // In place: Combine reads each element of ffn_inp before writing it.
-        Combine(ffn_inp, ffn_out_.data(), nullptr, n, h, out);
-        return reply.Send(0, x_bytes);
-      }
-      int32_t* ids = reinterpret_cast<int32_t*>(out + 2 * n * h);
-      float* weights = reinterpret_cast<float*>(ids + n * k);
-      EngineRouter(ctx_, lw, k).Route(x_norm, n, ids, weights);
-      MOEFLOW_RETURN_IF_ERROR(reply.Send(0, (2 * n * h + 2 * n * k) * sizeof(float)));
-      if (config_.n_shared_experts > 0) {
-        float* shared = reinterpret_cast<float*>(reply.Payload(1));
-        EngineSwigluFfn(ctx_, lw.ffn_gate_shexp, lw.ffn_up_shexp, lw.ffn_down_shexp)
-            .Forward(x_norm, n, shared);
-        MOEFLOW_RETURN_IF_ERROR(reply.Send(1, x_bytes));
-      }
-      return absl::OkStatus();
-    }
-    case DataflowOp::kOutput: {
-      if (payload.size() != x_bytes) return absl::InvalidArgumentError("kOutput: payload size");
-      float* logits = reinterpret_cast<float*>(reply.Payload(0));
-      EngineOutputHead(ctx_, weights_, reinterpret_cast<const float*>(payload.data()), n, logits);
-      return reply.Send(0, static_cast<size_t>(n * config_.vocab_size) * sizeof(float));
-    }
+    case DataflowOp::kLayer:
+      s = HandleLayer(header, payload, reply);
+      break;
+    case DataflowOp::kOutput:
+      s = HandleOutput(header, payload, reply);
+      break;
     default:
-      return absl::InvalidArgumentError(absl::StrCat("gpu_worker: unknown op ", header.op));
+      s = absl::InvalidArgumentError(absl::StrCat("gpu_worker: unknown op ", header.op));
   }
+  if (!s.ok()) step_->End();  // the coordinator fails the step; the next one starts over
+  return s;
+}
+
+absl::Status CpuGpuWorkerBackend::StartStep() {
+  const int64_t h = config_.hidden;
+  const MatmulWeight& embd = weights_.token_embd;
+  const absl::Span<const int32_t> tokens = step_->tokens();
+  for (size_t t = 0; t < tokens.size(); ++t) {
+    MOEFLOW_RETURN_IF_ERROR(
+        Dequantize(embd.type, embd.row(tokens[t]), x_.data() + static_cast<int64_t>(t) * h, h));
+  }
+  segments_.clear();
+  for (const AttentionStep::Segment& s : step_->segments()) {
+    AttentionSegment seg;
+    seg.first = s.first;
+    seg.n = s.n;
+    seg.start_pos = s.start_pos;
+    seg.kv = MlaKvView{kv_.layer_base(0), step_->pages(s).data(), kv_.page_tokens(),
+                       kv_.page_floats(), kv_.row_dim()};
+    segments_.push_back(seg);
+  }
+  return absl::OkStatus();
+}
+
+void CpuGpuWorkerBackend::AddRoutedSums(absl::Span<const float> routed) {
+  const int64_t n = step_->n_tokens();
+  // In place: Combine reads each element of ffn_inp before writing x.
+  Combine(ffn_inp_.data(), routed.data(), config_.n_shared_experts > 0 ? shared_.data() : nullptr,
+          n, config_.hidden, x_.data());
+}
+
+absl::Status CpuGpuWorkerBackend::HandleLayer(const RequestHeader& header,
+                                              absl::Span<const uint8_t> payload,
+                                              dataflow::ReplyWriter& reply) {
+  MOEFLOW_ASSIGN_OR_RETURN(const dataflow::LayerRequest request,
+                           dataflow::ParseLayerRequest(header, payload, config_.hidden));
+  MOEFLOW_RETURN_IF_ERROR(step_->BeginLayer(header, request));
+  if ((header.flags & dataflow::kStepStart) != 0) MOEFLOW_RETURN_IF_ERROR(StartStep());
+  if (!request.routed_sums.empty()) AddRoutedSums(request.routed_sums);
+  const int64_t il = header.layer, n = step_->n_tokens(), h = config_.hidden;
+  const EngineLayerWeights& lw = weights_.layers[static_cast<size_t>(il)];
+  for (AttentionSegment& seg : segments_) seg.kv.base = kv_.layer_base(il);
+  {
+    const EnginePhaseTimer timer(EnginePhase::kAttention, n);
+    EngineAttentionBlock(ctx_, lw).ForwardSegments(x_.data(), n, segments_, ffn_inp_.data());
+  }
+  const bool moe = config_.is_moe_layer(il);
+  float* x_norm = x_norm_.data();
+  WireWriter out(absl::MakeSpan(reply.Payload(), MaxReplyBytes()));
+  const int64_t k = header.k;
+  if (moe) x_norm = out.Add<float>(static_cast<size_t>(n * h));  // the routed rows, in place
+  for (int64_t t = 0; t < n; ++t) {
+    RmsNorm(ffn_inp_.data() + t * h, lw.ffn_norm.data(), h, config_.rms_eps, x_norm + t * h);
+  }
+  if (!moe) {
+    {
+      const EnginePhaseTimer timer(EnginePhase::kDenseFfn, n);
+      EngineSwigluFfn(ctx_, lw.ffn_gate, lw.ffn_up, lw.ffn_down)
+          .Forward(x_norm, n, ffn_out_.data());
+    }
+    Combine(ffn_inp_.data(), ffn_out_.data(), nullptr, n, h, x_.data());
+    step_->FinishLayer();
+    return reply.Send(0);
+  }
+  int32_t* ids = out.Add<int32_t>(static_cast<size_t>(n * k));
+  float* weights = out.Add<float>(static_cast<size_t>(n * k));
+  {
+    const EnginePhaseTimer timer(EnginePhase::kRouter, n);
+    EngineRouter(ctx_, lw, k).Route(x_norm, n, ids, weights);
+  }
+  step_->FinishLayer();
+  // The expert workers start on these rows while the shared experts run here.
+  MOEFLOW_RETURN_IF_ERROR(reply.Send(out.size()));
+  if (config_.n_shared_experts > 0) {
+    const EnginePhaseTimer timer(EnginePhase::kSharedExperts, n);
+    EngineSwigluFfn(ctx_, lw.ffn_gate_shexp, lw.ffn_up_shexp, lw.ffn_down_shexp)
+        .Forward(x_norm, n, shared_.data());
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CpuGpuWorkerBackend::HandleOutput(const RequestHeader& header,
+                                               absl::Span<const uint8_t> payload,
+                                               dataflow::ReplyWriter& reply) {
+  MOEFLOW_ASSIGN_OR_RETURN(const absl::Span<const float> routed,
+                           dataflow::ParseOutputRequest(header, payload, config_.hidden));
+  MOEFLOW_RETURN_IF_ERROR(step_->BeginOutput(header, routed));
+  if (!routed.empty()) AddRoutedSums(routed);
+  const int64_t h = config_.hidden;
+  const std::vector<int64_t> rows = step_->OutputRows((header.flags & dataflow::kAllLogits) != 0);
+  const int64_t n_rows = static_cast<int64_t>(rows.size());
+  if (header.n_rows != n_rows) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("kOutput: n_rows ", header.n_rows, ", the step ", "gives ", n_rows));
+  }
+  const float* x = x_.data();
+  if (n_rows != step_->n_tokens()) {
+    for (int64_t r = 0; r < n_rows; ++r) {
+      std::copy(x_.data() + rows[static_cast<size_t>(r)] * h,
+                x_.data() + (rows[static_cast<size_t>(r)] + 1) * h, last_rows_.data() + r * h);
+    }
+    x = last_rows_.data();
+  }
+  WireWriter out(absl::MakeSpan(reply.Payload(), MaxReplyBytes()));
+  float* logits = out.Add<float>(static_cast<size_t>(n_rows * config_.vocab_size));
+  {
+    const EnginePhaseTimer timer(EnginePhase::kOutputHead, n_rows);
+    EngineOutputHead(ctx_, weights_, x, n_rows, logits);
+  }
+  step_->End();
+  return reply.Send(out.size());
 }
 
 }  // namespace moeflow

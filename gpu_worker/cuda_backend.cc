@@ -98,15 +98,18 @@ struct CudaGpuWorkerBackend::State {
   std::vector<GpuLayer> layers;
   GpuF32 output_norm;
   GpuLinear output;
-  // The paged cache: one pool per layer, pages 0..n_pages-1 in order (one
-  // sequence: the page table is the identity).
-  int64_t n_pages = 0;
+  // The paged cache: one pool per layer of the coordinator's n_pages pages;
+  // the step's page tables (every segment's, concatenated) index it.
   std::vector<DeviceArray<uint16_t>> cache;
-  std::vector<int64_t> cached_tokens;
   DeviceArray<int32_t> page_table;
-  // Step buffers, sized for max_batch tokens.
+  // Step buffers, sized for max_batch tokens. x is the step's residual
+  // stream, shared the pending MoE layer's shared experts, routed its
+  // routed sums.
   DeviceArray<float> x, xn, q_a, q, kv_a, rows, q_abs, ctx, heads_out, attn, ffn_inp, x_norm, gate,
-      up, act, ffn_out, router_logits, weights, logits;
+      up, act, ffn_out, shared, routed, router_logits, weights, logits;
+  // Host staging of the step start.
+  std::vector<float> embedded;
+  std::vector<int32_t> positions_host, slots_host;
   DeviceArray<uint16_t> x_bf16;
   DeviceArray<int32_t> positions, slots, ids;
 
@@ -219,11 +222,8 @@ absl::Status CudaGpuWorkerBackend::Load(
   MOEFLOW_ASSIGN_OR_RETURN(double rope_attn_factor,
                            file_->GetFloatOr("deepseek2.rope.scaling.attn_factor", 1.0));
   rope_ = Deepseek2RopeParams::FromConfig(c, static_cast<float>(rope_attn_factor));
-  kv_tokens_ = config_request_.kv_cache_tokens() > 0
-                   ? std::min<int64_t>(config_request_.kv_cache_tokens(), c.context_length)
-                   : c.context_length;
-  max_batch_ =
-      std::max<int64_t>(1, std::min<int64_t>(config_request_.max_batch_tokens(), kv_tokens_));
+  limits_ = LimitsFromConfigure(config_request_, c);
+  step_ = std::make_unique<AttentionStep>(c, limits_);
 
   auto s = std::make_unique<State>();
   MOEFLOW_RETURN_IF_ERROR(CudaStatus(cudaStreamCreate(&s->stream), "cudaStreamCreate"));
@@ -296,20 +296,17 @@ absl::Status CudaGpuWorkerBackend::Load(
       file_->FindTensor("output.weight") != nullptr ? "output.weight" : "token_embd.weight";
   MOEFLOW_RETURN_IF_ERROR(LoadLinear(*file_, output_name, {h, c.vocab_size}, &s->output, &bytes));
 
-  // The cache: pages of kGpuKvPageTokens positions.
-  s->n_pages = (kv_tokens_ + kGpuKvPageTokens - 1) / kGpuKvPageTokens;
+  // The cache: the coordinator's pages of limits_.page_tokens positions.
   s->cache.resize(static_cast<size_t>(c.n_layers));
-  s->cached_tokens.assign(static_cast<size_t>(c.n_layers), 0);
   for (auto& pool : s->cache) {
     MOEFLOW_RETURN_IF_ERROR(
-        pool.Allocate(static_cast<size_t>(s->n_pages * kGpuKvPageTokens * row_dim)));
+        pool.Allocate(static_cast<size_t>(limits_.n_pages * limits_.page_tokens * row_dim)));
     bytes += static_cast<int64_t>(pool.size() * 2);
   }
-  std::vector<int32_t> identity(static_cast<size_t>(s->n_pages));
-  for (size_t i = 0; i < identity.size(); ++i) identity[i] = static_cast<int32_t>(i);
-  MOEFLOW_RETURN_IF_ERROR(s->page_table.Upload(identity.data(), identity.size()));
+  MOEFLOW_RETURN_IF_ERROR(
+      s->page_table.Allocate(static_cast<size_t>(std::max<int64_t>(1, MaxStepPages(limits_)))));
 
-  const int64_t m = max_batch_;
+  const int64_t m = limits_.max_tokens;
   const int64_t ff_max =
       std::max(c.n_dense_layers > 0 ? c.dense_ff : 0, c.expert_ff * c.n_shared_experts);
   // Widest activation a BF16 projection converts (the head-batched ones read
@@ -333,6 +330,8 @@ absl::Status CudaGpuWorkerBackend::Load(
            {&s->up, m * std::max<int64_t>(1, ff_max)},
            {&s->act, m * std::max<int64_t>(1, ff_max)},
            {&s->ffn_out, m * h},
+           {&s->shared, m * h},
+           {&s->routed, m * h},
            {&s->router_logits, m * std::max<int64_t>(1, c.n_experts)},
            {&s->weights, m * std::max<int64_t>(1, c.n_experts_used)},
            {&s->logits, m * c.vocab_size}}) {
@@ -340,6 +339,7 @@ absl::Status CudaGpuWorkerBackend::Load(
     bytes += n * 4;
   }
   MOEFLOW_RETURN_IF_ERROR(s->x_bf16.Allocate(static_cast<size_t>(m * widest_in)));
+  s->embedded.resize(static_cast<size_t>(m * h));
   MOEFLOW_RETURN_IF_ERROR(s->positions.Allocate(static_cast<size_t>(m)));
   MOEFLOW_RETURN_IF_ERROR(s->slots.Allocate(static_cast<size_t>(m)));
   MOEFLOW_RETURN_IF_ERROR(
@@ -353,16 +353,14 @@ absl::Status CudaGpuWorkerBackend::Load(
 }
 
 size_t CudaGpuWorkerBackend::MaxRequestBytes() const {
-  return static_cast<size_t>(max_batch_ * config_.hidden) * sizeof(float);
+  return dataflow::MaxLayerRequestBytes(limits_.max_tokens, limits_.max_segments,
+                                        MaxStepPages(limits_), config_.hidden);
 }
 
-std::vector<size_t> CudaGpuWorkerBackend::ReplyPartBytes() const {
-  const size_t n = static_cast<size_t>(max_batch_);
-  const size_t h = static_cast<size_t>(config_.hidden);
-  const size_t k = static_cast<size_t>(config_.n_experts_used);
-  const size_t part0 =
-      std::max(n * static_cast<size_t>(config_.vocab_size), n * (2 * h + 2 * k)) * sizeof(float);
-  return {part0, n * h * sizeof(float)};
+size_t CudaGpuWorkerBackend::MaxReplyBytes() const {
+  const int64_t n = limits_.max_tokens;
+  return std::max(dataflow::RouterReplyBytes(n, config_.hidden, config_.n_experts_used),
+                  dataflow::SectionBytes<float>(static_cast<size_t>(n * config_.vocab_size)));
 }
 
 namespace {
@@ -419,16 +417,74 @@ absl::Status Download(void* host, const void* device, size_t bytes, cudaStream_t
 absl::Status CudaGpuWorkerBackend::Handle(const RequestHeader& header,
                                           absl::Span<const uint8_t> payload,
                                           dataflow::ReplyWriter& reply, proto::LayerStats& stats) {
+  stats.set_rows_computed(header.n_tokens);
+  absl::Status s;
+  switch (static_cast<DataflowOp>(header.op)) {
+    case DataflowOp::kLayer:
+      s = HandleLayer(header, payload, reply);
+      break;
+    case DataflowOp::kOutput:
+      s = HandleOutput(header, payload, reply);
+      break;
+    default:
+      s = absl::InvalidArgumentError(absl::StrCat("gpu_worker: unknown op ", header.op));
+  }
+  if (!s.ok()) step_->End();
+  return s;
+}
+
+absl::Status CudaGpuWorkerBackend::StartStep() {
   const Deepseek2Config& c = config_;
   State& s = *state_;
-  const int64_t n = header.n_tokens;
-  const int64_t h = c.hidden;
-  if (n < 1 || n > max_batch_) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("n_tokens ", n, " is outside [1, max_batch_tokens = ", max_batch_, "]"));
+  const int64_t h = c.hidden, n = step_->n_tokens();
+  const GgufTensorInfo* embd = file_->FindTensor("token_embd.weight");
+  if (embd == nullptr) return absl::InvalidArgumentError("no tensor token_embd.weight");
+  const int64_t row_bytes =
+      static_cast<int64_t>(embd->n_bytes / static_cast<uint64_t>(c.vocab_size));
+  const absl::Span<const int32_t> tokens = step_->tokens();
+  for (int64_t t = 0; t < n; ++t) {
+    MOEFLOW_RETURN_IF_ERROR(Dequantize(embd->type, file_->TensorData(*embd) + tokens[t] * row_bytes,
+                                       s.embedded.data() + t * h, h));
   }
-  stats.set_rows_computed(n);
-  const size_t x_bytes = static_cast<size_t>(n * h) * sizeof(float);
+  step_->PositionsAndSlots(&s.positions_host, &s.slots_host);
+  const absl::Span<const int32_t> pages = step_->pages();
+  auto upload = [&](void* device, const void* host, size_t bytes, const char* what) {
+    return CudaStatus(cudaMemcpyAsync(device, host, bytes, cudaMemcpyHostToDevice, s.stream), what);
+  };
+  MOEFLOW_RETURN_IF_ERROR(upload(s.x.get(), s.embedded.data(), n * h * 4, "cudaMemcpyAsync (x)"));
+  MOEFLOW_RETURN_IF_ERROR(
+      upload(s.positions.get(), s.positions_host.data(), n * 4, "cudaMemcpyAsync (positions)"));
+  MOEFLOW_RETURN_IF_ERROR(
+      upload(s.slots.get(), s.slots_host.data(), n * 4, "cudaMemcpyAsync (slots)"));
+  if (!pages.empty()) {
+    MOEFLOW_RETURN_IF_ERROR(upload(s.page_table.get(), pages.data(), pages.size() * 4,
+                                   "cudaMemcpyAsync (page tables)"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CudaGpuWorkerBackend::AddRoutedSums(absl::Span<const float> routed) {
+  State& s = *state_;
+  MOEFLOW_RETURN_IF_ERROR(
+      CudaStatus(cudaMemcpyAsync(s.routed.get(), routed.data(), routed.size() * 4,
+                                 cudaMemcpyHostToDevice, s.stream),
+                 "cudaMemcpyAsync (routed sums)"));
+  return cuda::RunResidualAdd({s.ffn_inp.get(), s.routed.get(),
+                               config_.n_shared_experts > 0 ? s.shared.get() : nullptr, s.x.get(),
+                               static_cast<int64_t>(routed.size()), s.stream});
+}
+
+absl::Status CudaGpuWorkerBackend::HandleLayer(const RequestHeader& header,
+                                               absl::Span<const uint8_t> payload,
+                                               dataflow::ReplyWriter& reply) {
+  const Deepseek2Config& c = config_;
+  State& s = *state_;
+  MOEFLOW_ASSIGN_OR_RETURN(const dataflow::LayerRequest request,
+                           dataflow::ParseLayerRequest(header, payload, c.hidden));
+  MOEFLOW_RETURN_IF_ERROR(step_->BeginLayer(header, request));
+  if ((header.flags & dataflow::kStepStart) != 0) MOEFLOW_RETURN_IF_ERROR(StartStep());
+  if (!request.routed_sums.empty()) MOEFLOW_RETURN_IF_ERROR(AddRoutedSums(request.routed_sums));
+  const int64_t il = header.layer, n = step_->n_tokens(), h = c.hidden, k = header.k;
   cuda::CublasBf16Gemm& cublas = *s.cublas;
   auto project = [&](const GpuLinear& w, const float* x, int64_t x_stride, float* y,
                      int64_t y_stride) {
@@ -438,10 +494,6 @@ absl::Status CudaGpuWorkerBackend::Handle(const RequestHeader& header,
                   int64_t out_stride) {
     return cuda::RunRmsNorm(
         {x, x_stride, w.data.get(), out, out_stride, n, width, c.rms_eps, s.stream});
-  };
-  auto upload_x = [&](const uint8_t* data) {
-    return CudaStatus(cudaMemcpyAsync(s.x.get(), data, x_bytes, cudaMemcpyHostToDevice, s.stream),
-                      "cudaMemcpyAsync (host to device)");
   };
   // down(silu(gate · x) ⊙ (up · x)) into `out`.
   auto swiglu = [&](const GpuLinear& gate, const GpuLinear& up, const GpuLinear& down,
@@ -453,186 +505,154 @@ absl::Status CudaGpuWorkerBackend::Handle(const RequestHeader& header,
         cuda::RunSiluMul({s.gate.get(), s.up.get(), ff, s.act.get(), ff, n, ff, s.stream}));
     return project(down, s.act.get(), ff, out, h);
   };
+  const GpuLayer& L = s.layers[static_cast<size_t>(il)];
+  const int64_t heads = c.n_heads, head_dim = c.qk_head_dim(), nope = c.qk_nope_dim;
+  const int64_t kv_lora = c.kv_lora_rank, rope = c.qk_rope_dim, row_dim = kv_lora + rope;
 
-  switch (static_cast<DataflowOp>(header.op)) {
-    case DataflowOp::kEmbed: {
-      if (payload.size() != static_cast<size_t>(n) * sizeof(int32_t)) {
-        return absl::InvalidArgumentError("kEmbed: payload is not n_tokens int32 ids");
-      }
-      const GgufTensorInfo* embd = file_->FindTensor("token_embd.weight");
-      if (embd == nullptr) return absl::InvalidArgumentError("no tensor token_embd.weight");
-      const int64_t row_bytes =
-          static_cast<int64_t>(embd->n_bytes / static_cast<uint64_t>(c.vocab_size));
-      float* x = reinterpret_cast<float*>(reply.Payload(0));
-      for (int64_t t = 0; t < n; ++t) {
-        int32_t id = 0;
-        std::memcpy(&id, payload.data() + t * 4, 4);
-        if (id < 0 || id >= c.vocab_size) {
-          return absl::InvalidArgumentError(absl::StrCat(
-              "token id ", id, " at index ", t, " is out of range [0, ", c.vocab_size, ")"));
-        }
-        MOEFLOW_RETURN_IF_ERROR(
-            Dequantize(embd->type, file_->TensorData(*embd) + id * row_bytes, x + t * h, h));
-      }
-      return reply.Send(0, x_bytes);
-    }
-    case DataflowOp::kLayer: {
-      const int64_t il = header.layer;
-      if (il < 0 || il >= c.n_layers) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("layer ", il, " is outside [0, ", c.n_layers, ")"));
-      }
-      if (payload.size() != x_bytes) return absl::InvalidArgumentError("kLayer: payload size");
-      const int64_t start = header.start_pos;
-      int64_t& cached = s.cached_tokens[static_cast<size_t>(il)];
-      if (start < 0 || start > cached || start + n > kv_tokens_) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "layer ", il, ": start_pos ", start, " with ", n, " tokens does not fit the cache (",
-            cached, " cached, ", kv_tokens_, " capacity)"));
-      }
-      const int64_t k = header.k;
-      if (c.is_moe_layer(il) && (k < 1 || k > c.n_experts_used)) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("k ", k, " is outside [1, ", c.n_experts_used, "]"));
-      }
-      const GpuLayer& L = s.layers[static_cast<size_t>(il)];
-      const int64_t heads = c.n_heads, head_dim = c.qk_head_dim(), nope = c.qk_nope_dim;
-      const int64_t kv_lora = c.kv_lora_rank, rope = c.qk_rope_dim, row_dim = kv_lora + rope;
-      MOEFLOW_RETURN_IF_ERROR(upload_x(payload.data()));
-      std::vector<int32_t> pos(static_cast<size_t>(n));
-      for (int64_t t = 0; t < n; ++t) pos[t] = static_cast<int32_t>(start + t);
-      // Identity page table: the slot of position p is p.
-      MOEFLOW_RETURN_IF_ERROR(CudaStatus(
-          cudaMemcpyAsync(s.positions.get(), pos.data(), n * 4, cudaMemcpyHostToDevice, s.stream),
-          "cudaMemcpyAsync (positions)"));
-      MOEFLOW_RETURN_IF_ERROR(CudaStatus(
-          cudaMemcpyAsync(s.slots.get(), pos.data(), n * 4, cudaMemcpyHostToDevice, s.stream),
-          "cudaMemcpyAsync (slots)"));
-
-      MOEFLOW_RETURN_IF_ERROR(norm(s.x.get(), h, L.attn_norm, h, s.xn.get(), h));
-      if (c.q_lora_rank > 0) {
-        MOEFLOW_RETURN_IF_ERROR(project(L.q_a, s.xn.get(), h, s.q_a.get(), c.q_lora_rank));
-        MOEFLOW_RETURN_IF_ERROR(norm(s.q_a.get(), c.q_lora_rank, L.q_a_norm, c.q_lora_rank,
-                                     s.q_a.get(), c.q_lora_rank));
-        MOEFLOW_RETURN_IF_ERROR(
-            project(L.q_b, s.q_a.get(), c.q_lora_rank, s.q.get(), heads * head_dim));
-      } else {
-        MOEFLOW_RETURN_IF_ERROR(project(L.q, s.xn.get(), h, s.q.get(), heads * head_dim));
-      }
-      // Cache rows [rms_norm(kv_cmpr), rope(k_pe)].
-      MOEFLOW_RETURN_IF_ERROR(project(L.kv_a, s.xn.get(), h, s.kv_a.get(), row_dim));
-      MOEFLOW_RETURN_IF_ERROR(
-          norm(s.kv_a.get(), row_dim, L.kv_a_norm, kv_lora, s.rows.get(), row_dim));
-      cuda::RopeArguments r;
-      r.params = cuda::RopeDeviceParamsFrom(rope_);
-      r.in = s.kv_a.get() + kv_lora;
-      r.in_token_stride = row_dim;
-      r.in_head_stride = rope;
-      r.out = s.rows.get() + kv_lora;
-      r.out_token_stride = row_dim;
-      r.out_head_stride = rope;
-      r.positions = s.positions.get();
-      r.n_tokens = n;
-      r.n_heads = 1;
-      r.stream = s.stream;
-      MOEFLOW_RETURN_IF_ERROR(cuda::RunRope(r));
-      uint16_t* pool = s.cache[static_cast<size_t>(il)].get();
-      MOEFLOW_RETURN_IF_ERROR(
-          cuda::RunMlaCacheWrite({s.rows.get(), s.slots.get(), n, row_dim, pool, s.stream}));
-      // Absorbed queries: [k_b[h] · q_nope[h], rope(q_pe[h])].
-      MOEFLOW_RETURN_IF_ERROR(Project(cublas, s.x_bf16.get(), s.stream, L.k_b, s.q.get(),
-                                      heads * head_dim, head_dim, n, heads, s.q_abs.get(),
-                                      heads * row_dim, row_dim));
-      r.in = s.q.get() + nope;
-      r.in_token_stride = heads * head_dim;
-      r.in_head_stride = head_dim;
-      r.out = s.q_abs.get() + kv_lora;
-      r.out_token_stride = heads * row_dim;
-      r.out_head_stride = row_dim;
-      r.n_heads = heads;
-      MOEFLOW_RETURN_IF_ERROR(cuda::RunRope(r));
-      cuda::MlaPrefillArguments a;
-      a.params = {static_cast<int>(heads),     static_cast<int>(kv_lora),
-                  static_cast<int>(rope),      static_cast<int>(kGpuKvPageTokens),
-                  static_cast<int>(s.n_pages), rope_.kq_scale};
-      a.q = s.q_abs.get();
-      a.cache = pool;
-      a.page_table = s.page_table.get();
-      a.start_pos = start;
-      a.n_tokens = n;
-      a.out = s.ctx.get();
-      a.stream = s.stream;
-      MOEFLOW_RETURN_IF_ERROR(cuda::RunMlaPrefill(a));
-      cached = start + n;
-      // attn_v_b per head, attn_output, + residual.
-      MOEFLOW_RETURN_IF_ERROR(Project(cublas, s.x_bf16.get(), s.stream, L.v_b, s.ctx.get(),
-                                      heads * kv_lora, kv_lora, n, heads, s.heads_out.get(),
-                                      heads * c.v_head_dim, c.v_head_dim));
-      MOEFLOW_RETURN_IF_ERROR(
-          project(L.attn_output, s.heads_out.get(), heads * c.v_head_dim, s.attn.get(), h));
-      MOEFLOW_RETURN_IF_ERROR(cuda::RunResidualAdd(
-          {s.x.get(), s.attn.get(), nullptr, s.ffn_inp.get(), n * h, s.stream}));
-      MOEFLOW_RETURN_IF_ERROR(norm(s.ffn_inp.get(), h, L.ffn_norm, h, s.x_norm.get(), h));
-
-      float* out = reinterpret_cast<float*>(reply.Payload(0));
-      if (!c.is_moe_layer(il)) {
-        MOEFLOW_RETURN_IF_ERROR(swiglu(L.gate, L.up, L.down, s.x_norm.get(), s.ffn_out.get()));
-        MOEFLOW_RETURN_IF_ERROR(cuda::RunResidualAdd(
-            {s.ffn_inp.get(), s.ffn_out.get(), nullptr, s.x.get(), n * h, s.stream}));
-        MOEFLOW_RETURN_IF_ERROR(Download(out, s.x.get(), x_bytes, s.stream));
-        return reply.Send(0, x_bytes);
-      }
-      // Router: f32 gate logits, then top-k.
-      cuda::F32GemmArguments g;
-      g.m = n;
-      g.n = c.n_experts;
-      g.k = h;
-      g.x = s.x_norm.get();
-      g.ldx = h;
-      g.w = L.gate_inp.data.get();
-      g.ldw = h;
-      g.y = s.router_logits.get();
-      g.ldy = c.n_experts;
-      g.stream = s.stream;
-      MOEFLOW_RETURN_IF_ERROR(cublas.RunF32(g));
-      cuda::RouterTopKArguments rt;
-      rt.logits = s.router_logits.get();
-      rt.bias = L.exp_probs_b.data.size() > 0 ? L.exp_probs_b.data.get() : nullptr;
-      rt.ids = s.ids.get();
-      rt.weights = s.weights.get();
-      rt.n_tokens = n;
-      rt.params = cuda::RouterDeviceParamsFrom(c, k);
-      rt.stream = s.stream;
-      MOEFLOW_RETURN_IF_ERROR(cuda::RunRouterTopK(rt));
-      int32_t* ids = reinterpret_cast<int32_t*>(out + 2 * n * h);
-      float* weights = reinterpret_cast<float*>(ids + n * k);
-      MOEFLOW_RETURN_IF_ERROR(Download(out, s.ffn_inp.get(), x_bytes, s.stream));
-      MOEFLOW_RETURN_IF_ERROR(Download(out + n * h, s.x_norm.get(), x_bytes, s.stream));
-      MOEFLOW_RETURN_IF_ERROR(Download(ids, s.ids.get(), n * k * 4, s.stream));
-      MOEFLOW_RETURN_IF_ERROR(Download(weights, s.weights.get(), n * k * 4, s.stream));
-      MOEFLOW_RETURN_IF_ERROR(reply.Send(0, (2 * n * h + 2 * n * k) * sizeof(float)));
-      if (c.n_shared_experts > 0) {
-        MOEFLOW_RETURN_IF_ERROR(
-            swiglu(L.gate_shexp, L.up_shexp, L.down_shexp, s.x_norm.get(), s.ffn_out.get()));
-        float* shared = reinterpret_cast<float*>(reply.Payload(1));
-        MOEFLOW_RETURN_IF_ERROR(Download(shared, s.ffn_out.get(), x_bytes, s.stream));
-        MOEFLOW_RETURN_IF_ERROR(reply.Send(1, x_bytes));
-      }
-      return absl::OkStatus();
-    }
-    case DataflowOp::kOutput: {
-      if (payload.size() != x_bytes) return absl::InvalidArgumentError("kOutput: payload size");
-      MOEFLOW_RETURN_IF_ERROR(upload_x(payload.data()));
-      MOEFLOW_RETURN_IF_ERROR(norm(s.x.get(), h, s.output_norm, h, s.xn.get(), h));
-      MOEFLOW_RETURN_IF_ERROR(project(s.output, s.xn.get(), h, s.logits.get(), c.vocab_size));
-      float* logits = reinterpret_cast<float*>(reply.Payload(0));
-      const size_t bytes = static_cast<size_t>(n * c.vocab_size) * sizeof(float);
-      MOEFLOW_RETURN_IF_ERROR(Download(logits, s.logits.get(), bytes, s.stream));
-      return reply.Send(0, bytes);
-    }
-    default:
-      return absl::InvalidArgumentError(absl::StrCat("gpu_worker: unknown op ", header.op));
+  MOEFLOW_RETURN_IF_ERROR(norm(s.x.get(), h, L.attn_norm, h, s.xn.get(), h));
+  if (c.q_lora_rank > 0) {
+    MOEFLOW_RETURN_IF_ERROR(project(L.q_a, s.xn.get(), h, s.q_a.get(), c.q_lora_rank));
+    MOEFLOW_RETURN_IF_ERROR(
+        norm(s.q_a.get(), c.q_lora_rank, L.q_a_norm, c.q_lora_rank, s.q_a.get(), c.q_lora_rank));
+    MOEFLOW_RETURN_IF_ERROR(
+        project(L.q_b, s.q_a.get(), c.q_lora_rank, s.q.get(), heads * head_dim));
+  } else {
+    MOEFLOW_RETURN_IF_ERROR(project(L.q, s.xn.get(), h, s.q.get(), heads * head_dim));
   }
+  // Cache rows [rms_norm(kv_cmpr), rope(k_pe)], written at each row's slot.
+  MOEFLOW_RETURN_IF_ERROR(project(L.kv_a, s.xn.get(), h, s.kv_a.get(), row_dim));
+  MOEFLOW_RETURN_IF_ERROR(norm(s.kv_a.get(), row_dim, L.kv_a_norm, kv_lora, s.rows.get(), row_dim));
+  cuda::RopeArguments r;
+  r.params = cuda::RopeDeviceParamsFrom(rope_);
+  r.in = s.kv_a.get() + kv_lora;
+  r.in_token_stride = row_dim;
+  r.in_head_stride = rope;
+  r.out = s.rows.get() + kv_lora;
+  r.out_token_stride = row_dim;
+  r.out_head_stride = rope;
+  r.positions = s.positions.get();
+  r.n_tokens = n;
+  r.n_heads = 1;
+  r.stream = s.stream;
+  MOEFLOW_RETURN_IF_ERROR(cuda::RunRope(r));
+  uint16_t* pool = s.cache[static_cast<size_t>(il)].get();
+  MOEFLOW_RETURN_IF_ERROR(
+      cuda::RunMlaCacheWrite({s.rows.get(), s.slots.get(), n, row_dim, pool, s.stream}));
+  // Absorbed queries: [k_b[h] · q_nope[h], rope(q_pe[h])].
+  MOEFLOW_RETURN_IF_ERROR(Project(cublas, s.x_bf16.get(), s.stream, L.k_b, s.q.get(),
+                                  heads * head_dim, head_dim, n, heads, s.q_abs.get(),
+                                  heads * row_dim, row_dim));
+  r.in = s.q.get() + nope;
+  r.in_token_stride = heads * head_dim;
+  r.in_head_stride = head_dim;
+  r.out = s.q_abs.get() + kv_lora;
+  r.out_token_stride = heads * row_dim;
+  r.out_head_stride = row_dim;
+  r.n_heads = heads;
+  MOEFLOW_RETURN_IF_ERROR(cuda::RunRope(r));
+  // Attention per segment, over its own page table.
+  for (const AttentionStep::Segment& seg : step_->segments()) {
+    cuda::MlaPrefillArguments a;
+    a.params = {static_cast<int>(heads),       static_cast<int>(kv_lora),
+                static_cast<int>(rope),        static_cast<int>(limits_.page_tokens),
+                static_cast<int>(seg.n_pages), rope_.kq_scale};
+    a.q = s.q_abs.get() + seg.first * heads * row_dim;
+    a.cache = pool;
+    a.page_table = s.page_table.get() + seg.page_offset;
+    a.start_pos = seg.start_pos;
+    a.n_tokens = seg.n;
+    a.out = s.ctx.get() + seg.first * heads * kv_lora;
+    a.stream = s.stream;
+    MOEFLOW_RETURN_IF_ERROR(cuda::RunMlaPrefill(a));
+  }
+  // attn_v_b per head, attn_output, + residual.
+  MOEFLOW_RETURN_IF_ERROR(Project(cublas, s.x_bf16.get(), s.stream, L.v_b, s.ctx.get(),
+                                  heads * kv_lora, kv_lora, n, heads, s.heads_out.get(),
+                                  heads * c.v_head_dim, c.v_head_dim));
+  MOEFLOW_RETURN_IF_ERROR(
+      project(L.attn_output, s.heads_out.get(), heads * c.v_head_dim, s.attn.get(), h));
+  MOEFLOW_RETURN_IF_ERROR(
+      cuda::RunResidualAdd({s.x.get(), s.attn.get(), nullptr, s.ffn_inp.get(), n * h, s.stream}));
+  MOEFLOW_RETURN_IF_ERROR(norm(s.ffn_inp.get(), h, L.ffn_norm, h, s.x_norm.get(), h));
+
+  if (!c.is_moe_layer(il)) {
+    MOEFLOW_RETURN_IF_ERROR(swiglu(L.gate, L.up, L.down, s.x_norm.get(), s.ffn_out.get()));
+    MOEFLOW_RETURN_IF_ERROR(cuda::RunResidualAdd(
+        {s.ffn_inp.get(), s.ffn_out.get(), nullptr, s.x.get(), n * h, s.stream}));
+    MOEFLOW_RETURN_IF_ERROR(CudaStatus(cudaStreamSynchronize(s.stream), "cudaStreamSynchronize"));
+    step_->FinishLayer();
+    return reply.Send(0);
+  }
+  // Router: f32 gate logits, then top-k.
+  cuda::F32GemmArguments g;
+  g.m = n;
+  g.n = c.n_experts;
+  g.k = h;
+  g.x = s.x_norm.get();
+  g.ldx = h;
+  g.w = L.gate_inp.data.get();
+  g.ldw = h;
+  g.y = s.router_logits.get();
+  g.ldy = c.n_experts;
+  g.stream = s.stream;
+  MOEFLOW_RETURN_IF_ERROR(cublas.RunF32(g));
+  cuda::RouterTopKArguments rt;
+  rt.logits = s.router_logits.get();
+  rt.bias = L.exp_probs_b.data.size() > 0 ? L.exp_probs_b.data.get() : nullptr;
+  rt.ids = s.ids.get();
+  rt.weights = s.weights.get();
+  rt.n_tokens = n;
+  rt.params = cuda::RouterDeviceParamsFrom(c, k);
+  rt.stream = s.stream;
+  MOEFLOW_RETURN_IF_ERROR(cuda::RunRouterTopK(rt));
+  // The routed rows (dataflow/wire.h RouterReply).
+  dataflow::WireWriter out(absl::MakeSpan(reply.Payload(), MaxReplyBytes()));
+  float* x_norm = out.Add<float>(static_cast<size_t>(n * h));
+  int32_t* ids = out.Add<int32_t>(static_cast<size_t>(n * k));
+  float* weights = out.Add<float>(static_cast<size_t>(n * k));
+  MOEFLOW_RETURN_IF_ERROR(Download(x_norm, s.x_norm.get(), n * h * 4, s.stream));
+  MOEFLOW_RETURN_IF_ERROR(Download(ids, s.ids.get(), n * k * 4, s.stream));
+  MOEFLOW_RETURN_IF_ERROR(Download(weights, s.weights.get(), n * k * 4, s.stream));
+  step_->FinishLayer();
+  MOEFLOW_RETURN_IF_ERROR(reply.Send(out.size()));
+  // The shared experts stay on the card for the next request's residual add.
+  if (c.n_shared_experts > 0) {
+    MOEFLOW_RETURN_IF_ERROR(
+        swiglu(L.gate_shexp, L.up_shexp, L.down_shexp, s.x_norm.get(), s.shared.get()));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CudaGpuWorkerBackend::HandleOutput(const RequestHeader& header,
+                                                absl::Span<const uint8_t> payload,
+                                                dataflow::ReplyWriter& reply) {
+  const Deepseek2Config& c = config_;
+  State& s = *state_;
+  MOEFLOW_ASSIGN_OR_RETURN(const absl::Span<const float> routed,
+                           dataflow::ParseOutputRequest(header, payload, c.hidden));
+  MOEFLOW_RETURN_IF_ERROR(step_->BeginOutput(header, routed));
+  if (!routed.empty()) MOEFLOW_RETURN_IF_ERROR(AddRoutedSums(routed));
+  const int64_t n = step_->n_tokens(), h = c.hidden;
+  const std::vector<int64_t> rows = step_->OutputRows((header.flags & dataflow::kAllLogits) != 0);
+  if (header.n_rows != static_cast<int64_t>(rows.size())) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("kOutput: n_rows ", header.n_rows, ", the step gives ", rows.size()));
+  }
+  MOEFLOW_RETURN_IF_ERROR(cuda::RunRmsNorm(
+      {s.x.get(), h, s.output_norm.data.get(), s.xn.get(), h, n, h, c.rms_eps, s.stream}));
+  MOEFLOW_RETURN_IF_ERROR(Project(*s.cublas, s.x_bf16.get(), s.stream, s.output, s.xn.get(), h, 0,
+                                  n, 1, s.logits.get(), c.vocab_size, 0));
+  dataflow::WireWriter out(absl::MakeSpan(reply.Payload(), MaxReplyBytes()));
+  float* logits = out.Add<float>(rows.size() * static_cast<size_t>(c.vocab_size));
+  for (size_t r = 0; r < rows.size(); ++r) {
+    MOEFLOW_RETURN_IF_ERROR(CudaStatus(
+        cudaMemcpyAsync(logits + r * c.vocab_size, s.logits.get() + rows[r] * c.vocab_size,
+                        c.vocab_size * 4, cudaMemcpyDeviceToHost, s.stream),
+        "cudaMemcpyAsync (logits)"));
+  }
+  MOEFLOW_RETURN_IF_ERROR(CudaStatus(cudaStreamSynchronize(s.stream), "cudaStreamSynchronize"));
+  step_->End();
+  return reply.Send(out.size());
 }
 
 }  // namespace moeflow

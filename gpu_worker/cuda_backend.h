@@ -9,12 +9,15 @@
 //           attn_output(attn_v_b[h] · ctx[h]) + x = ffn_inp ─► rms_norm ─► x_norm
 //           dense: down(silu(gate) · up) + ffn_inp
 //           MoE: router (f32 GEMM + top-k) on part 0, shared experts on part 1
-//   kEmbed: rows of token_embd dequantized on the host (no GPU work)
+//   step start: rows of token_embd dequantized on the host, uploaded with
+//   the step's positions, KV slots and page tables (AttentionStep checks
+//   the request first, as on the CPU backend); the prefill kernel runs per
+//   segment over its own page table
 //   kOutput: output_norm ─► output
 //
 // Weights as model/memory_plan.h plans them: Q8_0 / Q4_K repacked to int8 /
 // int4 (other quants requantized to int8), F32 / F16 / BF16 matrices in BF16
-// through cuBLAS, norms and the router in f32. One sequence, one device
+// through cuBLAS, norms and the router in f32. Many sequences, one device
 // (device 0 of the process: set CUDA_VISIBLE_DEVICES), no tensor parallelism,
 // no CUDA graphs.
 //
@@ -34,7 +37,8 @@
 #include <memory>
 #include <vector>
 
-#include "dataflow/worker_process.h"
+#include "dataflow/worker_compute.h"
+#include "gpu_worker/attention_step.h"
 #include "model/deepseek2/config.h"
 #include "model/deepseek2/reference.h"
 #include "model/gguf.h"
@@ -49,20 +53,29 @@ class CudaGpuWorkerBackend final : public dataflow::WorkerCompute {
   absl::Status Configure(const proto::ConfigureRequest& request) override;
   absl::Status Load(const std::function<void(const proto::LoadProgress&)>& progress) override;
   size_t MaxRequestBytes() const override;
-  std::vector<size_t> ReplyPartBytes() const override;
+  size_t MaxReplyBytes() const override;
   absl::Status Handle(const dataflow::RequestHeader& header, absl::Span<const uint8_t> payload,
                       dataflow::ReplyWriter& reply, proto::LayerStats& stats) override;
   int64_t ShardBytes() const override { return device_bytes_; }
 
  private:
   struct State;  // device buffers and weights (cuda_backend.cc)
+  absl::Status HandleLayer(const dataflow::RequestHeader& header, absl::Span<const uint8_t> payload,
+                           dataflow::ReplyWriter& reply);
+  absl::Status HandleOutput(const dataflow::RequestHeader& header,
+                            absl::Span<const uint8_t> payload, dataflow::ReplyWriter& reply);
+  // The step's first request: its tokens' embeddings, positions, slots and
+  // page tables onto the device.
+  absl::Status StartStep();
+  // x = ffn_inp + routed (uploaded) + shared, on the device.
+  absl::Status AddRoutedSums(absl::Span<const float> routed);
 
   proto::ConfigureRequest config_request_;
   std::unique_ptr<GgufFile> file_;
   Deepseek2Config config_;
   Deepseek2RopeParams rope_;
-  int64_t max_batch_ = 0;
-  int64_t kv_tokens_ = 0;
+  AttentionStepLimits limits_;
+  std::unique_ptr<AttentionStep> step_;
   int64_t device_bytes_ = 0;
   std::unique_ptr<State> state_;
 };

@@ -25,15 +25,18 @@ struct BatchingScheduler::Running {
   // The prompt, then every generated token fed to the model: what a
   // preempted request recomputes. Prefilling while pos < tokens.size().
   std::vector<int32_t> tokens;
-  int64_t reserved = 0;  // positions the sequence's pages cover
-  int64_t limit = 0;     // most positions it may hold (prompt + max_tokens)
-  int32_t pending = -1;  // sampled, not yet fed (decoding when >= 0)
-  std::optional<sampling::Sampler> sampler;
-  std::optional<sampling::StopCondition> stop;
+  int64_t reserved = 0;                     // positions the sequence's pages cover
+  int64_t limit = 0;                        // most positions it may hold (prompt + max_tokens)
+  int32_t pending = -1;                     // sampled, not yet fed (decoding when >= 0)
+  std::optional<sampling::TokenStep> step;  // the one sample-and-stop step
   GenerationSummary summary;
   double enqueued_s = 0, prefill_start_s = 0, decode_start_s = 0, last_token_s = 0;
   bool done = false;
   bool preempted = false;  // pages released; waits in preempted_
+  // Times a worker was lost during its prefill (it starts over, twice at most).
+  int restarts = 0;
+  // When it first waited, in preempted_, for a model that was not ready (0: not waiting).
+  double not_ready_since_s = 0;
 };
 
 BatchingScheduler::BatchingScheduler(BatchModel* model, BatchingSchedulerOptions options,
@@ -242,7 +245,39 @@ void BatchingScheduler::GrowOrPreempt() {
       if (victim == &r) break;
     }
   }
-  if (!any_preempted) return;
+  if (any_preempted) MovePreempted();
+}
+
+absl::Status BatchingScheduler::NotReadyError() const {
+  return absl::UnavailableError(absl::StrCat("the model did not serve within ",
+                                             options_.ready_wait_ms, " ms (a worker is down)"));
+}
+
+void BatchingScheduler::FailStep(absl::Span<Running* const> who, const absl::Status& status) {
+  bool any_restarted = false;
+  for (Running* r : who) {
+    if (r->done) continue;
+    // A worker lost while this request prefilled: nothing reached its
+    // client yet, so it waits for the restart and starts over (twice at
+    // most). One that has sent tokens ends with the error.
+    if (absl::IsUnavailable(status) && r->summary.completion_tokens == 0 && r->pending < 0 &&
+        r->restarts < 2) {
+      ++r->restarts;
+      model_->EndSequence(r->sequence);
+      r->sequence = -1;
+      r->pos = 0;
+      r->reserved = 0;
+      r->preempted = true;
+      r->summary.cached_prompt_tokens = 0;
+      any_restarted = true;
+      continue;
+    }
+    Finish(*r, status, "error");
+  }
+  if (any_restarted) MovePreempted();
+}
+
+void BatchingScheduler::MovePreempted() {
   for (auto& rp : running_) {
     if (rp->preempted) preempted_.push_back(std::move(rp));
   }
@@ -296,10 +331,21 @@ bool BatchingScheduler::AdmitFromQueue() {
     std::unique_ptr<Running> r = std::move(preempted_.front());
     preempted_.pop_front();
     if (r->request->cancelled->load()) {
-      r->summary.flushed_text = r->stop->Flush();
+      r->summary.flushed_text = r->step->Flush();
       Finish(*r, absl::OkStatus(), "cancelled");
       continue;
     }
+    if (!model_->ready()) {
+      // A worker restarting: wait for it, at most ready_wait_ms.
+      if (r->not_ready_since_s == 0) r->not_ready_since_s = NowS();
+      if (NowS() - r->not_ready_since_s < options_.ready_wait_ms / 1000.0) {
+        preempted_.push_front(std::move(r));
+        return true;
+      }
+      Finish(*r, NotReadyError(), "error");
+      continue;
+    }
+    r->not_ready_since_s = 0;
     absl::StatusOr<bool> started = StartRunning(*r);
     if (!started.ok()) {
       Finish(*r, started.status(), "error");
@@ -309,6 +355,8 @@ bool BatchingScheduler::AdmitFromQueue() {
       preempted_.push_front(std::move(r));
       return true;
     }
+    // Started over after a lost worker: what it reuses now is its cache.
+    if (r->pending < 0) r->summary.cached_prompt_tokens = r->pos;
     running_.push_back(std::move(r));
     absl::MutexLock lock(&mu_);
     n_running_ = static_cast<int64_t>(running_.size());
@@ -347,10 +395,7 @@ bool BatchingScheduler::AdmitFromQueue() {
       if (NowS() - head.enqueued_s < options_.ready_wait_ms / 1000.0) return true;
       pop();
       r->summary.queue_s = NowS() - head.enqueued_s;
-      Finish(*r,
-             absl::UnavailableError(absl::StrCat("the model did not serve within ",
-                                                 options_.ready_wait_ms, " ms (a worker is down)")),
-             "error");
+      Finish(*r, NotReadyError(), "error");
       continue;
     }
     if (AwaitsSharedPrefix(request.prompt)) return true;  // the head waits a step
@@ -369,25 +414,19 @@ bool BatchingScheduler::AdmitFromQueue() {
     }
     r->summary.cached_prompt_tokens = r->pos;
 
-    const int32_t eos = model_->eos_id();
-    if (!request.ignore_eos && eos >= 0 &&
-        std::find(stop.stop_tokens.begin(), stop.stop_tokens.end(), eos) ==
-            stop.stop_tokens.end()) {
-      stop.stop_tokens.push_back(eos);
-    }
-    absl::StatusOr<sampling::StopCondition> stop_condition = sampling::StopCondition::Create(stop);
-    if (!stop_condition.ok()) {
-      Finish(*r, stop_condition.status(), "error");
+    sampling::TokenStepOptions step_options;
+    step_options.sampler = request.sampler;
+    step_options.stop = stop;
+    step_options.eos_id = model_->eos_id();
+    step_options.ignore_eos = request.ignore_eos;
+    step_options.top_logprobs = request.top_logprobs;
+    absl::StatusOr<sampling::TokenStep> step =
+        sampling::TokenStep::Create(step_options, request.prompt);
+    if (!step.ok()) {
+      Finish(*r, step.status(), "error");
       continue;
     }
-    absl::StatusOr<sampling::Sampler> sampler = sampling::Sampler::Create(request.sampler);
-    if (!sampler.ok()) {
-      Finish(*r, sampler.status(), "error");
-      continue;
-    }
-    for (int32_t t : request.prompt) sampler->Accept(t);
-    r->stop.emplace(std::move(*stop_condition));
-    r->sampler.emplace(std::move(*sampler));
+    r->step.emplace(std::move(*step));
     r->prefill_start_s = NowS();
     running_.push_back(std::move(r));
     absl::MutexLock lock(&mu_);
@@ -401,7 +440,7 @@ void BatchingScheduler::Step() {
   // Cancelled requests end before the batch is built.
   for (auto& r : running_) {
     if (r->request->cancelled->load()) {
-      if (r->stop) r->summary.flushed_text = r->stop->Flush();
+      if (r->step) r->summary.flushed_text = r->step->Flush();
       Finish(*r, absl::OkStatus(), "cancelled");
     }
   }
@@ -439,7 +478,7 @@ void BatchingScheduler::Step() {
     absl::Status status = model_->Forward(entries, absl::MakeSpan(logits_));
     const double t1 = NowS();
     if (!status.ok()) {
-      for (Running* r : who) Finish(*r, status, "error");
+      FailStep(who, status);
     } else {
       for (size_t e = 0; e < entries.size(); ++e) {
         Running& r = *who[e];
@@ -455,19 +494,17 @@ void BatchingScheduler::Step() {
         }
         const absl::Span<const float> row = absl::MakeConstSpan(logits_).subspan(
             e * static_cast<size_t>(vocab), static_cast<size_t>(vocab));
-        absl::StatusOr<int32_t> token = r.sampler->Sample(row);
-        if (!token.ok()) {
-          Finish(r, token.status(), "error");
+        absl::StatusOr<sampling::TokenStepResult> next =
+            r.step->Next(row, [this](int32_t t) { return model_->TokenBytes(t); });
+        if (!next.ok()) {
+          Finish(r, next.status(), "error");
           continue;
         }
-        r.sampler->Accept(*token);
         GeneratedToken out;
-        out.token = *token;
-        if (r.request->top_logprobs >= 0) {
-          out.logprob = LogSoftmaxAt(row, *token, r.request->top_logprobs, &out.top_logprobs);
-        }
-        sampling::StopStep stop_step = r.stop->Append(*token, model_->TokenBytes(*token));
-        out.text = std::move(stop_step.text);
+        out.token = next->token;
+        out.logprob = next->logprob;
+        out.top_logprobs = std::move(next->top_logprobs);
+        out.text = std::move(next->text);
         r.summary.completion_tokens++;
         const double now = NowS();
         if (metrics_ != nullptr) {
@@ -478,11 +515,12 @@ void BatchingScheduler::Step() {
           }
         }
         r.last_token_s = now;
-        r.pending = *token;
+        r.pending = next->token;
         if (r.request->on_token) r.request->on_token(out);
-        if (stop_step.finished()) {
-          Finish(r, absl::OkStatus(),
-                 std::string(sampling::FinishReasonName(stop_step.finish_reason)));
+        if (next->finished()) {
+          r.summary.matched_stop_token = next->matched_stop_token;
+          r.summary.matched_stop_string = next->matched_stop_string;
+          Finish(r, absl::OkStatus(), std::string(sampling::FinishReasonName(next->finish_reason)));
         }
       }
     }
@@ -536,13 +574,13 @@ void BatchingScheduler::Loop() {
   // Shutdown: cancel what runs and what waits.
   for (auto& r : running_) {
     if (!r->done) {
-      if (r->stop) r->summary.flushed_text = r->stop->Flush();
+      if (r->step) r->summary.flushed_text = r->step->Flush();
       Finish(*r, absl::OkStatus(), "cancelled");
     }
   }
   running_.clear();
   for (auto& r : preempted_) {
-    r->summary.flushed_text = r->stop->Flush();
+    r->summary.flushed_text = r->step->Flush();
     Finish(*r, absl::OkStatus(), "cancelled");
   }
   preempted_.clear();

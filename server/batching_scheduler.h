@@ -54,6 +54,7 @@
 #ifndef MOEFLOW_SERVER_BATCHING_SCHEDULER_H_
 #define MOEFLOW_SERVER_BATCHING_SCHEDULER_H_
 
+#include <atomic>
 #include <cstdint>
 #include <deque>
 #include <memory>
@@ -68,8 +69,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/types/span.h"
-#include "sampling/sampler.h"
-#include "sampling/stop_condition.h"
+#include "sampling/token_step.h"
 #include "server/metrics.h"
 #include "server/scheduler.h"
 
@@ -154,6 +154,12 @@ class BatchingScheduler final : public GenerationBackend {
   // Admits from the queue head while there is room; false when stopping.
   bool Admit();
   bool AdmitFromQueue();
+  // A step's Forward failed: each of its requests ends with `status`, or,
+  // when a worker was lost before it sent a token, starts over.
+  void FailStep(absl::Span<Running* const> who, const absl::Status& status);
+  // Moves the preempted requests of running_ to preempted_ (arrival order).
+  void MovePreempted();
+  absl::Status NotReadyError() const;
   // Whether a running request is still prefilling whole blocks that
   // `prompt` starts with (admitting now would compute them twice).
   bool AwaitsSharedPrefix(absl::Span<const int32_t> prompt) const;

@@ -1,5 +1,6 @@
-// Request scheduling: generation requests go into a FCFS queue served by a
-// GenerationBackend.
+// What a generation request is, and what serves one: the GenerationBackend
+// interface (its one implementation is BatchingScheduler,
+// batching_scheduler.h).
 //
 // Role in the data flow: the API layer (openai_api.h) tokenizes a request,
 // builds a GenerationRequest (prompt tokens, sampler and stop options,
@@ -9,19 +10,9 @@
 // `cancelled`; the backend notices it between prefill chunks and decode
 // steps, ends the request (finish "cancelled") and frees its slot.
 //
-// SerialScheduler is the first backend: one SequenceModel (one KV cache),
-// requests run one at a time in arrival order on one thread. Between
-// requests the KV cache keeps the last sequence, so a request whose prompt
-// shares a prefix with it prefills only the rest (reported as cached tokens).
-//
-//   Submit ─► queued ─► running (prefill in chunks ─► decode steps) ─► done
+//   Submit ─► queued ─► running (prefill chunks ─► decode steps) ─► done
 //                │              │ cancelled / error
 //                └─ cancelled ──┴────────────────────────────────────► done
-//
-// Continuous batching is BatchingScheduler (batching_scheduler.h), the
-// default of `moeflow serve`: several running sequences over the engine's
-// paged KV cache, one forward pass per step for all of them. SequenceModel
-// below is the single-sequence interface SerialScheduler runs on.
 //
 // Thread-safety: Submit/Shutdown are thread-safe; callbacks run on the
 // scheduler thread and must not block for long (they queue bytes).
@@ -35,22 +26,17 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
-#include <deque>
 #include <functional>
 #include <memory>
 #include <string>
-#include <thread>
 #include <utility>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
-#include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
-#include "absl/types/span.h"
 #include "sampling/sampler.h"
 #include "sampling/stop_condition.h"
-#include "server/metrics.h"
 
 namespace moeflow::server {
 
@@ -70,6 +56,9 @@ struct GenerationSummary {
   absl::Status status;  // engine errors; OK when cancelled
   // "stop", "length", or "cancelled" (client gone / shutdown).
   std::string finish_reason;
+  // "stop": the stop token (-1: none) or the stop string that ended it.
+  int32_t matched_stop_token = -1;
+  std::string matched_stop_string;
   // Text the StopCondition still held when the loop ended for another reason
   // than stop/length (to be sent after the last token's text).
   std::string flushed_text;
@@ -146,84 +135,6 @@ class CancelRegistry {
   absl::Mutex mu_;
   std::vector<std::weak_ptr<std::atomic<bool>>> flags_ ABSL_GUARDED_BY(mu_);
 };
-
-// One sequence of a model with a KV cache: what SerialScheduler runs on.
-class SequenceModel {
- public:
-  virtual ~SequenceModel() = default;
-  virtual int64_t vocab_size() const = 0;
-  virtual int64_t context_tokens() const = 0;
-  virtual int32_t eos_id() const = 0;
-  virtual absl::string_view TokenBytes(int32_t token) const = 0;
-  // Runs `tokens` at positions start_pos.. (cached positions >= start_pos are
-  // recomputed) and writes the last position's logits [vocab].
-  virtual absl::Status Forward(absl::Span<const int32_t> tokens, int64_t start_pos,
-                               absl::Span<float> logits) = 0;
-  // False while the model cannot serve (a worker of `moeflow launch` is
-  // down or restarting): the scheduler holds new requests until it serves
-  // again, for at most its ready_wait_ms. Thread-safe, cheap.
-  virtual bool ready() const { return true; }
-};
-
-struct SerialSchedulerOptions {
-  // Requests waiting (not counting the running one) before Submit answers
-  // ResourceExhausted.
-  int64_t max_queue = 64;
-  // Prefill runs in chunks of this many tokens so a cancellation is noticed
-  // within one chunk.
-  int64_t prefill_chunk_tokens = 256;
-  // Reuse the KV cache of the prefix shared with the previous request.
-  bool reuse_prefix = true;
-  // A request whose turn comes while the model is not ready() waits this
-  // long for it (a worker restart), then ends UNAVAILABLE (the API's 503).
-  // A prefill that fails UNAVAILABLE (a worker lost before any token was
-  // sent) waits the same way and starts over, at most twice.
-  int64_t ready_wait_ms = 30000;
-};
-
-class SerialScheduler final : public GenerationBackend {
- public:
-  // `model` and `metrics` must outlive the scheduler; metrics may be null.
-  SerialScheduler(SequenceModel* model, SerialSchedulerOptions options, ServerMetrics* metrics);
-  ~SerialScheduler() override;  // Shutdown()s
-
-  absl::Status Submit(std::shared_ptr<GenerationRequest> request) override;
-  int64_t context_tokens() const override { return model_->context_tokens(); }
-  void Shutdown() override;
-  void StopAccepting(std::string reason) override;
-  void StartAccepting() override;
-  int64_t pending() override;
-  void CancelAll() override { cancel_.CancelAll(); }
-
- private:
-  struct Queued {
-    std::shared_ptr<GenerationRequest> request;
-    double enqueued_s;
-  };
-  CancelRegistry cancel_;
-  void Loop();
-  void Run(GenerationRequest& request, double queue_s);
-  void UpdateGauges() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-
-  SequenceModel* const model_;
-  const SerialSchedulerOptions options_;
-  ServerMetrics* const metrics_;
-  std::vector<float> logits_;
-  std::vector<int32_t> cached_;  // tokens whose KV the model's cache holds
-
-  absl::Mutex mu_;
-  std::deque<Queued> queue_ ABSL_GUARDED_BY(mu_);
-  bool running_ ABSL_GUARDED_BY(mu_) = false;
-  bool stop_ ABSL_GUARDED_BY(mu_) = false;
-  bool draining_ ABSL_GUARDED_BY(mu_) = false;
-  std::string drain_reason_ ABSL_GUARDED_BY(mu_);
-  std::thread thread_;
-};
-
-// Log-softmax of `logits` at `token` and the `top_n` most likely tokens
-// (by logit, ties to the lower id), with their log-probabilities.
-float LogSoftmaxAt(absl::Span<const float> logits, int32_t token, int32_t top_n,
-                   std::vector<std::pair<int32_t, float>>* top);
 
 }  // namespace moeflow::server
 

@@ -1,13 +1,14 @@
-// Serving throughput of the whole HTTP stack (HttpServer + OpenAiApi +
-// scheduler + engine) on one model: aggregate decode tokens/s with 1, 4, 8
-// and 16 concurrent streaming requests, and the savings of prefix reuse.
+// Serving throughput of a running server's whole HTTP stack — `moeflow
+// serve` or `moeflow launch` with an http_address, the same API over the
+// same scheduler — on one model: aggregate decode tokens/s with 1, 4, 8 and
+// 16 concurrent streaming requests, and the savings of prefix reuse.
 //
-//   serve_bench --model=FILE.gguf [--scheduler=batching|serial --max_tokens=32
-//               --requests_per_client=2 --concurrency=1,4,8,16 --threads=2
-//               --parallel=16 --max_batch_tokens=512 --chunk_size=256
-//               --prefix_tokens=1000 --prefix_clients=8 --json]
+//   serve_bench --port=8080 [--max_tokens=32 --requests_per_client=2
+//               --concurrency=1,4,8,16 --prefix_tokens=1000 --prefix_clients=8
+//               --label=NAME --json]
 //
-// The server runs in-process on a free 127.0.0.1 port. Each client thread
+// The server (on 127.0.0.1:PORT) should run with --parallel at least the
+// largest concurrency; the model id comes from its /v1/models. Each client thread
 // sends streaming greedy completion requests (ignore_eos, so every request
 // generates max_tokens) one after the other, and timestamps the SSE events.
 // Per level:
@@ -39,27 +40,14 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
-#include "generation/text_generator.h"
 #include "nlohmann/json.hpp"
-#include "server/batching_scheduler.h"
-#include "server/engine_batch_model.h"
-#include "server/engine_sequence_model.h"
-#include "server/http_server.h"
-#include "server/metrics.h"
-#include "server/openai_api.h"
-#include "server/scheduler.h"
 #include "tests/server/http_test_client.h"
 
-ABSL_FLAG(std::string, model, "", "GGUF model to serve");
-ABSL_FLAG(std::string, scheduler, "batching", "batching or serial");
+ABSL_FLAG(int32_t, port, 8080, "the server's port on 127.0.0.1");
+ABSL_FLAG(std::string, label, "", "what the server is, for the table and JSON (e.g. launch)");
 ABSL_FLAG(int64_t, max_tokens, 32, "completion tokens per request");
 ABSL_FLAG(int32_t, requests_per_client, 2, "requests each client sends at each level");
 ABSL_FLAG(std::string, concurrency, "1,4,8,16", "concurrent clients per level");
-ABSL_FLAG(int32_t, threads, 2, "engine compute threads");
-ABSL_FLAG(int32_t, parallel, 16, "batching: requests generating at once");
-ABSL_FLAG(int64_t, max_batch_tokens, 512, "batching: tokens per forward pass");
-ABSL_FLAG(int64_t, chunk_size, 256, "batching: largest prefill chunk per request and step");
-ABSL_FLAG(int64_t, context, 2048, "positions per request");
 ABSL_FLAG(int64_t, prefix_tokens, 1000, "shared system prompt length for the reuse test (0: skip)");
 ABSL_FLAG(int32_t, prefix_clients, 8, "concurrent requests in the reuse test");
 ABSL_FLAG(bool, json, false, "print JSON instead of a table");
@@ -81,10 +69,11 @@ struct StreamResult {
 };
 
 // POSTs a streaming /v1/completions request and timestamps its events.
-StreamResult StreamCompletion(int port, const std::string& prompt, int64_t max_tokens) {
+StreamResult StreamCompletion(int port, const std::string& model, const std::string& prompt,
+                              int64_t max_tokens) {
   using namespace moeflow::server::testing;
   StreamResult r;
-  const json body = {{"model", "bench"},
+  const json body = {{"model", model},
                      {"prompt", prompt},
                      {"max_tokens", max_tokens},
                      {"temperature", 0},
@@ -141,17 +130,18 @@ int main(int argc, char** argv) {
   using namespace moeflow;
   using namespace moeflow::server;
   absl::ParseCommandLine(argc, argv);
-  const std::string model = absl::GetFlag(FLAGS_model);
-  if (model.empty()) {
-    std::fprintf(stderr, "serve_bench: --model is required\n");
-    return 2;
+  const int port = absl::GetFlag(FLAGS_port);
+  testing::ReadTimeoutSeconds() = 600;
+  // The served model's id.
+  const testing::ParsedResponse models = testing::Get(port, "/v1/models");
+  const json listed = json::parse(models.body, nullptr, false);
+  if (models.status != 200 || listed.is_discarded() || !listed.contains("data") ||
+      listed["data"].empty()) {
+    std::fprintf(stderr, "serve_bench: no model at http://127.0.0.1:%d/v1/models (status %d)\n",
+                 port, models.status);
+    return 1;
   }
-  const std::string scheduler_kind = absl::GetFlag(FLAGS_scheduler);
-  if (scheduler_kind != "batching" && scheduler_kind != "serial") {
-    std::fprintf(stderr, "serve_bench: --scheduler must be batching or serial\n");
-    return 2;
-  }
-  const bool batching = scheduler_kind == "batching";
+  const std::string model = listed["data"][0].value("id", std::string());
   std::vector<int> levels;
   for (absl::string_view s : absl::StrSplit(absl::GetFlag(FLAGS_concurrency), ',')) {
     int n = 0;
@@ -161,48 +151,6 @@ int main(int argc, char** argv) {
     }
     levels.push_back(n);
   }
-  const int32_t parallel = absl::GetFlag(FLAGS_parallel);
-  const int64_t context = absl::GetFlag(FLAGS_context);
-  TextGeneratorOptions options;
-  options.engine.n_threads = absl::GetFlag(FLAGS_threads);
-  options.context_tokens = context;
-  if (batching) options.engine.kv_pool_tokens = (parallel + 1) * context;
-  auto generator = TextGenerator::Open(model, options);
-  if (!generator.ok()) {
-    std::fprintf(stderr, "serve_bench: %s\n", std::string(generator.status().message()).c_str());
-    return 1;
-  }
-  ServerMetrics metrics;
-  std::unique_ptr<SequenceModel> sequence_model;
-  std::unique_ptr<BatchModel> batch_model;
-  std::unique_ptr<GenerationBackend> scheduler;
-  if (batching) {
-    batch_model = std::make_unique<EngineBatchModel>(generator->get());
-    BatchingSchedulerOptions o;
-    o.max_queue = 1024;
-    o.max_running = parallel;
-    o.max_batch_tokens = absl::GetFlag(FLAGS_max_batch_tokens);
-    o.chunk_tokens = absl::GetFlag(FLAGS_chunk_size);
-    scheduler = std::make_unique<BatchingScheduler>(batch_model.get(), o, &metrics);
-  } else {
-    sequence_model = std::make_unique<EngineSequenceModel>(generator->get());
-    SerialSchedulerOptions o;
-    o.max_queue = 1024;
-    scheduler = std::make_unique<SerialScheduler>(sequence_model.get(), o, &metrics);
-  }
-  ApiOptions api_options;
-  api_options.model_name = "bench";
-  api_options.log_requests = false;
-  api_options.chat_template = (*generator)->chat_template();
-  OpenAiApi api(api_options, &(*generator)->tokenizer(), scheduler.get(), &metrics);
-  HttpServerOptions http_options;
-  http_options.worker_threads = 2;
-  HttpServer http(http_options, [&api](const HttpRequest& r, std::shared_ptr<HttpResponder> w) {
-    api.Handle(r, std::move(w));
-  });
-  if (!http.Start().ok()) return 1;
-  const int port = http.port();
-  testing::ReadTimeoutSeconds() = 600;
   const int64_t max_tokens = absl::GetFlag(FLAGS_max_tokens);
   const int per_client = absl::GetFlag(FLAGS_requests_per_client);
 
@@ -215,7 +163,7 @@ int main(int argc, char** argv) {
       threads.emplace_back([&, c] {
         for (int i = 0; i < per_client; ++i) {
           got[static_cast<size_t>(c)].push_back(StreamCompletion(
-              port, absl::StrCat("Client ", c, " request ", i, ": write about the sea."),
+              port, model, absl::StrCat("Client ", c, " request ", i, ": write about the sea."),
               max_tokens));
         }
       });
@@ -253,11 +201,10 @@ int main(int argc, char** argv) {
   const int64_t prefix_tokens = absl::GetFlag(FLAGS_prefix_tokens);
   const int prefix_clients = absl::GetFlag(FLAGS_prefix_clients);
   if (prefix_tokens > 0) {
-    // About one token per word of this text with the DeepSeek tokenizer.
+    // About 10 tokens per rule with the DeepSeek tokenizer (the table
+    // reports the prompt tokens the server counted).
     std::string system;
-    for (int64_t i = 0; static_cast<int64_t>(
-                            (*generator)->tokenizer().Encode(system, false).size()) < prefix_tokens;
-         ++i) {
+    for (int64_t i = 0; i < prefix_tokens / 10; ++i) {
       absl::StrAppend(&system, "Rule ", i, ": keep answers short and precise. ");
     }
     auto run = [&](bool shared) {
@@ -272,7 +219,7 @@ int main(int argc, char** argv) {
       const double start = Now();
       for (int c = 0; c < prefix_clients; ++c) {
         threads.emplace_back(
-            [&, c] { res[static_cast<size_t>(c)] = StreamCompletion(port, prompt(c), 8); });
+            [&, c] { res[static_cast<size_t>(c)] = StreamCompletion(port, model, prompt(c), 8); });
       }
       for (std::thread& t : threads) t.join();
       const double seconds = Now() - start;
@@ -295,26 +242,20 @@ int main(int argc, char** argv) {
     };
     prefix = json::array({run(false), run(true)});
   }
-  scheduler->Shutdown();
-  http.Stop();
-
-  const std::string scheduling =
-      batching ? absl::StrCat("batching (", parallel, " at once, ",
-                              absl::GetFlag(FLAGS_max_batch_tokens), " tokens per step)")
-               : std::string("serial (one request at a time)");
+  const std::string scheduling = absl::GetFlag(FLAGS_label);
   if (absl::GetFlag(FLAGS_json)) {
     std::printf("%s\n", json({{"model", model},
                               {"max_tokens", max_tokens},
-                              {"engine_threads", absl::GetFlag(FLAGS_threads)},
-                              {"scheduler", scheduling},
+                              {"port", port},
+                              {"label", scheduling},
                               {"levels", results},
                               {"prefix_reuse", prefix}})
                             .dump(2)
                             .c_str());
     return 0;
   }
-  std::printf("model %s, %lld tokens per request, %s\n", model.c_str(),
-              static_cast<long long>(max_tokens), scheduling.c_str());
+  std::printf("%s model %s on port %d, %lld tokens per request\n", scheduling.c_str(),
+              model.c_str(), port, static_cast<long long>(max_tokens));
   std::printf("%11s %9s %7s %9s %12s %14s %10s\n", "concurrency", "requests", "errors", "seconds",
               "e2e tok/s", "decode tok/s", "TTFT s");
   for (const json& r : results) {

@@ -15,6 +15,7 @@
 #include "absl/status/status.h"
 #include "dataflow/wire.h"
 #include "gtest/gtest.h"
+#include "model/deepseek2/config.h"
 #include "model/gguf.h"
 #include "model/gguf_shard.h"
 #include "proto/worker.pb.h"
@@ -27,12 +28,8 @@ using dataflow::RequestHeader;
 class BufferReplyWriter final : public dataflow::ReplyWriter {
  public:
   explicit BufferReplyWriter(size_t capacity) : buffer_(capacity / sizeof(float) + 1) {}
-  uint8_t* Payload(int part) override {
-    EXPECT_EQ(part, 0);
-    return reinterpret_cast<uint8_t*>(buffer_.data());
-  }
-  absl::Status Send(int part, size_t payload_bytes) override {
-    EXPECT_EQ(part, 0);
+  uint8_t* Payload() override { return reinterpret_cast<uint8_t*>(buffer_.data()); }
+  absl::Status Send(size_t payload_bytes) override {
     ++sends_;
     sent_bytes_ = payload_bytes;
     return absl::OkStatus();
@@ -65,34 +62,42 @@ class ExpertShardTest : public ::testing::Test {
 
   void SetUp() override {
     ASSERT_NO_FATAL_FAILURE(LoadShard(ModelPath(), shard_));
-    auto engine_options = Deepseek2EngineOptions();
-    engine_options.n_threads = 1;
-    auto engine = Deepseek2Engine::Open(ModelPath(), engine_options);
-    ASSERT_TRUE(engine.ok()) << engine.status();
-    config_ = (*engine)->config();
+    auto file = GgufFile::Open(ModelPath());
+    ASSERT_TRUE(file.ok()) << file.status();
+    auto config = Deepseek2Config::FromGguf(**file);
+    ASSERT_TRUE(config.ok()) << config.status();
+    config_ = *config;
   }
 
-  // rows × hidden random activations, then row_of_pair, expert_of_pair and
-  // (combine) weight_of_pair for k distinct experts per row.
-  std::vector<uint8_t> Payload(int rows, int k, bool with_weights, uint32_t seed = 1) {
+  // A kExperts payload (dataflow/wire.h): rows × hidden random activations,
+  // then row_of_pair, expert_of_pair and (combine) weight_of_pair for k
+  // distinct experts per row; *row_of_pair / *expert_of_pair (may be null)
+  // get where those sections start.
+  std::vector<uint8_t> Payload(int rows, int k, bool with_weights, uint32_t seed = 1,
+                               int32_t** row_of_pair_out = nullptr,
+                               int32_t** expert_of_pair_out = nullptr) {
     std::mt19937 rng(seed);
     std::uniform_real_distribution<float> u(-1.f, 1.f);
     const int64_t h = config_.hidden;
     const int pairs = rows * k;
-    std::vector<uint8_t> bytes(static_cast<size_t>(rows * h) * 4 + static_cast<size_t>(pairs) * 8 +
-                               (with_weights ? static_cast<size_t>(pairs) * 4 : 0));
-    float* x = reinterpret_cast<float*>(bytes.data());
+    std::vector<uint8_t> bytes(dataflow::MaxExpertsRequestBytes(rows, pairs, h));
+    dataflow::WireWriter out(absl::MakeSpan(bytes));
+    float* x = out.Add<float>(static_cast<size_t>(rows * h));
     for (int64_t i = 0; i < rows * h; ++i) x[i] = u(rng);
-    int32_t* row_of_pair = reinterpret_cast<int32_t*>(x + rows * h);
-    int32_t* expert_of_pair = row_of_pair + pairs;
+    int32_t* row_of_pair = out.Add<int32_t>(static_cast<size_t>(pairs));
+    int32_t* expert_of_pair = out.Add<int32_t>(static_cast<size_t>(pairs));
     for (int p = 0; p < pairs; ++p) {
       row_of_pair[p] = p / k;
       expert_of_pair[p] = static_cast<int32_t>((p / k * 3 + (p % k)) % config_.n_experts);
     }
     if (with_weights) {
-      float* w = reinterpret_cast<float*>(expert_of_pair + pairs);
+      float* w = out.Add<float>(static_cast<size_t>(pairs));
       for (int p = 0; p < pairs; ++p) w[p] = 0.25f + 0.5f * std::fabs(u(rng));
     }
+    bytes.resize(out.size());
+    // The sections point into `bytes`, whose storage resize() keeps.
+    if (row_of_pair_out != nullptr) *row_of_pair_out = row_of_pair;
+    if (expert_of_pair_out != nullptr) *expert_of_pair_out = expert_of_pair;
     return bytes;
   }
 
@@ -126,15 +131,16 @@ TEST_F(ExpertShardTest, CombinedReplyIsTheWeightedSumOfThePerPairOutputs) {
   const int64_t h = config_.hidden;
   const std::vector<uint8_t> combined_payload = Payload(rows, k, true);
   // The same activations and pairs without the weights.
-  std::vector<uint8_t> plain_payload(combined_payload.begin(),
-                                     combined_payload.end() - rows * k * 4);
+  const std::vector<uint8_t> plain_payload = Payload(rows, k, false);
+  const size_t weights_bytes = dataflow::SectionBytes<float>(static_cast<size_t>(rows * k));
+  ASSERT_EQ(plain_payload.size() + weights_bytes, combined_payload.size());
   const float* weights =
       reinterpret_cast<const float*>(combined_payload.data() + plain_payload.size());
 
-  BufferReplyWriter plain(shard_.ReplyPartBytes()[0]);
+  BufferReplyWriter plain(shard_.MaxReplyBytes());
   ASSERT_TRUE(Handle(Header(rows, k, 0), plain_payload, plain).ok());
   ASSERT_EQ(plain.sent_bytes(), static_cast<size_t>(rows * k * h) * 4);
-  BufferReplyWriter combined(shard_.ReplyPartBytes()[0]);
+  BufferReplyWriter combined(shard_.MaxReplyBytes());
   ASSERT_TRUE(Handle(Header(rows, k, dataflow::kExpertsCombine), combined_payload, combined).ok());
   ASSERT_EQ(combined.sent_bytes(), static_cast<size_t>(rows * h) * 4);
 
@@ -165,33 +171,30 @@ TEST_F(ExpertShardTest, MalformedRequestsAreRefusedBeforeAnythingIsSent) {
   cases.push_back(
       {"unknown flag", Header(rows, k, 2), Payload(rows, k, false), "unknown flags 0x2"});
   cases.push_back({"combine without weights", Header(rows, k, dataflow::kExpertsCombine),
-                   Payload(rows, k, false), "with weights"});
+                   Payload(rows, k, false), "ends inside section weight_of_pair"});
   cases.push_back({"weights without combine", Header(rows, k, 0), Payload(rows, k, true),
-                   "kExperts: payload of"});
+                   "kExperts request: payload of"});
   {
     RequestHeader header = Header(rows, k, dataflow::kExpertsCombine);
     header.k = k + 1;  // n_pairs is then not n_rows × k
     cases.push_back({"pairs not rows × k", header, Payload(rows, k, true), "is not n_rows 2 × k"});
   }
   {
-    std::vector<uint8_t> payload = Payload(rows, k, true);
-    int32_t* row_of_pair =
-        reinterpret_cast<int32_t*>(payload.data() + static_cast<size_t>(rows * config_.hidden) * 4);
+    int32_t* row_of_pair = nullptr;
+    std::vector<uint8_t> payload = Payload(rows, k, true, 1, &row_of_pair);
     std::swap(row_of_pair[0], row_of_pair[rows * k - 1]);  // rows out of order
     cases.push_back({"row out of order", Header(rows, k, dataflow::kExpertsCombine), payload,
                      "kExperts combine: pair 0 names row 1, expected 0"});
   }
   {
-    std::vector<uint8_t> payload = Payload(rows, k, false);
-    int32_t* expert_of_pair = reinterpret_cast<int32_t*>(
-                                  payload.data() + static_cast<size_t>(rows * config_.hidden) * 4) +
-                              rows * k;
+    int32_t* expert_of_pair = nullptr;
+    std::vector<uint8_t> payload = Payload(rows, k, false, 1, nullptr, &expert_of_pair);
     expert_of_pair[1] = static_cast<int32_t>(config_.n_experts);
     cases.push_back({"expert id past the model", Header(rows, k, 0), payload, "is out of range"});
   }
   for (const BadCase& c : cases) {
     SCOPED_TRACE(c.what);
-    BufferReplyWriter writer(shard_.ReplyPartBytes()[0]);
+    BufferReplyWriter writer(shard_.MaxReplyBytes());
     const absl::Status s = Handle(c.header, c.payload, writer);
     EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
     EXPECT_NE(s.message().find(c.message), absl::string_view::npos) << s;

@@ -18,8 +18,8 @@ constexpr char kUserText[] = "What is the capital of France?";
 
 TEST(ControlChatTest, ChatInputMatchesSingleProcessChatSession) {
   TextGeneratorOptions options;
-  options.engine.n_threads = 1;
-  options.engine.max_context = 512;
+  options.topology.n_threads = 1;
+  options.context_tokens = 512;
   auto generator = TextGenerator::Open(kModel, options);
   ASSERT_TRUE(generator.ok()) << generator.status();
   ChatSession session(generator->get(), ChatSessionOptions());

@@ -1,6 +1,6 @@
 // End to end with real processes: `moeflow launch` (coordinator + CPU-backend
 // gpu_worker + 2 cpu_expert_workers on a simulated 2-NUMA hwloc topology)
-// must give the single-process Deepseek2Engine's logits: bit-identical for
+// must give the single-process topology's logits (coordinator/local_logits.h): bit-identical for
 // placement replicate and shard, within 1e-4 (top-1 equal) for slice.
 #include <sys/wait.h>
 
@@ -19,8 +19,10 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
-#include "engine/engine.h"
+#include "coordinator/local_logits.h"
 #include "gtest/gtest.h"
+#include "model/deepseek2/config.h"
+#include "model/gguf.h"
 #include "model/model_generator.h"
 #include "proto/worker.grpc.pb.h"
 #include "tests/dataflow/launch_process.h"
@@ -45,14 +47,7 @@ std::vector<int32_t> Sequence64(const std::string& model_dir) {
 }
 
 std::vector<float> EngineLogits(const std::string& model, const std::vector<int32_t>& tokens) {
-  Deepseek2EngineOptions options;
-  options.n_threads = 1;
-  options.max_batch = static_cast<int64_t>(tokens.size());
-  options.max_context = 512;
-  auto engine = Deepseek2Engine::Open(model, options);
-  EXPECT_TRUE(engine.ok()) << engine.status();
-  if (!engine.ok()) return {};
-  auto logits = (*engine)->Forward(tokens, 0);
+  auto logits = LocalLogits(model, tokens);
   EXPECT_TRUE(logits.ok()) << logits.status();
   return logits.ok() ? *logits : std::vector<float>{};
 }
@@ -137,11 +132,11 @@ TEST(LaunchLogitsCombinedRepliesTest, OneExpertWorkerSumsItsPairsBitIdentically)
   for (const char* quant : {"q4_k_m", "q8_0"}) {
     SCOPED_TRACE(quant);
     const std::string model = std::string("tests/data/llamacpp/tiny-v2/tiny-v2.") + quant + ".gguf";
-    Deepseek2EngineOptions options;
-    options.n_threads = 1;
-    auto engine = Deepseek2Engine::Open(model, options);
-    ASSERT_TRUE(engine.ok()) << engine.status();
-    const Deepseek2Config config = (*engine)->config();
+    auto file = GgufFile::Open(model);
+    ASSERT_TRUE(file.ok()) << file.status();
+    auto parsed = Deepseek2Config::FromGguf(**file);
+    ASSERT_TRUE(parsed.ok()) << parsed.status();
+    const Deepseek2Config config = *parsed;
     ExpectLaunchMatchesEngine(
         Case{"tiny-v2", quant, "replicate", true}, "sm,self", spec, [&](LaunchProcess& launch) {
           grpc::ClientContext ctx;
@@ -442,18 +437,11 @@ INSTANTIATE_TEST_SUITE_P(Placements, LaunchLogitsTest,
 TEST(LaunchLogitsChunkedTest, ChunkedPrefillMatchesEngineChunkByChunk) {
   const std::string model = "tests/data/llamacpp/tiny-v2/tiny-v2.q8_0.gguf";
   const std::vector<int32_t> tokens = Sequence64("tiny-v2");
-  Deepseek2EngineOptions options;
-  options.max_batch = 16;
-  options.max_context = 512;
-  auto engine = Deepseek2Engine::Open(model, options);
-  ASSERT_TRUE(engine.ok()) << engine.status();
-  std::vector<float> expected;
-  for (size_t c0 = 0; c0 < tokens.size(); c0 += 16) {
-    auto part =
-        (*engine)->Forward(absl::MakeConstSpan(tokens).subspan(c0, 16), static_cast<int64_t>(c0));
-    ASSERT_TRUE(part.ok()) << part.status();
-    expected.insert(expected.end(), part->begin(), part->end());
-  }
+  LocalLogitsOptions options;
+  options.max_batch_tokens = 16;
+  auto chunked = LocalLogits(model, tokens, options);
+  ASSERT_TRUE(chunked.ok()) << chunked.status();
+  const std::vector<float> expected = *chunked;
   LaunchSpec spec;
   spec.model_path = model;
   spec.placement = "shard";

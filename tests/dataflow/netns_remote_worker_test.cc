@@ -15,8 +15,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
+#include "coordinator/local_logits.h"
 #include "gtest/gtest.h"
-#include "engine/engine.h"
 #include "tests/dataflow/launch_process.h"
 
 namespace moeflow {
@@ -83,13 +83,7 @@ TEST(NetnsRemoteWorkerTest, WorkerInAnotherNetworkNamespaceMatchesEngine) {
     if (absl::SimpleAtoi(p, &t)) tokens.push_back(t);
   }
   ASSERT_EQ(tokens.size(), 64u);
-  Deepseek2EngineOptions options;
-  options.n_threads = 1;
-  options.max_batch = 64;
-  options.max_context = 512;
-  auto engine = Deepseek2Engine::Open(kModel, options);
-  ASSERT_TRUE(engine.ok()) << engine.status();
-  auto expected = (*engine)->Forward(tokens, 0);
+  auto expected = LocalLogits(kModel, tokens);
   ASSERT_TRUE(expected.ok()) << expected.status();
 
   // Not on loopback, so the worker needs a token (the same file on both

@@ -70,7 +70,7 @@ TEST(EngineImatrixTest, LowBitFilesAgreeWithLlamaCpp) {
     ASSERT_GT(confident, 40);
     const double share = static_cast<double>(agree) / confident;
     std::printf("%s.%s on %s: top-1 agreement at margin >= 0.2: %.3f (%d/%d)\n", f.model, f.quant,
-                CpuIsaName(engine->isa()), share, agree, confident);
+                CpuIsaName(SelectedIsa()), share, agree, confident);
     // Observed (deterministic per ISA): 1.0 on every file but iq1_m (57/58
     // avx512, 56/58 avx2 and scalar) and iq4_xs on avx2 (56/57); llama.cpp
     // against itself reaches 0.988 on Q4_K_M by this rule (README).

@@ -19,10 +19,10 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/types/span.h"
-#include "engine/engine.h"
 #include "gtest/gtest.h"
 #include "model/deepseek2/reference.h"
 #include "model/model_generator.h"
+#include "tests/engine/one_sequence.h"
 
 namespace moeflow {
 namespace {
@@ -62,11 +62,9 @@ std::vector<int32_t> Tokens(int n) {
 // kDecodeSteps tokens, then one token per step.
 std::vector<float> EngineLogits(const std::string& path, const std::vector<int32_t>& tokens,
                                 const Shape& shape) {
-  Deepseek2EngineOptions options;
-  options.n_threads = 2;
-  options.max_batch = static_cast<int64_t>(tokens.size());
-  options.max_context = 256;
-  auto engine = Deepseek2Engine::Open(path, options);
+  auto engine = testing::OneSequence::Open(path, /*n_threads=*/2,
+                                           /*max_batch=*/static_cast<int64_t>(tokens.size()),
+                                           /*max_context=*/256);
   EXPECT_TRUE(engine.ok()) << engine.status();
   if (!engine.ok()) return {};
   const Deepseek2Config& c = (*engine)->config();

@@ -10,9 +10,11 @@ namespace moeflow {
 namespace {
 
 TEST(KvPagePoolTest, LayoutAndCounts) {
-  KvPagePool pool(/*n_layers=*/3, /*row_dim=*/5, /*page_tokens=*/4, /*n_pages=*/6);
-  EXPECT_EQ(pool.layer_floats(), 20);
-  EXPECT_EQ(pool.page_floats(), 60);
+  KvPagePool pool(/*page_tokens=*/4, /*n_pages=*/6);
+  KvPageMemory memory(/*n_layers=*/3, /*row_dim=*/5, /*page_tokens=*/4, /*n_pages=*/6);
+  EXPECT_EQ(memory.layer_floats(), 20);
+  EXPECT_EQ(memory.page_floats(), 60);
+  EXPECT_EQ(memory.layer_base(2) - memory.layer_base(0), 40);
   EXPECT_EQ(pool.free_pages(), 6);
   EXPECT_EQ(pool.available_pages(), 6);
   std::vector<int32_t> got;
@@ -26,7 +28,7 @@ TEST(KvPagePoolTest, LayoutAndCounts) {
 }
 
 TEST(KvPagePoolTest, PublishedPagesAreSharedCachedAndEvictedLeastRecentFirst) {
-  KvPagePool pool(1, 2, 4, 3);
+  KvPagePool pool(4, 3);
   const std::vector<int32_t> ta = {1, 2, 3, 4}, tb = {5, 6, 7, 8}, tc = {9, 9, 9, 9};
   const int32_t a = pool.Allocate(), b = pool.Allocate(), c = pool.Allocate();
   const uint64_t sa = pool.Publish(a, 11, 0, ta);
@@ -62,7 +64,7 @@ TEST(KvPagePoolTest, PublishedPagesAreSharedCachedAndEvictedLeastRecentFirst) {
 }
 
 TEST(KvPagePoolTest, HashCollisionIsAMissNotAReuse) {
-  KvPagePool pool(1, 2, 4, 4);
+  KvPagePool pool(4, 4);
   const std::vector<int32_t> x = {1, 2, 3, 4}, y = {1, 2, 3, 5};
   const int32_t a = pool.Allocate();
   const uint64_t sa = pool.Publish(a, 7, 0, x);
@@ -99,7 +101,7 @@ TEST(KvPagePoolTest, HashCollisionIsAMissNotAReuse) {
 }
 
 TEST(KvPagePoolTest, InjectedHashIsUsed) {
-  KvPagePool pool(1, 2, 4, 2);
+  KvPagePool pool(4, 2);
   const std::vector<int32_t> x = {1, 2, 3, 4};
   EXPECT_EQ(pool.Hash(0, x), KvPagePool::BlockHash(0, x));
   pool.set_hash_for_testing(
@@ -115,6 +117,27 @@ TEST(KvPagePoolTest, BlockHashDependsOnTokensOrderAndPrefix) {
   EXPECT_NE(hx, KvPagePool::BlockHash(0, y));
   EXPECT_NE(KvPagePool::BlockHash(hx, x), KvPagePool::BlockHash(0, x));
   EXPECT_NE(KvPagePool::BlockHash(0, {1, 2, 3}), hx);
+}
+
+// After the memory behind the pages is lost, no published block is found
+// again, cached pages are free, and referenced ones stay referenced.
+TEST(KvPagePoolTest, ForgetPublishedDropsEveryBlock) {
+  KvPagePool pool(4, 3);
+  const std::vector<int32_t> ta = {1, 2, 3, 4}, tb = {5, 6, 7, 8};
+  const int32_t a = pool.Allocate(), b = pool.Allocate();
+  const uint64_t ha = KvPagePool::BlockHash(0, ta), hb = KvPagePool::BlockHash(0, tb);
+  ASSERT_NE(pool.Publish(a, ha, 0, ta), 0u);
+  ASSERT_NE(pool.Publish(b, hb, 0, tb), 0u);
+  pool.Release(a);  // a cached, b referenced
+  EXPECT_EQ(pool.cached_pages(), 1);
+  pool.ForgetPublished();
+  EXPECT_EQ(pool.cached_pages(), 0);
+  EXPECT_EQ(pool.free_pages(), 2);
+  EXPECT_EQ(pool.refcount(b), 1);
+  EXPECT_EQ(pool.Find(ha, 0, ta), -1);
+  EXPECT_EQ(pool.Find(hb, 0, tb), -1);
+  pool.Release(b);
+  EXPECT_EQ(pool.free_pages(), 3);
 }
 
 }  // namespace

@@ -14,20 +14,15 @@
 
 namespace moeflow::fixtures {
 
-std::unique_ptr<Deepseek2Engine> OpenFixtureEngine(const std::string& model,
-                                                   const std::string& quant, int n_threads,
-                                                   int64_t active_experts) {
-  Deepseek2EngineOptions options;
-  options.n_threads = n_threads;
-  options.active_experts = active_experts;
-  options.max_batch = 64;
-  options.max_context = 256;
-  auto e = Deepseek2Engine::Open(FixturePath(model, quant + ".gguf"), options);
+std::unique_ptr<Engine> OpenFixtureEngine(const std::string& model, const std::string& quant,
+                                          int n_threads, int64_t active_experts) {
+  auto e = Engine::Open(FixturePath(model, quant + ".gguf"), n_threads, /*max_batch=*/64,
+                        /*max_context=*/256, active_experts);
   EXPECT_TRUE(e.ok()) << e.status();
   return e.ok() ? std::move(e).value() : nullptr;
 }
 
-Comparison CompareSequence(Deepseek2Engine& engine, const std::string& name,
+Comparison CompareSequence(Engine& engine, const std::string& name,
                            const std::string& quant, const std::string& seq) {
   Comparison cmp;
   auto ref = ReadLogitsFile(FixturePath(name, absl::StrCat(quant, ".", seq, ".logits.bin")));
@@ -37,7 +32,6 @@ Comparison CompareSequence(Deepseek2Engine& engine, const std::string& name,
       ReadText(FixturePath(name, absl::StrCat(quant, ".", seq, ".top5.json"))), "margin");
   EXPECT_EQ(static_cast<int64_t>(margins.size()), ref->n_tokens());
   std::vector<int32_t> tokens(ref->tokens.begin(), ref->tokens.end());
-  engine.ResetCache();
   auto logits = engine.Forward(tokens, 0);
   EXPECT_TRUE(logits.ok()) << logits.status();
   if (!logits.ok()) return cmp;
@@ -73,7 +67,7 @@ Comparison CompareSequence(Deepseek2Engine& engine, const std::string& name,
   return cmp;
 }
 
-void Greedy(Deepseek2Engine& engine, const std::string& name, const std::string& quant,
+void Greedy(Engine& engine, const std::string& name, const std::string& quant,
             int* equal_prefix, int* first_low_margin) {
   const std::string json = ReadText(FixturePath(name, quant + ".greedy32.json"));
   const std::vector<int32_t> prompt = IntArrayAfterKey(json, "prompt");
@@ -83,7 +77,6 @@ void Greedy(Deepseek2Engine& engine, const std::string& name, const std::string&
   ASSERT_EQ(expected.size(), 32u);
   ASSERT_EQ(margins.size(), 32u);
   const int64_t vocab = engine.config().vocab_size;
-  engine.ResetCache();
   std::vector<float> logits(static_cast<size_t>(vocab));
   ASSERT_TRUE(engine.ForwardInto(prompt, 0, /*last_only=*/true, absl::MakeSpan(logits)).ok());
   std::vector<int32_t> generated;

@@ -11,15 +11,17 @@
 #include <memory>
 #include <string>
 
-#include "engine/engine.h"
+#include "tests/engine/one_sequence.h"
 
 namespace moeflow::fixtures {
 
+// The engine: the dataflow over the single-process topology, one sequence.
+using Engine = ::moeflow::testing::OneSequence;
+
 // The engine on tests/data/llamacpp/MODEL/MODEL.QUANT.gguf (max_batch 64,
 // max_context 256), or null after a test failure.
-std::unique_ptr<Deepseek2Engine> OpenFixtureEngine(const std::string& model,
-                                                   const std::string& quant, int n_threads = 2,
-                                                   int64_t active_experts = 0);
+std::unique_ptr<Engine> OpenFixtureEngine(const std::string& model, const std::string& quant,
+                                          int n_threads = 2, int64_t active_experts = 0);
 
 struct Comparison {
   double max_abs = 0;
@@ -33,13 +35,13 @@ struct Comparison {
 
 // MODEL.QUANT.SEQ.logits.bin (and its top5.json margins) against the
 // engine's logits of the same tokens from position 0 in one batch.
-Comparison CompareSequence(Deepseek2Engine& engine, const std::string& name,
+Comparison CompareSequence(Engine& engine, const std::string& name,
                            const std::string& quant, const std::string& seq);
 
 // Greedy generation as MODEL.QUANT.greedy32.json was made: prompt in one
 // batch, then one token per step. Sets how many leading tokens equal
 // llama.cpp's, and the first step whose recorded margin is < 0.2 (32 if none).
-void Greedy(Deepseek2Engine& engine, const std::string& name, const std::string& quant,
+void Greedy(Engine& engine, const std::string& name, const std::string& quant,
             int* equal_prefix, int* first_low_margin);
 
 }  // namespace moeflow::fixtures

@@ -26,9 +26,9 @@ class RecordingCompute final : public dataflow::WorkerCompute {
     log_->push_back(name_ + ".MaxRequestBytes");
     return 1;
   }
-  std::vector<size_t> ReplyPartBytes() const override {
-    log_->push_back(name_ + ".ReplyPartBytes");
-    return {2};
+  size_t MaxReplyBytes() const override {
+    log_->push_back(name_ + ".MaxReplyBytes");
+    return 2;
   }
   absl::Status Handle(const dataflow::RequestHeader&, absl::Span<const uint8_t>,
                       dataflow::ReplyWriter&, proto::LayerStats&) override {
@@ -53,8 +53,8 @@ class RecordingCompute final : public dataflow::WorkerCompute {
 
 class NoReply final : public dataflow::ReplyWriter {
  public:
-  uint8_t* Payload(int) override { return nullptr; }
-  absl::Status Send(int, size_t) override { return absl::OkStatus(); }
+  uint8_t* Payload() override { return nullptr; }
+  absl::Status Send(size_t) override { return absl::OkStatus(); }
 };
 
 std::vector<std::string> CallEverything(const std::string& backend) {
@@ -66,7 +66,7 @@ std::vector<std::string> CallEverything(const std::string& backend) {
   EXPECT_TRUE(selector.Configure(request).ok());
   EXPECT_TRUE(selector.Load([](const proto::LoadProgress&) {}).ok());
   EXPECT_EQ(selector.MaxRequestBytes(), 1u);
-  EXPECT_EQ(selector.ReplyPartBytes(), std::vector<size_t>{2});
+  EXPECT_EQ(selector.MaxReplyBytes(), 2u);
   NoReply reply;
   proto::LayerStats stats;
   EXPECT_TRUE(selector.Handle(dataflow::RequestHeader(), {}, reply, stats).ok());
@@ -83,7 +83,7 @@ TEST(BackendSelectorTest, ForwardsEveryCallToTheBackendConfigurePicked) {
     const std::string b = backend;
     EXPECT_EQ(CallEverything(backend),
               (std::vector<std::string>{b + ".Configure", b + ".Load", b + ".MaxRequestBytes",
-                                        b + ".ReplyPartBytes", b + ".Handle", b + ".ShardBytes",
+                                        b + ".MaxReplyBytes", b + ".Handle", b + ".ShardBytes",
                                         b + ".PinCaller", b + ".Idle", b + ".Busy"}));
   }
   // No backend named: the CPU one.

@@ -1,6 +1,7 @@
 // gpu_worker's CUDA backend end to end on the tiny llama.cpp fixtures: the
-// test drives it as the coordinator does (kEmbed, kLayer per layer with the
-// routed experts computed here by the reference, kOutput) and compares the
+// coordinator's layer driver runs a step over it (the step's kLayer requests
+// with the routed experts computed here by the reference, kOutput), on pages
+// of its paged cache out of order, and the test compares the
 // logits with the float32 reference (Deepseek2Reference): top-1 equal where
 // the reference's margin is clear, max |Δ| within BF16/int8 weight error.
 // The reference logits are computed everywhere; without a CUDA device the
@@ -15,6 +16,10 @@
 #include <string>
 #include <vector>
 
+#include "base/check.h"
+#include "coordinator/layer_driver.h"
+#include "coordinator/placement.h"
+#include "dataflow/in_process_client.h"
 #include "gtest/gtest.h"
 #include "model/deepseek2/reference.h"
 #include "model/deepseek2/weights.h"
@@ -30,25 +35,42 @@ std::string NoDeviceReason() {
   return "";
 }
 
-class BufferReply : public dataflow::ReplyWriter {
+// The routed experts of the float32 reference, as an expert worker's
+// compute (the kExpertsCombine requests of a one-worker plan).
+class ReferenceExperts final : public dataflow::WorkerCompute {
  public:
-  explicit BufferReply(const std::vector<size_t>& sizes) {
-    for (size_t s : sizes) parts_.emplace_back(s);
-    sent_.assign(sizes.size(), 0);
-  }
-  uint8_t* Payload(int part) override { return parts_[part].data(); }
-  absl::Status Send(int part, size_t bytes) override {
-    sent_[part] = bytes;
+  ReferenceExperts(const Deepseek2Config& config, const Deepseek2Weights& weights, int64_t rows)
+      : config_(config), weights_(weights), rows_(rows) {}
+  absl::Status Configure(const proto::ConfigureRequest&) override { return absl::OkStatus(); }
+  absl::Status Load(const std::function<void(const proto::LoadProgress&)>&) override {
     return absl::OkStatus();
   }
-  const float* floats(int part) const {
-    return reinterpret_cast<const float*>(parts_[part].data());
+  size_t MaxRequestBytes() const override {
+    return dataflow::MaxExpertsRequestBytes(rows_, rows_ * config_.n_experts_used, config_.hidden);
   }
-  size_t sent(int part) const { return sent_[part]; }
+  size_t MaxReplyBytes() const override {
+    return dataflow::SectionBytes<float>(
+        static_cast<size_t>(rows_ * config_.n_experts_used * config_.hidden));
+  }
+  absl::Status Handle(const dataflow::RequestHeader& header, absl::Span<const uint8_t> payload,
+                      dataflow::ReplyWriter& reply, proto::LayerStats&) override {
+    MOEFLOW_ASSIGN_OR_RETURN(const dataflow::ExpertsRequest r,
+                             dataflow::ParseExpertsRequest(header, payload, config_.hidden));
+    if ((header.flags & dataflow::kExpertsCombine) == 0) {
+      return absl::UnimplementedError("the test's experts sum every pair (one worker)");
+    }
+    RoutedExperts(config_, weights_.layers[static_cast<size_t>(header.layer)])
+        .Forward(r.rows.data(), header.n_rows, r.expert_of_pair.data(), r.weight_of_pair.data(),
+                 header.k, reinterpret_cast<float*>(reply.Payload()));
+    return reply.Send(
+        dataflow::SectionBytes<float>(static_cast<size_t>(header.n_rows * config_.hidden)));
+  }
+  int64_t ShardBytes() const override { return 0; }
 
  private:
-  std::vector<std::vector<uint8_t>> parts_;
-  std::vector<size_t> sent_;
+  const Deepseek2Config config_;
+  const Deepseek2Weights& weights_;
+  const int64_t rows_;
 };
 
 proto::ConfigureRequest Request(const std::string& model) {
@@ -87,47 +109,24 @@ TEST_P(CudaBackendDeviceTest, LogitsMatchReference) {
   CudaGpuWorkerBackend backend;
   ASSERT_TRUE(backend.Configure(Request(path)).ok());
   ASSERT_TRUE(backend.Load([](const proto::LoadProgress&) {}).ok());
-  const int64_t n = static_cast<int64_t>(prompt.size()), h = c.hidden;
-  BufferReply reply(backend.ReplyPartBytes());
-  proto::LayerStats stats;
-  dataflow::RequestHeader header;
-  header.n_tokens = static_cast<int32_t>(n);
-  header.op = static_cast<uint32_t>(dataflow::DataflowOp::kEmbed);
-  ASSERT_TRUE(backend
-                  .Handle(header,
-                          {reinterpret_cast<const uint8_t*>(prompt.data()), prompt.size() * 4},
-                          reply, stats)
-                  .ok());
-  std::vector<float> x(reply.floats(0), reply.floats(0) + n * h);
-  const Deepseek2Weights& w = (*reference)->weights();
-  for (int64_t il = 0; il < c.n_layers; ++il) {
-    header.op = static_cast<uint32_t>(dataflow::DataflowOp::kLayer);
-    header.layer = static_cast<int32_t>(il);
-    header.start_pos = 0;
-    header.k = static_cast<int32_t>(c.n_experts_used);
-    const absl::Status s = backend.Handle(
-        header, {reinterpret_cast<const uint8_t*>(x.data()), x.size() * 4}, reply, stats);
-    ASSERT_TRUE(s.ok()) << "layer " << il << ": " << s;
-    if (!c.is_moe_layer(il)) {
-      std::copy(reply.floats(0), reply.floats(0) + n * h, x.begin());
-      continue;
-    }
-    const int64_t k = header.k;
-    const float* ffn_inp = reply.floats(0);
-    const float* x_norm = ffn_inp + n * h;
-    const int32_t* ids = reinterpret_cast<const int32_t*>(x_norm + n * h);
-    const float* weights = reinterpret_cast<const float*>(ids + n * k);
-    std::vector<float> routed(n * h);
-    RoutedExperts(c, w.layers[il]).Forward(x_norm, n, ids, weights, k, routed.data());
-    Combine(ffn_inp, routed.data(), c.n_shared_experts > 0 ? reply.floats(1) : nullptr, n, h,
-            x.data());
-  }
-  header.op = static_cast<uint32_t>(dataflow::DataflowOp::kOutput);
-  ASSERT_TRUE(
-      backend
-          .Handle(header, {reinterpret_cast<const uint8_t*>(x.data()), x.size() * 4}, reply, stats)
-          .ok());
-  const float* got = reply.floats(0);
+  // The coordinator's layer driver over the backend and the reference's
+  // experts, both in process: the protocol of every topology.
+  const int64_t n = static_cast<int64_t>(prompt.size());
+  ReferenceExperts experts(c, (*reference)->weights(), 16);
+  dataflow::InProcessClient attention_client("gpu0", &backend, false);
+  dataflow::InProcessClient experts_client("expert0", &experts, false);
+  const ExpertPlan plan = MakeExpertPlan(c, proto::EXPERT_PLACEMENT_REPLICATE, 1);
+  LayerDriverOptions options;
+  options.max_tokens = 16;
+  LayerDriver driver(c, &plan, options);
+  const std::vector<int32_t> pages = {3, 0};  // any pages of the cache
+  const StepSegment segment{0, prompt, 0, pages};
+  std::vector<float> logits(static_cast<size_t>(n * c.vocab_size));
+  const absl::Status s =
+      driver.Step({&attention_client, {&experts_client}}, {segment}, c.n_experts_used,
+                  /*all_logits=*/true, absl::MakeSpan(logits), nullptr);
+  ASSERT_TRUE(s.ok()) << s;
+  const float* got = logits.data();
   const int64_t vocab = c.vocab_size;
   float max_ref = 0, max_diff = 0;
   for (int64_t i = 0; i < n * vocab; ++i) {

@@ -1,9 +1,10 @@
-// BatchingScheduler on the real engine (tiny-v3 fixture, paged KV cache):
+// BatchingScheduler on the real engine (the dataflow over the single-process
+// topology, tiny-v3 fixture, paged KV cache):
 // concurrent greedy outputs equal the same prompts run one at a time
-// (SerialScheduler), prefix reuse is reported (and a forced hash collision
-// is not reused), admission errors and waits, pages grow on demand and an
-// exhausted pool preempts without changing outputs, cancellation frees the
-// pages, and sampling with a seed matches too.
+// (the same scheduler with one request running), prefix reuse is reported (and a forced hash
+// collision is not reused), admission errors and waits, pages grow on demand and an exhausted pool
+// preempts without changing outputs, cancellation frees the pages, and sampling with a seed matches
+// too.
 #include "server/batching_scheduler.h"
 
 #include <algorithm>
@@ -18,28 +19,55 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
-#include "generation/text_generator.h"
-#include "gtest/gtest.h"
+#include "coordinator/dataflow_batch_model.h"
+#include "coordinator/local_topology.h"
 #include "engine/kv_pages.h"
-#include "server/engine_batch_model.h"
-#include "server/engine_sequence_model.h"
+#include "gtest/gtest.h"
+#include "model/gguf.h"
 #include "server/metrics.h"
 #include "server/scheduler.h"
+#include "tokenizer/bpe_tokenizer.h"
 
 namespace moeflow::server {
 namespace {
 
 constexpr char kModel[] = "tests/data/llamacpp/tiny-v3/tiny-v3.q8_0.gguf";
 
-std::unique_ptr<TextGenerator> OpenGenerator(int64_t kv_tokens, int64_t context = 256) {
-  TextGeneratorOptions options;
-  options.engine.n_threads = 2;
-  options.engine.kv_pool_tokens = kv_tokens;
-  options.engine.kv_page_tokens = 16;
+// The engine and its batch model, as `moeflow serve` builds them.
+struct Engine {
+  std::unique_ptr<BpeTokenizer> tokenizer;
+  std::unique_ptr<LocalTopology> topology;
+  std::unique_ptr<DataflowBatchModel> model;
+};
+
+std::unique_ptr<Engine> OpenEngine(int64_t kv_tokens, int64_t context = 256) {
+  auto e = std::make_unique<Engine>();
+  auto file = GgufFile::Open(kModel);
+  EXPECT_TRUE(file.ok()) << file.status();
+  if (!file.ok()) return nullptr;
+  auto tokenizer = BpeTokenizer::FromGguf(**file);
+  EXPECT_TRUE(tokenizer.ok()) << tokenizer.status();
+  if (!tokenizer.ok()) return nullptr;
+  e->tokenizer = std::move(*tokenizer);
+  LocalTopologyOptions options;
+  options.n_threads = 2;
+  options.max_batch_tokens = 512;
+  options.max_sequences = 8;
+  options.kv_tokens = kv_tokens;
   options.context_tokens = context;
-  auto g = TextGenerator::Open(kModel, options);
-  EXPECT_TRUE(g.ok()) << g.status();
-  return g.ok() ? std::move(g).value() : nullptr;
+  auto t = LocalTopology::Open(kModel, options);
+  EXPECT_TRUE(t.ok()) << t.status();
+  if (!t.ok()) return nullptr;
+  e->topology = std::move(*t);
+  e->model = std::make_unique<DataflowBatchModel>(e->topology.get(), e->tokenizer.get());
+  return e;
+}
+
+// One request at a time, in arrival order.
+BatchingSchedulerOptions Serial() {
+  BatchingSchedulerOptions options;
+  options.max_running = 1;
+  return options;
 }
 
 std::vector<int32_t> RandomPrompt(int64_t n, uint32_t seed) {
@@ -98,15 +126,15 @@ std::vector<std::unique_ptr<Outcome>> RunAll(GenerationBackend& backend,
 }
 
 TEST(BatchingSchedulerTest, ConcurrentOutputsEqualOneAtATime) {
-  auto generator = OpenGenerator(2048);
-  ASSERT_NE(generator, nullptr);
+  auto engine = OpenEngine(2048);
+  ASSERT_NE(engine, nullptr);
   std::vector<std::vector<int32_t>> prompts;
   for (int i = 0; i < 7; ++i) prompts.push_back(RandomPrompt(5 + 11 * i, 100 + i));
   for (float temperature : {0.0f, 0.8f}) {
     std::vector<std::unique_ptr<Outcome>> batched, serial;
     {
       ServerMetrics metrics;
-      EngineBatchModel model(generator.get());
+      DataflowBatchModel& model = *engine->model;
       BatchingSchedulerOptions options;
       options.max_running = 4;  // some wait in the queue
       options.max_batch_tokens = 40;
@@ -119,8 +147,7 @@ TEST(BatchingSchedulerTest, ConcurrentOutputsEqualOneAtATime) {
       EXPECT_NE(text.find("moeflow_kv_pages_total 128"), std::string::npos) << text;
     }
     {
-      EngineSequenceModel model(generator.get());
-      SerialScheduler scheduler(&model, SerialSchedulerOptions{}, nullptr);
+      BatchingScheduler scheduler(engine->model.get(), Serial(), nullptr);
       serial = RunAll(scheduler, prompts, 10, temperature);
     }
     for (size_t i = 0; i < prompts.size(); ++i) {
@@ -133,9 +160,9 @@ TEST(BatchingSchedulerTest, ConcurrentOutputsEqualOneAtATime) {
 }
 
 TEST(BatchingSchedulerTest, SharedPrefixIsReportedAsCachedTokens) {
-  auto generator = OpenGenerator(1024);
-  ASSERT_NE(generator, nullptr);
-  EngineBatchModel model(generator.get());
+  auto engine = OpenEngine(1024);
+  ASSERT_NE(engine, nullptr);
+  DataflowBatchModel& model = *engine->model;
   BatchingScheduler scheduler(&model, BatchingSchedulerOptions{}, nullptr);
   const std::vector<int32_t> system = RandomPrompt(50, 7);
   std::vector<int32_t> a = system, b = system;
@@ -147,8 +174,7 @@ TEST(BatchingSchedulerTest, SharedPrefixIsReportedAsCachedTokens) {
   EXPECT_EQ(first[0]->summary.cached_prompt_tokens, 0);
   EXPECT_EQ(second[0]->summary.cached_prompt_tokens, 48);  // 3 blocks of 16
   // And the output is what it is without reuse.
-  EngineSequenceModel serial_model(generator.get());
-  SerialScheduler serial(&serial_model, SerialSchedulerOptions{}, nullptr);
+  BatchingScheduler serial(engine->model.get(), Serial(), nullptr);
   auto again = RunAll(serial, {b}, 4);
   EXPECT_EQ(second[0]->tokens, again[0]->tokens);
 }
@@ -157,12 +183,12 @@ TEST(BatchingSchedulerTest, SharedPrefixIsReportedAsCachedTokens) {
 uint64_t CollidingHash(uint64_t previous, absl::Span<const int32_t>) { return previous + 1; }
 
 TEST(BatchingSchedulerTest, HashCollisionIsNotReused) {
-  auto generator = OpenGenerator(1024);
-  ASSERT_NE(generator, nullptr);
-  KvPagePool* pool = generator->engine().mutable_kv_pages_for_testing();
+  auto engine = OpenEngine(1024);
+  ASSERT_NE(engine, nullptr);
+  KvPagePool* pool = &engine->model->mutable_pages_for_testing();
   ASSERT_NE(pool, nullptr);
   pool->set_hash_for_testing(&CollidingHash);
-  EngineBatchModel model(generator.get());
+  DataflowBatchModel& model = *engine->model;
   BatchingScheduler scheduler(&model, BatchingSchedulerOptions{}, nullptr);
   const std::vector<int32_t> a = RandomPrompt(40, 41), b = RandomPrompt(40, 42);
   std::vector<int32_t> a2 = a;
@@ -175,17 +201,16 @@ TEST(BatchingSchedulerTest, HashCollisionIsNotReused) {
   EXPECT_EQ(first[0]->summary.cached_prompt_tokens, 0);
   EXPECT_EQ(second[0]->summary.cached_prompt_tokens, 0);
   EXPECT_EQ(third[0]->summary.cached_prompt_tokens, 32);
-  EngineSequenceModel serial_model(generator.get());
-  SerialScheduler serial(&serial_model, SerialSchedulerOptions{}, nullptr);
+  BatchingScheduler serial(engine->model.get(), Serial(), nullptr);
   auto again = RunAll(serial, {b, a2}, 4);
   EXPECT_EQ(second[0]->tokens, again[0]->tokens);
   EXPECT_EQ(third[0]->tokens, again[1]->tokens);
 }
 
 TEST(BatchingSchedulerTest, WithoutMaxTokensPagesGrowAsItDecodes) {
-  auto generator = OpenGenerator(1024);  // 64 pages; context 256
-  ASSERT_NE(generator, nullptr);
-  EngineBatchModel model(generator.get());
+  auto engine = OpenEngine(1024);  // 64 pages; context 256
+  ASSERT_NE(engine, nullptr);
+  DataflowBatchModel& model = *engine->model;
   BatchingSchedulerOptions options;
   options.decode_reserve_tokens = 16;
   BatchingScheduler scheduler(&model, options, nullptr);
@@ -212,8 +237,8 @@ TEST(BatchingSchedulerTest, WithoutMaxTokensPagesGrowAsItDecodes) {
 }
 
 TEST(BatchingSchedulerTest, ExhaustedPoolPreemptsTheNewestAndOutputsAreUnchanged) {
-  auto generator = OpenGenerator(128);  // 8 pages; context 256
-  ASSERT_NE(generator, nullptr);
+  auto engine = OpenEngine(128);  // 8 pages; context 256
+  ASSERT_NE(engine, nullptr);
   const std::vector<std::vector<int32_t>> prompts = {RandomPrompt(20, 60), RandomPrompt(25, 61),
                                                      RandomPrompt(30, 62)};
   for (float temperature : {0.0f, 0.8f}) {
@@ -221,7 +246,7 @@ TEST(BatchingSchedulerTest, ExhaustedPoolPreemptsTheNewestAndOutputsAreUnchanged
     std::string metrics_text;
     {
       ServerMetrics metrics;
-      EngineBatchModel model(generator.get());
+      DataflowBatchModel& model = *engine->model;
       BatchingSchedulerOptions options;
       options.decode_reserve_tokens = 8;
       options.chunk_tokens = 16;
@@ -238,8 +263,7 @@ TEST(BatchingSchedulerTest, ExhaustedPoolPreemptsTheNewestAndOutputsAreUnchanged
       EXPECT_EQ(s.finish_reason, "length");
       preemptions += s.preemptions;
       // Alone, with max_tokens set to the same limit: the same tokens.
-      EngineSequenceModel serial_model(generator.get());
-      SerialScheduler serial(&serial_model, SerialSchedulerOptions{}, nullptr);
+      BatchingScheduler serial(engine->model.get(), Serial(), nullptr);
       std::vector<std::unique_ptr<Outcome>> outs;
       outs.push_back(std::make_unique<Outcome>());
       ASSERT_TRUE(serial
@@ -258,9 +282,9 @@ TEST(BatchingSchedulerTest, ExhaustedPoolPreemptsTheNewestAndOutputsAreUnchanged
 }
 
 TEST(BatchingSchedulerTest, ConcurrentRequestsWithANewSharedPrefixComputeItOnce) {
-  auto generator = OpenGenerator(2048);
-  ASSERT_NE(generator, nullptr);
-  EngineBatchModel model(generator.get());
+  auto engine = OpenEngine(2048);
+  ASSERT_NE(engine, nullptr);
+  DataflowBatchModel& model = *engine->model;
   BatchingSchedulerOptions options;
   options.chunk_tokens = 16;  // the shared prefix takes several steps
   BatchingScheduler scheduler(&model, options, nullptr);
@@ -276,9 +300,9 @@ TEST(BatchingSchedulerTest, ConcurrentRequestsWithANewSharedPrefixComputeItOnce)
 }
 
 TEST(BatchingSchedulerTest, AdmissionErrorsAndWaitingForPages) {
-  auto generator = OpenGenerator(128);  // 8 pages of 16
-  ASSERT_NE(generator, nullptr);
-  EngineBatchModel model(generator.get());
+  auto engine = OpenEngine(128);  // 8 pages of 16
+  ASSERT_NE(engine, nullptr);
+  DataflowBatchModel& model = *engine->model;
   {
     BatchingSchedulerOptions options;
     options.max_queue = 0;
@@ -325,9 +349,9 @@ TEST(BatchingSchedulerTest, AdmissionErrorsAndWaitingForPages) {
 }
 
 TEST(BatchingSchedulerTest, CancellationEndsTheRequestAndFreesItsPages) {
-  auto generator = OpenGenerator(512);
-  ASSERT_NE(generator, nullptr);
-  EngineBatchModel model(generator.get());
+  auto engine = OpenEngine(512);
+  ASSERT_NE(engine, nullptr);
+  DataflowBatchModel& model = *engine->model;
   BatchingScheduler scheduler(&model, BatchingSchedulerOptions{}, nullptr);
   Outcome cancelled, other;
   auto request = MakeRequest(RandomPrompt(20, 5), 200, &cancelled);
@@ -349,9 +373,9 @@ TEST(BatchingSchedulerTest, CancellationEndsTheRequestAndFreesItsPages) {
 }
 
 TEST(BatchingSchedulerTest, QueuedRequestWhoseClientLeftEndsBeforeItsTurn) {
-  auto generator = OpenGenerator(512);
-  ASSERT_NE(generator, nullptr);
-  EngineBatchModel model(generator.get());
+  auto engine = OpenEngine(512);
+  ASSERT_NE(engine, nullptr);
+  DataflowBatchModel& model = *engine->model;
   BatchingSchedulerOptions options;
   options.max_running = 1;
   BatchingScheduler scheduler(&model, options, nullptr);
@@ -379,9 +403,9 @@ TEST(BatchingSchedulerTest, QueuedRequestWhoseClientLeftEndsBeforeItsTurn) {
 }
 
 TEST(BatchingSchedulerTest, ShutdownCancelsQueuedAndRunning) {
-  auto generator = OpenGenerator(512);
-  ASSERT_NE(generator, nullptr);
-  EngineBatchModel model(generator.get());
+  auto engine = OpenEngine(512);
+  ASSERT_NE(engine, nullptr);
+  DataflowBatchModel& model = *engine->model;
   BatchingSchedulerOptions options;
   options.max_running = 1;
   auto scheduler = std::make_unique<BatchingScheduler>(&model, options, nullptr);

@@ -11,8 +11,8 @@
 #include "gtest/gtest.h"
 #include "model/gguf.h"
 #include "nlohmann/json.hpp"
+#include "server/batching_scheduler.h"
 #include "server/http_server.h"
-#include "server/scheduler.h"
 #include "tests/server/http_test_client.h"
 #include "tests/server/scripted_model.h"
 #include "tokenizer/bpe_tokenizer.h"
@@ -43,9 +43,10 @@ class ApiFixture {
     tokenizer_ = std::move(*tokenizer);
     model_ = std::make_unique<ScriptedModel>(tokenizer_.get(), script, kToolScript, context);
     model_->set_forward_delay_ms(forward_delay_ms);
-    SerialSchedulerOptions options;
+    BatchingSchedulerOptions options;
     options.max_queue = max_queue;
-    scheduler_ = std::make_unique<SerialScheduler>(model_.get(), options, &metrics_);
+    options.max_running = 1;  // one at a time: the queue fills behind it
+    scheduler_ = std::make_unique<BatchingScheduler>(model_.get(), options, &metrics_);
     api.model_name = "tiny";
     api.log_requests = false;
     api_ = std::make_unique<OpenAiApi>(api, tokenizer_.get(), scheduler_.get(), &metrics_);
@@ -68,7 +69,7 @@ class ApiFixture {
   std::unique_ptr<BpeTokenizer> tokenizer_;
   std::unique_ptr<ScriptedModel> model_;
   ServerMetrics metrics_;
-  std::unique_ptr<SerialScheduler> scheduler_;
+  std::unique_ptr<BatchingScheduler> scheduler_;
   std::unique_ptr<OpenAiApi> api_;
   std::unique_ptr<HttpServer> server_;
 };

@@ -10,10 +10,10 @@
 #include <memory>
 
 #include "model/gguf.h"
+#include "server/batching_scheduler.h"
 #include "server/http_server.h"
 #include "server/metrics.h"
 #include "server/openai_api.h"
-#include "server/scheduler.h"
 #include "tests/server/scripted_model.h"
 #include "tokenizer/bpe_tokenizer.h"
 
@@ -39,7 +39,9 @@ int main(int argc, char** argv) {
       "```json\n{\"city\": \"Paris\"}\n```<｜tool▁call▁end｜><｜tool▁calls▁end｜>";
   ScriptedModel model(tokenizer->get(), argv[2], tool_script, 4096);
   ServerMetrics metrics;
-  SerialScheduler scheduler(&model, {}, &metrics);
+  BatchingSchedulerOptions options;
+  options.max_running = 1;  // one request at a time, in arrival order
+  BatchingScheduler scheduler(&model, options, &metrics);
   ApiOptions api_options;
   api_options.model_name = "scripted";
   OpenAiApi api(api_options, tokenizer->get(), &scheduler, &metrics);

@@ -1,7 +1,9 @@
-// Deepseek2Engine's batched API (StartSequence / ForwardBatch / EndSequence)
-// over the paged KV cache: each sequence's logits in a mixed batch (prefill
-// chunks + decode tokens of others) against the same sequence run alone and
-// against the single-sequence API; prefix reuse; eviction; errors.
+// The batch model over the single-process topology (coordinator/
+// dataflow_batch_model.h over local_topology.h): each sequence's logits in a
+// mixed batch (prefill chunks + decode tokens of others) against the same
+// sequence run alone; prefix reuse; eviction; growth; errors.
+#include "coordinator/dataflow_batch_model.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -13,7 +15,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
-#include "engine/engine.h"
+#include "coordinator/local_topology.h"
 #include "gtest/gtest.h"
 #include "model/model_generator.h"
 #include "tests/model/deepseek2/llamacpp_fixture.h"
@@ -23,17 +25,37 @@ namespace {
 
 using ::moeflow::fixtures::FixturePath;
 
-std::unique_ptr<Deepseek2Engine> OpenPaged(const std::string& path, int64_t pool_tokens,
-                                           int64_t page_tokens = 16, int n_threads = 2) {
-  Deepseek2EngineOptions options;
-  options.n_threads = n_threads;
-  options.max_batch = 64;
-  options.max_context = 256;
-  options.kv_pool_tokens = pool_tokens;
-  options.kv_page_tokens = page_tokens;
-  auto e = Deepseek2Engine::Open(path, options);
-  EXPECT_TRUE(e.ok()) << e.status();
-  return e.ok() ? std::move(e).value() : nullptr;
+// The engine and its batch model, as the scheduler has them.
+class Paged {
+ public:
+  static std::unique_ptr<Paged> Open(const std::string& path, int64_t pool_tokens,
+                                     int64_t page_tokens = 16, int n_threads = 2) {
+    LocalTopologyOptions options;
+    options.n_threads = n_threads;
+    options.max_batch_tokens = 64;
+    options.max_sequences = 8;
+    options.kv_tokens = pool_tokens;
+    options.context_tokens = 256;
+    options.kv_page_tokens = page_tokens;
+    auto t = LocalTopology::Open(path, options);
+    EXPECT_TRUE(t.ok()) << t.status();
+    if (!t.ok()) return nullptr;
+    auto p = std::make_unique<Paged>();
+    p->topology = std::move(*t);
+    p->model = std::make_unique<DataflowBatchModel>(p->topology.get(), nullptr);
+    return p;
+  }
+  const Deepseek2Config& config() const { return topology->config(); }
+  DataflowBatchModel* operator->() { return model.get(); }
+
+  std::unique_ptr<LocalTopology> topology;
+  std::unique_ptr<DataflowBatchModel> model;
+};
+
+using Entry = server::BatchModel::Entry;
+
+absl::Status Forward(DataflowBatchModel& m, std::vector<Entry> entries, absl::Span<float> logits) {
+  return m.Forward(entries, logits);
 }
 
 std::string TinyGeneratedModel() {
@@ -71,8 +93,9 @@ using ChunkLogits = std::vector<std::vector<std::vector<float>>>;
 
 // All plans interleaved: each step's batch holds the chunk of every plan
 // that has one at that step.
-ChunkLogits RunBatched(Deepseek2Engine& engine, const std::vector<Plan>& plans) {
-  const int64_t vocab = engine.config().vocab_size;
+ChunkLogits RunBatched(Paged& paged, const std::vector<Plan>& plans) {
+  DataflowBatchModel& engine = *paged.model;
+  const int64_t vocab = paged.config().vocab_size;
   ChunkLogits out(plans.size());
   std::vector<int64_t> ids(plans.size()), pos(plans.size(), 0);
   for (size_t p = 0; p < plans.size(); ++p) {
@@ -84,7 +107,7 @@ ChunkLogits RunBatched(Deepseek2Engine& engine, const std::vector<Plan>& plans) 
     ids[p] = start->sequence;
   }
   for (int64_t step = 0;; ++step) {
-    std::vector<Deepseek2Engine::BatchEntry> entries;
+    std::vector<Entry> entries;
     std::vector<size_t> who;
     for (size_t p = 0; p < plans.size(); ++p) {
       const int64_t c = step - plans[p].first_step;
@@ -104,32 +127,14 @@ ChunkLogits RunBatched(Deepseek2Engine& engine, const std::vector<Plan>& plans) 
       continue;
     }
     std::vector<float> logits(entries.size() * static_cast<size_t>(vocab));
-    absl::Status s = engine.ForwardBatch(entries, absl::MakeSpan(logits));
+    absl::Status s = engine.Forward(entries, absl::MakeSpan(logits));
     EXPECT_TRUE(s.ok()) << s;
     if (!s.ok()) return out;
     for (size_t e = 0; e < entries.size(); ++e) {
       out[who[e]].emplace_back(logits.begin() + e * vocab, logits.begin() + (e + 1) * vocab);
     }
   }
-  for (int64_t id : ids) EXPECT_TRUE(engine.EndSequence(id).ok());
-  return out;
-}
-
-// The same chunks through the single-sequence API (contiguous cache).
-std::vector<std::vector<float>> RunSingle(Deepseek2Engine& engine, const Plan& plan) {
-  const int64_t vocab = engine.config().vocab_size;
-  std::vector<std::vector<float>> out;
-  engine.ResetCache();
-  int64_t pos = 0;
-  for (int64_t n : plan.chunks) {
-    std::vector<float> logits(static_cast<size_t>(vocab));
-    absl::Status s = engine.ForwardInto(
-        absl::MakeConstSpan(plan.tokens).subspan(static_cast<size_t>(pos), static_cast<size_t>(n)),
-        pos, /*last_only=*/true, absl::MakeSpan(logits));
-    EXPECT_TRUE(s.ok()) << s;
-    out.push_back(std::move(logits));
-    pos += n;
-  }
+  for (int64_t id : ids) engine.EndSequence(id);
   return out;
 }
 
@@ -161,15 +166,15 @@ std::vector<Plan> MixedPlans(int64_t vocab) {
   return plans;
 }
 
-TEST(EngineBatchTest, MixedBatchEqualsEachSequenceAlone) {
+TEST(DataflowBatchModelTest, MixedBatchEqualsEachSequenceAlone) {
   std::vector<std::string> paths = {FixturePath("tiny-v2", "f32.gguf"),
                                     FixturePath("tiny-v3", "f32.gguf"),
                                     FixturePath("tiny-v3", "q8_0.gguf"),
                                     FixturePath("tiny-v3", "q4_k_m.gguf"), TinyGeneratedModel()};
   for (const std::string& path : paths) {
-    auto engine = OpenPaged(path, 1024);
+    auto engine = Paged::Open(path, 1024);
     // Alone runs in another engine, so that no block the batch published is reused.
-    auto alone_engine = OpenPaged(path, 1024);
+    auto alone_engine = Paged::Open(path, 1024);
     ASSERT_TRUE(engine != nullptr && alone_engine != nullptr) << path;
     const std::vector<Plan> plans = MixedPlans(engine->config().vocab_size);
     const ChunkLogits batched = RunBatched(*engine, plans);
@@ -177,27 +182,21 @@ TEST(EngineBatchTest, MixedBatchEqualsEachSequenceAlone) {
       Plan alone_plan = plans[p];
       alone_plan.first_step = 0;
       const ChunkLogits alone = RunBatched(*alone_engine, {alone_plan});
-      const std::vector<std::vector<float>> single = RunSingle(*alone_engine, plans[p]);
       ASSERT_EQ(batched[p].size(), plans[p].chunks.size());
       const double batch_vs_alone = MaxRelativeDiff(batched[p], alone[0]);
-      const double alone_vs_single = MaxRelativeDiff(alone[0], single);
-      std::printf("%s seq %zu: batch vs alone %.3g, paged alone vs single-sequence API %.3g\n",
-                  path.c_str(), p, batch_vs_alone, alone_vs_single);
-      // The paged cache holds the same rows as the contiguous one and
-      // attention reads them in the same order: identical.
-      EXPECT_EQ(alone[0], single) << path << " seq " << p;
+      std::printf("%s seq %zu: batch vs alone %.3g\n", path.c_str(), p, batch_vs_alone);
       // Every matmul kernel computes an output row from its own activation
       // row only (per-row activation quantization, the same dot order for
       // any batch size), and attention is per sequence: bit-identical too.
       EXPECT_EQ(batched[p], alone[0])
           << path << " seq " << p << ", max rel diff " << batch_vs_alone;
     }
-    EXPECT_EQ(engine->kv_pages()->referenced_pages(), 0);
+    EXPECT_EQ((*engine)->kv_pages_used(), 0);
   }
 }
 
-TEST(EngineBatchTest, SharedPrefixIsReusedAndGivesTheSameLogits) {
-  auto engine = OpenPaged(FixturePath("tiny-v3", "q8_0.gguf"), 512, 16);
+TEST(DataflowBatchModelTest, SharedPrefixIsReusedAndGivesTheSameLogits) {
+  auto engine = Paged::Open(FixturePath("tiny-v3", "q8_0.gguf"), 512, 16);
   ASSERT_NE(engine, nullptr);
   const int64_t vocab = engine->config().vocab_size;
   const std::vector<int32_t> system = RandomTokens(40, vocab, 9);
@@ -207,147 +206,146 @@ TEST(EngineBatchTest, SharedPrefixIsReusedAndGivesTheSameLogits) {
   a.insert(a.end(), a_tail.begin(), a_tail.end());
   b.insert(b.end(), b_tail.begin(), b_tail.end());
 
-  auto sa = engine->StartSequence(a, 64);
+  auto sa = (*engine)->StartSequence(a, 64);
   ASSERT_TRUE(sa.ok()) << sa.status();
   EXPECT_EQ(sa->cached_tokens, 0);
   std::vector<float> la(static_cast<size_t>(vocab)), lb(static_cast<size_t>(vocab));
-  ASSERT_TRUE(engine->ForwardBatch({{sa->sequence, a, 0}}, absl::MakeSpan(la)).ok());
+  ASSERT_TRUE(Forward(*engine->model, {{sa->sequence, a, 0}}, absl::MakeSpan(la)).ok());
   // Two full blocks of the shared 40 tokens are published; b reuses them.
-  auto sb = engine->StartSequence(b, 64);
+  auto sb = (*engine)->StartSequence(b, 64);
   ASSERT_TRUE(sb.ok()) << sb.status();
   EXPECT_EQ(sb->cached_tokens, 32);
-  EXPECT_EQ(engine->SequenceTokens(sb->sequence), 32);
-  const int64_t used_with_sharing = engine->kv_pages()->referenced_pages();
+  EXPECT_EQ((*engine)->sequence_tokens(sb->sequence), 32);
+  const int64_t used_with_sharing = (*engine)->kv_pages_used();
   EXPECT_EQ(used_with_sharing, 4 + 4 - 2);
-  ASSERT_TRUE(engine
-                  ->ForwardBatch({{sb->sequence, absl::MakeConstSpan(b).subspan(32), 32}},
-                                 absl::MakeSpan(lb))
+  ASSERT_TRUE(Forward(*engine->model, {{sb->sequence, absl::MakeConstSpan(b).subspan(32), 32}},
+                      absl::MakeSpan(lb))
                   .ok());
-  // The same split through the single-sequence API.
+  // The same split computed without reuse, in an engine of its own.
+  auto fresh = Paged::Open(FixturePath("tiny-v3", "q8_0.gguf"), 512, 16);
+  ASSERT_NE(fresh, nullptr);
   std::vector<float> ref(static_cast<size_t>(vocab));
-  engine->ResetCache();
-  ASSERT_TRUE(
-      engine->ForwardInto(absl::MakeConstSpan(b).subspan(0, 32), 0, true, absl::MakeSpan(ref))
-          .ok());
-  ASSERT_TRUE(
-      engine->ForwardInto(absl::MakeConstSpan(b).subspan(32), 32, true, absl::MakeSpan(ref)).ok());
+  auto sf = (*fresh)->StartSequence(b, 64);
+  ASSERT_TRUE(sf.ok()) << sf.status();
+  ASSERT_TRUE(Forward(*fresh->model, {{sf->sequence, absl::MakeConstSpan(b).subspan(0, 32), 0}},
+                      absl::MakeSpan(ref))
+                  .ok());
+  ASSERT_TRUE(Forward(*fresh->model, {{sf->sequence, absl::MakeConstSpan(b).subspan(32), 32}},
+                      absl::MakeSpan(ref))
+                  .ok());
   EXPECT_EQ(lb, ref);
 
   // A prompt equal to a cached one still recomputes its last block.
-  ASSERT_TRUE(engine->EndSequence(sa->sequence).ok());
-  auto again = engine->StartSequence(absl::MakeConstSpan(a).subspan(0, 32), 40);
+  (*engine)->EndSequence(sa->sequence);
+  auto again = (*engine)->StartSequence(absl::MakeConstSpan(a).subspan(0, 32), 40);
   ASSERT_TRUE(again.ok());
   EXPECT_EQ(again->cached_tokens, 16);
-  ASSERT_TRUE(engine->EndSequence(again->sequence).ok());
-  ASSERT_TRUE(engine->EndSequence(sb->sequence).ok());
-  EXPECT_EQ(engine->kv_pages()->referenced_pages(), 0);
-  EXPECT_GT(engine->kv_pages()->cached_pages(), 0);
+  (*engine)->EndSequence(again->sequence);
+  (*engine)->EndSequence(sb->sequence);
+  EXPECT_EQ((*engine)->kv_pages_used(), 0);
+  EXPECT_GT((*engine)->kv_pages_cached(), 0);
 }
 
-TEST(EngineBatchTest, AdmissionEvictionAndErrors) {
+TEST(DataflowBatchModelTest, AdmissionEvictionAndErrors) {
   // 8 pages of 16 tokens.
-  auto engine = OpenPaged(FixturePath("tiny-v3", "q8_0.gguf"), 128, 16);
+  auto engine = Paged::Open(FixturePath("tiny-v3", "q8_0.gguf"), 128, 16);
   ASSERT_NE(engine, nullptr);
   const int64_t vocab = engine->config().vocab_size;
   const std::vector<int32_t> p = RandomTokens(40, vocab, 5);
   std::vector<float> logits(static_cast<size_t>(vocab));
 
   // More than the whole cache: InvalidArgument with the numbers.
-  auto too_big = engine->StartSequence(p, 129);
+  auto too_big = (*engine)->StartSequence(p, 129);
   EXPECT_EQ(too_big.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_NE(too_big.status().message().find("9 KV pages"), std::string::npos) << too_big.status();
-  EXPECT_EQ(engine->StartSequence({}, 4).status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(engine->StartSequence(p, 39).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(too_big.status().message().find("129"), std::string::npos) << too_big.status();
+  EXPECT_EQ((*engine)->StartSequence({}, 4).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ((*engine)->StartSequence(p, 39).status().code(), absl::StatusCode::kInvalidArgument);
 
-  auto s1 = engine->StartSequence(p, 80);  // 5 pages
+  auto s1 = (*engine)->StartSequence(p, 80);  // 5 pages
   ASSERT_TRUE(s1.ok());
   // 4 more pages are not there now: ResourceExhausted, nothing taken.
-  auto wait = engine->StartSequence(RandomTokens(20, vocab, 6), 64);
+  auto wait = (*engine)->StartSequence(RandomTokens(20, vocab, 6), 64);
   EXPECT_EQ(wait.status().code(), absl::StatusCode::kResourceExhausted);
-  EXPECT_EQ(engine->kv_pages()->referenced_pages(), 5);
+  EXPECT_EQ((*engine)->kv_pages_used(), 5);
 
   // Bad batches change nothing.
-  EXPECT_EQ(engine->ForwardBatch({{s1->sequence, p, 3}}, absl::MakeSpan(logits)).code(),
+  EXPECT_EQ(Forward(*engine->model, {{s1->sequence, p, 3}}, absl::MakeSpan(logits)).code(),
             absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(engine->ForwardBatch({{s1->sequence + 100, p, 0}}, absl::MakeSpan(logits)).code(),
+  EXPECT_EQ(Forward(*engine->model, {{s1->sequence + 100, p, 0}}, absl::MakeSpan(logits)).code(),
             absl::StatusCode::kInvalidArgument);
   std::vector<float> two(2 * static_cast<size_t>(vocab));
-  EXPECT_EQ(engine->ForwardBatch({{s1->sequence, p, 0}, {s1->sequence, p, 0}}, absl::MakeSpan(two))
-                .code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(
+      Forward(*engine->model, {{s1->sequence, p, 0}, {s1->sequence, p, 0}}, absl::MakeSpan(two))
+          .code(),
+      absl::StatusCode::kInvalidArgument);
   const std::vector<int32_t> bad = {1, static_cast<int32_t>(vocab)};
-  EXPECT_EQ(engine->ForwardBatch({{s1->sequence, bad, 0}}, absl::MakeSpan(logits)).code(),
+  EXPECT_EQ(Forward(*engine->model, {{s1->sequence, bad, 0}}, absl::MakeSpan(logits)).code(),
             absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(engine->SequenceTokens(s1->sequence), 0);
+  EXPECT_EQ((*engine)->sequence_tokens(s1->sequence), 0);
   const std::vector<int32_t> long_prompt = RandomTokens(81, vocab, 7);
-  EXPECT_EQ(engine->ForwardBatch({{s1->sequence, long_prompt, 0}}, absl::MakeSpan(logits)).code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(
+      Forward(*engine->model, {{s1->sequence, long_prompt, 0}}, absl::MakeSpan(logits)).code(),
+      absl::StatusCode::kInvalidArgument);
 
-  ASSERT_TRUE(engine->ForwardBatch({{s1->sequence, p, 0}}, absl::MakeSpan(logits)).ok());
-  ASSERT_TRUE(engine->EndSequence(s1->sequence).ok());
-  EXPECT_EQ(engine->EndSequence(s1->sequence).code(), absl::StatusCode::kNotFound);
+  ASSERT_TRUE(Forward(*engine->model, {{s1->sequence, p, 0}}, absl::MakeSpan(logits)).ok());
+  (*engine)->EndSequence(s1->sequence);
   // Two published blocks stay cached; the rest is free.
-  EXPECT_EQ(engine->kv_pages()->cached_pages(), 2);
-  EXPECT_EQ(engine->kv_pages()->free_pages(), 6);
+  EXPECT_EQ((*engine)->kv_pages_cached(), 2);
+  EXPECT_EQ(
+      ((*engine)->kv_pages_total() - (*engine)->kv_pages_used() - (*engine)->kv_pages_cached()), 6);
 
   // A sequence that needs every page evicts the cached blocks...
-  auto all = engine->StartSequence(RandomTokens(20, vocab, 8), 128);
+  auto all = (*engine)->StartSequence(RandomTokens(20, vocab, 8), 128);
   ASSERT_TRUE(all.ok()) << all.status();
-  EXPECT_EQ(engine->kv_pages()->cached_pages(), 0);
-  ASSERT_TRUE(engine->EndSequence(all->sequence).ok());
+  EXPECT_EQ((*engine)->kv_pages_cached(), 0);
+  (*engine)->EndSequence(all->sequence);
   // ...so the old prefix is not found any more.
-  auto after = engine->StartSequence(p, 48);
+  auto after = (*engine)->StartSequence(p, 48);
   ASSERT_TRUE(after.ok());
   EXPECT_EQ(after->cached_tokens, 0);
 }
 
-TEST(EngineBatchTest, ReserveSequenceGrowsThePageTableOnDemand) {
+TEST(DataflowBatchModelTest, ReserveSequenceGrowsThePageTableOnDemand) {
   // 8 pages of 16 tokens.
-  auto engine = OpenPaged(FixturePath("tiny-v3", "q8_0.gguf"), 128, 16);
+  auto engine = Paged::Open(FixturePath("tiny-v3", "q8_0.gguf"), 128, 16);
   ASSERT_NE(engine, nullptr);
   const int64_t vocab = engine->config().vocab_size;
   const std::vector<int32_t> p = RandomTokens(48, vocab, 9);
   const std::vector<int32_t> next = RandomTokens(4, vocab, 10);
   std::vector<float> grown_logits(static_cast<size_t>(vocab)), whole_logits(grown_logits.size());
 
-  auto s = engine->StartSequence(p, 48);  // 3 pages, exactly the prompt
+  auto s = (*engine)->StartSequence(p, 48);  // 3 pages, exactly the prompt
   ASSERT_TRUE(s.ok()) << s.status();
-  ASSERT_TRUE(engine->ForwardBatch({{s->sequence, p, 0}}, absl::MakeSpan(grown_logits)).ok());
+  ASSERT_TRUE(Forward(*engine->model, {{s->sequence, p, 0}}, absl::MakeSpan(grown_logits)).ok());
   // Position 48 is past the pages: refused until the table grows.
-  EXPECT_EQ(engine->ForwardBatch({{s->sequence, next, 48}}, absl::MakeSpan(grown_logits)).code(),
+  EXPECT_EQ(Forward(*engine->model, {{s->sequence, next, 48}}, absl::MakeSpan(grown_logits)).code(),
             absl::StatusCode::kInvalidArgument);
-  EXPECT_TRUE(engine->ReserveSequence(s->sequence, 20).ok());  // already covered: no-op
-  EXPECT_EQ(engine->kv_pages()->referenced_pages(), 3);
-  ASSERT_TRUE(engine->ReserveSequence(s->sequence, 52).ok());
-  EXPECT_EQ(engine->kv_pages()->referenced_pages(), 4);
-  ASSERT_TRUE(engine->ForwardBatch({{s->sequence, next, 48}}, absl::MakeSpan(grown_logits)).ok());
+  EXPECT_TRUE((*engine)->GrowSequence(s->sequence, 20).ok());  // already covered: no-op
+  EXPECT_EQ((*engine)->kv_pages_used(), 3);
+  ASSERT_TRUE((*engine)->GrowSequence(s->sequence, 52).ok());
+  EXPECT_EQ((*engine)->kv_pages_used(), 4);
+  ASSERT_TRUE(
+      Forward(*engine->model, {{s->sequence, next, 48}}, absl::MakeSpan(grown_logits)).ok());
 
   // Errors change nothing.
-  EXPECT_EQ(engine->ReserveSequence(s->sequence + 100, 64).code(), absl::StatusCode::kNotFound);
-  EXPECT_EQ(engine->ReserveSequence(s->sequence, 129).code(), absl::StatusCode::kInvalidArgument);
-  auto other = engine->StartSequence(RandomTokens(20, vocab, 11), 64);  // the other 4 pages
+  EXPECT_EQ((*engine)->GrowSequence(s->sequence + 100, 64).code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ((*engine)->GrowSequence(s->sequence, 129).code(), absl::StatusCode::kInvalidArgument);
+  auto other = (*engine)->StartSequence(RandomTokens(20, vocab, 11), 64);  // the other 4 pages
   ASSERT_TRUE(other.ok()) << other.status();
-  EXPECT_EQ(engine->ReserveSequence(s->sequence, 65).code(), absl::StatusCode::kResourceExhausted);
-  EXPECT_EQ(engine->kv_pages()->referenced_pages(), 8);
-  ASSERT_TRUE(engine->EndSequence(other->sequence).ok());
-  ASSERT_TRUE(engine->EndSequence(s->sequence).ok());
+  EXPECT_EQ((*engine)->GrowSequence(s->sequence, 65).code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ((*engine)->kv_pages_used(), 8);
+  (*engine)->EndSequence(other->sequence);
+  (*engine)->EndSequence(s->sequence);
 
   // The grown sequence's logits equal those of one reserved whole at start
   // (no prefix reuse: a fresh engine).
-  auto fresh = OpenPaged(FixturePath("tiny-v3", "q8_0.gguf"), 128, 16);
+  auto fresh = Paged::Open(FixturePath("tiny-v3", "q8_0.gguf"), 128, 16);
   ASSERT_NE(fresh, nullptr);
-  auto w = fresh->StartSequence(p, 52);
+  auto w = (*fresh)->StartSequence(p, 52);
   ASSERT_TRUE(w.ok()) << w.status();
-  ASSERT_TRUE(fresh->ForwardBatch({{w->sequence, p, 0}}, absl::MakeSpan(whole_logits)).ok());
-  ASSERT_TRUE(fresh->ForwardBatch({{w->sequence, next, 48}}, absl::MakeSpan(whole_logits)).ok());
+  ASSERT_TRUE(Forward(*fresh->model, {{w->sequence, p, 0}}, absl::MakeSpan(whole_logits)).ok());
+  ASSERT_TRUE(Forward(*fresh->model, {{w->sequence, next, 48}}, absl::MakeSpan(whole_logits)).ok());
   EXPECT_EQ(grown_logits, whole_logits);
-}
-
-TEST(EngineBatchTest, WithoutPoolTheBatchedApiIsAPreconditionError) {
-  auto engine = OpenPaged(FixturePath("tiny-v3", "q8_0.gguf"), 0);
-  ASSERT_NE(engine, nullptr);
-  EXPECT_EQ(engine->StartSequence({1, 2}, 4).status().code(),
-            absl::StatusCode::kFailedPrecondition);
 }
 
 }  // namespace
