@@ -1,9 +1,11 @@
 // Continuous batching: several requests share every forward pass.
 //
-// Role in the data flow: `moeflow serve` (by default) hands requests from
-// the API layer (openai_api.h) to a BatchingScheduler, which drives a
-// BatchModel (engine_batch_model.h: Deepseek2Engine's paged-KV batched API)
-// from one thread. Each step it
+// Role in the data flow: the one scheduler. The API layer (openai_api.h) of
+// `moeflow serve` and `moeflow launch`, and `moeflowctl generate`, hand
+// requests to a BatchingScheduler, which drives a BatchModel
+// (coordinator/dataflow_batch_model.h: the dataflow engine over the
+// single-process topology or over `moeflow launch`'s workers) from one
+// thread. Each step it
 //   1. admits waiting requests in arrival order while fewer than
 //      `max_running` run and the model can take the KV pages of the head of
 //      the queue (prompt + `decode_reserve_tokens` positions, at most the
@@ -28,7 +30,8 @@
 //      admission order, up to `max_batch_tokens` in all (decode tokens always
 //      go; a prefill that does not fit waits for the next step);
 //   4. runs it, samples one token for every request whose prompt is done
-//      (per-request sampler, stop strings, logprobs, as SerialScheduler),
+//      (the one sample-and-stop step, sampling/token_step.h: sampler, stop
+//      strings, logprobs),
 //      and ends finished or cancelled requests, freeing their pages.
 // The weights are read once per step for all of its tokens, which is what
 // makes N concurrent decodes cheaper than N sequential ones.
@@ -49,8 +52,13 @@
 // batch), prompt + max_tokens beyond the context, or a request whose
 // KV pages (prompt + max_tokens, or prompt + 1 without max_tokens) exceed
 // the whole cache (naming the numbers); ResourceExhausted
-// (429) when the queue is full; Unavailable after Shutdown. An engine error
-// ends every request of that step with the error.
+// (429) when the queue is full; Unavailable after Shutdown or while draining.
+// An engine error ends every request of that step with the error, except
+// that a request which has not sent a token yet, when the error is
+// Unavailable (a worker lost), waits for the model to be ready() again (at
+// most ready_wait_ms) and starts over, twice at most. While the model is not
+// ready() nothing is admitted; a request that waits ready_wait_ms ends
+// Unavailable.
 #ifndef MOEFLOW_SERVER_BATCHING_SCHEDULER_H_
 #define MOEFLOW_SERVER_BATCHING_SCHEDULER_H_
 

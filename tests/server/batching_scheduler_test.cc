@@ -1,10 +1,11 @@
 // BatchingScheduler on the real engine (the dataflow over the single-process
-// topology, tiny-v3 fixture, paged KV cache):
-// concurrent greedy outputs equal the same prompts run one at a time
-// (the same scheduler with one request running), prefix reuse is reported (and a forced hash
-// collision is not reused), admission errors and waits, pages grow on demand and an exhausted pool
-// preempts without changing outputs, cancellation frees the pages, and sampling with a seed matches
-// too.
+// topology, tiny-v3 fixture, paged KV cache): concurrent greedy outputs equal
+// the same prompts run one at a time (the same scheduler with one request
+// running), prefix reuse is reported (and a forced hash collision is not
+// reused), admission errors and waits, pages grow on demand and an exhausted
+// pool preempts without changing outputs, cancellation frees the pages,
+// sampling with a seed matches too, and a lost worker (a model that fails
+// UNAVAILABLE and is not ready()) restarts a prefill or ends a decode.
 #include "server/batching_scheduler.h"
 
 #include <algorithm>
@@ -422,6 +423,118 @@ TEST(BatchingSchedulerTest, ShutdownCancelsQueuedAndRunning) {
   EXPECT_EQ(scheduler->Submit(MakeRequest(RandomPrompt(10, 20), 4, &late)).code(),
             absl::StatusCode::kUnavailable);
   EXPECT_EQ(model.kv_pages_used(), 0);
+}
+
+// The engine with a worker that can be lost: Forward call `fail_call`
+// (1-based) fails UNAVAILABLE, as the dataflow does when a worker dies, and
+// the model is not ready() until restored() (a restarted worker).
+class LosingModel final : public BatchModel {
+ public:
+  explicit LosingModel(BatchModel* inner) : inner_(inner) {}
+  int64_t vocab_size() const override { return inner_->vocab_size(); }
+  int64_t context_tokens() const override { return inner_->context_tokens(); }
+  int32_t eos_id() const override { return inner_->eos_id(); }
+  absl::string_view TokenBytes(int32_t t) const override { return inner_->TokenBytes(t); }
+  int64_t kv_page_tokens() const override { return inner_->kv_page_tokens(); }
+  int64_t kv_pages_total() const override { return inner_->kv_pages_total(); }
+  int64_t kv_pages_used() const override { return inner_->kv_pages_used(); }
+  int64_t kv_pages_cached() const override { return inner_->kv_pages_cached(); }
+  absl::StatusOr<Started> StartSequence(absl::Span<const int32_t> prompt,
+                                        int64_t reserve) override {
+    return inner_->StartSequence(prompt, reserve);
+  }
+  absl::Status GrowSequence(int64_t s, int64_t reserve) override {
+    return inner_->GrowSequence(s, reserve);
+  }
+  void EndSequence(int64_t s) override { inner_->EndSequence(s); }
+  absl::Status Forward(absl::Span<const Entry> entries, absl::Span<float> logits) override {
+    if (++calls_ == fail_call_.load()) {
+      ready_.store(false);
+      return absl::UnavailableError("cpu_expert_worker-0: process killed by signal 9");
+    }
+    if (!ready_.load()) return absl::UnavailableError("cpu_expert_worker-0: down");
+    return inner_->Forward(entries, logits);
+  }
+  bool ready() const override { return ready_.load(); }
+
+  void FailCall(int64_t call) { fail_call_.store(call); }
+  void Restore() { ready_.store(true); }
+  void SetReady(bool ready) { ready_.store(ready); }
+
+ private:
+  BatchModel* const inner_;
+  int64_t calls_ = 0;  // scheduler thread
+  std::atomic<int64_t> fail_call_{-1};
+  std::atomic<bool> ready_{true};
+};
+
+TEST(BatchingSchedulerTest, AWorkerLostBeforeTheFirstTokenStartsOverAfterItEnds) {
+  auto engine = OpenEngine(1024);
+  ASSERT_NE(engine, nullptr);
+  BatchingSchedulerOptions options;
+  options.chunk_tokens = 16;  // a 40-token prompt prefills in three chunks
+  // Each case's prompt is new to the cache (so that it prefills in full);
+  // the same prompt alone afterwards (outputs do not depend on the cache).
+  auto alone = [&](const std::vector<int32_t>& prompt) {
+    BatchingScheduler scheduler(engine->model.get(), options, nullptr);
+    return RunAll(scheduler, {prompt}, 6)[0]->tokens;
+  };
+  // Lost during the second prefill chunk, back 200 ms later: the request
+  // waits, starts over and gives the same tokens.
+  {
+    const std::vector<int32_t> prompt = RandomPrompt(40, 7);
+    LosingModel model(engine->model.get());
+    model.FailCall(2);
+    Outcome out;
+    {
+      BatchingScheduler scheduler(&model, options, nullptr);
+      ASSERT_TRUE(scheduler.Submit(MakeRequest(prompt, 6, &out)).ok());
+      absl::SleepFor(absl::Milliseconds(200));
+      model.Restore();
+      ASSERT_TRUE(out.done.WaitForNotificationWithTimeout(absl::Seconds(60)));
+    }
+    EXPECT_TRUE(out.summary.status.ok()) << out.summary.status;
+    EXPECT_EQ(out.tokens, alone(prompt));
+    EXPECT_EQ(out.tokens.size(), 6u);
+  }
+  // Lost after two tokens were sent: the request ends with the error.
+  {
+    const std::vector<int32_t> prompt = RandomPrompt(40, 8);
+    LosingModel model(engine->model.get());
+    model.FailCall(5);  // 3 prefill chunks (token 1), a decode (token 2), then this
+    Outcome out;
+    {
+      BatchingScheduler scheduler(&model, options, nullptr);
+      ASSERT_TRUE(scheduler.Submit(MakeRequest(prompt, 6, &out)).ok());
+      ASSERT_TRUE(out.done.WaitForNotificationWithTimeout(absl::Seconds(60)));
+    }
+    EXPECT_EQ(out.summary.status.code(), absl::StatusCode::kUnavailable) << out.summary.status;
+    EXPECT_EQ(out.summary.finish_reason, "error");
+    const std::vector<int32_t> expected = alone(prompt);
+    ASSERT_EQ(expected.size(), 6u);
+    EXPECT_EQ(out.tokens, std::vector<int32_t>(expected.begin(), expected.begin() + 2));
+    EXPECT_EQ(engine->model->kv_pages_used(), 0);
+  }
+  // Lost and never back: the prefilling request waits ready_wait_ms, then
+  // ends UNAVAILABLE; so does one that arrives meanwhile.
+  {
+    const std::vector<int32_t> prompt = RandomPrompt(40, 9);
+    LosingModel model(engine->model.get());
+    model.FailCall(1);
+    BatchingSchedulerOptions waiting = options;
+    waiting.ready_wait_ms = 100;
+    BatchingScheduler scheduler(&model, waiting, nullptr);
+    Outcome first, second;
+    ASSERT_TRUE(scheduler.Submit(MakeRequest(prompt, 6, &first)).ok());
+    absl::SleepFor(absl::Milliseconds(20));
+    ASSERT_TRUE(scheduler.Submit(MakeRequest(prompt, 6, &second)).ok());
+    for (Outcome* o : {&first, &second}) {
+      ASSERT_TRUE(o->done.WaitForNotificationWithTimeout(absl::Seconds(60)));
+      EXPECT_EQ(o->summary.status.code(), absl::StatusCode::kUnavailable) << o->summary.status;
+      EXPECT_TRUE(o->tokens.empty());
+    }
+    EXPECT_EQ(engine->model->kv_pages_used(), 0);
+  }
 }
 
 }  // namespace
