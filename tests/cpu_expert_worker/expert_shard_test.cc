@@ -230,8 +230,8 @@ TEST_F(SplitModelExpertShardTest, MapsOnlyTheShardsWithExpertsAndRepliesAsTheWho
     SCOPED_TRACE(il);
     RequestHeader header = Header(rows, k, 0);
     header.layer = static_cast<int32_t>(il);
-    BufferReplyWriter from_split(shard_.ReplyPartBytes()[0]);
-    BufferReplyWriter from_whole(whole.ReplyPartBytes()[0]);
+    BufferReplyWriter from_split(shard_.MaxReplyBytes());
+    BufferReplyWriter from_whole(whole.MaxReplyBytes());
     ASSERT_TRUE(Handle(shard_, header, payload, from_split).ok());
     ASSERT_TRUE(Handle(whole, header, payload, from_whole).ok());
     ASSERT_EQ(from_split.sent_bytes(), static_cast<size_t>(rows * k * config_.hidden) * 4);
