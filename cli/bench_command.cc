@@ -323,8 +323,14 @@ int RunBench(const std::vector<std::string>& args) {
   };
   auto run_prefill = [&]() -> absl::StatusOr<double> {
     MOEFLOW_ASSIGN_OR_RETURN(const server::BatchModel::Started s, start(prompt, prompt));
+    // In steps of the topology's (at most kPrefillTokenChunk tokens), as
+    // llama-bench's 512-token micro-batches.
+    const int64_t step = e.limits().max_tokens;
     const double t0 = Now();
-    absl::Status st = forward(s.sequence, 0, prompt);
+    absl::Status st;
+    for (int64_t pos = 0; pos < prompt && st.ok(); pos += step) {
+      st = forward(s.sequence, pos, std::min(step, prompt - pos));
+    }
     const double t1 = Now();
     batch_model.EndSequence(s.sequence);
     if (!st.ok()) return st;

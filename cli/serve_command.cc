@@ -141,8 +141,10 @@ int RunServe(const std::vector<std::string>& args) {
   options.max_queue = max_queue;
   // serial: one request at a time over the same engine and cache.
   options.max_running = batching ? parallel : 1;
-  options.max_batch_tokens = max_batch_tokens;
-  options.chunk_tokens = std::min(chunk_size, max_batch_tokens);
+  // The topology's step (--max-batch-tokens, at most kPrefillTokenChunk).
+  const int64_t step_tokens = (*topology)->limits().max_tokens;
+  options.max_batch_tokens = step_tokens;
+  options.chunk_tokens = std::min(chunk_size, step_tokens);
   options.decode_reserve_tokens = decode_reserve_tokens;
   server::BatchingScheduler scheduler(&batch_model, options, &metrics);
 
@@ -157,7 +159,7 @@ int RunServe(const std::vector<std::string>& args) {
     return kExitFailure;
   }
   const std::string scheduling =
-      batching ? absl::StrCat("batching: ", parallel, " at once, ", max_batch_tokens,
+      batching ? absl::StrCat("batching: ", parallel, " at once, ", step_tokens,
                               " tokens per step, KV cache ", kv_tokens, " tokens")
                : std::string("serial");
   std::fprintf(stderr,

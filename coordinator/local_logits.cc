@@ -1,10 +1,12 @@
 #include "coordinator/local_logits.h"
 
+#include <algorithm>
 #include <memory>
 
 #include "base/check.h"
 #include "coordinator/dataflow_batch_model.h"
 #include "coordinator/local_topology.h"
+#include "engine/layer_step.h"
 
 namespace moeflow {
 
@@ -16,7 +18,8 @@ absl::StatusOr<std::vector<float>> LocalLogits(const std::string& gguf_path,
   LocalTopologyOptions topology;
   topology.n_threads = options.n_threads;
   topology.active_experts = options.active_experts;
-  topology.max_batch_tokens = options.max_batch_tokens > 0 ? options.max_batch_tokens : n;
+  topology.max_batch_tokens =
+      options.max_batch_tokens > 0 ? options.max_batch_tokens : std::min(n, kPrefillTokenChunk);
   topology.max_sequences = 1;
   topology.kv_tokens = n;
   topology.context_tokens = n;

@@ -19,7 +19,7 @@ namespace moeflow {
 struct LocalLogitsOptions {
   int n_threads = 1;
   int64_t active_experts = 0;    // 0: the model's top-k
-  int64_t max_batch_tokens = 0;  // tokens per step; 0: the whole sequence in one
+  int64_t max_batch_tokens = 0;  // tokens per step; 0: kPrefillTokenChunk (or fewer)
 };
 
 // [tokens × vocab], from an empty cache.

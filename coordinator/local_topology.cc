@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "base/check.h"
+#include "engine/layer_step.h"
 #include "model/deepseek2/config.h"
 
 namespace moeflow {
@@ -22,6 +23,10 @@ absl::StatusOr<std::unique_ptr<LocalTopology>> LocalTopology::Open(const std::st
         ", kv_tokens ", o.kv_tokens, " must be >= 1, context_tokens ", o.context_tokens,
         " >= 0, kv_page_tokens ", o.kv_page_tokens, " in [1, 4096]"));
   }
+  // Never one pass of more than kPrefillTokenChunk tokens: the scratch of a
+  // step grows with its tokens, and a token's result does not depend on the
+  // step it is in, so longer prompts go in steps (the callers' chunks).
+  const int64_t max_tokens = std::min(o.max_batch_tokens, kPrefillTokenChunk);
   std::unique_ptr<LocalTopology> t(new LocalTopology());
   t->pool_ = std::make_unique<ThreadPool>(o.n_threads);
   auto progress = [&](int64_t done) {
@@ -34,7 +39,7 @@ absl::StatusOr<std::unique_ptr<LocalTopology>> LocalTopology::Open(const std::st
   attention.set_backend("cpu");
   attention.set_worker_name("gpu0");
   attention.set_numa_node(-1);
-  attention.set_max_batch_tokens(static_cast<int32_t>(o.max_batch_tokens));
+  attention.set_max_batch_tokens(static_cast<int32_t>(max_tokens));
   attention.set_max_sequences(static_cast<int32_t>(o.max_sequences));
   attention.set_kv_cache_tokens(o.kv_tokens);
   attention.set_context_tokens(o.context_tokens);
@@ -56,7 +61,7 @@ absl::StatusOr<std::unique_ptr<LocalTopology>> LocalTopology::Open(const std::st
   experts.set_role(proto::WORKER_ROLE_CPU_EXPERT);
   experts.set_worker_name("expert0");
   experts.set_numa_node(-1);
-  experts.set_max_batch_tokens(static_cast<int32_t>(o.max_batch_tokens));
+  experts.set_max_batch_tokens(static_cast<int32_t>(max_tokens));
   *experts.mutable_shard() = t->plan_.shards[0];
   t->experts_ = std::make_unique<ExpertShard>(t->pool_.get());
   MOEFLOW_RETURN_IF_ERROR(t->experts_->Configure(experts));

@@ -36,7 +36,9 @@ struct LocalTopologyOptions {
   int n_threads = 1;
   // Routed experts used per token; 0 = the model's.
   int64_t active_experts = 0;
-  // Tokens of one step (the longest prefill chunk) and sequences of one step.
+  // Tokens of one step (the longest prefill chunk; capped at
+  // kPrefillTokenChunk, engine/layer_step.h: limits() says what was taken)
+  // and sequences of one step.
   int64_t max_batch_tokens = 512;
   int64_t max_sequences = 8;
   // KV memory in positions over all sequences (rounded up to whole pages),

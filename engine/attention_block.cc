@@ -51,7 +51,8 @@ void EngineScratch::Reserve(const Deepseek2Config& c, int64_t k, int n_threads, 
   GrowTo(heads_out, n * h * c.v_head_dim);
   GrowTo(attn_out, n * c.hidden);
   if (static_cast<int>(scores.size()) < n_threads) scores.resize(static_cast<size_t>(n_threads));
-  for (std::vector<float>& s : scores) GrowTo(s, kAttentionHeadGroup * n_kv);
+  const int64_t score_rows = std::max(kAttentionHeadGroup, AttentionBlockTokens(h) * h);
+  for (std::vector<float>& s : scores) GrowTo(s, score_rows * n_kv);
   if (static_cast<int>(kv_rows.size()) < n_threads) kv_rows.resize(static_cast<size_t>(n_threads));
   for (std::vector<const float*>& r : kv_rows) GrowTo(r, n_kv);
   // The routed experts keep their own buffers (moe, reserved by MoeForward).
@@ -171,37 +172,71 @@ void EngineAttentionBlock::ForwardSegments(const float* x, int64_t n,
   };
   pool->ParallelFor(n_heads, k_b_job);
 
-  // 3. Causal softmax attention per (token, group of kAttentionHeadGroup
-  // heads) against the token's cached rows (kernels/cpu/attention.h); V is
-  // the kv_cmpr part of the rows. A (token, head) result does not depend on
-  // the group, the thread or the other tokens. Units are dealt from the last
-  // token back so that the dynamically claimed chunks shrink toward the
-  // short prefixes.
+  // 3. Causal softmax attention (kernels/cpu/attention.h); V is the kv_cmpr
+  // part of the rows. Prefill segments go in blocks of consecutive tokens
+  // with all their heads (MlaAttentionTokens: each block of cached rows is
+  // read once per token block), single-token segments (decode) per (token,
+  // group of kAttentionHeadGroup heads) so that one sequence's heads still
+  // spread over the threads. A (token, head) result is the same bit for bit
+  // either way, and does not depend on the group, the thread or the other
+  // tokens. Units are dealt from the last ones back so that the dynamically
+  // claimed chunks shrink toward the short prefixes.
   float* ctx = s.ctx.data();  // [t][h][kv_lora]
   const int64_t n_groups = (n_heads + kAttentionHeadGroup - 1) / kAttentionHeadGroup;
+  const int64_t block_tokens = AttentionBlockTokens(n_heads);
+  using Unit = EngineScratch::AttentionUnit;
+  std::vector<Unit>& units = s.attention_units;
+  units.clear();
+  for (const AttentionSegment& seg : segments) {
+    if (seg.n == 1) {
+      for (int64_t g = 0; g < n_groups; ++g) {
+        const int64_t h0 = g * kAttentionHeadGroup;
+        units.push_back({seg.first, 1, h0, std::min(kAttentionHeadGroup, n_heads - h0)});
+      }
+      continue;
+    }
+    for (int64_t t = seg.first; t < seg.first + seg.n; t += block_tokens) {
+      units.push_back({t, std::min(block_tokens, seg.first + seg.n - t), 0, n_heads});
+    }
+  }
   auto attn_job = [&](int64_t u0, int64_t u1, int thread) {
     float* scores = s.scores[static_cast<size_t>(thread)].data();
     const float** rows = s.kv_rows[static_cast<size_t>(thread)].data();
-    int64_t rows_token = -1;
-    for (int64_t u = u0; u < u1; ++u) {
-      const int64_t t = n - 1 - u / n_groups;
-      const int64_t h0 = (u % n_groups) * kAttentionHeadGroup;
-      const AttentionSegment& seg = segment_of(t);
-      const int64_t n_seen = seg.start_pos + (t - seg.first) + 1;
-      if (rows_token != t) {
-        for (int64_t j = 0; j < n_seen; ++j) rows[j] = seg.kv.row(j);
-        rows_token = t;
+    const AttentionSegment* rows_seg = nullptr;
+    int64_t rows_filled = 0;
+    for (int64_t k = u0; k < u1; ++k) {
+      const Unit& u = units[units.size() - 1 - static_cast<size_t>(k)];
+      const AttentionSegment& seg = segment_of(u.t);
+      const int64_t first_seen = seg.start_pos + (u.t - seg.first) + 1;
+      const int64_t last_seen = first_seen + u.count - 1;
+      if (rows_seg != &seg) {
+        rows_seg = &seg;
+        rows_filled = 0;
       }
-      MlaAttentionShape shape;
-      shape.n_heads = std::min(kAttentionHeadGroup, n_heads - h0);
-      shape.row_dim = row_dim;
-      shape.v_dim = kv_lora;
-      shape.scale = rope.kq_scale;
-      MlaAttention(shape, q_abs + (t * n_heads + h0) * row_dim, row_dim, rows, n_seen, scores,
-                   ctx + (t * n_heads + h0) * kv_lora, kv_lora, isa);
+      for (; rows_filled < last_seen; ++rows_filled) rows[rows_filled] = seg.kv.row(rows_filled);
+      MlaTokensArgs a;
+      a.shape.n_heads = u.n_heads;
+      a.shape.row_dim = row_dim;
+      a.shape.v_dim = kv_lora;
+      a.shape.scale = rope.kq_scale;
+      // Token i's heads at q + (i · n_heads + h) · row_dim: all heads of the
+      // token, so the per-token strides are n_heads rows.
+      a.q = q_abs + (u.t * n_heads + u.h0) * row_dim;
+      a.q_stride = row_dim;
+      a.n_tok = u.count;
+      a.rows = rows;
+      a.first_seen = first_seen;
+      a.scores = scores;
+      a.out = ctx + (u.t * n_heads + u.h0) * kv_lora;
+      a.out_stride = kv_lora;
+      if (u.count == 1) {
+        MlaAttention(a.shape, a.q, a.q_stride, rows, first_seen, scores, a.out, a.out_stride, isa);
+      } else {
+        MlaAttentionTokens(a, isa);
+      }
     }
   };
-  pool->ParallelFor(n * n_groups, attn_job);
+  pool->ParallelFor(static_cast<int64_t>(units.size()), attn_job);
 
   // 4. Per head (quantization and matmul on one thread): attn_v_b[h] ·
   // context (quantized), then attn_output.

@@ -105,8 +105,15 @@ void EngineRoutedExperts::Forward(const float* x_norm, int64_t n, const int32_t*
   const Deepseek2Config& c = *ctx_.config;
   const MoeExperts experts{w_.ffn_gate_exps, w_.ffn_up_exps, w_.ffn_down_exps,
                            c.n_experts,      c.expert_ff,    c.hidden};
-  MoeForward(experts, x_norm, n, expert_ids, expert_weights, k, out, ctx_.scratch->moe, ctx_.isa,
-             ctx_.pool);
+  // Long prompts in chunks: MoeForward's scratch grows with its batch (~0.3
+  // MB per token for V2-Lite), and a token's result does not depend on the
+  // other tokens of the call (kernels/cpu/moe.h), so chunking changes nothing
+  // but the memory.
+  for (int64_t t0 = 0; t0 < n; t0 += kMoeTokenChunk) {
+    const int64_t m = std::min(kMoeTokenChunk, n - t0);
+    MoeForward(experts, x_norm + t0 * c.hidden, m, expert_ids + t0 * k, expert_weights + t0 * k, k,
+               out + t0 * c.hidden, ctx_.scratch->moe, ctx_.isa, ctx_.pool);
+  }
 }
 
 void EngineSwigluFfn::Forward(const float* x_norm, int64_t n, float* out) const {

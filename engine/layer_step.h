@@ -10,8 +10,9 @@
 // an F32 compressed (MLA) KV cache in the absorbed layout: q_nope·attn_k_b
 // and context·attn_v_b are per-head matmuls with the (quantized) 3-D
 // tensors, as in llama.cpp's graph; the scores, softmax and context run in
-// kernels/cpu/attention (AVX-512 tiles over a token's group of heads × its
-// cached rows), split over (token, head group). The attention worker
+// kernels/cpu/attention (AVX-512 tiles over a group of heads × the cached
+// rows), split over blocks of prefill tokens × all heads and, in decode,
+// (token, head group). The attention worker
 // (gpu_worker/cpu_backend.h) runs the attention block, router, shared
 // experts, dense FFNs and output head; the expert worker
 // (cpu_expert_worker/expert_shard.h) the routed experts. Every component
@@ -42,10 +43,19 @@ namespace moeflow {
 // Heads per unit of attention work (one token × this many heads): the
 // cached rows are read once per unit for all its heads (kernels/cpu/attention.h).
 inline constexpr int64_t kAttentionHeadGroup = 4;
+// Prefill tokens per attention unit: ~64 (token, head) score rows, so that a
+// block of cached rows in L2 serves that many before the next block comes.
+inline int64_t AttentionBlockTokens(int64_t n_heads) { return n_heads >= 64 ? 1 : 64 / n_heads; }
 // Tokens per EngineSwigluFfn chunk: 128 × the dense FFN's 10944 columns of
 // gate and up is 11 MB of scratch instead of 45 MB for a 512-token prompt,
 // with the weights still reused by 128 tokens per pass.
 inline constexpr int64_t kSwigluTokenChunk = 128;
+// Tokens per MoeForward call of the routed experts (long prompts in chunks).
+inline constexpr int64_t kMoeTokenChunk = 512;
+// Tokens of one step through the layers on the single-process topology
+// (LocalTopology caps its max_batch_tokens there; longer prompts go in steps
+// of at most this many, as llama.cpp's 512-token micro-batches).
+inline constexpr int64_t kPrefillTokenChunk = 512;
 
 // Buffers of one forward pass, sized for `capacity` tokens and `kv_capacity`
 // cached positions. Grows (allocates) only when asked for more.
@@ -59,10 +69,17 @@ struct EngineScratch {
   // Attention.
   std::vector<float> q, q_a, kv_a, q_abs, ctx, heads_out, attn_out;
   std::vector<float> rope_angles;  // Deepseek2RopeParams::Angles of one position
-  // Per thread: scores of one head group (kAttentionHeadGroup × kv_capacity)
-  // and the row pointers of one token's cached positions (kv_capacity).
+  // Per thread: scores of one attention unit (max(kAttentionHeadGroup,
+  // AttentionBlockTokens × heads) rows × kv_capacity) and the row pointers
+  // of one segment's cached positions (kv_capacity).
   std::vector<std::vector<float>> scores;
   std::vector<std::vector<const float*>> kv_rows;
+  // The units of one attention pass (attention_block.cc), kept to reuse
+  // their memory: tokens [t, t + count), heads [h0, h0 + n_heads).
+  struct AttentionUnit {
+    int64_t t, count, h0, n_heads;
+  };
+  std::vector<AttentionUnit> attention_units;
   // FFNs.
   std::vector<float> gate, up;
   // Router.

@@ -26,6 +26,7 @@
 #include "model/deepseek2/reference.h"
 #include "model/gguf.h"
 #include "tests/engine/llamacpp_compare.h"
+#include "tests/engine/one_sequence.h"
 #include "tests/model/deepseek2/llamacpp_fixture.h"
 
 namespace moeflow {
@@ -195,6 +196,39 @@ TEST(EngineTest, LastOnlyLogitsEqualLastRow) {
   std::vector<float> wrong(5);
   EXPECT_EQ(engine->ForwardInto(tokens, 0, true, absl::MakeSpan(wrong)).code(),
             absl::StatusCode::kInvalidArgument);
+}
+
+// A prompt longer than kPrefillTokenChunk goes through the layers in steps
+// (the single-process topology takes at most kPrefillTokenChunk tokens a
+// step, even when asked for more); the logits are those of the same tokens
+// fed in two other pieces, bit for bit (no step depends on the chunk a token
+// is in), for every row and for last_only.
+TEST(EngineTest, LongPromptsInChunksEqualOtherSplits) {
+  for (const char* quant : {"q4_k_m", "f32"}) {
+    SCOPED_TRACE(quant);
+    const int64_t n = kPrefillTokenChunk + 90;
+    auto e = testing::OneSequence::Open(FixturePath("tiny-v3", std::string(quant) + ".gguf"),
+                                        /*n_threads=*/2, /*max_batch=*/4 * kPrefillTokenChunk,
+                                        /*max_context=*/n);
+    ASSERT_TRUE(e.ok()) << e.status();
+    testing::OneSequence& engine = **e;
+    EXPECT_EQ(engine.topology().limits().max_tokens, kPrefillTokenChunk);
+    const int64_t vocab = engine.config().vocab_size;
+    std::vector<int32_t> tokens(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) tokens[static_cast<size_t>(i)] = (i * 7919 + 3) % (vocab - 2);
+    auto whole = engine.Forward(tokens, 0);
+    ASSERT_TRUE(whole.ok()) << whole.status();
+    const int64_t split = 333;
+    auto first = engine.Forward(absl::MakeConstSpan(tokens).subspan(0, split), 0);
+    ASSERT_TRUE(first.ok());
+    auto rest = engine.Forward(absl::MakeConstSpan(tokens).subspan(split), split);
+    ASSERT_TRUE(rest.ok());
+    EXPECT_EQ(std::vector<float>(whole->begin(), whole->begin() + split * vocab), *first);
+    EXPECT_EQ(std::vector<float>(whole->begin() + split * vocab, whole->end()), *rest);
+    std::vector<float> last(static_cast<size_t>(vocab));
+    ASSERT_TRUE(engine.ForwardInto(tokens, 0, true, absl::MakeSpan(last)).ok());
+    EXPECT_EQ(last, std::vector<float>(whole->end() - vocab, whole->end()));
+  }
 }
 
 TEST(EngineTest, ActiveExpertsOverride) {
