@@ -1,9 +1,9 @@
 // `moeflow launch` with http_address serves the OpenAI / Ollama HTTP API of
 // `moeflow serve` over the coordinator and its worker processes: a greedy
 // completion equals the control service's Generate for the same prompt; a
-// control-service request run between two HTTP requests (they share the
-// coordinator's one KV cache) does not change the second HTTP answer (the
-// HTTP side recomputes its cached prefix); /v1/models and /health answer; a
+// control-service request run between two HTTP requests (both go through
+// the launcher's one scheduler and its paged KV cache) does not change the
+// second HTTP answer; /v1/models and /health answer; a
 // non-loopback http_address without --api_key and a malformed --http_address
 // are refused; moeflowctl drain and status cover the HTTP requests; n = 2
 // and a response_format work over the coordinator.
@@ -114,11 +114,11 @@ TEST(LaunchHttpTest, CompletionsMatchTheControlServiceAcrossInterleavedRequests)
   ASSERT_TRUE(doc.is_object()) << shaped.body;
   EXPECT_EQ(doc.size(), 1u);
   EXPECT_TRUE(doc["ok"].is_boolean()) << shaped.body;
-  // The control service fills the KV cache with another sequence...
+  // The control service runs another sequence through the same scheduler...
   const std::string other = ControlGenerate(launch, "A completely different prompt", 6);
   EXPECT_FALSE(other.empty());
-  // ...and the HTTP side, whose scheduler believes the first prompt cached,
-  // still answers the same (it recomputes the prefix first).
+  // ...and the HTTP side still answers the same (its prompt's published
+  // blocks are reused or recomputed, never another sequence's).
   EXPECT_EQ(HttpComplete(launch.http_port(), kPrompt, 12), first);
   // The control service agrees with the HTTP API (EOS never came within 12
   // tokens above: finish_reason "length").
