@@ -11,7 +11,8 @@
 // the engine's EngineRoutedExperts with one pair per row and weight 1, which
 // yields each pair's unweighted expert output; the coordinator weights and
 // sums them in the engine's order, so replicate/shard results are
-// bit-identical to Deepseek2Engine (slice: equal up to float summation).
+// bit-identical to the single-process topology (slice: equal up to float
+// summation).
 // A kExpertsCombine request (this worker holds every pair of the step) is
 // the engine's own call — the rows, their k experts and weights — and the
 // reply is the weighted sum per row, k times smaller.

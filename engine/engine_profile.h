@@ -1,8 +1,11 @@
-// Opt-in wall-clock breakdown of Deepseek2Engine forward passes by phase
-// (attention, router, routed experts, shared experts, dense FFN, output head).
+// Opt-in wall-clock breakdown of the layer steps by phase (attention,
+// router, routed experts, shared experts, dense FFN, output head).
 //
-// Role in the data flow: ForwardInto wraps each phase of each layer in an
-// EnginePhaseTimer. With the environment variable MOEFLOW_PROFILE=1 the
+// Role in the data flow: the layer driver wraps each step (kForward), the
+// attention worker (gpu_worker/cpu_backend.cc) and the expert compute
+// (cpu_expert_worker/expert_shard.cc) each of their phases in an
+// EnginePhaseTimer; the sums are per process (a separate worker prints its
+// own). With the environment variable MOEFLOW_PROFILE=1 the
 // times are summed per phase, separately for prefill batches (> 1 token) and
 // decode steps (1 token), and printed as a table to stderr when the process
 // exits (so `MOEFLOW_PROFILE=1 moeflow bench ...` shows where the time goes).
