@@ -2,12 +2,14 @@
 // the single-process topology, coordinator/local_topology.h) on one model
 // file, like llama-bench:
 //
-//   moeflow bench -m F.gguf -p 512 -n 128 -r 5 -t 2 [--active-experts K] [--json]
+//   moeflow bench -m F.gguf -p 512 -n 128 [-d 0] -r 5 -t 2 [--active-experts K] [--json]
 //
 // Each repetition times a prompt of p tokens from an empty cache (prefill:
 // p / time to the first token's logits) and, separately, n single-token
 // decode steps from an empty cache (decode: n / time), as llama-bench's pp
-// and tg tests do; one untimed warm-up run comes first. Token ids are fixed
+// and tg tests do; with -d D both start after D cached tokens, prefilled
+// untimed before each repetition (llama-bench -d); one untimed warm-up run
+// comes first. Prompts go in steps of at most kPrefillTokenChunk tokens. Token ids are fixed
 // pseudo-random ones. Reports mean ± sd tokens/s over the repetitions, the
 // peak RSS of the process, the memory bandwidth measured just before and just
 // after the decode runs (kernels/cpu/membw) and the decode "floor": bytes of
@@ -23,6 +25,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdint>
@@ -50,6 +53,10 @@ ABSL_DECLARE_FLAG(bool, json);
 ABSL_FLAG(int64_t, prompt_tokens, 512, "prefill test: prompt length in tokens (0: skip)");
 ABSL_FLAG(int64_t, p, -1, "short for --prompt-tokens");
 ABSL_FLAG(int64_t, gen_tokens, 128, "decode test: tokens generated one at a time (0: skip)");
+ABSL_FLAG(int64_t, depth, 0,
+          "both tests start after this many cached tokens (prefilled untimed before each "
+          "repetition), as llama-bench -d");
+ABSL_FLAG(int64_t, d, -1, "short for --depth");
 ABSL_FLAG(int64_t, n, -1, "short for --gen-tokens");
 ABSL_FLAG(int32_t, repetitions, 5, "timed repetitions of each test (after one warm-up)");
 ABSL_FLAG(int32_t, r, -1, "short for --repetitions");
@@ -117,6 +124,13 @@ MemoryBandwidth MeasureBandwidthInChild(int threads) {
     return MeasureMemoryBandwidth(&pool);
   }
   return bw;
+}
+
+// llama-bench's test names: pp512, tg128, "tg128 @ d4096".
+std::string TestName(const char* kind, int64_t tokens, int64_t depth) {
+  std::string name = absl::StrCat(kind, tokens);
+  if (depth > 0) absl::StrAppend(&name, " @ d", depth);
+  return name;
 }
 
 int64_t PeakRssBytes() {
@@ -267,9 +281,12 @@ int RunBench(const std::vector<std::string>& args) {
       absl::GetFlag(FLAGS_r) >= 0 ? absl::GetFlag(FLAGS_r) : absl::GetFlag(FLAGS_repetitions);
   const int threads =
       absl::GetFlag(FLAGS_t) >= 0 ? absl::GetFlag(FLAGS_t) : absl::GetFlag(FLAGS_threads);
+  const int64_t depth =
+      absl::GetFlag(FLAGS_d) != -1 ? absl::GetFlag(FLAGS_d) : absl::GetFlag(FLAGS_depth);
   const bool json = absl::GetFlag(FLAGS_json);
-  if (prompt < 0 || gen < 0 || reps < 1 || threads < 1 || prompt + gen == 0) {
-    std::fprintf(stderr, "moeflow bench: need -p >= 0, -n >= 0 (not both 0), -r >= 1, -t >= 1\n");
+  if (prompt < 0 || gen < 0 || reps < 1 || threads < 1 || prompt + gen == 0 || depth < 0) {
+    std::fprintf(stderr,
+                 "moeflow bench: need -p >= 0, -n >= 0 (not both 0), -r >= 1, -t >= 1, -d >= 0\n");
     return kExitUsage;
   }
   // The single-process topology (coordinator/local_topology.h): the engine
@@ -277,9 +294,11 @@ int RunBench(const std::vector<std::string>& args) {
   LocalTopologyOptions options;
   options.n_threads = threads;
   options.active_experts = absl::GetFlag(FLAGS_active_experts);
-  options.max_batch_tokens = std::max<int64_t>(prompt, 1);
+  // Steps of at most kPrefillTokenChunk tokens (LocalTopology's cap): scratch
+  // for one chunk, not for the whole prompt.
+  options.max_batch_tokens = std::max<int64_t>(std::max(prompt, depth), 1);
   options.max_sequences = 1;
-  options.kv_tokens = std::max<int64_t>(prompt, gen) + 1;
+  options.kv_tokens = depth + std::max<int64_t>(prompt, gen) + 1;
   options.context_tokens = options.kv_tokens;
   auto engine_or = LocalTopology::Open(model, options);
   if (!engine_or.ok()) {
@@ -299,7 +318,7 @@ int RunBench(const std::vector<std::string>& args) {
   const double bytes_per_token = DecodeBytesPerToken(**file_or, c, k);
   file_or->reset();
 
-  std::vector<int32_t> tokens(static_cast<size_t>(std::max(prompt, gen)));
+  std::vector<int32_t> tokens(static_cast<size_t>(depth + std::max(prompt, gen)));
   uint32_t state = 12345;
   for (int32_t& t : tokens) {
     state = state * 1664525u + 1013904223u;
@@ -321,28 +340,43 @@ int RunBench(const std::vector<std::string>& args) {
         sequence, absl::MakeConstSpan(tokens.data() + pos, static_cast<size_t>(n)), pos};
     return batch_model.Forward(absl::MakeConstSpan(&entry, 1), absl::MakeSpan(logits));
   };
-  auto run_prefill = [&]() -> absl::StatusOr<double> {
-    MOEFLOW_ASSIGN_OR_RETURN(const server::BatchModel::Started s, start(prompt, prompt));
-    // In steps of the topology's (at most kPrefillTokenChunk tokens), as
-    // llama-bench's 512-token micro-batches.
+  // Tokens [from, to) of a sequence in steps of the topology's (at most
+  // kPrefillTokenChunk tokens), as llama-bench's 512-token micro-batches.
+  auto prefill = [&](int64_t sequence, int64_t from, int64_t to) {
     const int64_t step = e.limits().max_tokens;
-    const double t0 = Now();
     absl::Status st;
-    for (int64_t pos = 0; pos < prompt && st.ok(); pos += step) {
-      st = forward(s.sequence, pos, std::min(step, prompt - pos));
+    for (int64_t pos = from; pos < to && st.ok(); pos += step) {
+      st = forward(sequence, pos, std::min(step, to - pos));
     }
+    return st;
+  };
+  // A sequence of `positions` past the depth, with the depth's tokens
+  // cached (untimed).
+  auto start_at_depth = [&](int64_t positions) -> absl::StatusOr<int64_t> {
+    MOEFLOW_ASSIGN_OR_RETURN(const server::BatchModel::Started s,
+                             start(std::max<int64_t>(depth, 1), depth + positions));
+    if (absl::Status st = prefill(s.sequence, 0, depth); !st.ok()) {
+      batch_model.EndSequence(s.sequence);
+      return st;
+    }
+    return s.sequence;
+  };
+  auto run_prefill = [&]() -> absl::StatusOr<double> {
+    MOEFLOW_ASSIGN_OR_RETURN(const int64_t sequence, start_at_depth(prompt));
+    const double t0 = Now();
+    const absl::Status st = prefill(sequence, depth, depth + prompt);
     const double t1 = Now();
-    batch_model.EndSequence(s.sequence);
+    batch_model.EndSequence(sequence);
     if (!st.ok()) return st;
     return static_cast<double>(prompt) / (t1 - t0);
   };
   auto run_decode = [&]() -> absl::StatusOr<double> {
-    MOEFLOW_ASSIGN_OR_RETURN(const server::BatchModel::Started s, start(1, gen));
+    MOEFLOW_ASSIGN_OR_RETURN(const int64_t sequence, start_at_depth(gen));
     const double t0 = Now();
     absl::Status st;
-    for (int64_t i = 0; i < gen && st.ok(); ++i) st = forward(s.sequence, i, 1);
+    for (int64_t i = depth; i < depth + gen && st.ok(); ++i) st = forward(sequence, i, 1);
     const double t1 = Now();
-    batch_model.EndSequence(s.sequence);
+    batch_model.EndSequence(sequence);
     if (!st.ok()) return st;
     return static_cast<double>(gen) / (t1 - t0);
   };
@@ -375,7 +409,8 @@ int RunBench(const std::vector<std::string>& args) {
   if (json) {
     std::printf(
         "{\"model\": \"%s\", \"model_bytes\": %.0f, \"isa\": \"%s\", \"threads\": %d, "
-        "\"active_experts\": %lld, \"prompt_tokens\": %lld, \"gen_tokens\": %lld, "
+        "\"active_experts\": %lld, \"depth\": %lld, \"prompt_tokens\": %lld, "
+        "\"gen_tokens\": %lld, "
         "\"repetitions\": %d, \"prefill_tokens_per_s\": %.3f, \"prefill_tokens_per_s_sd\": %.3f, "
         "\"decode_tokens_per_s\": %.3f, \"decode_tokens_per_s_sd\": %.3f, "
         "\"peak_rss_bytes\": %lld, \"peak_rss_over_model\": %.4f, "
@@ -384,24 +419,24 @@ int RunBench(const std::vector<std::string>& args) {
         "\"decode_bytes_per_token\": %.0f, \"decode_floor_tokens_per_s\": %.3f, "
         "\"decode_fraction_of_floor\": %.4f, \"weight_memory\": \"%s\"}\n",
         model.c_str(), model_bytes, isa, threads, static_cast<long long>(k),
-        static_cast<long long>(prompt), static_cast<long long>(gen), reps, sp.mean, sp.sd, st.mean,
-        st.sd, static_cast<long long>(rss), static_cast<double>(rss) / model_bytes,
-        bw_before.read_gbps, bw_after.read_gbps, bw_before.triad_gbps, bw_after.triad_gbps,
-        bytes_per_token, floor_tps, floor_tps > 0 ? st.mean / floor_tps : 0.0,
-        e.weight_memory().c_str());
+        static_cast<long long>(depth), static_cast<long long>(prompt), static_cast<long long>(gen),
+        reps, sp.mean, sp.sd, st.mean, st.sd, static_cast<long long>(rss),
+        static_cast<double>(rss) / model_bytes, bw_before.read_gbps, bw_after.read_gbps,
+        bw_before.triad_gbps, bw_after.triad_gbps, bytes_per_token, floor_tps,
+        floor_tps > 0 ? st.mean / floor_tps : 0.0, e.weight_memory().c_str());
     return kExitOk;
   }
   std::printf("model %s (%s), isa %s, %d threads, %lld of %lld routed experts\n", model.c_str(),
               HumanBytes(model_bytes).c_str(), isa, threads, static_cast<long long>(k),
               static_cast<long long>(c.n_experts_used));
   std::printf("%s\n", e.weight_memory().c_str());
-  std::printf("%-8s %10s %20s\n", "test", "reps", "tokens/s");
+  std::printf("%-14s %6s %20s\n", "test", "reps", "tokens/s");
   if (prompt > 0) {
-    std::printf("%-8s %10d %12.2f ± %5.2f\n", absl::StrCat("pp", prompt).c_str(), reps, sp.mean,
+    std::printf("%-14s %6d %12.2f ± %5.2f\n", TestName("pp", prompt, depth).c_str(), reps, sp.mean,
                 sp.sd);
   }
   if (gen > 0) {
-    std::printf("%-8s %10d %12.2f ± %5.2f\n", absl::StrCat("tg", gen).c_str(), reps, st.mean,
+    std::printf("%-14s %6d %12.2f ± %5.2f\n", TestName("tg", gen, depth).c_str(), reps, st.mean,
                 st.sd);
     std::printf(
         "memory bandwidth (read) %.1f GB/s before, %.1f after decode; %s of weights per decode "
@@ -420,17 +455,19 @@ Command BenchCommand() {
   return Command{
       "bench",
       "prefill / decode tokens per second of the CPU engine (like llama-bench)",
-      "moeflow bench -m FILE.gguf [-p 512] [-n 128] [-r 5] [-t 2] [--active-experts K] [--json]\n"
+      "moeflow bench -m FILE.gguf [-p 512] [-n 128] [-d 0] [-r 5] [-t 2] [--active-experts K] "
+      "[--json]\n"
       "moeflow bench --kernels [-t 2] [--kernel-isas LIST] [--json]",
       "pp: prompt tokens / time to the first token's logits; tg: generated tokens / time, one\n"
-      "token per step; both from an empty cache, mean ± sd over -r repetitions after a warm-up.\n"
+      "token per step; both from an empty cache (-d D: after D cached tokens, prefilled untimed),\n"
+      "mean ± sd over -r repetitions after a warm-up.\n"
       "Also prints peak RSS and the decode bandwidth floor.\n"
       "--kernels: kernel micro-benchmarks instead of a model: per weight type (q4_K, q6_K, q8_0,\n"
       "bf16) and ISA variant, GEMV GB/s (1 token, expert shapes 1408x2048 and 2048x1408, weights\n"
       "streamed from memory) and GEMM GOP/s (64 and 512 tokens on one expert), next to the\n"
       "measured memory bandwidth and int8 peak.",
-      {"model", "m", "prompt_tokens", "p", "gen_tokens", "n", "repetitions", "r", "threads", "t",
-       "active_experts", "json", "kernels", "kernel_isas"},
+      {"model", "m", "prompt_tokens", "p", "gen_tokens", "n", "depth", "d", "repetitions", "r",
+       "threads", "t", "active_experts", "json", "kernels", "kernel_isas"},
       RunBench,
   };
 }

@@ -13,8 +13,8 @@ namespace {
 // Upper bound of activation bytes per element over every vec_dot_type (F32).
 constexpr int64_t kMaxActBytesPerElement = 4;
 
-template <typename T>
-void GrowTo(std::vector<T>& v, int64_t n) {
+template <typename Vector>
+void GrowTo(Vector& v, int64_t n) {
   if (static_cast<int64_t>(v.size()) < n) v.resize(static_cast<size_t>(n));
 }
 

@@ -30,6 +30,7 @@
 #include <vector>
 
 #include "absl/types/span.h"
+#include "base/aligned_allocator.h"
 #include "engine/engine_weights.h"
 #include "kernels/cpu/attention.h"
 #include "kernels/cpu/matmul.h"
@@ -67,7 +68,9 @@ struct EngineScratch {
   int64_t kv_capacity = 0;
   std::vector<float> x, ffn_inp, x_norm, routed, shared, logits_norm;
   // Attention.
-  std::vector<float> q, q_a, kv_a, q_abs, ctx, heads_out, attn_out;
+  std::vector<float> q, q_a, kv_a, heads_out, attn_out;
+  // Streamed by the attention kernels with full-width loads: cache-line aligned.
+  CacheAlignedVector<float> q_abs, ctx;
   std::vector<float> rope_angles;  // Deepseek2RopeParams::Angles of one position
   // Per thread: scores of one attention unit (max(kAttentionHeadGroup,
   // AttentionBlockTokens × heads) rows × kv_capacity) and the row pointers
