@@ -63,7 +63,7 @@ absl::StatusOr<absl::Span<const uint8_t>> UcxClient::AwaitReply(int64_t expected
   absl::StatusOr<size_t> sent = Await(send_, "request");
   send_ = TransferId();
   if (!sent.ok()) {
-    Abandon();
+    ReleaseTransfers();  // the request did not get there: no reply will come
     return sent.status();
   }
   absl::StatusOr<size_t> got = Await(recv_, "reply");
@@ -73,6 +73,18 @@ absl::StatusOr<absl::Span<const uint8_t>> UcxClient::AwaitReply(int64_t expected
 }
 
 void UcxClient::Abandon() {
+  // A step that failed elsewhere: the reply this worker is sending must still
+  // be received. A large reply goes by UCX rendezvous, which completes only
+  // when a matching receive takes it: cancelled here, it would keep the
+  // worker waiting in its send (and the next step's request behind it).
+  if (recv_.valid() && liveness_->alive()) {
+    (void)Await(recv_, "reply of an abandoned step");  // frees the transfer either way
+    recv_ = TransferId();
+  }
+  ReleaseTransfers();
+}
+
+void UcxClient::ReleaseTransfers() {
   channel_->Release(send_);
   channel_->Release(recv_);
   send_ = TransferId();

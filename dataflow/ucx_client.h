@@ -39,17 +39,21 @@ class UcxClient final : public WorkerClient {
   // `channel` and `liveness` must outlive the client.
   UcxClient(std::string name, transport::ActivationChannel* channel, uint8_t source,
             WorkerLiveness* liveness, int step_timeout_ms);
-  ~UcxClient() override { Abandon(); }
+  ~UcxClient() override { ReleaseTransfers(); }
 
   const std::string& name() const override { return name_; }
   absl::Span<uint8_t> RequestPayload() override;
   absl::Status Post(const RequestHeader& header, size_t payload_bytes, ReplyHook* hook) override;
   bool hook_ran() const override { return false; }
   absl::StatusOr<absl::Span<const uint8_t>> AwaitReply(int64_t expected_bytes) override;
+  // Receives the reply of a posted request first (bounded as AwaitReply)
+  // while the worker is alive, so that the worker's send completes.
   void Abandon() override;
   bool in_process() const override { return false; }
 
  private:
+  // Frees the transfers without waiting (a receive still posted is cancelled).
+  void ReleaseTransfers();
   absl::StatusOr<size_t> Await(transport::TransferId id, const char* what);
 
   const std::string name_;
