@@ -193,4 +193,24 @@ void AttentionStep::PositionsAndSlots(std::vector<int32_t>* positions,
   }
 }
 
+absl::Status HandleAttentionRequest(const dataflow::RequestHeader& header, AttentionStep& step,
+                                    proto::LayerStats& stats,
+                                    const std::function<absl::Status()>& layer,
+                                    const std::function<absl::Status()>& output) {
+  stats.set_rows_computed(header.n_tokens);
+  absl::Status s;
+  switch (static_cast<dataflow::DataflowOp>(header.op)) {
+    case dataflow::DataflowOp::kLayer:
+      s = layer();
+      break;
+    case dataflow::DataflowOp::kOutput:
+      s = output();
+      break;
+    default:
+      s = absl::InvalidArgumentError(absl::StrCat("gpu_worker: unknown op ", header.op));
+  }
+  if (!s.ok()) step.End();
+  return s;
+}
+
 }  // namespace moeflow

@@ -19,6 +19,7 @@
 #define MOEFLOW_GPU_WORKER_ATTENTION_STEP_H_
 
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -105,6 +106,14 @@ class AttentionStep {
   std::vector<Segment> segments_;
   std::vector<int32_t> pages_, tokens_;
 };
+
+// The request dispatch both backends share: a kLayer request to `layer`, a
+// kOutput request to `output`, any other op INVALID_ARGUMENT; on an error
+// the step ends (the coordinator fails it; the next request starts over).
+absl::Status HandleAttentionRequest(const dataflow::RequestHeader& header, AttentionStep& step,
+                                    proto::LayerStats& stats,
+                                    const std::function<absl::Status()>& layer,
+                                    const std::function<absl::Status()>& output);
 
 }  // namespace moeflow
 

@@ -111,20 +111,9 @@ size_t CpuGpuWorkerBackend::MaxReplyBytes() const {
 absl::Status CpuGpuWorkerBackend::Handle(const RequestHeader& header,
                                          absl::Span<const uint8_t> payload,
                                          dataflow::ReplyWriter& reply, proto::LayerStats& stats) {
-  stats.set_rows_computed(header.n_tokens);
-  absl::Status s;
-  switch (static_cast<DataflowOp>(header.op)) {
-    case DataflowOp::kLayer:
-      s = HandleLayer(header, payload, reply);
-      break;
-    case DataflowOp::kOutput:
-      s = HandleOutput(header, payload, reply);
-      break;
-    default:
-      s = absl::InvalidArgumentError(absl::StrCat("gpu_worker: unknown op ", header.op));
-  }
-  if (!s.ok()) step_->End();  // the coordinator fails the step; the next one starts over
-  return s;
+  return HandleAttentionRequest(
+      header, *step_, stats, [&] { return HandleLayer(header, payload, reply); },
+      [&] { return HandleOutput(header, payload, reply); });
 }
 
 absl::Status CpuGpuWorkerBackend::StartStep() {
