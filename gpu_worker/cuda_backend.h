@@ -59,7 +59,7 @@ class CudaGpuWorkerBackend final : public dataflow::WorkerCompute {
   int64_t ShardBytes() const override { return device_bytes_; }
 
  private:
-  struct State;  // device buffers and weights (cuda_backend.cc)
+  struct State;  // device buffers and weights (cuda_backend_state.h)
   absl::Status HandleLayer(const dataflow::RequestHeader& header, absl::Span<const uint8_t> payload,
                            dataflow::ReplyWriter& reply);
   absl::Status HandleOutput(const dataflow::RequestHeader& header,
