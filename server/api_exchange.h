@@ -16,8 +16,8 @@
 //
 // Several choices (OpenAI's n): one GenerationRequest per choice, copies of
 // `request` with seeds seed, seed + 1, ... and one cancel flag; they share
-// the prompt's KV through the backend's prefix reuse (batching: its whole
-// 16-token blocks, computed once; serial: the previous request's prefix).
+// the prompt's KV through the scheduler's prefix reuse (its whole 16-token
+// blocks, computed once by the first choice).
 // Their events carry the choice's index; the end (usage, [DONE], the
 // non-streamed body) waits for every choice, and the first choice that
 // fails ends the exchange with its error and cancels the others.
