@@ -34,7 +34,7 @@
 // own SIMD paths do), so they differ from the scalar result by a few ulp of
 // the sum of |terms|. On AVX2 and AVX-512 (with or without VNNI),
 // MatmulQuantized of Q4_K, Q6_K, Q5_0 and Q8_0 weights runs register-blocked
-// tiles instead of one vec_dot per (row, token) (matmul_simd.inc, 512-bit;
+// tiles instead of one vec_dot per (row, token) (matmul_tiles_avx512.inc, 512-bit;
 // matmul_tiles_avx2.inc, 256-bit): R rows × 1 token with software prefetch
 // for decode (≤ 2 tokens: GEMV, bandwidth-bound; each block prefetched into
 // L2 one tile — R rows — ahead, since rows are contiguous; R = 4 on AVX-512;

@@ -77,7 +77,7 @@ std::multiset<std::pair<int, int>> RowsByTypeAndIsa(const KernelBenchReport& r) 
 
 // On AVX-512 BF16 hosts (Zen 4, Sapphire Rapids): avx512bf16 runs avx512's
 // kernels for every type but BF16, so it is timed on BF16 only; avx512 has a
-// BF16 kernel of its own (BF16 widened to F32 and FMA'd, matmul_simd.inc), so
+// BF16 kernel of its own (BF16 widened to F32 and FMA'd, matmul_simd_vec_dots.inc), so
 // it is timed on both types. Two shapes per (type, variant).
 TEST(KernelBenchmarksTest, VariantsThatRepeatAnotherKernelAreSkipped) {
   if (!CpuSupportsIsa(CpuIsa::kAvx512Bf16)) GTEST_SKIP() << "no AVX-512 BF16 on this CPU";
