@@ -18,9 +18,12 @@
 #include "gtest/gtest.h"
 #include "kernels/cpu/matmul.h"
 #include "kernels/cpu/quants.h"
+#include "tests/kernels/cpu/matmul_test_support.h"
 
 namespace moeflow {
 namespace {
+
+using matmul_testing::SimdIsas;
 
 // The types these kernels add (IQ4_XS had a dequantizer only before; Q4_0
 // ran the scalar reference).
@@ -28,14 +31,6 @@ const GgmlType kNewTypes[] = {
     GgmlType::kIQ2_XXS, GgmlType::kIQ2_XS, GgmlType::kIQ2_S,  GgmlType::kIQ3_XXS, GgmlType::kIQ3_S,
     GgmlType::kIQ1_S,   GgmlType::kIQ1_M,  GgmlType::kIQ4_NL, GgmlType::kIQ4_XS,  GgmlType::kQ2_K,
     GgmlType::kQ3_K,    GgmlType::kQ5_K,   GgmlType::kQ4_0};
-
-std::vector<CpuIsa> SimdIsas() {
-  std::vector<CpuIsa> out;
-  for (CpuIsa isa : {CpuIsa::kAvx2, CpuIsa::kAvx512NoVnni, CpuIsa::kAvx512}) {
-    if (CpuSupportsIsa(isa)) out.push_back(isa);
-  }
-  return out;
-}
 
 std::vector<uint8_t> ReadFile(const std::string& path) {
   std::ifstream in(path, std::ios::binary);

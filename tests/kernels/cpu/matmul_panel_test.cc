@@ -18,23 +18,15 @@
 #include "kernels/cpu/matmul.h"
 #include "kernels/cpu/quants.h"
 #include "kernels/cpu/thread_pool.h"
+#include "tests/kernels/cpu/matmul_test_support.h"
 
 namespace moeflow {
 namespace {
 
-const GgmlType kPanelTypes[] = {GgmlType::kQ8_0, GgmlType::kQ5_0, GgmlType::kQ4_K, GgmlType::kQ6_K};
+using matmul_testing::RandomFloats;
+using matmul_testing::SimdIsas;
 
-std::vector<float> RandomFloats(int64_t n, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> dist(0.f, 1.f);
-  std::vector<float> v(static_cast<size_t>(n));
-  for (float& x : v) {
-    x = dist(rng);
-    if (x == 0.f) x = 0.5f;
-  }
-  for (int64_t i = 0; i < n; i += 37) v[i] *= 6.f;
-  return v;
-}
+const GgmlType kPanelTypes[] = {GgmlType::kQ8_0, GgmlType::kQ5_0, GgmlType::kQ4_K, GgmlType::kQ6_K};
 
 struct Matrix {
   MatmulWeight w;
@@ -245,8 +237,9 @@ TEST(MatmulPanelTest, Q8_0ActivationRowsCarryBlockSums) {
   EXPECT_EQ(ActivationRowBytes(GgmlType::kQ8_0, cols), nb * 36);
   EXPECT_EQ(ActivationRowBytes(GgmlType::kQ5_0, cols), nb * 36);
   const std::vector<float> x = RandomFloats(cols, 3);
-  for (CpuIsa isa : {CpuIsa::kScalar, CpuIsa::kAvx2, CpuIsa::kAvx512}) {
-    if (!CpuSupportsIsa(isa)) continue;
+  std::vector<CpuIsa> isas = SimdIsas();
+  isas.insert(isas.begin(), CpuIsa::kScalar);
+  for (CpuIsa isa : isas) {
     std::vector<uint8_t> act(static_cast<size_t>(nb * 36), 0xAA);
     QuantizeActivations(GgmlType::kQ8_0, x.data(), 1, cols, cols, act.data(), isa);
     const auto* blocks = reinterpret_cast<const BlockQ8_0*>(act.data());
