@@ -1,6 +1,6 @@
 // Faults under `moeflow launch` as an HTTP client sees them (issue 19): an
 // expert worker SIGKILLed during a stream's decode, during a prefill, and
-// between requests. Streams end with the documented error event (code
+// between requests, and with several streams in flight. Streams end with the documented error event (code
 // "backend_unavailable") and [DONE]; requests arriving while the worker
 // restarts wait for it (bounded by --worker_restart_wait_s) or get 503 with
 // Retry-After; never a 500, never a worker's name or a signal in what the
@@ -11,9 +11,13 @@
 
 #include <cstdio>
 #include <string>
+#include <thread>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
@@ -97,6 +101,79 @@ TEST(LaunchFaultTest, WorkerKilledDuringDecodeEndsTheStreamCleanly) {
   const http::ParsedResponse next =
       http::Post(launch.http_port(), "/v1/completions", Body("Hello", 4, false));
   EXPECT_EQ(next.status, 200) << next.body;
+  EXPECT_EQ(launch.Stop(10000), 0);
+}
+
+// Several streams in flight (batched in the same steps) when the worker
+// dies: every one ends with the error event and [DONE], none hangs, and
+// after the restart several requests at once are served again.
+TEST(LaunchFaultTest, WorkerKilledWithSeveralStreamsInFlightEndsEveryStream) {
+  constexpr int kStreams = 4;
+  testing::LaunchProcess launch(Spec({}));
+  ASSERT_TRUE(launch.ok()) << launch.error();
+  ASSERT_TRUE(launch.WaitServing(30000));
+  std::vector<int> fds;
+  std::vector<std::string> seen(kStreams);
+  for (int i = 0; i < kStreams; ++i) {
+    const int fd = http::ConnectLocal(launch.http_port());
+    ASSERT_GE(fd, 0);
+    http::WriteAll(fd, http::PostRequest("/v1/completions",
+                                         Body(absl::StrCat("Count ", i, ":"), 3000, true)));
+    fds.push_back(fd);
+  }
+  // Every stream has its first token: all of them are decoding together.
+  char buffer[4096];
+  for (int i = 0; i < kStreams; ++i) {
+    while (seen[i].find("data: {") == std::string::npos) {
+      const ssize_t n = read(fds[i], buffer, sizeof(buffer));
+      ASSERT_GT(n, 0) << "stream " << i << ": " << seen[i];
+      seen[i].append(buffer, static_cast<size_t>(n));
+    }
+  }
+  KillExpert(launch);
+  const absl::Time killed = absl::Now();
+  // Read the streams to their end concurrently: one that never ends shows
+  // as the test's timeout, one that ends late as its printed time.
+  std::vector<double> ended(kStreams, 0.0);
+  std::vector<std::thread> readers;
+  for (int i = 0; i < kStreams; ++i) {
+    readers.emplace_back([&, i] {
+      seen[i] += http::ReadToEof(fds[i]);
+      ended[i] = Seconds(killed);
+      close(fds[i]);
+    });
+  }
+  for (std::thread& t : readers) t.join();
+  for (int i = 0; i < kStreams; ++i) {
+    SCOPED_TRACE(absl::StrCat("stream ", i));
+    const std::vector<http::ParsedResponse> r = http::ParseResponses(seen[i]);
+    ASSERT_EQ(r.size(), 1u) << seen[i].substr(0, 500);
+    EXPECT_EQ(r[0].status, 200);
+    const std::string& body = r[0].body;
+    const size_t error_at = body.find("data: {\"error\"");
+    ASSERT_NE(error_at, std::string::npos) << body.substr(body.size() > 600 ? body.size() - 600 : 0);
+    const std::string tail = body.substr(error_at);
+    EXPECT_NE(tail.find("\"code\":\"backend_unavailable\""), std::string::npos) << tail;
+    EXPECT_TRUE(absl::EndsWith(body, "data: [DONE]\n\n")) << tail;
+    ExpectNoInternals(tail);
+  }
+  std::printf("FAULT decode, %d streams in flight: every stream ended with the error event and "
+              "[DONE] after %s s\n",
+              kStreams,
+              absl::StrJoin(ended, " / ", [](std::string* out, double s) {
+                absl::StrAppend(out, absl::StrFormat("%.2f", s));
+              }).c_str());
+  // The worker comes back; requests at once are served again.
+  ASSERT_TRUE(launch.WaitServing(30000));
+  std::vector<http::ParsedResponse> next(kStreams);
+  std::vector<std::thread> clients;
+  for (int i = 0; i < kStreams; ++i) {
+    clients.emplace_back([&, i] {
+      next[i] = http::Post(launch.http_port(), "/v1/completions", Body("Hello", 4, false));
+    });
+  }
+  for (std::thread& t : clients) t.join();
+  for (int i = 0; i < kStreams; ++i) EXPECT_EQ(next[i].status, 200) << next[i].body;
   EXPECT_EQ(launch.Stop(10000), 0);
 }
 
