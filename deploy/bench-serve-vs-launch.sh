@@ -3,7 +3,10 @@
 # TOPOLOGY --model MODEL` (same file, same HTTP API, the same scheduler over
 # the single-process topology and over the worker processes): serve_bench
 # (server/serve_bench.cc) at each concurrency against one, then the other,
-# for --rounds rounds, so both run in the same minutes. Both servers get the
+# for --rounds rounds, so both run in the same minutes (the order swapped
+# every other round, and --settle seconds of rest after each server exits:
+# on the VMs this was measured on, memory a process frees is reported to the
+# host over the following seconds and stalls whichever process runs then). Both servers get the
 # same step (the topology's max_batch_tokens), KV budget (its gpu worker's
 # kv_cache_tokens), --parallel and threads (serve: --threads; launch: the
 # topology's, 0 = every core for each worker). Prints each run's table, then
@@ -11,7 +14,8 @@
 #
 # Usage: deploy/bench-serve-vs-launch.sh MODEL.gguf [--topology FILE]
 #          [--rounds 1] [--concurrency 1,4,8,16] [--max-tokens 32]
-#          [--requests-per-client 2] [--threads 2] [--port 18180] [--no-build]
+#          [--requests-per-client 2] [--threads 2] [--port 18180] [--settle 15]
+#          [--no-build]
 # Run it under `flock /tmp/moeflow-bench.lock` on a shared machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,6 +35,7 @@ max_tokens=32
 per_client=2
 threads=2
 port=18180
+settle=15
 build=1
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -41,13 +46,14 @@ while [[ $# -gt 0 ]]; do
     --requests-per-client) per_client="$2"; shift 2 ;;
     --threads) threads="$2"; shift 2 ;;
     --port) port="$2"; shift 2 ;;
+    --settle) settle="$2"; shift 2 ;;
     --no-build) build=0; shift ;;
     *) echo "bench-serve-vs-launch: unknown argument '$1'" >&2; usage ;;
   esac
 done
 [[ -r "$model" ]] || { echo "bench-serve-vs-launch: cannot read model '$model'" >&2; exit 2; }
 [[ -r "$topology" ]] || { echo "bench-serve-vs-launch: cannot read topology '$topology'" >&2; exit 2; }
-for v in "$rounds" "$max_tokens" "$per_client" "$threads" "$port"; do
+for v in "$rounds" "$max_tokens" "$per_client" "$threads" "$port" "$settle"; do
   [[ "$v" =~ ^[0-9]+$ ]] || { echo "bench-serve-vs-launch: '$v' is not a non-negative integer" >&2; exit 2; }
 done
 [[ "$concurrency" =~ ^[0-9]+(,[0-9]+)*$ ]] || { echo "bench-serve-vs-launch: bad --concurrency '$concurrency'" >&2; exit 2; }
@@ -106,11 +112,17 @@ run_one() {  # label round
   python3 -c 'import json, sys; print(json.dumps({"label": sys.argv[1], "round": int(sys.argv[2]),
     "bench": json.loads(sys.argv[3])}))' "$label" "$round" "$json" >> "$work/results.jsonl"
   stop_server
+  sleep "$settle"
 }
 
 for r in $(seq 1 "$rounds"); do
-  run_one serve "$r"
-  run_one launch "$r"
+  if (( r % 2 == 1 )); then
+    run_one serve "$r"
+    run_one launch "$r"
+  else
+    run_one launch "$r"
+    run_one serve "$r"
+  fi
 done
 # The table: aggregate decode tok/s (and e2e tok/s) per concurrency, the
 # mean over the rounds, launch / serve, and launch's N concurrent / 1.
@@ -138,5 +150,15 @@ for c in levels:
     print(f"| {c} | {s:.2f} | {l:.2f} | {ratio(l, s):.3f} | {mean(e2e[('serve', c)]):.2f} "
           f"| {mean(e2e[('launch', c)]):.2f} | {ratio(l, one):.2f}x |")
 print(f"errors: serve {errors['serve']}, launch {errors['launch']}; rounds {len(runs) // 2}")
+# launch / serve of each round (same minutes), to show the spread.
+by_round = collections.defaultdict(dict)
+for r in runs:
+    for level in r["bench"]["levels"]:
+        by_round[r["round"]][(r["label"], level["concurrency"])] = level["decode_tokens_per_s"]
+for rnd in sorted(by_round):
+    d = by_round[rnd]
+    cells = ", ".join(f"{c}: {ratio(d.get(('launch', c), 0), d.get(('serve', c), 0)):.3f}"
+                      for c in levels)
+    print(f"round {rnd} launch / serve decode: {cells}")
 PY
 cat "$work/results.jsonl"
