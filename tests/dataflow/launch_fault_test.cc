@@ -47,6 +47,20 @@ void ExpectNoInternals(const std::string& text) {
   }
 }
 
+// A stream cut by the fault: its error event (backend_unavailable, no
+// internals) then [DONE]. Returns the body from the error event on ("" when
+// there is none, after the failure is recorded).
+std::string ExpectErrorEventThenDone(const std::string& body) {
+  const size_t error_at = body.find("data: {\"error\"");
+  EXPECT_NE(error_at, std::string::npos) << body.substr(body.size() > 600 ? body.size() - 600 : 0);
+  if (error_at == std::string::npos) return "";
+  const std::string tail = body.substr(error_at);
+  EXPECT_NE(tail.find("\"code\":\"backend_unavailable\""), std::string::npos) << tail;
+  EXPECT_TRUE(absl::EndsWith(body, "data: [DONE]\n\n")) << tail;
+  ExpectNoInternals(tail);
+  return tail;
+}
+
 void KillExpert(testing::LaunchProcess& launch) {
   const std::vector<pid_t> experts = launch.Children("cpu_expert_worker");
   ASSERT_FALSE(experts.empty());
@@ -87,12 +101,8 @@ TEST(LaunchFaultTest, WorkerKilledDuringDecodeEndsTheStreamCleanly) {
   ASSERT_EQ(r.size(), 1u) << raw.substr(0, 500);
   EXPECT_EQ(r[0].status, 200);
   const std::string& body = r[0].body;
-  const size_t error_at = body.find("data: {\"error\"");
-  ASSERT_NE(error_at, std::string::npos) << body.substr(body.size() > 600 ? body.size() - 600 : 0);
-  const std::string tail = body.substr(error_at);
-  EXPECT_NE(tail.find("\"code\":\"backend_unavailable\""), std::string::npos) << tail;
-  EXPECT_TRUE(absl::EndsWith(body, "data: [DONE]\n\n")) << tail;
-  ExpectNoInternals(tail);
+  const std::string tail = ExpectErrorEventThenDone(body);
+  ASSERT_FALSE(tail.empty());
   std::printf("FAULT decode: HTTP 200 stream, %zu events, then %s after %.2f s\n",
               static_cast<size_t>(std::count(body.begin(), body.end(), '\n') / 2),
               tail.substr(6, tail.find('\n') - 6).c_str(), ended);
@@ -149,13 +159,7 @@ TEST(LaunchFaultTest, WorkerKilledWithSeveralStreamsInFlightEndsEveryStream) {
     const std::vector<http::ParsedResponse> r = http::ParseResponses(seen[i]);
     ASSERT_EQ(r.size(), 1u) << seen[i].substr(0, 500);
     EXPECT_EQ(r[0].status, 200);
-    const std::string& body = r[0].body;
-    const size_t error_at = body.find("data: {\"error\"");
-    ASSERT_NE(error_at, std::string::npos) << body.substr(body.size() > 600 ? body.size() - 600 : 0);
-    const std::string tail = body.substr(error_at);
-    EXPECT_NE(tail.find("\"code\":\"backend_unavailable\""), std::string::npos) << tail;
-    EXPECT_TRUE(absl::EndsWith(body, "data: [DONE]\n\n")) << tail;
-    ExpectNoInternals(tail);
+    EXPECT_FALSE(ExpectErrorEventThenDone(r[0].body).empty());
   }
   std::printf("FAULT decode, %d streams in flight: every stream ended with the error event and "
               "[DONE] after %s s\n",
