@@ -272,6 +272,46 @@ TEST(MatmulIqTest, SimdGemmTilesEqualScalarOnRawBlocks) {
   }
 }
 
+// A (row, token) result must not depend on the other tokens of the call
+// (decode tokens are batched with other requests' prefill): with float
+// factors that round (activations quantized from random floats), every
+// token of a 1..70-token call equals the same token alone, bit for bit, on
+// 35 rows (two 16-row panels of the VNNI prefill kernel and 3 rows of the
+// register tiles), per ISA.
+TEST(MatmulIqTest, GemmEqualsOneTokenAtATimeBitForBit) {
+  const int64_t cols = 1536, rows = 35;
+  std::mt19937 rng(13);
+  std::normal_distribution<float> normal(0.f, 1.f);
+  for (GgmlType type : kNewTypes) {
+    SCOPED_TRACE(Traits(type).name);
+    const int64_t w_bytes = RowBytes(type, cols).value();
+    const int64_t a_bytes = ActivationRowBytes(type, cols);
+    std::vector<uint8_t> w(static_cast<size_t>(rows * w_bytes));
+    for (int64_t r = 0; r < rows; ++r) FillRawWeights(type, w.data() + r * w_bytes, cols, rng);
+    const MatmulWeight mw{type, w.data(), cols, rows, w_bytes};
+    const int64_t tokens = 70;
+    std::vector<float> x(static_cast<size_t>(tokens * cols));
+    for (float& v : x) v = normal(rng) * 3.3f;
+    std::vector<uint8_t> a(static_cast<size_t>(tokens * a_bytes));
+    QuantizeActivations(type, x.data(), tokens, cols, cols, a.data());
+    for (CpuIsa isa : SimdIsas()) {
+      std::vector<float> alone(static_cast<size_t>(tokens * rows));
+      for (int64_t t = 0; t < tokens; ++t) {
+        MatmulQuantized(mw, a.data() + t * a_bytes, 1, alone.data() + t * rows, rows, isa,
+                        nullptr);
+      }
+      for (int64_t n : {2, 3, 4, 8, 9, 17, 70}) {
+        std::vector<float> y(static_cast<size_t>(n * rows), -1.f);
+        MatmulQuantized(mw, a.data(), n, y.data(), rows, isa, nullptr);
+        for (int64_t i = 0; i < n * rows; ++i) {
+          ASSERT_EQ(y[i], alone[i]) << CpuIsaName(isa) << " tokens " << n << " t " << i / rows
+                                    << " r " << i % rows;
+        }
+      }
+    }
+  }
+}
+
 // Realistic data (ggml's quantized weights of vecdot.*.bin, activations
 // quantized here from N(0, 1) floats with outliers): within a few float
 // rounding steps of Σ|w·a| of the scalar reference, for decode and prefill.
