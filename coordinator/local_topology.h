@@ -66,11 +66,14 @@ class LocalTopology final : public StepEngine {
   // attention compute's matrices; the experts follow the same rule).
   const std::string& weight_memory() const { return attention_->weight_memory(); }
   int64_t active_experts() const { return k_; }
+  // The model file, opened once and shared by both components.
+  const GgufFile& file() const { return *file_; }
 
  private:
   LocalTopology() = default;
 
   std::unique_ptr<ThreadPool> pool_;
+  std::shared_ptr<const GgufFile> file_;
   std::unique_ptr<CpuGpuWorkerBackend> attention_;
   std::unique_ptr<ExpertShard> experts_;
   std::unique_ptr<dataflow::InProcessClient> attention_client_, experts_client_;

@@ -37,6 +37,13 @@ void PrefaultPages(const uint8_t* data, size_t bytes) {
   (void)sum;
 }
 
+// Bytes of `w` rounded up to a 4 KiB boundary: its share of a buffer that
+// holds several expert tensors.
+int64_t AlignedTensorBytes(const MatmulWeight& w) {
+  constexpr int64_t kAlign = 4096;
+  return (w.rows * w.row_bytes + kAlign - 1) / kAlign * kAlign;
+}
+
 }  // namespace
 
 using dataflow::DataflowOp;
@@ -160,9 +167,13 @@ absl::Status ExpertShard::Load(const std::function<void(const proto::LoadProgres
   progress(p);
   // Only the routed experts are read here: the shards of a split model
   // without any are validated and unmapped (model/gguf_split.h).
-  GgufOpenOptions open_options;
-  open_options.reads_tensor = IsRoutedExpertTensor;
-  MOEFLOW_ASSIGN_OR_RETURN(file_, GgufFile::Open(request_.model_path(), open_options));
+  if (open_file_ != nullptr) {
+    file_ = open_file_;
+  } else {
+    GgufOpenOptions open_options;
+    open_options.reads_tensor = IsRoutedExpertTensor;
+    MOEFLOW_ASSIGN_OR_RETURN(file_, GgufFile::Open(request_.model_path(), open_options));
+  }
   MOEFLOW_ASSIGN_OR_RETURN(config_, Deepseek2Config::FromGguf(*file_));
   MOEFLOW_ASSIGN_OR_RETURN(weights_, EngineWeights::MapRoutedExperts(*file_, config_));
   rope_ = Deepseek2RopeParams::FromConfig(config_, 1.f);  // unused by experts
@@ -260,6 +271,21 @@ absl::Status ExpertShard::Load(const std::function<void(const proto::LoadProgres
     // is released.
     p.set_phase(proto::LOAD_PHASE_REPACKING);
     const int node = request_.numa_node();
+    // Not placed on a node: one huge-page buffer for every expert tensor,
+    // each at a 4 KiB boundary in it (a buffer per tensor would round each
+    // up to whole huge pages: 25 MiB on v2-lite 8 layers Q4_K_M).
+    WeightBuffer plain;
+    int64_t plain_offset = 0;
+    if (numa_ == nullptr) {
+      int64_t plain_bytes = 0;
+      for (int64_t il = config_.n_dense_layers; il < config_.n_layers; ++il) {
+        const EngineLayerWeights& lw = shard_layers_[static_cast<size_t>(il)];
+        for (const MatmulWeight* w : {&lw.ffn_gate_exps, &lw.ffn_up_exps, &lw.ffn_down_exps}) {
+          plain_bytes += AlignedTensorBytes(*w);
+        }
+      }
+      MOEFLOW_ASSIGN_OR_RETURN(plain, WeightBuffer::Allocate(static_cast<size_t>(plain_bytes)));
+    }
     for (int64_t il = config_.n_dense_layers; il < config_.n_layers; ++il) {
       EngineLayerWeights& lw = shard_layers_[static_cast<size_t>(il)];
       for (auto [w, rows_per_expert] : {std::pair<MatmulWeight*, int64_t>{&lw.ffn_gate_exps, ff},
@@ -267,26 +293,26 @@ absl::Status ExpertShard::Load(const std::function<void(const proto::LoadProgres
                                         {&lw.ffn_down_exps, hidden}}) {
         const uint64_t total = static_cast<uint64_t>(w->rows * w->row_bytes);
         const size_t expert_bytes = static_cast<size_t>(rows_per_expert * w->row_bytes);
-        if (numa_ == nullptr) {  // not placed on a node: a plain huge-page copy
-          MOEFLOW_ASSIGN_OR_RETURN(WeightBuffer plain, WeightBuffer::Allocate(total));
-          for (int64_t e = 0; e < config_.n_experts; ++e) {
-            if (!holds_expert_[static_cast<size_t>(e)]) continue;
-            std::memcpy(plain.data() + e * expert_bytes, w->row(e * rows_per_expert), expert_bytes);
-            shard_bytes_ += static_cast<int64_t>(expert_bytes);
-          }
-          file_->ReleasePages(w->data, total);
-          w->data = plain.data();
-          plain_buffers_.push_back(std::move(plain));
-          continue;
+        NodeBuffer buf;
+        uint8_t* dst = nullptr;
+        if (numa_ == nullptr) {
+          dst = plain.data() + plain_offset;
+          plain_offset += AlignedTensorBytes(*w);
+        } else {
+          buf = NodeBuffer::Allocate(*numa_, node, total);
+          dst = buf.data();
         }
-        NodeBuffer buf = NodeBuffer::Allocate(*numa_, node, total);
+        // Each expert's file pages are released as soon as it is copied, so
+        // that at most one expert is resident twice (peak RSS), not a tensor.
         for (int64_t e = 0; e < config_.n_experts; ++e) {
           if (!holds_expert_[static_cast<size_t>(e)]) continue;
-          std::memcpy(buf.data() + e * expert_bytes, w->row(e * rows_per_expert), expert_bytes);
+          std::memcpy(dst + e * expert_bytes, w->row(e * rows_per_expert), expert_bytes);
+          file_->ReleasePages(w->row(e * rows_per_expert), expert_bytes);
           shard_bytes_ += static_cast<int64_t>(expert_bytes);
         }
-        file_->ReleasePages(w->data, total);
-        w->data = buf.data();
+        file_->ReleasePages(w->data, total);  // the pages the experts shared
+        w->data = dst;
+        if (numa_ == nullptr) continue;
         if (il == config_.n_dense_layers && w == &lw.ffn_gate_exps) {
           std::fprintf(stderr, "cpu_expert_worker %s: experts copied into memory %s\n",
                        request_.worker_name().c_str(), buf.binding().c_str());
@@ -297,6 +323,7 @@ absl::Status ExpertShard::Load(const std::function<void(const proto::LoadProgres
       p.set_bytes_done(shard_bytes_);
       progress(p);
     }
+    if (numa_ == nullptr) plain_buffer_ = std::move(plain);
   } else {
     shard_bytes_ = copy_total;  // the held experts, mapped
   }

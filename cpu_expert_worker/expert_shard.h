@@ -34,6 +34,7 @@
 #include <string>
 #include <vector>
 
+#include "base/aligned_allocator.h"
 #include "dataflow/worker_compute.h"
 #include "engine/engine.h"
 #include "kernels/cpu/numa.h"
@@ -51,6 +52,10 @@ class ExpertShard final : public dataflow::WorkerCompute {
   explicit ExpertShard(ThreadPool* shared_pool = nullptr) : shared_pool_(shared_pool) {}
 
   absl::Status Configure(const proto::ConfigureRequest& request) override;
+  // Makes Load use `file` (the request's model_path, opened by the caller,
+  // every shard mapped) instead of opening and parsing the file again: the
+  // single-process topology gives its one GgufFile to both of its components.
+  void UseOpenFile(std::shared_ptr<const GgufFile> file) { open_file_ = std::move(file); }
   absl::Status Load(const std::function<void(const proto::LoadProgress&)>& progress) override;
   size_t MaxRequestBytes() const override;
   size_t MaxReplyBytes() const override;
@@ -58,7 +63,8 @@ class ExpertShard final : public dataflow::WorkerCompute {
                       dataflow::ReplyWriter& reply, proto::LayerStats& stats) override;
   int64_t ShardBytes() const override { return shard_bytes_; }
   // The model as Load opened it (null before): a split model's shards
-  // without routed experts are unmapped (GgufShard::mapped()).
+  // without routed experts are unmapped (GgufShard::mapped()), unless the
+  // file came from UseOpenFile (then it is the caller's, as it opened it).
   const GgufFile* file() const { return file_.get(); }
   void Idle() override {
     if (own_pool_ != nullptr) own_pool_->Rest();
@@ -85,7 +91,8 @@ class ExpertShard final : public dataflow::WorkerCompute {
   absl::StatusOr<bool> CopyExpertsToNode(int64_t held_bytes);
 
   proto::ConfigureRequest request_;
-  std::unique_ptr<GgufFile> file_;
+  std::shared_ptr<const GgufFile> open_file_;  // UseOpenFile's
+  std::shared_ptr<const GgufFile> file_;
   Deepseek2Config config_;        // the file's
   Deepseek2Config shard_config_;  // expert_ff divided by slice_count
   Deepseek2RopeParams rope_;
@@ -98,8 +105,9 @@ class ExpertShard final : public dataflow::WorkerCompute {
   // no memory). numa_ outlives the buffers (declared first).
   std::unique_ptr<NumaTopology> numa_;
   std::vector<NodeBuffer> node_buffers_;
-  // The same without a node (numa_node -1, the single-process topology).
-  std::vector<WeightBuffer> plain_buffers_;
+  // The same without a node (numa_node -1, the single-process topology):
+  // one huge-page buffer for every expert tensor, each at a 4 KiB boundary.
+  WeightBuffer plain_buffer_;
   // The held experts in the layout this CPU's kernels want, when they were
   // mapped from the file (RepackRoutedExperts; copies are repacked in place).
   std::vector<std::unique_ptr<uint8_t[]>> repacked_;
@@ -114,7 +122,11 @@ class ExpertShard final : public dataflow::WorkerCompute {
   int64_t max_rows_ = 0, max_pairs_ = 0;
   int64_t shard_bytes_ = 0;
   int node_cores_ = 0;
-  std::vector<float> expanded_, ones_;
+  // expanded_: written row by row by each pairs request before it is read
+  // (ScratchVector: resident only once a pairs request has used it; a
+  // kExpertsCombine request never does).
+  ScratchVector<float> expanded_;
+  std::vector<float> ones_;
 };
 
 }  // namespace moeflow

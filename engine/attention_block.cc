@@ -37,11 +37,7 @@ void EngineScratch::Reserve(const Deepseek2Config& c, int64_t k, int n_threads, 
   const int64_t ffn_width = std::max({c.dense_ff, shared_ff, c.expert_ff});
   const int64_t max_cols = std::max(
       {c.hidden, c.q_lora_rank, c.kv_lora_rank, c.qk_nope_dim, h * c.v_head_dim, ffn_width});
-  GrowTo(x, n * c.hidden);
-  GrowTo(ffn_inp, n * c.hidden);
   GrowTo(x_norm, n * c.hidden);
-  GrowTo(routed, n * c.hidden);
-  GrowTo(shared, n * c.hidden);
   GrowTo(logits_norm, n * c.hidden);
   GrowTo(q, n * h * c.qk_head_dim());
   GrowTo(q_a, n * c.q_lora_rank);

@@ -315,13 +315,28 @@ absl::StatusOr<int64_t> MoveWeightsToOwnMemory(const GgufFile& file, bool routed
     say(absl::StrCat("weights in the file mapping: ", why));
     return 0;
   }
-  bool all_huge = true;
+  // One buffer for all of them, each matrix at a 4 KiB boundary: a buffer
+  // per matrix would round each up to whole huge pages, ~1 MiB per matrix on
+  // average (measured on v2-lite 8 layers Q4_K_M: 96 MiB of its 0.33 GiB).
+  constexpr int64_t kMatrixAlignBytes = 4096;
+  std::vector<int64_t> offsets;
+  int64_t packed = 0;
   for (MatmulWeight* w : mapped) {
+    offsets.push_back(packed);
+    packed +=
+        (w->rows * w->row_bytes + kMatrixAlignBytes - 1) / kMatrixAlignBytes * kMatrixAlignBytes;
+  }
+  if (mapped.empty()) {
+    say("weights copied into huge-page memory, 0.00 GiB");
+    return 0;
+  }
+  MOEFLOW_ASSIGN_OR_RETURN(WeightBuffer buf, WeightBuffer::Allocate(static_cast<size_t>(packed)));
+  const bool all_huge = buf.huge_pages();
+  for (size_t i = 0; i < mapped.size(); ++i) {
+    MatmulWeight* w = mapped[i];
     const size_t bytes = static_cast<size_t>(w->rows * w->row_bytes);
-    MOEFLOW_ASSIGN_OR_RETURN(WeightBuffer buf, WeightBuffer::Allocate(bytes));
-    all_huge = all_huge && buf.huge_pages();
     const uint8_t* src = w->data;
-    uint8_t* dst = buf.data();
+    uint8_t* dst = buf.data() + offsets[i];
     const int64_t chunks = static_cast<int64_t>((bytes + kHugePageBytes - 1) / kHugePageBytes);
     auto copy = [&](int64_t c0, int64_t c1, int /*thread*/) {
       const size_t b0 = static_cast<size_t>(c0) * kHugePageBytes;
@@ -340,8 +355,8 @@ absl::StatusOr<int64_t> MoveWeightsToOwnMemory(const GgufFile& file, bool routed
     // read from the mapping again.)
     file.ReleasePages(src, static_cast<uint64_t>(bytes));
     w->data = dst;
-    buffers->push_back(std::move(buf));
   }
+  buffers->push_back(std::move(buf));
   say(absl::StrFormat("weights copied into %s memory, %.2f GiB",
                       all_huge ? "huge-page" : "4 KiB-page (huge pages refused)", gib));
   return total;

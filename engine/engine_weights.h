@@ -114,10 +114,11 @@ int64_t RepackLayerWeights(CpuIsa isa, bool in_place, const GgufFile* file,
 // Load-time residency (kernels/cpu/weight_memory.h): copies the matrices the
 // forward pass streams — every layer's attention, dense-FFN and
 // shared-expert matrices, the routed experts when `routed_experts`, and the
-// output head — from the file mapping into WeightBuffers (huge pages)
-// appended to `buffers`, releasing the file's pages of each as it goes, so
-// resident memory stays about the file's size. token_embd (one row read per
-// token) stays mapped. Chunks are copied over `pool` (may be null). Keeps
+// output head — from the file mapping into one WeightBuffer (huge pages,
+// each matrix at a 4 KiB boundary in it) appended to `buffers`, releasing
+// the file's pages of each as it goes, so resident memory stays about the
+// file's size. token_embd (one row read per token) stays mapped. Chunks are
+// copied over `pool` (may be null). Keeps
 // the mapping, copying nothing, when MOEFLOW_HUGEPAGES=0 or when the copy
 // would take more than 80 % of the memory available now; `*note` (may be
 // null) gets one line saying what was done. Returns the bytes copied, or

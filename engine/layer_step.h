@@ -66,7 +66,8 @@ struct EngineScratch {
 
   int64_t capacity = 0;
   int64_t kv_capacity = 0;
-  std::vector<float> x, ffn_inp, x_norm, routed, shared, logits_norm;
+  // (The residual stream, x / ffn_inp / routed / shared, is the callers'.)
+  std::vector<float> x_norm, logits_norm;
   // Attention.
   std::vector<float> q, q_a, kv_a, heads_out, attn_out;
   // Streamed by the attention kernels with full-width loads: cache-line aligned.
@@ -90,8 +91,10 @@ struct EngineScratch {
   std::vector<int32_t> expert_ids;
   std::vector<float> expert_weights;
   std::vector<uint8_t> group_keep, chosen;
-  // Quantized activations.
-  std::vector<uint8_t> act, act_up, act_heads;
+  // Quantized activations: sized for F32 activations (4 bytes an element),
+  // the quantized types take ~1.1, so most of their pages are never written
+  // and stay out of RSS (ScratchVector; each matmul writes what it reads).
+  ScratchVector<uint8_t> act, act_up, act_heads;
   // The routed experts' operator (kernels/cpu/moe.h), reserved at the first
   // MoE layer of the largest batch.
   MoeScratch moe;

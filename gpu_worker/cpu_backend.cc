@@ -48,7 +48,11 @@ absl::Status CpuGpuWorkerBackend::Load(
   p.set_phase(proto::LOAD_PHASE_MAPPING);
   p.set_tensor_name(config_request_.model_path());
   progress(p);
-  MOEFLOW_ASSIGN_OR_RETURN(file_, GgufFile::Open(config_request_.model_path()));
+  if (open_file_ != nullptr) {
+    file_ = open_file_;
+  } else {
+    MOEFLOW_ASSIGN_OR_RETURN(file_, GgufFile::Open(config_request_.model_path()));
+  }
   MOEFLOW_ASSIGN_OR_RETURN(config_, Deepseek2Config::FromGguf(*file_));
   MOEFLOW_ASSIGN_OR_RETURN(weights_, EngineWeights::Map(*file_, config_));
   MOEFLOW_ASSIGN_OR_RETURN(double rope_attn_factor,
@@ -120,9 +124,29 @@ absl::Status CpuGpuWorkerBackend::StartStep() {
   const int64_t h = config_.hidden;
   const MatmulWeight& embd = weights_.token_embd;
   const absl::Span<const int32_t> tokens = step_->tokens();
+  // The embedding table stays in the file mapping, where each row read maps
+  // the aligned 64 KiB around it (Linux's fault-around, fault_around_bytes'
+  // default): a 4096-token prompt of random ids made all 112 MiB of
+  // v2-lite's table resident. So each row's fault-around block is released
+  // once the row is read (the pages stay in the page cache), unless the
+  // table is also the output head (tied embeddings, MOEFLOW_HUGEPAGES=0),
+  // which streams all of it every step.
+  constexpr uintptr_t kFaultAroundBytes = uintptr_t{64} << 10;
+  const bool release_rows = embd.data != weights_.output.data && file_->Holds(embd.data);
+  const uintptr_t table_begin = reinterpret_cast<uintptr_t>(embd.data);
+  const uintptr_t table_end = table_begin + static_cast<uintptr_t>(embd.rows * embd.row_bytes);
   for (size_t t = 0; t < tokens.size(); ++t) {
-    MOEFLOW_RETURN_IF_ERROR(
-        Dequantize(embd.type, embd.row(tokens[t]), x_.data() + static_cast<int64_t>(t) * h, h));
+    const uint8_t* row = embd.row(tokens[t]);
+    MOEFLOW_RETURN_IF_ERROR(Dequantize(embd.type, row, x_.data() + static_cast<int64_t>(t) * h, h));
+    if (!release_rows) continue;
+    // Inside the table only: a page shared with the neighbouring tensor
+    // stays (ReleasePages keeps partial pages).
+    const uintptr_t r = reinterpret_cast<uintptr_t>(row);
+    const uintptr_t begin = std::max(table_begin, r / kFaultAroundBytes * kFaultAroundBytes);
+    const uintptr_t end =
+        std::min(table_end, (r + static_cast<uintptr_t>(embd.row_bytes) + kFaultAroundBytes - 1) /
+                                kFaultAroundBytes * kFaultAroundBytes);
+    file_->ReleasePages(reinterpret_cast<const uint8_t*>(begin), end - begin);
   }
   segments_.clear();
   for (const AttentionStep::Segment& s : step_->segments()) {

@@ -49,6 +49,10 @@ class CpuGpuWorkerBackend final : public dataflow::WorkerCompute {
   explicit CpuGpuWorkerBackend(ThreadPool* shared_pool = nullptr) : shared_pool_(shared_pool) {}
 
   absl::Status Configure(const proto::ConfigureRequest& request) override;
+  // Makes Load use `file` (the request's model_path, opened by the caller)
+  // instead of opening and parsing the file again: the single-process
+  // topology gives its one GgufFile to both of its components.
+  void UseOpenFile(std::shared_ptr<const GgufFile> file) { open_file_ = std::move(file); }
   absl::Status Load(const std::function<void(const proto::LoadProgress&)>& progress) override;
   size_t MaxRequestBytes() const override;
   size_t MaxReplyBytes() const override;
@@ -82,7 +86,8 @@ class CpuGpuWorkerBackend final : public dataflow::WorkerCompute {
 
   ThreadPool* const shared_pool_;
   proto::ConfigureRequest config_request_;
-  std::unique_ptr<GgufFile> file_;
+  std::shared_ptr<const GgufFile> open_file_;  // UseOpenFile's
+  std::shared_ptr<const GgufFile> file_;
   Deepseek2Config config_;
   Deepseek2RopeParams rope_;
   EngineWeights weights_;
