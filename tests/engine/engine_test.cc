@@ -372,7 +372,7 @@ TEST(EngineTest, RepackLayerWeightsRewritesWhatTheKernelsWant) {
 }
 
 // MoveWeightsToOwnMemory copies every streamed matrix (the routed experts
-// only when asked) into huge-page buffers with the file's bytes, leaves
+// only when asked) into one huge-page buffer with the file's bytes, leaves
 // token_embd mapped, and copies nothing under MOEFLOW_HUGEPAGES=0 (the
 // engine_mapped_test target runs this file so).
 TEST(EngineTest, MoveWeightsToOwnMemoryCopiesTheStreamedMatrices) {
@@ -409,6 +409,11 @@ TEST(EngineTest, MoveWeightsToOwnMemoryCopiesTheStreamedMatrices) {
       const int64_t n = before.rows * before.row_bytes;
       expected += n;
       EXPECT_NE(after.data, before.data) << what;
+      // Inside the one buffer, at a 4 KiB boundary of it.
+      ASSERT_EQ(buffers.size(), 1u) << what;
+      EXPECT_GE(after.data, buffers[0].data()) << what;
+      EXPECT_LE(after.data + n, buffers[0].data() + buffers[0].size()) << what;
+      EXPECT_EQ((after.data - buffers[0].data()) % 4096, 0) << what;
       // The mapping's pages were released; reading them faults them back in.
       EXPECT_EQ(0, std::memcmp(after.data, before.data, static_cast<size_t>(n))) << what;
     };
