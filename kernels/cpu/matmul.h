@@ -48,7 +48,11 @@
 // decode keeps them in registers (R rows × 1-2 tokens, R = 4 on AVX-512, 2
 // on AVX2), prefill unpacks a panel of rows once into a stack buffer and
 // runs R × T register tiles over it for every token (AVX-512 4 × 3, AVX2
-// 2 × 2). IQ4_NL and Q4_0 (the same block layout, other levels) have a
+// 2 × 2); on AVX-512 VNNI, from 3 tokens on, 16-row panels × 8 tokens with
+// vpdpbusd (matmul_unpacked_panel16.inc). Every path sums each sub-block's
+// integers first and then steps the float sum the same way (FinishSums), so
+// a (row, token) result is bit for bit the same in decode, register tiles
+// and panels. IQ4_NL and Q4_0 (the same block layout, other levels) have a
 // decode tile of their own, and for prefill their rows become Q8_0 rows
 // (exact) for the Q8_0 tiles.
 // Integer sums stay exact (vpdpbusd / vpmaddubsw + vpdpwssd or vpmaddwd with

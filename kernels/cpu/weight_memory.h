@@ -7,13 +7,15 @@
 // nested under a hypervisor). At load, the engine (engine/engine.h:
 // MoveWeightsToOwnMemory), the gpu worker's CPU backend and each
 // cpu_expert_worker (through NodeBuffer, kernels/cpu/numa.h) copy the
-// matrices they multiply into WeightBuffers and release the file's pages,
-// so the process's resident memory stays about the file's size. Measured on
+// matrices they multiply into one WeightBuffer per component (matrices at
+// 4 KiB boundaries, not each rounded to 2 MiB) and release the file's pages
+// expert by expert, so the process's resident memory stays about the
+// file's size (Q4_K_M pp512 peak 1.05x, Q8_0 1.01x on 2026-12-07,
+// docs/cpu_speed.md). Measured on
 // v2-lite 8 layers (Zen 3 VM, 2 threads, interleaved against
 // MOEFLOW_HUGEPAGES=0): Q4_K_M decode +5.3 % (6 rounds, 0.99-1.13 each; the
 // routed experts' and the output head's phases ~11 % shorter), prefill
-// +1.7 %, peak RSS 1.07x the file; Q8_0 decode +8.0 % (4 rounds,
-// 1.03-1.14), prefill +2.0 %, peak RSS 1.03x.
+// +1.7 %; Q8_0 decode +8.0 % (4 rounds, 1.03-1.14), prefill +2.0 %.
 //
 // The switch: MOEFLOW_HUGEPAGES=0 keeps the weights in the file mapping and
 // advises no memory for huge pages (read once; 1, the default, copies and
