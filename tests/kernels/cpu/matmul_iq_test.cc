@@ -241,6 +241,17 @@ TEST(MatmulIqTest, SimdVecDotsEqualScalarOnRawBlocks) {
   }
 }
 
+// A rows × cols matrix of FillRawWeights rows.
+matmul_testing::Quantized RawMatrix(GgmlType type, int64_t rows, int64_t cols,
+                                    std::mt19937& rng) {
+  const int64_t w_bytes = RowBytes(type, cols).value();
+  matmul_testing::Quantized m;
+  m.bytes.resize(static_cast<size_t>(rows * w_bytes));
+  for (int64_t r = 0; r < rows; ++r) FillRawWeights(type, m.bytes.data() + r * w_bytes, cols, rng);
+  m.w = MatmulWeight{type, m.bytes.data(), cols, rows, w_bytes};
+  return m;
+}
+
 // The decode tiles (1-2 tokens, R rows) and the prefill panels (3+ tokens)
 // with every leftover shape: bit-equal to the scalar reference on raw
 // blocks, for 1536 columns (6 super-blocks, 48 IQ4_NL blocks) and 19 rows.
@@ -249,11 +260,9 @@ TEST(MatmulIqTest, SimdGemmTilesEqualScalarOnRawBlocks) {
   std::mt19937 rng(11);
   for (GgmlType type : kNewTypes) {
     SCOPED_TRACE(Traits(type).name);
-    const int64_t w_bytes = RowBytes(type, cols).value();
+    const matmul_testing::Quantized raw = RawMatrix(type, rows, cols, rng);
+    const MatmulWeight& mw = raw.w;
     const int64_t a_bytes = ActivationRowBytes(type, cols);
-    std::vector<uint8_t> w(static_cast<size_t>(rows * w_bytes));
-    for (int64_t r = 0; r < rows; ++r) FillRawWeights(type, w.data() + r * w_bytes, cols, rng);
-    const MatmulWeight mw{type, w.data(), cols, rows, w_bytes};
     for (int64_t tokens : {1, 2, 3, 4, 5, 7, 9, 70}) {
       std::vector<uint8_t> a(static_cast<size_t>(tokens * a_bytes));
       for (int64_t t = 0; t < tokens; ++t) {
@@ -284,11 +293,9 @@ TEST(MatmulIqTest, GemmEqualsOneTokenAtATimeBitForBit) {
   std::normal_distribution<float> normal(0.f, 1.f);
   for (GgmlType type : kNewTypes) {
     SCOPED_TRACE(Traits(type).name);
-    const int64_t w_bytes = RowBytes(type, cols).value();
+    const matmul_testing::Quantized raw = RawMatrix(type, rows, cols, rng);
+    const MatmulWeight& mw = raw.w;
     const int64_t a_bytes = ActivationRowBytes(type, cols);
-    std::vector<uint8_t> w(static_cast<size_t>(rows * w_bytes));
-    for (int64_t r = 0; r < rows; ++r) FillRawWeights(type, w.data() + r * w_bytes, cols, rng);
-    const MatmulWeight mw{type, w.data(), cols, rows, w_bytes};
     const int64_t tokens = 70;
     std::vector<float> x(static_cast<size_t>(tokens * cols));
     for (float& v : x) v = normal(rng) * 3.3f;
