@@ -37,13 +37,6 @@ void PrefaultPages(const uint8_t* data, size_t bytes) {
   (void)sum;
 }
 
-// Bytes of `w` rounded up to a 4 KiB boundary: its share of a buffer that
-// holds several expert tensors.
-int64_t AlignedTensorBytes(const MatmulWeight& w) {
-  constexpr int64_t kAlign = 4096;
-  return (w.rows * w.row_bytes + kAlign - 1) / kAlign * kAlign;
-}
-
 }  // namespace
 
 using dataflow::DataflowOp;
@@ -281,7 +274,7 @@ absl::Status ExpertShard::Load(const std::function<void(const proto::LoadProgres
       for (int64_t il = config_.n_dense_layers; il < config_.n_layers; ++il) {
         const EngineLayerWeights& lw = shard_layers_[static_cast<size_t>(il)];
         for (const MatmulWeight* w : {&lw.ffn_gate_exps, &lw.ffn_up_exps, &lw.ffn_down_exps}) {
-          plain_bytes += AlignedTensorBytes(*w);
+          plain_bytes += PackedMatrixBytes(w->rows * w->row_bytes);
         }
       }
       MOEFLOW_ASSIGN_OR_RETURN(plain, WeightBuffer::Allocate(static_cast<size_t>(plain_bytes)));
@@ -297,7 +290,7 @@ absl::Status ExpertShard::Load(const std::function<void(const proto::LoadProgres
         uint8_t* dst = nullptr;
         if (numa_ == nullptr) {
           dst = plain.data() + plain_offset;
-          plain_offset += AlignedTensorBytes(*w);
+          plain_offset += PackedMatrixBytes(w->rows * w->row_bytes);
         } else {
           buf = NodeBuffer::Allocate(*numa_, node, total);
           dst = buf.data();

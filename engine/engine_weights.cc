@@ -318,13 +318,11 @@ absl::StatusOr<int64_t> MoveWeightsToOwnMemory(const GgufFile& file, bool routed
   // One buffer for all of them, each matrix at a 4 KiB boundary: a buffer
   // per matrix would round each up to whole huge pages, ~1 MiB per matrix on
   // average (measured on v2-lite 8 layers Q4_K_M: 96 MiB of its 0.33 GiB).
-  constexpr int64_t kMatrixAlignBytes = 4096;
   std::vector<int64_t> offsets;
   int64_t packed = 0;
   for (MatmulWeight* w : mapped) {
     offsets.push_back(packed);
-    packed +=
-        (w->rows * w->row_bytes + kMatrixAlignBytes - 1) / kMatrixAlignBytes * kMatrixAlignBytes;
+    packed += PackedMatrixBytes(w->rows * w->row_bytes);
   }
   if (mapped.empty()) {
     say("weights copied into huge-page memory, 0.00 GiB");

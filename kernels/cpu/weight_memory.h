@@ -42,6 +42,14 @@ namespace moeflow {
 
 inline constexpr size_t kHugePageBytes = size_t{2} << 20;
 
+// The bytes a matrix of `bytes` takes in a WeightBuffer that packs several:
+// rounded up to a 4 KiB boundary (rounding each to whole huge pages would
+// waste ~1 MiB per matrix).
+inline constexpr int64_t PackedMatrixBytes(int64_t bytes) {
+  constexpr int64_t kAlign = 4096;
+  return (bytes + kAlign - 1) / kAlign * kAlign;
+}
+
 // Advises [data, data + bytes) for transparent huge pages (MADV_HUGEPAGE on
 // the 2 MiB-aligned part). Returns whether the kernel accepted the advice.
 bool AdviseHugePages(void* data, size_t bytes);
