@@ -42,6 +42,7 @@ enum class Knob {
   kPin,        // bool
   kYieldUs,    // int
   kProfile,    // bool
+  kGridLookup,  // string: "auto", "gather" or "loads"
 };
 
 enum class KnobType { kBool, kInt, kChoice };

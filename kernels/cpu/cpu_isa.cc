@@ -126,6 +126,19 @@ bool CpuSupportsIsa(CpuIsa isa) {
   return false;
 }
 
+bool IqGridByGather() {
+  static const bool gather = [] {
+    const std::string v = KnobString(Knob::kGridLookup);
+    if (v == "gather") return true;
+    if (v == "loads") return false;
+    unsigned a, b, c, d;
+    if (!__get_cpuid(0, &a, &b, &c, &d)) return true;
+    const bool amd = b == 0x68747541 && d == 0x69746e65 && c == 0x444d4163;  // "AuthenticAMD"
+    return !amd;
+  }();
+  return gather;
+}
+
 CpuIsa SelectedIsa() {
   static const CpuIsa isa = IsaFromEnvironment();
   return isa;

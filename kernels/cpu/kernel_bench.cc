@@ -1,7 +1,8 @@
 // Kernel micro-benchmarks of kernels/cpu on this machine:
 //
 //   kernel_bench [--threads N] [--isa scalar|avx2|avx512f|avx512] [--tokens 64]
-//                [--gemv-mib 128] [--quick] [--no-repack] [--json]
+//                [--gemv-mib 128] [--types q4_K,q6_K,q5_0,q8_0] [--quick]
+//                [--no-repack] [--json]
 //
 // Prints the machine's measured memory bandwidth (read and STREAM triad,
 // kernels/cpu/membw), its measured int8 peak (a vpdpbusd loop), then for each
@@ -10,6 +11,8 @@
 // a small one such as 2 keeps it in the caches, timing the kernel's own
 // decode rate instead of the memory's) and GEMM throughput (64
 // tokens by default, --tokens N: 2·rows·cols·tokens operations per second).
+// --types picks the weight types (ggml names, comma-separated; default the
+// four of a Q4_K_M / Q8_0 file; any type with 256- or 32-value blocks).
 // --quick skips the bandwidth and peak measurements (for tuning the tiles).
 // Weights are timed in the layout the engine repacks them into on this ISA
 // (matmul.h: PreferredLayout; the type shows it, e.g. q5_0/q5_0_pairs);
@@ -31,6 +34,7 @@
 #include "kernels/cpu/moe.h"
 #include "kernels/cpu/quants.h"
 #include "kernels/cpu/thread_pool.h"
+#include "absl/strings/str_split.h"
 #include "formats/ggml_types.h"
 
 namespace moeflow {
@@ -185,6 +189,8 @@ int main(int argc, char** argv) {
   int64_t gemv_mib = 128;
   bool json = false, quick = false, repack = true;
   moeflow::CpuIsa isa = moeflow::SelectedIsa();
+  std::vector<moeflow::GgmlType> types = {moeflow::GgmlType::kQ4_K, moeflow::GgmlType::kQ6_K,
+                                          moeflow::GgmlType::kQ5_0, moeflow::GgmlType::kQ8_0};
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--json") {
@@ -206,6 +212,17 @@ int main(int argc, char** argv) {
                      v.c_str());
         return 2;
       }
+    } else if (a == "--types" && i + 1 < argc) {
+      types.clear();
+      for (absl::string_view name : absl::StrSplit(argv[++i], ',')) {
+        const auto type = moeflow::ParseGgmlType(name);
+        if (!type.ok() || moeflow::Traits(*type).block_size < 32) {
+          std::fprintf(stderr, "kernel_bench: --types: '%.*s' is not a quantized ggml type\n",
+                       static_cast<int>(name.size()), name.data());
+          return 2;
+        }
+        types.push_back(*type);
+      }
     } else if (a == "--threads" && i + 1 < argc) {
       threads = std::atoi(argv[++i]);
     } else if (a == "--isa" && i + 1 < argc) {
@@ -218,7 +235,7 @@ int main(int argc, char** argv) {
     } else {
       std::fprintf(stderr,
                    "usage: kernel_bench [--threads N] [--isa NAME] [--tokens N] [--gemv-mib N] "
-                   "[--quick] [--no-repack] [--json]\n");
+                   "[--types T1,T2] [--quick] [--no-repack] [--json]\n");
       return 2;
     }
   }
@@ -230,8 +247,6 @@ int main(int argc, char** argv) {
     bw = moeflow::MeasureMemoryBandwidth(&pool);
     peak = moeflow::MeasureInt8PeakGops(&pool);
   }
-  const moeflow::GgmlType types[] = {moeflow::GgmlType::kQ4_K, moeflow::GgmlType::kQ6_K,
-                                     moeflow::GgmlType::kQ5_0, moeflow::GgmlType::kQ8_0};
   std::vector<moeflow::Result> results;
   for (moeflow::GgmlType t : types)
     results.push_back(moeflow::BenchType(t, repack, isa, tokens, gemv_mib, &pool));

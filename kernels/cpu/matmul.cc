@@ -257,6 +257,8 @@ GemmFn SimdGemm(const MatmulWeight& w, CpuIsa isa) {
         return p.q5_0;
       case GgmlType::kQ4_K:
         return p.q4_k;
+      case GgmlType::kQ5_K:
+        return p.q5_k;
       case GgmlType::kQ6_K:
         return p.q6_k;
       default:

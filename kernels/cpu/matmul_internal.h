@@ -90,6 +90,7 @@ struct PanelGemms {
   GemmFn q8_0 = nullptr;
   GemmFn q5_0 = nullptr;
   GemmFn q4_k = nullptr;
+  GemmFn q5_k = nullptr;
   GemmFn q6_k = nullptr;
 };
 const PanelGemms& Avx512PanelGemms();
@@ -102,6 +103,11 @@ struct UnpackedKernels {
   VecDotFn dot = nullptr;
 };
 UnpackedKernels Avx2UnpackedKernels(GgmlType type);
+// Whether the AVX-512 IQ2_XXS kernels read their grid entries with a gather
+// (true) or with scalar loads: the knob grid_lookup, whose default picks the
+// loads on AMD CPUs (slow gathers) and the gather elsewhere. Both give the
+// same bits. Read once.
+bool IqGridByGather();
 UnpackedKernels Avx512UnpackedKernels(GgmlType type);
 UnpackedKernels Avx512NoVnniUnpackedKernels(GgmlType type);
 

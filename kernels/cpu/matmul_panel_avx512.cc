@@ -1,5 +1,5 @@
 // The AVX-512 VNNI tiles of WeightLayout::kPanel16 (panel_layout.h): Q8_0,
-// Q5_0, Q4_K and Q6_K weights × ggml's Q8_0 / Q8_K activations. Compiled with
+// Q5_0, Q4_K, Q5_K and Q6_K weights × ggml's Q8_0 / Q8_K activations. Compiled with
 // -mavx512f/bw/vl/dq -mavx512vnni; called only on CPUs that have them
 // (matmul.cc: SimdGemm).
 //
@@ -11,7 +11,7 @@
 // Q5_0 and the K-quants' q as they are); the zero point comes back through
 // the activations' per-block sums: Q8_0 −128·Σa and Q5_0 −16·Σa (the
 // trailing int16 sums of Q8_0 activation rows, matmul.h), Q6_K −32·bsum
-// (Q8_K's bsums), Q4_K's mins through bsums as in ggml.
+// (Q8_K's bsums), Q4_K's and Q5_K's mins through bsums as in ggml.
 //
 // Integer sums per (sub-)block are exact. The float part of a (row, token)
 // pair — per block or sub-block, in order: float(Σ) × scale added with one
@@ -180,13 +180,13 @@ void TileQ8Family(const uint8_t* const* panel, int64_t bs, const uint8_t* act, i
 }
 
 // ---------------------------------------------------------------------------
-// Q4_K and Q6_K (Q8_K activations: d float at 0, qs[256] at 4, bsums[16] at
+// Q4_K, Q5_K and Q6_K (Q8_K activations: d float at 0, qs[256] at 4, bsums[16] at
 // 260; 292 bytes).
 
 constexpr int64_t kQ8KBytes = sizeof(BlockQ8_K);
 
-// Q4_K per token and super-block: d_a, and the 8 sub-block sums Σa (bsums in
-// pairs) as floats for the mins.
+// Q4_K / Q5_K per token and super-block: d_a, and the 8 sub-block sums Σa
+// (bsums in pairs) as floats for the mins.
 struct Q4KTokens {
   const float* da;  // [token][sb]
   const float* bs;  // [token][sb][8]
@@ -210,20 +210,29 @@ Q4KTokens PrepareQ4KTokens(const uint8_t* act, int64_t as, int64_t n_tok, int64_
   return Q4KTokens{da, bs, nsb};
 }
 
-// Per panel and super-block: d·sc of the 8 sub-blocks (the odd ones / 16:
-// their high nibbles are multiplied unshifted, as 16·q) and dmin·m, 16 rows
-// each. [sb][0..7] scales, [sb][8..15] mins.
-// One super-block of a panel: d·sc of the 8 sub-blocks (the odd ones / 16:
-// their high nibbles are multiplied unshifted, as 16·q), then dmin·m, 16
-// rows each (16 × 16 floats at `out`).
-void DecodeQ4KScales(const uint8_t* blk, float* out) {
+// Q4_K's and Q5_K's panel blocks (panel_layout.h): the byte offsets of the
+// scales, d and dmin, and the block size.
+template <bool kFive>
+struct KPanel {
+  static constexpr int64_t kScales = kFive ? 16 * 160 : 16 * 128;
+  static constexpr int64_t kD = kFive ? 16 * 172 : 16 * 140;
+  static constexpr int64_t kDmin = kD + 32;
+  static constexpr int64_t kBlock = kRows * (kFive ? sizeof(BlockQ5_K) : sizeof(BlockQ4_K));
+};
+
+// One super-block of a panel: d·sc of the 8 sub-blocks (Q4_K: the odd ones
+// / 16, their high nibbles being multiplied unshifted, as 16·q), then
+// dmin·m, 16 rows each (16 × 16 floats at `out`).
+template <bool kFive>
+void DecodeKScales(const uint8_t* blk, float* out) {
   const __m512i m63 = _mm512_set1_epi32(63), m15 = _mm512_set1_epi32(15), m3 = _mm512_set1_epi32(3),
                 mff = _mm512_set1_epi32(0xFF);
-  const __m512i z0 = _mm512_loadu_si512(blk + 2048);
-  const __m512i z1 = _mm512_loadu_si512(blk + 2048 + 64);
-  const __m512i z2 = _mm512_loadu_si512(blk + 2048 + 128);
-  const __m512 d = LoadHalves(blk + 16 * 140);
-  const __m512 dmin = LoadHalves(blk + 16 * 142);
+  using L = KPanel<kFive>;
+  const __m512i z0 = _mm512_loadu_si512(blk + L::kScales);
+  const __m512i z1 = _mm512_loadu_si512(blk + L::kScales + 64);
+  const __m512i z2 = _mm512_loadu_si512(blk + L::kScales + 128);
+  const __m512 d = LoadHalves(blk + L::kD);
+  const __m512 dmin = LoadHalves(blk + L::kDmin);
   for (int j = 0; j < 8; ++j) {
     __m512i sc, mn;
     if (j < 4) {
@@ -238,7 +247,7 @@ void DecodeQ4KScales(const uint8_t* blk, float* out) {
       mn = _mm512_or_si512(_mm512_srli_epi32(q8, 4), _mm512_slli_epi32(q4, 4));
     }
     __m512 s = _mm512_mul_ps(d, _mm512_cvtepi32_ps(sc));
-    if (j % 2 == 1) s = _mm512_mul_ps(s, _mm512_set1_ps(1.0f / 16));
+    if (!kFive && j % 2 == 1) s = _mm512_mul_ps(s, _mm512_set1_ps(1.0f / 16));
     _mm512_storeu_ps(out + j * kRows, s);
     _mm512_storeu_ps(out + (8 + j) * kRows, _mm512_mul_ps(dmin, _mm512_cvtepi32_ps(mn)));
   }
@@ -246,20 +255,26 @@ void DecodeQ4KScales(const uint8_t* blk, float* out) {
 
 // Every super-block of a panel ([sb][16][16] floats), once per call for all
 // its tokens.
-const float* PrepareQ4KPanel(const uint8_t* panel, int64_t nsb, std::vector<float>& buf) {
+template <bool kFive>
+const float* PrepareKPanel(const uint8_t* panel, int64_t nsb, std::vector<float>& buf) {
   float* out = Scratch(buf, nsb * 16 * kRows);
   for (int64_t i = 0; i < nsb; ++i) {
-    DecodeQ4KScales(panel + i * kRows * sizeof(BlockQ4_K), out + i * 16 * kRows);
+    DecodeKScales<kFive>(panel + i * KPanel<kFive>::kBlock, out + i * 16 * kRows);
   }
   return out;
 }
 
-template <int N, bool kPrefetch>
+// Q4_K, or Q5_K (kFive): its fifth bits (qh dword group g, bit 2q / 2q + 1
+// for the low / high nibbles of chunk q) become bit 4 of the unsigned
+// weights, and the high nibbles are shifted down (16·q + 256 would not fit
+// a byte).
+template <int N, bool kPrefetch, bool kFive>
 void TileQ4_K(const uint8_t* panel, const float* psc, const uint8_t* act, int64_t as,
               const Q4KTokens& tok, float* y, int64_t ys) {
   const int64_t nsb = tok.nsb;
-  const int64_t pb = kRows * sizeof(BlockQ4_K);
+  const int64_t pb = KPanel<kFive>::kBlock;
   const __m512i low4 = _mm512_set1_epi8(0x0F);
+  const __m512i bit4 = _mm512_set1_epi8(0x10);
   __m512 facc[N];
   for (int t = 0; t < N; ++t) facc[t] = _mm512_setzero_ps();
   for (int64_t i = 0; i < nsb; ++i) {
@@ -269,17 +284,30 @@ void TileQ4_K(const uint8_t* panel, const float* psc, const uint8_t* act, int64_
     // prefetch filled, instead of a pass over the whole panel first.
     alignas(64) float inline_sc[16 * kRows];
     const float* sc = psc != nullptr ? psc + i * 16 * kRows : inline_sc;
-    if (psc == nullptr) DecodeQ4KScales(blk, inline_sc);
+    if (psc == nullptr) DecodeKScales<kFive>(blk, inline_sc);
     const uint8_t* ab[N];
     for (int t = 0; t < N; ++t) ab[t] = act + t * as + i * kQ8KBytes + 4;
     __m512 fsb[N];
+    __m512i qh[kFive ? 8 : 1];
+    if constexpr (kFive) {
+      for (int g = 0; g < 8; ++g) qh[g] = _mm512_loadu_si512(blk + 2048 + 64 * g);
+    }
     for (int q = 0; q < 4; ++q) {
       __m512i acc_lo[N], acc_hi[N];
       for (int t = 0; t < N; ++t) acc_lo[t] = acc_hi[t] = _mm512_setzero_si512();
       for (int g = 0; g < 8; ++g) {
         const __m512i x = _mm512_loadu_si512(blk + 64 * (8 * q + g));
-        const __m512i lo = _mm512_and_si512(x, low4);
-        const __m512i hi = _mm512_andnot_si512(low4, x);  // 16 · high nibble
+        __m512i lo = _mm512_and_si512(x, low4);
+        __m512i hi;
+        if constexpr (kFive) {
+          // Bits 2q, 2q + 1 of each qh byte to bit 0, 1, then to bit 4.
+          const __m512i h = _mm512_srli_epi16(qh[g], 2 * q);
+          lo = _mm512_or_si512(lo, _mm512_and_si512(_mm512_slli_epi16(h, 4), bit4));
+          hi = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(x, 4), low4),
+                               _mm512_and_si512(_mm512_slli_epi16(h, 3), bit4));
+        } else {
+          hi = _mm512_andnot_si512(low4, x);  // 16 · high nibble
+        }
         for (int t = 0; t < N; ++t) {
           acc_lo[t] = _mm512_dpbusd_epi32(acc_lo[t], lo, Bcast32(ab[t] + 64 * q + 4 * g));
           acc_hi[t] = _mm512_dpbusd_epi32(acc_hi[t], hi, Bcast32(ab[t] + 64 * q + 32 + 4 * g));
@@ -495,8 +523,9 @@ void GemmQ8Family(int64_t cols, const uint8_t* w, int64_t ws, int64_t n_rows, co
   }
 }
 
-void GemmQ4_K(int64_t cols, const uint8_t* w, int64_t ws, int64_t n_rows, const uint8_t* a,
-              int64_t as, int64_t n_tok, float* y, int64_t ys) {
+template <bool kFive>
+void GemmQ4Family(int64_t cols, const uint8_t* w, int64_t ws, int64_t n_rows, const uint8_t* a,
+                  int64_t as, int64_t n_tok, float* y, int64_t ys) {
   const int64_t nsb = cols / kQK_K;
   const int64_t panel_bytes = kRows * ws;
   thread_local std::vector<float> panel_scales;
@@ -506,15 +535,15 @@ void GemmQ4_K(int64_t cols, const uint8_t* w, int64_t ws, int64_t n_rows, const 
     const Q4KTokens tok = PrepareQ4KTokens(act, as, nt, nsb);
     for (int64_t p = 0; p < n_rows / kRows; ++p) {
       const uint8_t* pan = w + p * panel_bytes;
-      const float* psc = nt <= 2 ? nullptr : PrepareQ4KPanel(pan, nsb, panel_scales);
+      const float* psc = nt <= 2 ? nullptr : PrepareKPanel<kFive>(pan, nsb, panel_scales);
       auto tile = [&](int64_t t, auto n) {
         constexpr int kN = decltype(n)::value;
         const Q4KTokens tt{tok.da + t * nsb, tok.bs + t * nsb * 8, nsb};
         float* yt = y + (c0 + t) * ys + p * kRows;
         if (nt <= 2) {
-          TileQ4_K<kN, true>(pan, psc, act + t * as, as, tt, yt, ys);
+          TileQ4_K<kN, true, kFive>(pan, psc, act + t * as, as, tt, yt, ys);
         } else {
-          TileQ4_K<kN, false>(pan, psc, act + t * as, as, tt, yt, ys);
+          TileQ4_K<kN, false, kFive>(pan, psc, act + t * as, as, tt, yt, ys);
         }
       };
       TokenGroups<6>(nt, tile);
@@ -552,7 +581,8 @@ void GemmQ6_K(int64_t cols, const uint8_t* w, int64_t ws, int64_t n_rows, const 
 }  // namespace
 
 const PanelGemms& Avx512PanelGemms() {
-  static const PanelGemms table = {GemmQ8Family<false>, GemmQ8Family<true>, GemmQ4_K, GemmQ6_K};
+  static const PanelGemms table = {GemmQ8Family<false>, GemmQ8Family<true>, GemmQ4Family<false>,
+                                   GemmQ4Family<true>, GemmQ6_K};
   return table;
 }
 

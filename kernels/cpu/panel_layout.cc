@@ -37,6 +37,13 @@ int Fields(GgmlType type, Field* f) {
       f[2] = {0, 2, 16 * 140, 0};
       f[3] = {2, 2, 16 * 142, 0};
       return 4;
+    case GgmlType::kQ5_K:  // d, dmin, scales[12], qh[32], qs[128]
+      f[0] = {48, 128, 0, 0};
+      f[1] = {16, 32, 16 * 128, 0};
+      f[2] = {4, 12, 16 * 160, 0};
+      f[3] = {0, 2, 16 * 172, 0};
+      f[4] = {2, 2, 16 * 174, 0};
+      return 5;
     case GgmlType::kQ6_K:  // ql[128], qh[64], scales[16], d
       f[0] = {0, 128, 0, 0};
       f[1] = {128, 64, 16 * 128, 0};
@@ -59,7 +66,7 @@ void ConvertPanel(GgmlType type, int64_t row_bytes, const uint8_t* src, uint8_t*
   const int64_t bs = t.type_size;
   const int64_t nb = row_bytes / bs;
   MOEFLOW_CHECK(nb * bs == row_bytes);
-  Field fields[4];
+  Field fields[5];
   const int n_fields = Fields(type, fields);
   std::vector<uint8_t> out(static_cast<size_t>(kPanelRows * row_bytes));
   for (int64_t b = 0; b < nb; ++b) {
@@ -115,7 +122,7 @@ void ConvertPanel(GgmlType type, int64_t row_bytes, const uint8_t* src, uint8_t*
 
 bool PanelTypeSupported(GgmlType type) {
   return type == GgmlType::kQ8_0 || type == GgmlType::kQ5_0 || type == GgmlType::kQ4_K ||
-         type == GgmlType::kQ6_K;
+         type == GgmlType::kQ5_K || type == GgmlType::kQ6_K;
 }
 
 void PackPanel(GgmlType type, int64_t row_bytes, const uint8_t* src, uint8_t* dst) {

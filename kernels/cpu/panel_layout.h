@@ -6,7 +6,7 @@
 // unpacked weight register serves every token of a tile.
 //
 // Role in the data flow: the engine and the expert workers repack Q8_0, Q5_0,
-// Q4_K and Q6_K matrices into panels at load on AVX-512 VNNI hosts
+// Q4_K, Q5_K and Q6_K matrices into panels at load on AVX-512 VNNI hosts
 // (PreferredLayout); matmul_panel_avx512.cc multiplies them; the scalar path
 // reads panels back into GGUF blocks (UnpackPanel) for the reference vec_dot.
 //
@@ -22,6 +22,10 @@
 //   Q4_K (144 B): 32 dword groups of qs (group 8c + i = qs[32c + 4i ..]: low
 //     nibbles sub-block 2c, high nibbles sub-block 2c + 1), then 3 dword
 //     groups of scales (bytes 0-3, 4-7, 8-11), then 16 × d, 16 × dmin.
+//   Q5_K (176 B): 32 dword groups of qs as Q4_K, 8 dword groups of qh
+//     (group i = qh[4i .. 4i+3]: bit 2c / 2c + 1 of byte l is the fifth bit
+//     of element l of sub-block 2c / 2c + 1), 3 dword groups of scales,
+//     then 16 × d, 16 × dmin.
 //   Q6_K (210 B): 32 dword groups of ql (group 8k + i = ql[32k + 4i ..]),
 //     16 dword groups of qh (group 8h + i = qh[32h + 4i ..]), 4 dword groups
 //     of scales, then 16 × d.
@@ -40,7 +44,7 @@ namespace moeflow {
 
 inline constexpr int64_t kPanelRows = 16;
 
-// Whether kPanel16 exists for `type` (Q8_0, Q5_0, Q4_K, Q6_K).
+// Whether kPanel16 exists for `type` (Q8_0, Q5_0, Q4_K, Q5_K, Q6_K).
 bool PanelTypeSupported(GgmlType type);
 
 // One panel: 16 rows of `row_bytes` GGUF bytes at `src` (row r at

@@ -28,6 +28,7 @@ expect_usage_error "--gemv-mib abc" "--gemv-mib: 'abc' is not a whole number of 
 expect_usage_error "--gemv-mib 0" "--gemv-mib: '0' is not a whole number" --gemv-mib 0
 expect_usage_error "--gemv-mib 2x" "--gemv-mib: '2x' is not a whole number" --gemv-mib 2x
 expect_usage_error "--gemv-mib 65537" "--gemv-mib: '65537' is not a whole number" --gemv-mib 65537
+expect_usage_error "--types bogus" "--types: 'bogus' is not a quantized ggml type" --types q4_K,bogus
 expect_usage_error "unknown flag" "usage: kernel_bench" --bogus
 
 if [[ $FAILURES -ne 0 ]]; then

@@ -26,7 +26,8 @@ namespace {
 using matmul_testing::RandomFloats;
 using matmul_testing::SimdIsas;
 
-const GgmlType kPanelTypes[] = {GgmlType::kQ8_0, GgmlType::kQ5_0, GgmlType::kQ4_K, GgmlType::kQ6_K};
+const GgmlType kPanelTypes[] = {GgmlType::kQ8_0, GgmlType::kQ5_0, GgmlType::kQ4_K, GgmlType::kQ5_K,
+                                GgmlType::kQ6_K};
 
 struct Matrix {
   MatmulWeight w;
@@ -66,6 +67,7 @@ Matrix RawBlocks(GgmlType type, int64_t rows, int64_t cols, uint32_t seed) {
         std::memcpy(blk, &d, 2);
         break;
       case GgmlType::kQ4_K:
+      case GgmlType::kQ5_K:
         std::memcpy(blk, &d, 2);
         std::memcpy(blk + 2, &d2, 2);
         break;
