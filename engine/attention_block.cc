@@ -47,7 +47,7 @@ void EngineScratch::Reserve(const Deepseek2Config& c, int64_t k, int n_threads, 
   GrowTo(heads_out, n * h * c.v_head_dim);
   GrowTo(attn_out, n * c.hidden);
   if (static_cast<int>(scores.size()) < n_threads) scores.resize(static_cast<size_t>(n_threads));
-  const int64_t score_rows = std::max(kAttentionHeadGroup, AttentionBlockTokens(h) * h);
+  const int64_t score_rows = std::max(h, AttentionBlockTokens(h) * h);
   for (std::vector<float>& s : scores) GrowTo(s, score_rows * n_kv);
   if (static_cast<int>(kv_rows.size()) < n_threads) kv_rows.resize(static_cast<size_t>(n_threads));
   for (std::vector<const float*>& r : kv_rows) GrowTo(r, n_kv);
@@ -172,13 +172,16 @@ void EngineAttentionBlock::ForwardSegments(const float* x, int64_t n,
   // part of the rows. Prefill segments go in blocks of consecutive tokens
   // with all their heads (MlaAttentionTokens: each block of cached rows is
   // read once per token block), single-token segments (decode) per (token,
-  // group of kAttentionHeadGroup heads) so that one sequence's heads still
+  // group of DecodeHeadGroup heads) so that one sequence's heads still
   // spread over the threads. A (token, head) result is the same bit for bit
   // either way, and does not depend on the group, the thread or the other
   // tokens. Units are dealt from the last ones back so that the dynamically
   // claimed chunks shrink toward the short prefixes.
   float* ctx = s.ctx.data();  // [t][h][kv_lora]
-  const int64_t n_groups = (n_heads + kAttentionHeadGroup - 1) / kAttentionHeadGroup;
+  int64_t n_decode = 0;
+  for (const AttentionSegment& seg : segments) n_decode += seg.n == 1 ? 1 : 0;
+  const int64_t group = DecodeHeadGroup(n_heads, n_decode, pool->size());
+  const int64_t n_groups = (n_heads + group - 1) / group;
   const int64_t block_tokens = AttentionBlockTokens(n_heads);
   using Unit = EngineScratch::AttentionUnit;
   std::vector<Unit>& units = s.attention_units;
@@ -186,8 +189,8 @@ void EngineAttentionBlock::ForwardSegments(const float* x, int64_t n,
   for (const AttentionSegment& seg : segments) {
     if (seg.n == 1) {
       for (int64_t g = 0; g < n_groups; ++g) {
-        const int64_t h0 = g * kAttentionHeadGroup;
-        units.push_back({seg.first, 1, h0, std::min(kAttentionHeadGroup, n_heads - h0)});
+        const int64_t h0 = g * group;
+        units.push_back({seg.first, 1, h0, std::min(group, n_heads - h0)});
       }
       continue;
     }

@@ -250,37 +250,41 @@ std::vector<MatmulWeight*> LayerMatrices(EngineLayerWeights& lw, bool routed_exp
   return m;
 }
 
-int64_t RepackLayerWeights(CpuIsa isa, bool in_place, const GgufFile* file,
-                           std::vector<EngineLayerWeights>& layers,
+int64_t RepackLayerWeights(CpuIsa isa, bool in_place, const GgufFile* file, EngineWeights& weights,
                            std::vector<std::unique_ptr<uint8_t[]>>* storage) {
   int64_t repacked = 0;
-  for (EngineLayerWeights& lw : layers) {
+  // One matrix, its rows repacked in units of `unit_rows`.
+  auto repack = [&](MatmulWeight* w, int64_t unit_rows) {
+    if (w->layout != WeightLayout::kGgml || w->data == nullptr) return;
+    const WeightLayout to = PreferredLayout(w->type, w->cols, isa, unit_rows);
+    if (to == WeightLayout::kGgml) return;
+    const int64_t bytes = w->rows * w->row_bytes;
+    // Derived at load (kv_b_layout.h): already this process's own bytes.
+    if (in_place || (file != nullptr && !file->Holds(w->data))) {
+      RepackRows(*w, to, w->data, const_cast<uint8_t*>(w->data), w->rows);
+    } else {
+      storage->emplace_back(new uint8_t[static_cast<size_t>(bytes)]);
+      RepackRows(*w, to, w->data, storage->back().get(), w->rows);
+      if (file != nullptr) file->ReleasePages(w->data, static_cast<uint64_t>(bytes));
+      w->data = storage->back().get();
+    }
+    w->layout = to;
+    repacked += bytes;
+  };
+  for (EngineLayerWeights& lw : weights.layers) {
     // attn_k_b / attn_v_b are multiplied head by head: rows repacked as one
     // matrix are a head's (k_b: kv_lora_rank = v_b's columns; v_b: v_head_dim).
     const int64_t n_heads = lw.attn_k_b.data != nullptr && lw.attn_v_b.cols > 0
                                 ? lw.attn_k_b.rows / lw.attn_v_b.cols
                                 : 1;
     for (MatmulWeight* w : LayerMatrices(lw, /*routed_experts=*/false)) {
-      if (w->layout != WeightLayout::kGgml || w->data == nullptr) continue;
-      const int64_t unit_rows = w == &lw.attn_k_b || w == &lw.attn_v_b
-                                    ? w->rows / std::max<int64_t>(n_heads, 1)
-                                    : w->rows;
-      const WeightLayout to = PreferredLayout(w->type, w->cols, isa, unit_rows);
-      if (to == WeightLayout::kGgml) continue;
-      const int64_t bytes = w->rows * w->row_bytes;
-      // Derived at load (kv_b_layout.h): already this process's own bytes.
-      if (in_place || (file != nullptr && !file->Holds(w->data))) {
-        RepackRows(*w, to, w->data, const_cast<uint8_t*>(w->data), w->rows);
-      } else {
-        storage->emplace_back(new uint8_t[static_cast<size_t>(bytes)]);
-        RepackRows(*w, to, w->data, storage->back().get(), w->rows);
-        if (file != nullptr) file->ReleasePages(w->data, static_cast<uint64_t>(bytes));
-        w->data = storage->back().get();
-      }
-      w->layout = to;
-      repacked += bytes;
+      repack(w, w == &lw.attn_k_b || w == &lw.attn_v_b ? w->rows / std::max<int64_t>(n_heads, 1)
+                                                         : w->rows);
     }
   }
+  // The output head, unless it is token_embd (tied), whose rows are read as
+  // GGUF blocks.
+  if (weights.output.data != weights.token_embd.data) repack(&weights.output, weights.output.rows);
   return repacked;
 }
 

@@ -100,15 +100,15 @@ std::vector<MatmulWeight*> LayerMatrices(EngineLayerWeights& layer, bool routed_
 // shared experts; today attn_k_b of Q4_K_M files, Q5_0 -> kQ5_0Pairs on
 // AVX2): each one whose type `isa`'s kernels want in another layout gets a
 // buffer appended to `storage`, and its file pages are released (`file`, may
-// be null). token_embd and output keep the GGUF layout (token_embd's rows
-// are dequantized one at a time, and output may be the same tensor).
+// be null), and so does the output head unless it is token_embd (tied
+// embeddings: token_embd's rows are dequantized one at a time and keep the
+// GGUF layout).
 // Every process that runs attention and the shared experts on the CPU (the
 // engine, the gpu worker's CPU backend) calls it, so their results stay
 // bit-identical to one another. Returns the bytes repacked.
 // With `in_place` the matrices are this process's own copies
 // (MoveWeightsToOwnMemory) and are rewritten where they are.
-int64_t RepackLayerWeights(CpuIsa isa, bool in_place, const GgufFile* file,
-                           std::vector<EngineLayerWeights>& layers,
+int64_t RepackLayerWeights(CpuIsa isa, bool in_place, const GgufFile* file, EngineWeights& weights,
                            std::vector<std::unique_ptr<uint8_t[]>>* storage);
 
 // Load-time residency (kernels/cpu/weight_memory.h): copies the matrices the

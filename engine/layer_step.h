@@ -41,9 +41,18 @@
 
 namespace moeflow {
 
-// Heads per unit of attention work (one token × this many heads): the
-// cached rows are read once per unit for all its heads (kernels/cpu/attention.h).
+// Heads per unit of decode attention work (one token × this many heads):
+// the cached rows are read once per unit for all its heads
+// (kernels/cpu/attention.h), so the group is as large as keeps every thread
+// busy: doubled from 4 while the step's single-token segments still give
+// `n_threads` units (v2-lite's 16 heads, one sequence, 2 threads: 8). A
+// head's result does not depend on its group.
 inline constexpr int64_t kAttentionHeadGroup = 4;
+inline int64_t DecodeHeadGroup(int64_t n_heads, int64_t n_decode_tokens, int64_t n_threads) {
+  int64_t g = kAttentionHeadGroup;
+  while (2 * g <= n_heads && n_decode_tokens * (n_heads / (2 * g)) >= n_threads) g *= 2;
+  return g;
+}
 // Prefill tokens per attention unit: ~64 (token, head) score rows, so that a
 // block of cached rows in L2 serves that many before the next block comes.
 inline int64_t AttentionBlockTokens(int64_t n_heads) { return n_heads >= 64 ? 1 : 64 / n_heads; }
@@ -73,7 +82,7 @@ struct EngineScratch {
   // Streamed by the attention kernels with full-width loads: cache-line aligned.
   CacheAlignedVector<float> q_abs, ctx;
   std::vector<float> rope_angles;  // Deepseek2RopeParams::Angles of one position
-  // Per thread: scores of one attention unit (max(kAttentionHeadGroup,
+  // Per thread: scores of one attention unit (max(n_heads,
   // AttentionBlockTokens × heads) rows × kv_capacity) and the row pointers
   // of one segment's cached positions (kv_capacity).
   std::vector<std::vector<float>> scores;

@@ -77,8 +77,7 @@ absl::Status CpuGpuWorkerBackend::Load(
   MOEFLOW_ASSIGN_OR_RETURN(const int64_t copied,
                            MoveWeightsToOwnMemory(*file_, /*routed_experts=*/false, weights_,
                                                   &resident_, pool_, &weight_memory_));
-  RepackLayerWeights(SelectedIsa(), /*in_place=*/copied > 0, file_.get(), weights_.layers,
-                     &repacked_);
+  RepackLayerWeights(SelectedIsa(), /*in_place=*/copied > 0, file_.get(), weights_, &repacked_);
   if (shared_pool_ == nullptr) {
     std::fprintf(stderr, "gpu_worker (cpu backend): %s\n", weight_memory_.c_str());
   }

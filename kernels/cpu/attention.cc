@@ -49,6 +49,25 @@ void MlaAttentionGeneric(const MlaAttentionShape& shape, const float* q, int64_t
   }
 }
 
+// The SIMD halves for `shape` on `isa` (all null: the reference).
+struct RowBlocked {
+  void (*scores)(const MlaAttentionShape&, const float*, int64_t, const float* const*, int64_t,
+                 float*, int64_t) = nullptr;
+  void (*context)(const MlaAttentionShape&, const float*, int64_t, const float* const*, int64_t,
+                  float*, int64_t, bool) = nullptr;
+  void (*softmax)(float*, int64_t) = nullptr;
+};
+
+RowBlocked RowBlockedKernels(const MlaAttentionShape& shape, CpuIsa isa) {
+  if (HasAvx512(isa) && shape.row_dim % 16 == 0 && shape.v_dim % 16 == 0) {
+    return {internal::MlaScoresAvx512, internal::MlaContextAvx512, internal::MlaSoftmaxAvx512};
+  }
+  if (isa == CpuIsa::kAvx2 && shape.row_dim % 8 == 0 && shape.v_dim % 8 == 0) {
+    return {internal::MlaScoresAvx2, internal::MlaContextAvx2, internal::MlaSoftmaxAvx2};
+  }
+  return {};
+}
+
 }  // namespace
 
 void MlaAttention(const MlaAttentionShape& shape, const float* q, int64_t q_stride,
@@ -57,18 +76,22 @@ void MlaAttention(const MlaAttentionShape& shape, const float* q, int64_t q_stri
   MOEFLOW_CHECK(shape.n_heads > 0 && shape.row_dim > 0 && n_rows > 0);
   MOEFLOW_CHECK(shape.v_dim > 0 && shape.v_dim <= shape.row_dim);
   MOEFLOW_CHECK(q_stride >= shape.row_dim && out_stride >= shape.v_dim);
-  if (HasAvx512(isa) && shape.row_dim % 16 == 0 && shape.v_dim % 16 == 0) {
-    internal::MlaScoresAvx512(shape, q, q_stride, rows, n_rows, scores, n_rows);
-    for (int64_t h = 0; h < shape.n_heads; ++h)
-      internal::MlaSoftmaxAvx512(scores + h * n_rows, n_rows);
-    internal::MlaContextAvx512(shape, scores, n_rows, rows, n_rows, out, out_stride, false);
-    return;
-  }
-  if (isa == CpuIsa::kAvx2 && shape.row_dim % 8 == 0 && shape.v_dim % 8 == 0) {
-    internal::MlaScoresAvx2(shape, q, q_stride, rows, n_rows, scores, n_rows);
-    for (int64_t h = 0; h < shape.n_heads; ++h)
-      internal::MlaSoftmaxAvx2(scores + h * n_rows, n_rows);
-    internal::MlaContextAvx2(shape, scores, n_rows, rows, n_rows, out, out_stride, false);
+  if (RowBlockedKernels(shape, isa).scores != nullptr) {
+    // The SIMD variants: one token of MlaAttentionTokens, its rows in blocks
+    // that stay in L2 while every head tile and column chunk passes over
+    // them (a long context read once per call instead of once per context
+    // chunk; every sum in the same order as over all rows at once).
+    MlaTokensArgs a;
+    a.shape = shape;
+    a.q = q;
+    a.q_stride = q_stride;
+    a.n_tok = 1;
+    a.rows = rows;
+    a.first_seen = n_rows;
+    a.scores = scores;
+    a.out = out;
+    a.out_stride = out_stride;
+    MlaAttentionTokens(a, isa);
     return;
   }
   MlaAttentionGeneric(shape, q, q_stride, rows, n_rows, scores, out, out_stride, isa);
@@ -83,22 +106,10 @@ void MlaAttentionTokens(const MlaTokensArgs& a, CpuIsa isa) {
   MOEFLOW_CHECK(a.n_tok > 0 && a.first_seen > 0);
   const int64_t H = shape.n_heads;
   const int64_t stride = a.first_seen + a.n_tok - 1;  // scores per (token, head)
-  using ScoresFn = void (*)(const MlaAttentionShape&, const float*, int64_t, const float* const*,
-                            int64_t, float*, int64_t);
-  using ContextFn = void (*)(const MlaAttentionShape&, const float*, int64_t, const float* const*,
-                             int64_t, float*, int64_t, bool);
-  ScoresFn scores_fn = nullptr;
-  ContextFn context_fn = nullptr;
-  void (*softmax_fn)(float*, int64_t) = nullptr;
-  if (HasAvx512(isa) && shape.row_dim % 16 == 0 && shape.v_dim % 16 == 0) {
-    scores_fn = internal::MlaScoresAvx512;
-    context_fn = internal::MlaContextAvx512;
-    softmax_fn = internal::MlaSoftmaxAvx512;
-  } else if (isa == CpuIsa::kAvx2 && shape.row_dim % 8 == 0 && shape.v_dim % 8 == 0) {
-    scores_fn = internal::MlaScoresAvx2;
-    context_fn = internal::MlaContextAvx2;
-    softmax_fn = internal::MlaSoftmaxAvx2;
-  }
+  const RowBlocked k = RowBlockedKernels(shape, isa);
+  const auto scores_fn = k.scores;
+  const auto context_fn = k.context;
+  const auto softmax_fn = k.softmax;
   if (scores_fn == nullptr) {  // the reference, token by token
     for (int64_t i = 0; i < a.n_tok; ++i) {
       MlaAttention(shape, a.q + i * H * a.q_stride, a.q_stride, a.rows, a.first_seen + i, a.scores,

@@ -20,7 +20,10 @@
 // AVX-512 path tiles 4 heads × 4 rows for the scores (each row loaded once
 // per tile for all the group's heads) and 4 heads × 64 columns for the
 // context (each row segment loaded once for 4 heads); the AVX2 path 4 heads
-// × 2 rows and 4 heads × 16 columns (its 16 registers).
+// × 2 rows and 4 heads × 16 columns (its 16 registers). Both go over the rows
+// in blocks of 32 (74 KB of DeepSeek's rows, resident in L2) as
+// MlaAttentionTokens does, so that a long context is read from memory once
+// per call, not once per head tile and column chunk.
 //
 // Determinism: each (head, row) dot product and each (head, column) context
 // sum is computed in one fixed order (16-lane FMA accumulation over the

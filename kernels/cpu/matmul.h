@@ -43,7 +43,7 @@
 // each activation block R rows; AVX-512 4 × 4 (Q6_K 2 × 4), AVX2 2 × 4
 // (Q6_K 1 × 4)). Q5_0 routed experts are repacked at load on AVX2 (see
 // WeightLayout below) and run their own tiles. The IQ types and Q2_K, Q3_K,
-// Q5_K run the "unpacked" kernels (matmul_unpacked_tiles.inc, per ISA): each
+// Q5_K (Q5_K: when not in 16-row panels) run the "unpacked" kernels (matmul_unpacked_tiles.inc, per ISA): each
 // block is read as unsigned 8-bit values plus integer scales per 16 values;
 // decode keeps them in registers (R rows × 1-2 tokens, R = 4 on AVX-512, 2
 // on AVX2), prefill unpacks a panel of rows once into a stack buffer and
@@ -52,7 +52,10 @@
 // vpdpbusd (matmul_unpacked_panel16.inc). Every path sums each sub-block's
 // integers first and then steps the float sum the same way (FinishSums), so
 // a (row, token) result is bit for bit the same in decode, register tiles
-// and panels. IQ4_NL and Q4_0 (the same block layout, other levels) have a
+// and panels. On AVX-512, IQ2_XXS and IQ3_XXS expand each block's sign
+// indices in vector registers once, and read their grid entries by gather
+// or by scalar loads (knob grid_lookup; AMD's gathers are the slower).
+// IQ4_NL and Q4_0 (the same block layout, other levels) have a
 // decode tile of their own, and for prefill their rows become Q8_0 rows
 // (exact) for the Q8_0 tiles.
 // Integer sums stay exact (vpdpbusd / vpmaddubsw + vpdpwssd or vpmaddwd with
@@ -164,7 +167,7 @@ VecDotFn F16ViaBf16VecDot();
 //     The same bytes per row as the GGUF blocks (row_bytes unchanged), so
 //     rows keep their offsets; cols must be a multiple of 64 and at most
 //     28,032 (the kernel's activation buffer; every DeepSeek shape fits).
-//   kPanel16: Q8_0, Q5_0, Q4_K and Q6_K matrices on AVX-512 VNNI hosts, 16
+//   kPanel16: Q8_0, Q5_0, Q4_K, Q5_K and Q6_K matrices on AVX-512 VNNI hosts, 16
 //     rows stored together block by block so that vpdpbusd's 16 lanes are 16
 //     output rows (panel_layout.h gives the bytes; matmul_panel_avx512.cc
 //     the tiles). Each panel keeps its 16 rows' bytes at their offset; rows
@@ -197,7 +200,7 @@ struct MatmulWeight {
 // cols a multiple of 64 (on Zen 3, one thread, weights in cache: GEMV
 // 10.2 -> 16.4 GB/s, GEMM 50 -> 73 GOP/s; README.md, Performance), kGgml
 // otherwise (the AVX-512 tiles expand the fifth bits with a mask register
-// and keep the GGUF blocks); kPanel16 for Q8_0, Q5_0, Q4_K and Q6_K on the
+// and keep the GGUF blocks); kPanel16 for Q8_0, Q5_0, Q4_K, Q5_K and Q6_K on the
 // AVX-512 VNNI ISAs (avx512, avx512bf16; amx too but for Q8_0, whose AMX
 // tiles read GGUF blocks) when `rows` — the rows repacked as one matrix, a
 // whole tensor or one expert — is a multiple of 16. The knob repack

@@ -303,7 +303,9 @@ std::string WriteModifiedCopy(const std::string& src, const std::string& drop,
 // RepackLayerWeights rewrites exactly the non-expert matrices whose type the
 // ISA's kernels want in another layout (the tiny Q4_K_M files hold Q5_0
 // matrices of 128 columns: kQ5_0Pairs on AVX2), the new bytes unpack back to
-// the file's, and the others keep pointing into the file.
+// the file's, and the others keep pointing into the file; the output head
+// too (its Q6_K / Q8_0 rows become 16-row panels for the AVX-512 VNNI
+// kernels), unless it is token_embd.
 TEST(EngineTest, RepackLayerWeightsRewritesWhatTheKernelsWant) {
   for (const char* model : {"tiny-v2", "tiny-v3"}) {
     SCOPED_TRACE(model);
@@ -313,13 +315,32 @@ TEST(EngineTest, RepackLayerWeightsRewritesWhatTheKernelsWant) {
     ASSERT_TRUE(config.ok()) << config.status();
     auto mapped = EngineWeights::Map(**file, *config);
     ASSERT_TRUE(mapped.ok()) << mapped.status();
-    for (CpuIsa isa : {CpuIsa::kScalar, CpuIsa::kAvx2}) {
+    // Layouts and repacking are plain C++: every ISA's choice is checked on
+    // any CPU.
+    for (CpuIsa isa : {CpuIsa::kScalar, CpuIsa::kAvx2, CpuIsa::kAvx512}) {
+      SCOPED_TRACE(CpuIsaName(isa));
       EngineWeights w = *mapped;
       std::vector<std::unique_ptr<uint8_t[]>> storage;
       // No file: the mapped pages stay resident for the comparison below.
-      const int64_t bytes =
-          RepackLayerWeights(isa, /*in_place=*/false, nullptr, w.layers, &storage);
+      const int64_t bytes = RepackLayerWeights(isa, /*in_place=*/false, nullptr, w, &storage);
       int64_t expected = 0, repacked_matrices = 0;
+      auto check = [&](const MatmulWeight* b, const MatmulWeight* a, bool keep, int64_t unit_rows,
+                       const char* what) {
+        const WeightLayout want =
+            keep ? WeightLayout::kGgml : PreferredLayout(b->type, b->cols, isa, unit_rows);
+        EXPECT_EQ(a->layout, want) << what << " " << Traits(b->type).name;
+        if (want == WeightLayout::kGgml) {
+          EXPECT_EQ(a->data, b->data) << what;
+          return;
+        }
+        ++repacked_matrices;
+        const int64_t n = b->rows * b->row_bytes;
+        expected += n;
+        EXPECT_NE(a->data, b->data);
+        std::vector<uint8_t> back(static_cast<size_t>(n));
+        UnpackRowsToGgml(*a, a->data, back.data(), a->rows);
+        EXPECT_EQ(0, std::memcmp(back.data(), b->data, static_cast<size_t>(n))) << what;
+      };
       for (size_t il = 0; il < w.layers.size(); ++il) {
         const EngineLayerWeights& before = mapped->layers[il];
         const EngineLayerWeights& after = w.layers[il];
@@ -341,23 +362,17 @@ TEST(EngineTest, RepackLayerWeightsRewritesWhatTheKernelsWant) {
         };
         for (const auto& [b, a] : pairs) {
           if (b->data == nullptr) continue;
-          const bool routed = b == &before.ffn_down_exps;
-          const WeightLayout want =
-              routed ? WeightLayout::kGgml : PreferredLayout(b->type, b->cols, isa);
-          EXPECT_EQ(a->layout, want) << "layer " << il << " " << Traits(b->type).name;
-          if (want == WeightLayout::kGgml) {
-            EXPECT_EQ(a->data, b->data);
-            continue;
-          }
-          ++repacked_matrices;
-          const int64_t n = b->rows * b->row_bytes;
-          expected += n;
-          EXPECT_NE(a->data, b->data);
-          std::vector<uint8_t> back(static_cast<size_t>(n));
-          UnpackRowsToGgml(*a, a->data, back.data(), a->rows);
-          EXPECT_EQ(0, std::memcmp(back.data(), b->data, static_cast<size_t>(n))) << "layer " << il;
+          // attn_k_b / attn_v_b are repacked head by head; the routed
+          // experts are not this function's.
+          const bool per_head = b == &before.attn_k_b || b == &before.attn_v_b;
+          check(b, a, /*keep=*/b == &before.ffn_down_exps,
+                per_head ? b->rows / config->n_heads : b->rows, "layer matrix");
         }
       }
+      const bool tied = mapped->output.data == mapped->token_embd.data;
+      check(&mapped->output, &w.output, tied, mapped->output.rows, "output");
+      EXPECT_EQ(w.token_embd.data, mapped->token_embd.data);
+      EXPECT_EQ(w.token_embd.layout, WeightLayout::kGgml);
       EXPECT_EQ(bytes, expected);
       EXPECT_EQ(static_cast<int64_t>(storage.size()), repacked_matrices);
       if (isa == CpuIsa::kScalar) {
@@ -366,6 +381,11 @@ TEST(EngineTest, RepackLayerWeightsRewritesWhatTheKernelsWant) {
       if (isa == CpuIsa::kAvx2 &&
           PreferredLayout(GgmlType::kQ5_0, 128, isa) != WeightLayout::kGgml) {
         EXPECT_GT(repacked_matrices, 0);  // the fixtures' Q5_0 attn_output, at least
+      }
+      if (isa == CpuIsa::kAvx512 && !tied &&
+          PreferredLayout(w.output.type, w.output.cols, isa, w.output.rows) !=
+              WeightLayout::kGgml) {
+        EXPECT_EQ(w.output.layout, WeightLayout::kPanel16);
       }
     }
   }
