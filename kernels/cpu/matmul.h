@@ -52,7 +52,7 @@
 // vpdpbusd (matmul_unpacked_panel16.inc). Every path sums each sub-block's
 // integers first and then steps the float sum the same way (FinishSums), so
 // a (row, token) result is bit for bit the same in decode, register tiles
-// and panels. On AVX-512, IQ2_XXS and IQ3_XXS expand each block's sign
+// and panels. On AVX-512, IQ2_XXS, IQ2_XS and IQ3_XXS expand each block's sign
 // indices in vector registers once, and read their grid entries by gather
 // or by scalar loads (knob grid_lookup; AMD's gathers are the slower).
 // IQ4_NL and Q4_0 (the same block layout, other levels) have a

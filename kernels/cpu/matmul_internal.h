@@ -103,7 +103,7 @@ struct UnpackedKernels {
   VecDotFn dot = nullptr;
 };
 UnpackedKernels Avx2UnpackedKernels(GgmlType type);
-// Whether the AVX-512 IQ2_XXS / IQ3_XXS kernels read their grid entries with a gather
+// Whether the AVX-512 IQ2_XXS / IQ2_XS / IQ3_XXS kernels read their grid entries with a gather
 // (true) or with scalar loads: the knob grid_lookup, whose default picks the
 // loads on AMD CPUs (slow gathers) and the gather elsewhere. Both give the
 // same bits. Read once.
