@@ -50,9 +50,8 @@ const std::vector<KnobSpec>& Specs() {
            "(engine/engine_profile.h)"),
       Choice(Knob::kGridLookup, "grid_lookup", "auto", {"auto", "gather", "loads"},
              "how the AVX-512 IQ2_XXS / IQ2_XS / IQ3_XXS kernels read their grid entries: gather "
-             "instructions or "
-             "scalar loads (the same results); auto: loads on AMD CPUs, whose gathers are slow, "
-             "the gather elsewhere"),
+             "instructions or scalar loads (the same results); auto: loads on AMD CPUs, whose "
+             "gathers are slow, the gather elsewhere"),
   };
   return *specs;
 }

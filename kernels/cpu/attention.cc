@@ -68,6 +68,39 @@ RowBlocked RowBlockedKernels(const MlaAttentionShape& shape, CpuIsa isa) {
   return {};
 }
 
+// Rows per block: 32 rows of DeepSeek's 576 floats are 74 KB, resident in
+// L2 while the call's (token, head) pairs pass over them.
+constexpr int64_t kRowBlock = 32;
+
+// MlaAttentionTokens with the SIMD halves `k`: the rows in blocks of
+// kRowBlock, every (token, head) of the call over each block.
+void RunRowBlocked(const RowBlocked& k, const MlaTokensArgs& a) {
+  const MlaAttentionShape& shape = a.shape;
+  const int64_t H = shape.n_heads;
+  const int64_t stride = a.first_seen + a.n_tok - 1;  // scores per (token, head)
+  for (int64_t j0 = 0; j0 < stride; j0 += kRowBlock) {
+    for (int64_t i = 0; i < a.n_tok; ++i) {
+      const int64_t seen = a.first_seen + i;
+      if (seen <= j0) continue;
+      const int64_t n = std::min(seen, j0 + kRowBlock) - j0;
+      k.scores(shape, a.q + i * H * a.q_stride, a.q_stride, a.rows + j0, n,
+               a.scores + i * H * stride + j0, stride);
+    }
+  }
+  for (int64_t i = 0; i < a.n_tok; ++i) {
+    for (int64_t h = 0; h < H; ++h) k.softmax(a.scores + (i * H + h) * stride, a.first_seen + i);
+  }
+  for (int64_t j0 = 0; j0 < stride; j0 += kRowBlock) {
+    for (int64_t i = 0; i < a.n_tok; ++i) {
+      const int64_t seen = a.first_seen + i;
+      if (seen <= j0) continue;
+      const int64_t n = std::min(seen, j0 + kRowBlock) - j0;
+      k.context(shape, a.scores + i * H * stride + j0, stride, a.rows + j0, n,
+                a.out + i * H * a.out_stride, a.out_stride, j0 > 0);
+    }
+  }
+}
+
 }  // namespace
 
 void MlaAttention(const MlaAttentionShape& shape, const float* q, int64_t q_stride,
@@ -76,7 +109,7 @@ void MlaAttention(const MlaAttentionShape& shape, const float* q, int64_t q_stri
   MOEFLOW_CHECK(shape.n_heads > 0 && shape.row_dim > 0 && n_rows > 0);
   MOEFLOW_CHECK(shape.v_dim > 0 && shape.v_dim <= shape.row_dim);
   MOEFLOW_CHECK(q_stride >= shape.row_dim && out_stride >= shape.v_dim);
-  if (RowBlockedKernels(shape, isa).scores != nullptr) {
+  if (const RowBlocked k = RowBlockedKernels(shape, isa); k.scores != nullptr) {
     // The SIMD variants: one token of MlaAttentionTokens, its rows in blocks
     // that stay in L2 while every head tile and column chunk passes over
     // them (a long context read once per call instead of once per context
@@ -91,52 +124,23 @@ void MlaAttention(const MlaAttentionShape& shape, const float* q, int64_t q_stri
     a.scores = scores;
     a.out = out;
     a.out_stride = out_stride;
-    MlaAttentionTokens(a, isa);
+    RunRowBlocked(k, a);
     return;
   }
   MlaAttentionGeneric(shape, q, q_stride, rows, n_rows, scores, out, out_stride, isa);
 }
 
-// Rows per block of MlaAttentionTokens: 32 rows of DeepSeek's 576 floats are
-// 74 KB, resident in L2 while the call's (token, head) pairs pass over them.
-constexpr int64_t kRowBlock = 32;
-
 void MlaAttentionTokens(const MlaTokensArgs& a, CpuIsa isa) {
-  const MlaAttentionShape& shape = a.shape;
   MOEFLOW_CHECK(a.n_tok > 0 && a.first_seen > 0);
-  const int64_t H = shape.n_heads;
-  const int64_t stride = a.first_seen + a.n_tok - 1;  // scores per (token, head)
-  const RowBlocked k = RowBlockedKernels(shape, isa);
-  const auto scores_fn = k.scores;
-  const auto context_fn = k.context;
-  const auto softmax_fn = k.softmax;
-  if (scores_fn == nullptr) {  // the reference, token by token
-    for (int64_t i = 0; i < a.n_tok; ++i) {
-      MlaAttention(shape, a.q + i * H * a.q_stride, a.q_stride, a.rows, a.first_seen + i, a.scores,
-                   a.out + i * H * a.out_stride, a.out_stride, isa);
-    }
+  const RowBlocked k = RowBlockedKernels(a.shape, isa);
+  if (k.scores != nullptr) {
+    RunRowBlocked(k, a);
     return;
   }
-  for (int64_t j0 = 0; j0 < stride; j0 += kRowBlock) {
-    for (int64_t i = 0; i < a.n_tok; ++i) {
-      const int64_t seen = a.first_seen + i;
-      if (seen <= j0) continue;
-      const int64_t n = std::min(seen, j0 + kRowBlock) - j0;
-      scores_fn(shape, a.q + i * H * a.q_stride, a.q_stride, a.rows + j0, n,
-                a.scores + i * H * stride + j0, stride);
-    }
-  }
-  for (int64_t i = 0; i < a.n_tok; ++i) {
-    for (int64_t h = 0; h < H; ++h) softmax_fn(a.scores + (i * H + h) * stride, a.first_seen + i);
-  }
-  for (int64_t j0 = 0; j0 < stride; j0 += kRowBlock) {
-    for (int64_t i = 0; i < a.n_tok; ++i) {
-      const int64_t seen = a.first_seen + i;
-      if (seen <= j0) continue;
-      const int64_t n = std::min(seen, j0 + kRowBlock) - j0;
-      context_fn(shape, a.scores + i * H * stride + j0, stride, a.rows + j0, n,
-                 a.out + i * H * a.out_stride, a.out_stride, j0 > 0);
-    }
+  const int64_t H = a.shape.n_heads;
+  for (int64_t i = 0; i < a.n_tok; ++i) {  // the reference, token by token
+    MlaAttention(a.shape, a.q + i * H * a.q_stride, a.q_stride, a.rows, a.first_seen + i, a.scores,
+                 a.out + i * H * a.out_stride, a.out_stride, isa);
   }
 }
 

@@ -43,18 +43,18 @@
 // each activation block R rows; AVX-512 4 × 4 (Q6_K 2 × 4), AVX2 2 × 4
 // (Q6_K 1 × 4)). Q5_0 routed experts are repacked at load on AVX2 (see
 // WeightLayout below) and run their own tiles. The IQ types and Q2_K, Q3_K,
-// Q5_K (Q5_K: when not in 16-row panels) run the "unpacked" kernels (matmul_unpacked_tiles.inc, per ISA): each
-// block is read as unsigned 8-bit values plus integer scales per 16 values;
-// decode keeps them in registers (R rows × 1-2 tokens, R = 4 on AVX-512, 2
+// Q5_K (Q5_K: when not in 16-row panels) run the "unpacked" kernels
+// (matmul_unpacked_tiles.inc, per ISA): each block is read as unsigned
+// 8-bit values plus integer scales per 16 values; decode keeps them in registers (R rows × 1-2 tokens, R = 4 on AVX-512, 2
 // on AVX2), prefill unpacks a panel of rows once into a stack buffer and
 // runs R × T register tiles over it for every token (AVX-512 4 × 3, AVX2
 // 2 × 2); on AVX-512 VNNI, from 3 tokens on, 16-row panels × 8 tokens with
 // vpdpbusd (matmul_unpacked_panel16.inc). Every path sums each sub-block's
 // integers first and then steps the float sum the same way (FinishSums), so
 // a (row, token) result is bit for bit the same in decode, register tiles
-// and panels. On AVX-512, IQ2_XXS, IQ2_XS and IQ3_XXS expand each block's sign
-// indices in vector registers once, and read their grid entries by gather
-// or by scalar loads (knob grid_lookup; AMD's gathers are the slower).
+// and panels. On AVX-512, IQ2_XXS, IQ2_XS and IQ3_XXS expand each block's
+// sign indices in vector registers once, and read their grid entries by
+// gather or by scalar loads (knob grid_lookup; AMD's gathers are the slower).
 // IQ4_NL and Q4_0 (the same block layout, other levels) have a
 // decode tile of their own, and for prefill their rows become Q8_0 rows
 // (exact) for the Q8_0 tiles.

@@ -103,13 +103,13 @@ struct UnpackedKernels {
   VecDotFn dot = nullptr;
 };
 UnpackedKernels Avx2UnpackedKernels(GgmlType type);
-// Whether the AVX-512 IQ2_XXS / IQ2_XS / IQ3_XXS kernels read their grid entries with a gather
-// (true) or with scalar loads: the knob grid_lookup, whose default picks the
-// loads on AMD CPUs (slow gathers) and the gather elsewhere. Both give the
-// same bits. Read once.
-bool IqGridByGather();
 UnpackedKernels Avx512UnpackedKernels(GgmlType type);
 UnpackedKernels Avx512NoVnniUnpackedKernels(GgmlType type);
+// Whether the AVX-512 IQ2_XXS / IQ2_XS / IQ3_XXS kernels read their grid
+// entries with a gather (true) or with scalar loads: the knob grid_lookup,
+// whose default picks the loads on AMD CPUs (slow gathers) and the gather
+// elsewhere. Both give the same bits. Read once (cpu_isa.cc).
+bool IqGridByGather();
 
 const SimdVecDots& Avx2VecDots();
 const SimdVecDots& Avx512VecDots();

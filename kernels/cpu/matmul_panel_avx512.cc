@@ -211,9 +211,11 @@ Q4KTokens PrepareQ4KTokens(const uint8_t* act, int64_t as, int64_t n_tok, int64_
 }
 
 // Q4_K's and Q5_K's panel blocks (panel_layout.h): the byte offsets of the
-// scales, d and dmin, and the block size.
+// scales, d and dmin (Q5_K: and of qh, after the 32 qs groups), and the
+// block size.
 template <bool kFive>
 struct KPanel {
+  static constexpr int64_t kQh = 16 * 128;
   static constexpr int64_t kScales = kFive ? 16 * 160 : 16 * 128;
   static constexpr int64_t kD = kFive ? 16 * 172 : 16 * 140;
   static constexpr int64_t kDmin = kD + 32;
@@ -290,7 +292,7 @@ void TileQ4_K(const uint8_t* panel, const float* psc, const uint8_t* act, int64_
     __m512 fsb[N];
     __m512i qh[kFive ? 8 : 1];
     if constexpr (kFive) {
-      for (int g = 0; g < 8; ++g) qh[g] = _mm512_loadu_si512(blk + 2048 + 64 * g);
+      for (int g = 0; g < 8; ++g) qh[g] = _mm512_loadu_si512(blk + KPanel<kFive>::kQh + 64 * g);
     }
     for (int q = 0; q < 4; ++q) {
       __m512i acc_lo[N], acc_hi[N];
