@@ -182,6 +182,11 @@ absl::Status WorkerSupervisor::SpawnProcess(Worker& w) {
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     if (getppid() != parent) _exit(1);
     dup2(fds[1], STDOUT_FILENO);
+    // Nothing else of ours reaches the worker: an inherited descriptor
+    // shares its open file (and O_NONBLOCK) with this process, and with
+    // UCX's event fd inherited, ucp_worker_arm here was seen to block for
+    // good in its read once a worker was restarted (launch_fault_test).
+    close_range(3, ~0U, 0);
     execve(argv[0], argv.data(), envp.data());
     _exit(127);
   }
@@ -260,9 +265,13 @@ absl::Status WorkerSupervisor::ConnectWorker(Worker& w) {
     MOEFLOW_RETURN_IF_ERROR(FromGrpc(stub->GetTransportAddress(&ctx, {}, &address),
                                      w.spec.name + ": GetTransportAddress"));
   }
-  w.client.reset();
-  w.channel.reset();
-  w.endpoint.reset();
+  // The old data plane goes only after the worker took the new one (locals
+  // die in reverse order: client, channel, endpoint): a live worker whose
+  // endpoint closed before its Connect would take the close for a lost
+  // coordinator and exit.
+  std::unique_ptr<UcxEndpoint> old_endpoint = std::move(w.endpoint);
+  std::unique_ptr<ActivationChannel> old_channel = std::move(w.channel);
+  std::unique_ptr<dataflow::UcxClient> old_client = std::move(w.client);
   MOEFLOW_ASSIGN_OR_RETURN(
       w.endpoint, UcxEndpoint::Create(*ucx_worker_, address.ucx_worker_address(), w.spec.name));
   transport::ActivationChannelOptions options;
@@ -292,6 +301,41 @@ absl::Status WorkerSupervisor::ConnectWorker(Worker& w) {
   return absl::OkStatus();
 }
 
+absl::Status WorkerSupervisor::RenewDataPlane(Worker& restarted) {
+  // A peer killed while it wrote into this process's shared-memory receive
+  // FIFO (UCX "sm") leaves an element that is never completed, and every
+  // message behind it, from any peer, waits for good (seen: a live expert
+  // worker's reply never arriving after its sibling was SIGKILLed). So the
+  // data plane starts over: a new UCX worker, every live worker connected
+  // to it again (ConnectWorker; the worker keeps its state), the old one
+  // released after every endpoint on it.
+  MOEFLOW_ASSIGN_OR_RETURN(std::unique_ptr<transport::UcxWorker> fresh,
+                           transport::UcxWorker::Create(*ucx_context_));
+  std::unique_ptr<transport::UcxWorker> old = std::move(ucx_worker_);
+  ucx_worker_ = std::move(fresh);
+  for (auto& wp : workers_) {
+    Worker& x = *wp;
+    if (x.spec.in_process != nullptr || &x == &restarted) continue;
+    if (x.alive()) {
+      absl::Status s = ConnectWorker(x);
+      if (s.ok()) continue;
+      options_.log(absl::StrCat(x.spec.name, ": reconnecting after ", restarted.spec.name,
+                                "'s restart failed: ", s.message()));
+      x.MarkLost(std::string(s.message()));
+      KillProcess(x);  // the monitor restarts it
+    }
+    x.client.reset();
+    x.channel.reset();
+    x.endpoint.reset();
+  }
+  restarted.client.reset();
+  restarted.channel.reset();
+  restarted.endpoint.reset();
+  old.reset();
+  // The restarted worker last: once it serves, every worker does.
+  return ConnectWorker(restarted);
+}
+
 void WorkerSupervisor::KillProcess(Worker& w) {
   if (w.pid <= 0) return;
   kill(w.pid, SIGKILL);
@@ -311,7 +355,7 @@ void WorkerSupervisor::Restart(Worker& w) {
   absl::Status s = SpawnAndLoad(w);
   if (s.ok()) {
     absl::MutexLock lock(&dataplane_mu_);
-    s = ConnectWorker(w);
+    s = RenewDataPlane(w);
   }
   if (!s.ok()) {
     options_.log(absl::StrCat(w.spec.name, ": restart failed: ", s.message()));

@@ -8,6 +8,11 @@
 //     ▲                                                   │ (process exits / peer lost)
 //     └──────────── restart (if restart_workers) ◄── FAILED (requests: UNAVAILABLE)
 //
+// A restart renews the whole data plane (RenewDataPlane): a new UCX worker
+// here, every live worker connected to it again (their state kept), because
+// a peer killed mid-write leaves UCX's shared-memory receive FIFO blocked
+// for every peer behind it.
+//
 // A worker that runs inside the coordinator (the CPU gpu worker, unless
 // separate_process) is registered with its InProcessClient; it has no
 // process to supervise.
@@ -98,6 +103,9 @@ class WorkerSupervisor {
   absl::Status SpawnAndLoad(Worker& w);
   absl::Status SpawnProcess(Worker& w);
   absl::Status ConnectWorker(Worker& w) ABSL_EXCLUSIVE_LOCKS_REQUIRED(dataplane_mu_);
+  // After `restarted` came back: a new UCX worker, every live worker and
+  // `restarted` connected to it (see the .cc for why). `restarted`'s error.
+  absl::Status RenewDataPlane(Worker& restarted) ABSL_EXCLUSIVE_LOCKS_REQUIRED(dataplane_mu_);
   void MonitorLoop();
   void Restart(Worker& w);
   void HealthChecks();

@@ -77,9 +77,16 @@ void UcxClient::Abandon() {
   // be received. A large reply goes by UCX rendezvous, which completes only
   // when a matching receive takes it: cancelled here, it would keep the
   // worker waiting in its send (and the next step's request behind it).
+  // Bounded by kAbandonWaitMs, not step_timeout_ms: the step already failed.
   if (recv_.valid() && liveness_->alive()) {
-    (void)Await(recv_, "reply of an abandoned step");  // frees the transfer either way
-    recv_ = TransferId();
+    const absl::Time deadline = absl::Now() + absl::Milliseconds(kAbandonWaitMs);
+    while (liveness_->alive() && absl::Now() < deadline) {
+      absl::StatusOr<size_t> r = channel_->Wait(recv_, 50);
+      if (r.status().code() != absl::StatusCode::kDeadlineExceeded) {
+        recv_ = TransferId();  // received or failed: the slot is free
+        break;
+      }
+    }
   }
   ReleaseTransfers();
 }

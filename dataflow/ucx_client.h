@@ -46,9 +46,9 @@ class UcxClient final : public WorkerClient {
   absl::Status Post(const RequestHeader& header, size_t payload_bytes, ReplyHook* hook) override;
   bool hook_ran() const override { return false; }
   absl::StatusOr<absl::Span<const uint8_t>> AwaitReply(int64_t expected_bytes) override;
-  // Receives the reply of a posted request first (bounded as AwaitReply)
-  // while the worker is alive, so that the worker's send completes.
+  // Receives the reply of a posted request first (at most kAbandonWaitMs) while the worker is alive, so that the worker's send completes.
   void Abandon() override;
+  static constexpr int kAbandonWaitMs = 2000;
   bool in_process() const override { return false; }
 
  private:

@@ -140,8 +140,18 @@ class WorkerServer final : public proto::WorkerService::Service {
   grpc::Status Connect(grpc::ServerContext* context, const proto::ConnectRequest* request,
                        proto::ConnectResponse* response) override {
     if (grpc::Status a = Authorize(*context); !a.ok()) return a;
+    bool reconnect = false;
+    {
+      absl::MutexLock lock(&mu_);
+      if (state_ != proto::WORKER_STATE_LOADED && state_ != proto::WORKER_STATE_SERVING) {
+        return Precondition("Connect");
+      }
+      reconnect = state_ == proto::WORKER_STATE_SERVING;
+    }
+    // Connected already: the coordinator renews its data plane (another
+    // worker was restarted): this one's goes, the compute's state stays.
+    if (reconnect) StopDataPlane();
     absl::MutexLock lock(&mu_);
-    if (state_ != proto::WORKER_STATE_LOADED) return Precondition("Connect");
     const proto::PeerAddress* coordinator = nullptr;
     for (const proto::PeerAddress& p : request->peers()) {
       if (p.role() == proto::WORKER_ROLE_UNSPECIFIED) coordinator = &p;
@@ -306,6 +316,7 @@ class WorkerServer final : public proto::WorkerService::Service {
         }
       }
       if (!got.ok()) {
+        if (stop_.load()) return;  // a reconnect or shutdown closed it
         Fail(absl::StrCat("lost the coordinator: ", got.status().message()));
         return;
       }

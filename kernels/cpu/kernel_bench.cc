@@ -18,7 +18,8 @@
 // (matmul.h: PreferredLayout; the type shows it, e.g. q5_0/q5_0_pairs);
 // --no-repack times the GGUF blocks as they are.
 // Then the fused MoE operator (kernels/cpu/moe) on one v2-lite-shaped
-// layer: 512 tokens (prefill) and 1 token (decode). Wall-clock numbers,
+// layer: 512 tokens (prefill) and 1 token (decode); and the absorbed MLA
+// attention kernel at context 4096 (BenchAttention). Wall-clock numbers,
 // best of several repetitions.
 #include <algorithm>
 #include <chrono>
@@ -29,6 +30,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/cpu/attention.h"
 #include "kernels/cpu/matmul.h"
 #include "kernels/cpu/membw.h"
 #include "kernels/cpu/moe.h"
@@ -180,6 +182,54 @@ MoeResult BenchMoe(bool repack, CpuIsa isa, int64_t tokens, ThreadPool* pool) {
   return res;
 }
 
+// Absorbed MLA attention (kernels/cpu/attention.h) in DeepSeek's shape, one
+// thread as the engine runs each unit: a prefill unit of 4 tokens × 16
+// heads at context 4096 (the last chunk of a 4096-token prompt) and a decode
+// unit of 1 token × 8 heads over 4096 rows. GFLOP/s counts 2 · (row_dim +
+// v_dim) per (token, head, row) pair.
+struct AttentionResult {
+  double prefill_gflops = 0, decode_gflops = 0;
+};
+
+AttentionResult BenchAttention(CpuIsa isa) {
+  constexpr int64_t kRowDim = 576, kVDim = 512, kCtx = 4096;
+  std::mt19937 rng(3);
+  std::normal_distribution<float> dist(0.f, 1.f);
+  std::vector<float> kv(static_cast<size_t>(kCtx * kRowDim));
+  for (float& v : kv) v = dist(rng);
+  std::vector<const float*> rows(static_cast<size_t>(kCtx));
+  for (int64_t j = 0; j < kCtx; ++j) rows[static_cast<size_t>(j)] = kv.data() + j * kRowDim;
+  auto run = [&](int64_t heads, int64_t n_tok) {
+    std::vector<float> q(static_cast<size_t>(n_tok * heads * kRowDim));
+    for (float& v : q) v = 0.05f * dist(rng);
+    std::vector<float> scores(static_cast<size_t>(n_tok * heads * kCtx));
+    std::vector<float> out(static_cast<size_t>(n_tok * heads * kVDim));
+    MlaTokensArgs a;
+    a.shape = {heads, kRowDim, kVDim, 0.07f};
+    a.q = q.data();
+    a.q_stride = kRowDim;
+    a.n_tok = n_tok;
+    a.rows = rows.data();
+    a.first_seen = kCtx - n_tok + 1;
+    a.scores = scores.data();
+    a.out = out.data();
+    a.out_stride = kVDim;
+    double pairs = 0;
+    for (int64_t i = 0; i < n_tok; ++i) pairs += static_cast<double>(heads * (a.first_seen + i));
+    double best = 1e30;
+    for (int rep = 0; rep < 6; ++rep) {
+      const double t0 = Now();
+      MlaAttentionTokens(a, isa);
+      best = std::min(best, Now() - t0);
+    }
+    return 2.0 * (kRowDim + kVDim) * pairs / best / 1e9;
+  };
+  AttentionResult r;
+  r.prefill_gflops = run(16, 4);
+  r.decode_gflops = run(8, 1);
+  return r;
+}
+
 }  // namespace
 }  // namespace moeflow
 
@@ -252,6 +302,7 @@ int main(int argc, char** argv) {
     results.push_back(moeflow::BenchType(t, repack, isa, tokens, gemv_mib, &pool));
   const int64_t moe_tokens = 512;
   const moeflow::MoeResult moe = moeflow::BenchMoe(repack, isa, moe_tokens, &pool);
+  const moeflow::AttentionResult attn = moeflow::BenchAttention(isa);
   if (json) {
     std::printf("{\"isa\": \"%s\", \"threads\": %d, \"read_gb_per_s\": %.2f, \"triad_gb_per_s\": %.2f, "
                 "\"int8_peak_gops\": %.1f, \"kernels\": [",
@@ -262,9 +313,10 @@ int main(int argc, char** argv) {
                   results[i].gemm_gops);
     }
     std::printf("], \"moe_prefill_tokens\": %lld, \"moe_prefill_gops\": %.1f, "
-                "\"moe_prefill_ms\": %.2f, \"moe_decode_ms\": %.3f}\n",
+                "\"moe_prefill_ms\": %.2f, \"moe_decode_ms\": %.3f, "
+                "\"attention_prefill_gflops\": %.1f, \"attention_decode_gflops\": %.1f}\n",
                 static_cast<long long>(moe_tokens), moe.prefill_gops, moe.prefill_ms,
-                moe.decode_ms);
+                moe.decode_ms, attn.prefill_gflops, attn.decode_gflops);
   } else {
     std::printf("isa %s, %d threads\n", moeflow::CpuIsaName(isa), threads);
     std::printf("memory bandwidth: read %.1f GB/s, triad %.1f GB/s; int8 peak (vpdpbusd) %.0f GOP/s\n",
@@ -280,6 +332,9 @@ int main(int argc, char** argv) {
                 "%.1f ms = %.1f GOP/s; 1 token %.3f ms\n",
                 static_cast<long long>(moe_tokens), moe.prefill_ms, moe.prefill_gops,
                 moe.decode_ms);
+    std::printf("MLA attention (576-float rows, one thread): 4 tokens x 16 heads at context "
+                "4096 %.1f GFLOP/s; 1 token x 8 heads %.1f GFLOP/s\n",
+                attn.prefill_gflops, attn.decode_gflops);
   }
   return 0;
 }
