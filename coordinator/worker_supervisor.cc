@@ -182,10 +182,10 @@ absl::Status WorkerSupervisor::SpawnProcess(Worker& w) {
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     if (getppid() != parent) _exit(1);
     dup2(fds[1], STDOUT_FILENO);
-    // Nothing else of ours reaches the worker: an inherited descriptor
-    // shares its open file (and O_NONBLOCK) with this process, and with
-    // UCX's event fd inherited, ucp_worker_arm here was seen to block for
-    // good in its read once a worker was restarted (launch_fault_test).
+    // Nothing else of ours reaches the worker (our sockets, UCX's event
+    // fds): a worker holding them would keep, e.g., the HTTP port bound
+    // after the coordinator exits. (Not the fix for the restart hang:
+    // RenewDataPlane is; closing these alone did not stop it.)
     close_range(3, ~0U, 0);
     execve(argv[0], argv.data(), envp.data());
     _exit(127);
@@ -301,6 +301,12 @@ absl::Status WorkerSupervisor::ConnectWorker(Worker& w) {
   return absl::OkStatus();
 }
 
+void WorkerSupervisor::DropDataPlane(Worker& w) {
+  w.client.reset();
+  w.channel.reset();
+  w.endpoint.reset();
+}
+
 absl::Status WorkerSupervisor::RenewDataPlane(Worker& restarted) {
   // A peer killed while it wrote into this process's shared-memory receive
   // FIFO (UCX "sm") leaves an element that is never completed, and every
@@ -324,13 +330,9 @@ absl::Status WorkerSupervisor::RenewDataPlane(Worker& restarted) {
       x.MarkLost(std::string(s.message()));
       KillProcess(x);  // the monitor restarts it
     }
-    x.client.reset();
-    x.channel.reset();
-    x.endpoint.reset();
+    DropDataPlane(x);
   }
-  restarted.client.reset();
-  restarted.channel.reset();
-  restarted.endpoint.reset();
+  DropDataPlane(restarted);
   old.reset();
   // The restarted worker last: once it serves, every worker does.
   return ConnectWorker(restarted);

@@ -106,6 +106,8 @@ class WorkerSupervisor {
   // After `restarted` came back: a new UCX worker, every live worker and
   // `restarted` connected to it (see the .cc for why). `restarted`'s error.
   absl::Status RenewDataPlane(Worker& restarted) ABSL_EXCLUSIVE_LOCKS_REQUIRED(dataplane_mu_);
+  // Releases w's client, channel and endpoint, in that order.
+  void DropDataPlane(Worker& w) ABSL_EXCLUSIVE_LOCKS_REQUIRED(dataplane_mu_);
   void MonitorLoop();
   void Restart(Worker& w);
   void HealthChecks();

@@ -36,8 +36,9 @@ absl::Status UcxClient::Post(const RequestHeader& header, size_t payload_bytes, 
   return absl::OkStatus();
 }
 
-absl::StatusOr<size_t> UcxClient::Await(TransferId id, const char* what) {
-  const absl::Time deadline = absl::Now() + absl::Milliseconds(step_timeout_ms_);
+absl::StatusOr<size_t> UcxClient::Await(TransferId id, const char* what, int timeout_ms) {
+  if (timeout_ms == 0) timeout_ms = step_timeout_ms_;
+  const absl::Time deadline = absl::Now() + absl::Milliseconds(timeout_ms);
   while (true) {
     absl::StatusOr<size_t> r = channel_->Wait(id, 50);
     if (r.ok()) return r;
@@ -54,7 +55,7 @@ absl::StatusOr<size_t> UcxClient::Await(TransferId id, const char* what) {
     if (absl::Now() > deadline) {
       channel_->Release(id);
       return absl::DeadlineExceededError(absl::StrCat("worker ", name_, ": no reply to ", what,
-                                                      " within ", step_timeout_ms_, " ms"));
+                                                      " within ", timeout_ms, " ms"));
     }
   }
 }
@@ -79,14 +80,9 @@ void UcxClient::Abandon() {
   // worker waiting in its send (and the next step's request behind it).
   // Bounded by kAbandonWaitMs, not step_timeout_ms: the step already failed.
   if (recv_.valid() && liveness_->alive()) {
-    const absl::Time deadline = absl::Now() + absl::Milliseconds(kAbandonWaitMs);
-    while (liveness_->alive() && absl::Now() < deadline) {
-      absl::StatusOr<size_t> r = channel_->Wait(recv_, 50);
-      if (r.status().code() != absl::StatusCode::kDeadlineExceeded) {
-        recv_ = TransferId();  // received or failed: the slot is free
-        break;
-      }
-    }
+    // Frees the transfer either way.
+    (void)Await(recv_, "reply of an abandoned step", kAbandonWaitMs);
+    recv_ = TransferId();
   }
   ReleaseTransfers();
 }

@@ -46,7 +46,8 @@ class UcxClient final : public WorkerClient {
   absl::Status Post(const RequestHeader& header, size_t payload_bytes, ReplyHook* hook) override;
   bool hook_ran() const override { return false; }
   absl::StatusOr<absl::Span<const uint8_t>> AwaitReply(int64_t expected_bytes) override;
-  // Receives the reply of a posted request first (at most kAbandonWaitMs) while the worker is alive, so that the worker's send completes.
+  // Receives the reply of a posted request first (at most kAbandonWaitMs)
+  // while the worker is alive, so that the worker's send completes.
   void Abandon() override;
   static constexpr int kAbandonWaitMs = 2000;
   bool in_process() const override { return false; }
@@ -54,7 +55,8 @@ class UcxClient final : public WorkerClient {
  private:
   // Frees the transfers without waiting (a receive still posted is cancelled).
   void ReleaseTransfers();
-  absl::StatusOr<size_t> Await(transport::TransferId id, const char* what);
+  // Waits for `id` at most `timeout_ms` (step_timeout_ms when 0).
+  absl::StatusOr<size_t> Await(transport::TransferId id, const char* what, int timeout_ms = 0);
 
   const std::string name_;
   transport::ActivationChannel* const channel_;
